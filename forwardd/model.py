@@ -1,0 +1,238 @@
+"""The one data model: events travel as chunks of one tag, kept as msgpack bytes until someone needs a field.
+
+A :class:`Chunk` is what the forward protocol calls PackedForward entries: a concatenation of msgpack
+``[time, record]`` arrays, all for one tag. Every carrier mode (Message, Forward, PackedForward,
+CompressedPackedForward) is normalised into that form at the edge, so the router, the disk buffer and the
+outputs see exactly one shape. The entries stay the bytes the client sent until a filter or an output asks
+for :meth:`Chunk.events`; only then are records decoded, once, and the result cached.
+
+Times in entries may have any shape a real client sends (integer seconds, EventTime as fixext8 or ext8,
+float seconds, the v1.5 ``[time, {metadata}]`` wrapper, ``0`` or ``nil``); decoding turns each into
+nanoseconds since the epoch. Entries that cannot be an event (not a 2-array, record not a map, time of no
+known shape) are skipped and counted in :attr:`Chunk.invalid`, never fatal to the rest of the chunk.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "EVENT_TIME_EXT",
+    "Chunk",
+    "Event",
+    "EventTime",
+    "decode_entries",
+    "pack_entries",
+    "pack_event_time",
+]
+
+#: msgpack ext type code of the forward protocol's EventTime (not msgpack's own Timestamp, which is -1).
+EVENT_TIME_EXT = 0
+_NS = 1_000_000_000
+_II = struct.Struct(">II")
+
+
+class EventTime:
+    """An EventTime ext value met inside a record; kept as a value so re-encoding is lossless."""
+
+    __slots__ = ("nanoseconds", "seconds")
+
+    def __init__(self, seconds: int, nanoseconds: int) -> None:
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+
+    @classmethod
+    def from_ns(cls, ns: int) -> EventTime:
+        s, n = divmod(ns, _NS)
+        return cls(s, n)
+
+    def to_ns(self) -> int:
+        return self.seconds * _NS + self.nanoseconds
+
+    def to_ext(self) -> msgpack.ExtType:
+        return msgpack.ExtType(EVENT_TIME_EXT, _II.pack(self.seconds, self.nanoseconds))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, EventTime)
+            and other.seconds == self.seconds
+            and other.nanoseconds == self.nanoseconds
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.seconds, self.nanoseconds))
+
+    def __repr__(self) -> str:
+        return f"EventTime({self.seconds}, {self.nanoseconds})"
+
+
+def pack_event_time(ns: int) -> bytes:
+    """The fixext8 bytes of an EventTime, as fluent-logger and Fluentd write it."""
+    s, n = divmod(ns, _NS)
+    return b"\xd7\x00" + _II.pack(s & 0xFFFFFFFF, n)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EVENT_TIME_EXT and len(data) == 8:
+        s, n = _II.unpack(data)
+        return EventTime(s, n)
+    return msgpack.ExtType(code, data)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, EventTime):
+        return obj.to_ext()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+@dataclass(slots=True)
+class Event:
+    """One decoded event. ``meta`` holds v1.5 per-event metadata (the wrapped-time map), kept apart from
+    the record so that it can be sent on without polluting the record."""
+
+    time_ns: int
+    record: dict[Any, Any]
+    meta: dict[Any, Any] | None = None
+
+
+def _time_ns(t: Any, received_ns: int) -> int | None:
+    """Nanoseconds for any time shape a client sends, or None when it is no time at all."""
+    tt = type(t)
+    if tt is EventTime:
+        return t.to_ns()  # type: ignore[no-any-return]
+    if tt is int:
+        if t > 0:
+            return t * _NS  # type: ignore[no-any-return]
+        if t == 0:
+            return received_ns
+        return None
+    if tt is float:
+        if t != t or t < 0 or t > 1e11:  # NaN, negative, or beyond year 5138: not a timestamp
+            return None
+        if t == 0.0:
+            return received_ns
+        return round(t * _NS)
+    if t is None:
+        return received_ns
+    return None
+
+
+def decode_entries(entries: bytes, received_ns: int) -> tuple[list[Event], int]:
+    """Decode PackedForward entries into events; returns the events and how many entries were invalid."""
+    if not entries:
+        return [], 0
+    unpacker = msgpack.Unpacker(
+        None,
+        raw=False,
+        unicode_errors="surrogateescape",
+        strict_map_key=False,
+        ext_hook=_ext_hook,
+        max_buffer_size=len(entries),
+    )
+    unpacker.feed(entries)
+    events: list[Event] = []
+    append = events.append
+    invalid = 0
+    try:
+        for entry in unpacker:
+            if type(entry) is not list or len(entry) != 2:
+                invalid += 1
+                continue
+            t, record = entry
+            if type(record) is not dict:
+                invalid += 1
+                continue
+            meta = None
+            if type(t) is list:
+                # v1.5 wrapped time: [time, {metadata}]; the grammar allows more maps, we keep the first.
+                if not t or (len(t) > 1 and type(t[1]) is not dict):
+                    invalid += 1
+                    continue
+                meta = t[1] if len(t) > 1 else {}
+                t = t[0]
+                if type(t) is list:
+                    invalid += 1
+                    continue
+            ns = _time_ns(t, received_ns)
+            if ns is None:
+                invalid += 1
+                continue
+            append(Event(ns, record, meta))
+    except (ValueError, msgpack.UnpackException):
+        # The framing was checked at the edge, so this is a corrupt tail; what decoded so far stands.
+        invalid += 1
+    return events, invalid
+
+
+def pack_entries(events: Iterable[Event]) -> tuple[bytes, int]:
+    """Encode events as PackedForward entries (EventTime times); returns the bytes and the count."""
+    packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_default)
+    pack = packer.pack
+    parts: list[bytes] = []
+    n = 0
+    for ev in events:
+        t = msgpack.ExtType(EVENT_TIME_EXT, _II.pack(*divmod(ev.time_ns, _NS)))
+        parts.append(pack([t if ev.meta is None else [t, ev.meta], ev.record]))
+        n += 1
+    return b"".join(parts), n
+
+
+class Chunk:
+    """Events of one tag, as msgpack entries; decoded on first use of :meth:`events`.
+
+    ``received_ns`` is when forwardd received the chunk; it stands in for a missing or zero event time.
+    ``count`` is the number of entries, known without decoding records.
+    """
+
+    __slots__ = ("_events", "count", "entries", "invalid", "received_ns", "tag")
+
+    def __init__(self, tag: str, entries: bytes, count: int, received_ns: int) -> None:
+        self.tag = tag
+        self.entries = entries
+        self.count = count
+        self.received_ns = received_ns
+        self.invalid = 0
+        self._events: list[Event] | None = None
+
+    @classmethod
+    def from_events(cls, tag: str, events: list[Event], received_ns: int) -> Chunk:
+        entries, n = pack_entries(events)
+        chunk = cls(tag, entries, n, received_ns)
+        chunk._events = events
+        return chunk
+
+    @property
+    def decoded(self) -> bool:
+        return self._events is not None
+
+    def events(self) -> list[Event]:
+        """The decoded events (cached); invalid entries are dropped and counted in :attr:`invalid`."""
+        if self._events is None:
+            self._events, self.invalid = decode_entries(self.entries, self.received_ns)
+        return self._events
+
+    def with_tag(self, tag: str) -> Chunk:
+        """The same entries under another tag, sharing bytes and any decoded events."""
+        chunk = Chunk(tag, self.entries, self.count, self.received_ns)
+        chunk._events = self._events
+        chunk.invalid = self.invalid
+        return chunk
+
+    def replace_events(self, events: list[Event], tag: str | None = None) -> Chunk:
+        """A new chunk holding ``events`` (re-encoded); used by filters that change records."""
+        return Chunk.from_events(self.tag if tag is None else tag, events, self.received_ns)
+
+    def map_records(self, fn: Callable[[dict[Any, Any]], dict[Any, Any]]) -> Chunk:
+        return self.replace_events([Event(e.time_ns, fn(e.record), e.meta) for e in self.events()])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"Chunk(tag={self.tag!r}, count={self.count}, nbytes={len(self.entries)})"

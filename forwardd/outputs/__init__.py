@@ -1,0 +1,1 @@
+"""Destinations: each is an :class:`~forwardd.outputs.base.Output` behind a buffer."""

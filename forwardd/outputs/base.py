@@ -1,0 +1,33 @@
+"""The output contract shared by every destination (file, Kafka, HTTP, the test server's capture).
+
+An output is told :meth:`Output.write` one chunk at a time by the delivery loop of its buffer. It either
+returns (the whole chunk is delivered), or raises :class:`~forwardd.errors.RetryableError` (nothing or part
+of it may have been delivered; the same chunk will be written again later, so outputs are at-least-once) or
+:class:`~forwardd.errors.PermanentError` (the chunk goes to the dead-letter folder). Outputs own no retry
+loops and no queues: the buffer does.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from forwardd.model import Chunk
+
+__all__ = ["Output"]
+
+
+class Output(abc.ABC):
+    """A destination for chunks."""
+
+    #: The output's name in the configuration; used in logs and metrics.
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections or files before the first write."""
+
+    @abc.abstractmethod
+    async def write(self, chunk: Chunk) -> None:
+        """Deliver every event of ``chunk`` or raise RetryableError / PermanentError."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Flush and close; called once after the last write."""
