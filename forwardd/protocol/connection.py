@@ -1,0 +1,87 @@
+"""One server-side forward-protocol connection, sans I/O: bytes in, events out.
+
+The optional handshake comes first (as wsproto runs its handshake before framing): while it is pending,
+the only acceptable request is a PING; anything else earns a failure PONG and a close (spec item 40).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgpack
+
+from forwardd.protocol.decoder import Decoder
+from forwardd.protocol.events import Event, HandshakeCompleted, HandshakeFailed, Heartbeat, RawFrame
+from forwardd.protocol.handshake import Security, ServerHandshake
+from forwardd.protocol.limits import Limits
+
+__all__ = ["ServerConnection"]
+
+
+class ServerConnection:
+    """Feed it what the peer sent; it returns events. Replies to send are in the events (acks, PONGs)
+    and in :meth:`initial_bytes` (the HELO)."""
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        security: Security | None = None,
+        peer_address: str | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.decoder = Decoder(limits)
+        self._clock_ns = clock_ns
+        self.handshake = ServerHandshake(security, peer_address) if security is not None else None
+        self.established = self.handshake is None
+        self.decoder.expect_raw_frame = not self.established
+        self.peer_hostname: str | None = None
+        self.username: str | None = None
+
+    def initial_bytes(self) -> bytes:
+        """What the server says first: the HELO when security is on, else nothing."""
+        return self.handshake.helo() if self.handshake is not None else b""
+
+    @property
+    def buffered(self) -> int:
+        return self.decoder.buffered
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Events completed by ``data``; raises ProtocolError when the connection must be closed."""
+        events = self.decoder.feed(data, self._clock_ns())
+        if self.established or not events:
+            return events
+        return self._handshake(events)
+
+    def _handshake(self, events: list[Event]) -> list[Event]:
+        hs = self.handshake
+        assert hs is not None
+        out: list[Event] = []
+        for i, ev in enumerate(events):
+            if self.established:
+                out.extend(events[i:])
+                break
+            if isinstance(ev, Heartbeat):
+                continue
+            if not isinstance(ev, RawFrame):
+                failure = hs.fail("PING expected before any event")
+                out.append(HandshakeFailed(failure, _pong_failure(failure)))
+                return out
+            try:
+                ping = msgpack.unpackb(ev.data, raw=True)
+            except (ValueError, msgpack.UnpackException):
+                ping = None
+            ok, reason, reply, hostname, username = hs.check_ping(ping)
+            if not ok:
+                out.append(HandshakeFailed(reason, reply))
+                return out
+            self.established = True
+            self.peer_hostname = hostname
+            self.username = username
+            out.append(HandshakeCompleted(hostname, username, reply))
+        return out
+
+
+def _pong_failure(reason: str) -> bytes:
+    return msgpack.packb(["PONG", False, reason, "", ""])

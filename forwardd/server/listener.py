@@ -1,0 +1,173 @@
+"""A forward source: its TCP (optionally TLS) or Unix listener, its UDP heartbeat, its sessions.
+
+Port 0 binds an ephemeral port (tests, the embedded test server); the UDP heartbeat then takes the same
+number. ``reuse_port`` lets several worker processes share one port (``SO_REUSEPORT``), the kernel spreading
+connections between them. Shutdown follows uvicorn's order: stop accepting, let each session send the acks
+it owes as its chunks are accepted, close; after the grace period, abort what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+
+import structlog
+
+from forwardd.server.session import Session, SessionSettings
+from forwardd.server.stats import RateLimitedLog, SourceStats
+from forwardd.server.tls import TlsSettings, server_context
+from forwardd.sink import Ingest
+
+__all__ = ["ForwardListener", "ListenerSettings"]
+
+log = structlog.get_logger("forwardd.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    name: str
+    session: SessionSettings
+    bind: str = "0.0.0.0"
+    port: int = 24224
+    unix_path: str | None = None
+    unix_mode: int = 0o660
+    udp_heartbeat: bool = True
+    tls: TlsSettings | None = None
+    max_connections: int = 10000
+    reuse_port: bool = False
+    backlog: int = 1024
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class _Heartbeat(asyncio.DatagramProtocol):
+    """Fluentd's UDP heartbeat: any datagram is answered with one 0x00 byte to its sender."""
+
+    def __init__(self, stats: SourceStats) -> None:
+        self.stats = stats
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.stats.heartbeats += 1
+        if self.transport is not None:
+            self.transport.sendto(b"\x00", addr)
+
+
+class ForwardListener:
+    """One configured forward source."""
+
+    def __init__(self, settings: ListenerSettings, ingest: Ingest) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.stats = SourceStats()
+        self.sessions: set[Session] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._errlog = RateLimitedLog()
+        self.port: int | None = None
+        self.address: str | None = None
+
+    def _session(self) -> asyncio.Protocol:
+        if len(self.sessions) >= self.settings.max_connections:
+            self.stats.refused_connections += 1
+            return _Refuse(self._errlog, self.settings.name, self.settings.max_connections)
+        s = Session(self.settings.session, self.ingest, self.stats, self.sessions.discard, self._errlog)
+        self.sessions.add(s)
+        return s
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        ssl_ctx = server_context(s.tls) if s.tls is not None else None
+        tls_timeout = s.session.handshake_timeout if ssl_ctx is not None else None
+        if s.unix_path is not None:
+            path = s.unix_path
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)  # a stale socket from a previous run
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # noqa: ASYNC240
+            self._server = await loop.create_unix_server(
+                self._session, path, ssl=ssl_ctx, ssl_handshake_timeout=tls_timeout, backlog=s.backlog
+            )
+            os.chmod(path, s.unix_mode)
+            self.address = path
+            log.info(
+                "listener.started", listener=s.name, unix=path, mode=oct(s.unix_mode), tls=ssl_ctx is not None
+            )
+            return
+        self._server = await loop.create_server(
+            self._session,
+            s.bind,
+            s.port,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=tls_timeout,
+            reuse_port=s.reuse_port or None,
+            backlog=s.backlog,
+        )
+        sock = self._server.sockets[0]
+        self.address, self.port = sock.getsockname()[:2]
+        if s.udp_heartbeat:
+            family = socket.AF_INET6 if ":" in s.bind else socket.AF_INET
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Heartbeat(self.stats),
+                local_addr=(s.bind, self.port),
+                family=family,
+                reuse_port=s.reuse_port or None,
+            )
+        log.info(
+            "listener.started",
+            listener=s.name,
+            bind=self.address,
+            port=self.port,
+            tls=ssl_ctx is not None,
+            udp_heartbeat=s.udp_heartbeat,
+        )
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; give sessions ``grace`` seconds to send the acks they owe; abort the rest."""
+        if self._server is not None:
+            self._server.close()
+        if self._udp is not None:
+            self._udp.close()
+        sessions = list(self.sessions)
+        if sessions:
+            _done, pending = await asyncio.wait(
+                [asyncio.ensure_future(x.drain()) for x in sessions], timeout=grace
+            )
+            for t in pending:
+                t.cancel()
+            for x in sessions:
+                x.abort()
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self.settings.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.unix_path)
+        log.info("listener.stopped", listener=self.settings.name, **self.stats.as_dict())
+
+
+class _Refuse(asyncio.Protocol):
+    """Over the connection limit: close at once, say so in a (rate-limited) log line."""
+
+    def __init__(self, errlog: RateLimitedLog, listener: str, limit: int) -> None:
+        self._errlog = errlog
+        self._listener = listener
+        self._limit = limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._errlog.warning(
+            "conn.refused",
+            listener=self._listener,
+            peer=transport.get_extra_info("peername"),
+            reason="connection limit",
+            limit=self._limit,
+        )
+        transport.close()

@@ -1,0 +1,482 @@
+"""One client connection: socket bytes → protocol core → ingest → acks in request order.
+
+The session is an ``asyncio.Protocol`` (callbacks, no task per connection): it feeds what it reads to the
+sans-IO :class:`~forwardd.protocol.ServerConnection`, hands each chunk to its source's ingest and keeps, in
+request order, what it owes the client. An ack is written only when the ingest's awaitable has resolved
+(the chunk is committed where it was routed), and never before the acks of earlier requests.
+
+Back-pressure: while more than ``max_inflight`` chunks wait for acceptance, or the peer does not read
+what we write, the session stops reading the socket. The kernel's buffers fill and the client blocks; no
+memory grows here and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from forwardd.errors import ChunkRejected
+from forwardd.model import Chunk
+from forwardd.protocol import (
+    EntriesReceived,
+    HandshakeCompleted,
+    HandshakeFailed,
+    Heartbeat,
+    Limits,
+    ProtocolError,
+    Rejected,
+    Security,
+    ServerConnection,
+)
+from forwardd.server.stats import RateLimitedLog, SourceStats
+from forwardd.sink import Ingest
+
+__all__ = ["Session", "SessionSettings"]
+
+log = structlog.get_logger("forwardd.server")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What a listener tells each of its sessions."""
+
+    listener: str
+    limits: Limits
+    security: Security | None = None
+    max_inflight: int = 64
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    deny_keepalive: bool = False
+    tag: str | None = None
+    add_tag_prefix: str | None = None
+    source_address_key: str | None = None
+    source_hostname_key: str | None = None
+    #: Test-server fault: close the connection after this many requests (after acking them).
+    close_after: int | None = None
+
+
+class _Pending:
+    """One request the client waits on: its acceptance and the ack to send when accepted."""
+
+    __slots__ = ("ack", "count", "tag", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[Any] | None, ack: bytes | None, tag: str, count: int) -> None:
+        self.waiter = waiter
+        self.ack = ack
+        self.tag = tag
+        self.count = count
+
+
+class Session(asyncio.Protocol):
+    """A forward-protocol connection."""
+
+    def __init__(
+        self,
+        settings: SessionSettings,
+        ingest: Ingest,
+        stats: SourceStats,
+        on_close: Callable[[Session], None],
+        errlog: RateLimitedLog,
+    ) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.stats = stats
+        self._on_close = on_close
+        self._errlog = errlog
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.peer_address: str | None = None
+        self.peer_hostname: str | None = None
+        self.conn: ServerConnection | None = None
+        self._pending: deque[_Pending] = deque()
+        self._paused_reading = False
+        self._paused_writing = False
+        self._closing = False
+        self._draining = False
+        self._bytes_in = 0
+        self._requests = 0
+        self._responded = False
+        self._last_activity = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._resolver: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._transform = self._make_transform()
+        self._flush_cb = self._flush_acks_cb
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and peername:
+            self.peer_address = str(peername[0])
+            self.peer = f"{peername[0]}:{peername[1]}"
+        else:
+            self.peer = f"unix:{transport.get_extra_info('sockname') or ''}"
+        s = self.settings
+        self.conn = ServerConnection(limits=s.limits, security=s.security, peer_address=self.peer_address)
+        hello = self.conn.initial_bytes()
+        if hello:
+            transport.write(hello)
+        loop = asyncio.get_running_loop()
+        if s.security is not None and s.handshake_timeout > 0:
+            self._timer = loop.call_later(s.handshake_timeout, self._handshake_timeout)
+        elif s.idle_timeout > 0:
+            self._timer = loop.call_later(s.idle_timeout, self._idle_check)
+        if s.source_hostname_key is not None and self.peer_address is not None:
+            self._resolver = loop.create_task(self._resolve_hostname())
+        self.stats.connections += 1
+        self.stats.open_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.open_connections -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._bytes_in == 0 and exc is None:
+            # Fluentd's transport heartbeat: connect, close, nothing said. Not worth a log line.
+            self.stats.heartbeats += 1
+        elif self.conn is not None and self.conn.buffered:
+            log.info(
+                "conn.closed_mid_frame",
+                listener=self.settings.listener,
+                peer=self.peer,
+                buffered_bytes=self.conn.buffered,
+            )
+        unacked = sum(1 for p in self._pending if p.ack is not None)
+        if unacked:
+            # The chunks stay with the outputs; the client will resend them (at-least-once).
+            log.info(
+                "conn.closed_with_unsent_acks",
+                listener=self.settings.listener,
+                peer=self.peer,
+                unsent_acks=unacked,
+            )
+        self._pending.clear()
+        self.transport = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        # The peer does not read its acks: stop reading its requests until it does.
+        self._paused_writing = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        self._bytes_in += len(data)
+        self._last_activity = time.monotonic()
+        try:
+            events = conn.receive_data(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        stats = self.stats
+        stats.bytes += len(data)
+        pending = self._pending
+        for ev in events:
+            if type(ev) is EntriesReceived:
+                if self._draining:
+                    break  # closing after a fault: what follows is not read, not acked, resent
+                chunk = ev.chunk
+                stats.chunks += 1
+                self._requests += 1
+                if self.settings.close_after is not None and self._requests >= self.settings.close_after:
+                    self._draining = True
+                    self._closing = True
+                    if self.transport is not None:
+                        self.transport.pause_reading()
+                stats.events += chunk.count
+                if chunk.invalid:
+                    stats.invalid_entries += chunk.invalid
+                if self._transform is not None:
+                    chunk = self._transform(chunk)
+                try:
+                    waiter = self.ingest(chunk)
+                except ChunkRejected as exc:
+                    self._rejected_by_pipeline(exc, chunk.tag, chunk.count, ev.ack)
+                    continue
+                if waiter is None:
+                    if ev.ack is not None:
+                        pending.append(_Pending(None, ev.ack, chunk.tag, chunk.count))
+                else:
+                    fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
+                    pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count))
+                if ev.size > conn.decoder.limits.chunk_size_warn:
+                    log.warning(
+                        "chunk.large",
+                        listener=self.settings.listener,
+                        peer=self.peer,
+                        tag=chunk.tag,
+                        size=ev.size,
+                    )
+            elif type(ev) is Heartbeat:
+                stats.heartbeats += 1
+            elif type(ev) is Rejected:
+                self._rejected(ev)
+            elif type(ev) is HandshakeCompleted:
+                self._handshake_completed(ev)
+            elif type(ev) is HandshakeFailed:
+                self._handshake_failed(ev)
+                return
+        if pending:
+            self._flush_acks()
+        elif (self.settings.deny_keepalive and events) or self._draining:
+            self._close_after_response()
+
+    def eof_received(self) -> bool | None:
+        # Half-close: the client is done sending but may still wait for acks.
+        if self._pending:
+            self._draining = True
+            return True
+        return None
+
+    # --- acks -----------------------------------------------------------------------------------------
+
+    def _flush_acks(self) -> None:
+        pending = self._pending
+        transport = self.transport
+        out: list[bytes] = []
+        while pending:
+            p = pending[0]
+            w = p.waiter
+            if w is not None:
+                if not w.done():
+                    w.remove_done_callback(self._flush_cb)
+                    w.add_done_callback(self._flush_cb)
+                    break
+                exc = w.exception() if not w.cancelled() else ChunkRejected("cancelled", permanent=False)
+                if exc is not None:
+                    if not self._owe_no_ack(p, exc):
+                        pending.clear()
+                        break
+                    pending.popleft()
+                    continue
+            pending.popleft()
+            if p.ack is not None:
+                out.append(p.ack)
+                self.stats.acks += 1
+        if out and transport is not None:
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            self._responded = True
+        self._update_reading()
+        if not pending and transport is not None:
+            if self._draining or (self.settings.deny_keepalive and self._responded):
+                self._close_after_response()
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+
+    def _flush_acks_cb(self, _fut: asyncio.Future[Any]) -> None:
+        if self.transport is not None:
+            self._flush_acks()
+
+    def _owe_no_ack(self, p: _Pending, exc: BaseException) -> bool:
+        """A chunk was not accepted. Returns True to go on with later acks (permanent: ack and drop),
+        False after closing the connection (temporary: the client must resend)."""
+        if isinstance(exc, ChunkRejected) and exc.permanent:
+            self.stats.dropped_events += p.count
+            self._errlog.warning(
+                "chunk.dropped",
+                listener=self.settings.listener,
+                peer=self.peer,
+                tag=p.tag,
+                events=p.count,
+                reason=exc.reason,
+            )
+            if p.ack is not None and self.transport is not None:
+                self.transport.write(p.ack)
+            return True
+        reason = exc.reason if isinstance(exc, ChunkRejected) else repr(exc)
+        self._errlog.warning(
+            "chunk.not_accepted",
+            listener=self.settings.listener,
+            peer=self.peer,
+            tag=p.tag,
+            events=p.count,
+            reason=reason,
+        )
+        self.stats.nacks += 1
+        if self.transport is not None:
+            # Vector's negative ack: a map without "ack", then close; the client resends elsewhere/later.
+            self.transport.write(b"\x80")
+            self._close_after_response()
+        return False
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        want_pause = self._paused_writing or len(self._pending) >= self.settings.max_inflight
+        if want_pause and not self._paused_reading:
+            self._paused_reading = True
+            self.stats.backpressure_pauses += 1
+            transport.pause_reading()
+        elif not want_pause and self._paused_reading and not self._closing:
+            self._paused_reading = False
+            transport.resume_reading()
+
+    # --- events other than entries -------------------------------------------------------------------
+
+    def _rejected(self, ev: Rejected) -> None:
+        self.stats.rejected += 1
+        self._errlog.warning(
+            "chunk.rejected",
+            listener=self.settings.listener,
+            peer=self.peer,
+            tag=ev.tag,
+            reason=ev.reason,
+            detail=ev.detail,
+            size=ev.size,
+            acked=ev.ack is not None,
+        )
+        if ev.ack is not None:
+            # Acked and dropped: no retry can make it valid, and an unacked client resends forever.
+            self._pending.append(_Pending(None, ev.ack, ev.tag or "", 0))
+
+    def _rejected_by_pipeline(self, exc: ChunkRejected, tag: str, count: int, ack: bytes | None) -> None:
+        p = _Pending(None, ack, tag, count)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_exception(exc)
+        p.waiter = fut
+        self._pending.append(p)
+
+    def _handshake_completed(self, ev: HandshakeCompleted) -> None:
+        assert self.transport is not None
+        self.transport.write(ev.reply)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.settings.idle_timeout > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.settings.idle_timeout, self._idle_check)
+        log.debug(
+            "handshake.ok",
+            listener=self.settings.listener,
+            peer=self.peer,
+            hostname=ev.hostname,
+            username=ev.username or None,
+        )
+
+    def _handshake_failed(self, ev: HandshakeFailed) -> None:
+        self.stats.handshake_failures += 1
+        self._errlog.warning(
+            "handshake.failed", listener=self.settings.listener, peer=self.peer, reason=ev.reason
+        )
+        if self.transport is not None:
+            self.transport.write(ev.reply)
+        self._close_after_response()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.stats.protocol_errors += 1
+        self._errlog.warning(
+            "conn.protocol_error",
+            listener=self.settings.listener,
+            peer=self.peer,
+            reason=exc.reason,
+            detail=exc.detail,
+            bytes_received=self._bytes_in,
+        )
+        if self.transport is not None:
+            if exc.reply:
+                self.transport.write(exc.reply)
+            # Acks already owed for chunks accepted before the error still go out.
+            self._closing = True
+            self._draining = True
+            if not self._pending:
+                self._close_after_response()
+            else:
+                self.transport.pause_reading()
+                self._flush_acks()
+
+    def _close_after_response(self) -> None:
+        """Close once what was written is flushed (the failure PONG must reach the client)."""
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _handshake_timeout(self) -> None:
+        if self.conn is not None and not self.conn.established and self.transport is not None:
+            self._errlog.warning(
+                "handshake.timeout",
+                listener=self.settings.listener,
+                peer=self.peer,
+                timeout=self.settings.handshake_timeout,
+            )
+            self.transport.abort()
+
+    def _idle_check(self) -> None:
+        if self.transport is None:
+            return
+        idle = self.settings.idle_timeout
+        quiet = time.monotonic() - self._last_activity
+        if quiet >= idle and not self._pending:
+            log.info("conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle)
+            self.transport.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(max(idle - quiet, 0.05), self._idle_check)
+
+    # --- per-connection record changes ----------------------------------------------------------------
+
+    def _make_transform(self) -> Callable[[Chunk], Chunk] | None:
+        s = self.settings
+        if (
+            s.tag is None
+            and s.add_tag_prefix is None
+            and not s.source_address_key
+            and not s.source_hostname_key
+        ):
+            return None
+
+        def transform(chunk: Chunk) -> Chunk:
+            if s.tag is not None:
+                chunk = chunk.with_tag(s.tag)
+            elif s.add_tag_prefix:
+                chunk = chunk.with_tag(f"{s.add_tag_prefix}.{chunk.tag}")
+            extra: dict[str, Any] = {}
+            if s.source_address_key:
+                extra[s.source_address_key] = self.peer_address or self.peer
+            if s.source_hostname_key:
+                extra[s.source_hostname_key] = self.peer_hostname or self.peer_address or self.peer
+            if extra:
+                chunk = chunk.map_records(lambda r: {**r, **extra})
+            return chunk
+
+        return transform
+
+    async def _resolve_hostname(self) -> None:
+        try:
+            host, _ = await asyncio.get_running_loop().getnameinfo((self.peer_address, 0))
+            self.peer_hostname = host
+        except OSError:
+            self.peer_hostname = self.peer_address
+
+    # --- shutdown ---------------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop reading, send the acks still owed as their chunks are accepted, then close."""
+        self._closing = True
+        if self.transport is None:
+            return
+        self.transport.pause_reading()
+        if self._pending:
+            self._drained = asyncio.get_running_loop().create_future()
+            self._flush_acks()
+            await self._drained
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,43 @@
+"""pytest fixtures for tests of code that logs through the forward protocol.
+
+``forwardd_server``: a running test server on 127.0.0.1 and an ephemeral port (``.port``).
+``forwardd_unix_server``: the same on a Unix socket in the test's tmp_path (``.unix_path``).
+``forwardd_server_factory``: call it with :class:`~forwardd.testing.TestServer` options (faults, keys, TLS)
+to get more servers; all are stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwardd.testing.server import SyncTestServer
+
+
+@pytest.fixture
+def forwardd_server_factory() -> Iterator[Callable[..., SyncTestServer]]:
+    servers: list[SyncTestServer] = []
+
+    def make(**kwargs: Any) -> SyncTestServer:
+        server = SyncTestServer(**kwargs).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def forwardd_server(forwardd_server_factory: Callable[..., SyncTestServer]) -> SyncTestServer:
+    return forwardd_server_factory()
+
+
+@pytest.fixture
+def forwardd_unix_server(
+    forwardd_server_factory: Callable[..., SyncTestServer], tmp_path: Path
+) -> SyncTestServer:
+    return forwardd_server_factory(unix_path=str(tmp_path / "forward.sock"))
