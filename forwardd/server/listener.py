@@ -51,8 +51,7 @@ class _Heartbeat(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no DatagramTransport subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.stats.heartbeats += 1

@@ -112,8 +112,8 @@ class Session(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport; they have its methods.
+        self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and peername:
             self.peer_address = str(peername[0])

@@ -1,0 +1,295 @@
+"""The daemon: builds the graph from a validated configuration and runs it.
+
+Start order is outputs (their buffers recover from disk first), then the router, then the listeners, so
+that nothing is accepted before there is somewhere safe to put it. Stop order is the reverse, as uvicorn
+does it: listeners stop accepting and send the acks they owe, the router gives back what filters hold,
+then each sink finishes its current write and closes its queue. A second signal aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy
+from forwardd.config import schema as cfg
+from forwardd.outputs.base import Output
+from forwardd.protocol import ClientPolicy, Limits, Security, User
+from forwardd.router import Route, Router, compile_pattern
+from forwardd.server.listener import ForwardListener, ListenerSettings
+from forwardd.server.session import SessionSettings
+from forwardd.server.tls import TlsSettings
+from forwardd.sink import Sink
+
+__all__ = ["Daemon", "build_filter", "build_output", "build_sink"]
+
+log = structlog.get_logger("forwardd")
+
+ROOT_LABEL = "@ROOT"
+
+
+def _path(p: Path | str | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def build_output(name: str, o: Any, worker: int = 0) -> Output:
+    """An Output for one configured output (closed set of types: the config's ``type`` is the registry)."""
+    if isinstance(o, cfg.FileOutput):
+        from forwardd.outputs.file import FileOutput
+
+        path = o.path if worker == 0 else _worker_path(o.path, worker)
+        return FileOutput(
+            name=name,
+            path=path,
+            format=o.format,
+            compress=o.compress,
+            rotate_interval=o.rotate.interval,
+            rotate_max_size=o.rotate.max_size,
+            symlink=o.symlink if worker == 0 else None,
+        )
+    if o.type == "stdout":
+        from forwardd.outputs.debug import StdoutOutput
+
+        return StdoutOutput(name=name)
+    if o.type == "null":
+        from forwardd.outputs.debug import NullOutput
+
+        return NullOutput(name=name)
+    if o.type == "kafka":
+        from forwardd.outputs.kafka import KafkaOutput  # type: ignore[import-not-found,unused-ignore]
+
+        return KafkaOutput.from_settings(name, o)  # type: ignore[no-any-return,unused-ignore]
+    if o.type == "http":
+        from forwardd.outputs.http import HttpOutput  # type: ignore[import-not-found,unused-ignore]
+
+        return HttpOutput.from_settings(name, o)  # type: ignore[no-any-return,unused-ignore]
+    raise ValueError(f"output {name!r}: unknown type {o.type!r}")
+
+
+def _worker_path(template: str, worker: int) -> str:
+    """Worker processes must not append to the same file: each gets its own suffix."""
+    p = Path(template)
+    return str(p.with_name(f"{p.stem}.worker{worker}{p.suffix}"))
+
+
+def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
+    """The buffer in front of an output: disk (durable, the default) or memory."""
+    output = build_output(name, o, worker)
+    b = o.buffer
+    r = b.retry
+    retry = RetryPolicy(
+        initial=r.initial, max=r.max, multiplier=r.multiplier, jitter=r.jitter,
+        max_attempts=r.max_attempts, max_age=r.max_age,
+    )  # fmt: skip
+    sub = Path(f"worker-{worker}") if worker else Path()
+    dead = Path(b.dead_letter_path or storage / "dead-letter" / name) / sub
+    if b.type == "memory":
+        return MemorySink(name, output, retry, str(dead), max_size=b.max_size, when_full=b.when_full)
+    queue = DiskQueue(
+        str(Path(b.path or storage / "buffer" / name) / sub),
+        name=name,
+        max_size=b.max_size,
+        max_segment_size=b.segment_size,
+        fsync=b.fsync,
+        fsync_interval=b.fsync_interval,
+        when_full=b.when_full,
+    )
+    return BufferedSink(name, output, queue, retry, str(dead))
+
+
+def build_filter(f: Any, index: int) -> Any:
+    """A filter object for one configured filter; constructors validate their own settings."""
+    from forwardd import filters
+
+    name = f"{f.type}[{index}]"
+    if f.type == "grep":
+        return filters.Grep(
+            name=name,
+            regexp=[(r.key, r.pattern) for r in f.regexp],
+            exclude=[(r.key, r.pattern) for r in f.exclude],
+            regexp_mode=f.combine,
+            exclude_mode="or" if f.combine == "or" else "and",
+        )
+    if f.type == "record_modify":
+        return filters.RecordModify(
+            name=name, set=dict(f.set), remove_keys=f.remove, rename=dict(f.rename), keep_keys=f.keep_keys
+        )
+    if f.type == "parser":
+        return filters.Parser(
+            name=name, key_name=f.key, format=f.format, pattern=f.pattern, reserve_data=f.reserve_data,
+            remove_key_name_field=f.remove_key_name_field, hash_value_field=f.hash_value_field,
+        )  # fmt: skip
+    if f.type == "tag_rewrite":
+        return filters.TagRewrite(
+            name=name, rules=[(r.key, r.pattern, r.tag) for r in f.rules], keep_unmatched=f.keep_unmatched
+        )
+    if f.type == "docker_partial":
+        return filters.DockerPartial(
+            name=name, flush_timeout=f.flush_timeout, max_size=f.max_size, max_pending=f.max_pending
+        )
+    raise ValueError(f"unknown filter type {f.type!r}")
+
+
+def build_routes(routes: Any) -> list[Route]:
+    return [
+        Route(
+            matcher=compile_pattern(r.match),
+            filters=tuple(build_filter(f, i) for i, f in enumerate(r.filters)),
+            outputs=tuple(r.outputs),
+            relabel=r.relabel,
+            continue_=r.continue_,
+        )
+        for r in routes
+    ]
+
+
+def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings:
+    lim = src.limits
+    security = None
+    if src.security is not None:
+        s = src.security
+        security = Security(
+            self_hostname=s.self_hostname,
+            shared_key=s.shared_key,
+            user_auth=s.user_auth,
+            allow_anonymous_source=s.allow_anonymous_source,
+            users=tuple(User(u.username, u.password) for u in s.users),
+            clients=tuple(
+                ClientPolicy(host=c.host, network=c.network, shared_key=c.shared_key, users=tuple(c.users))
+                for c in s.clients
+            ),
+            deny_keepalive=src.deny_keepalive,
+        )
+    session = SessionSettings(
+        listener=src.name,
+        limits=Limits(
+            max_frame_size=lim.max_frame_size,
+            max_decompressed_size=lim.max_decompressed_size,
+            chunk_size_warn=lim.chunk_size_warn,
+        ),
+        security=security,
+        max_inflight=lim.max_inflight,
+        handshake_timeout=lim.handshake_timeout,
+        idle_timeout=lim.idle_timeout,
+        deny_keepalive=src.deny_keepalive,
+        tag=src.tag,
+        add_tag_prefix=src.add_tag_prefix,
+        source_address_key=src.source_address_key,
+        source_hostname_key=src.source_hostname_key,
+    )
+    tls = None
+    if src.tls is not None:
+        t = src.tls
+        tls = TlsSettings(
+            cert_file=str(t.cert_file), key_file=str(t.key_file), ca_file=_path(t.ca_file),
+            client_auth=t.client_auth, min_version=t.min_version, key_password=t.key_password,
+        )  # fmt: skip
+    return ListenerSettings(
+        name=src.name,
+        session=session,
+        bind=src.bind,
+        port=src.port,
+        unix_path=_path(src.unix.path) if src.unix is not None else None,
+        unix_mode=src.unix.mode if src.unix is not None else 0o660,
+        udp_heartbeat=src.udp_heartbeat and src.unix is None,
+        tls=tls,
+        max_connections=lim.max_connections,
+        reuse_port=reuse_port,
+    )
+
+
+@dataclass
+class DaemonState:
+    listeners: list[ForwardListener]
+    sinks: Mapping[str, Sink]
+    router: Router
+
+
+class Daemon:
+    """One process's forwardd."""
+
+    def __init__(self, config: cfg.Config, *, worker: int = 0, reuse_port: bool = False) -> None:
+        self.config = config
+        self.worker = worker
+        self.reuse_port = reuse_port
+        storage = Path(config.storage.path)
+        self.sinks: dict[str, Sink] = {
+            name: build_sink(name, o, storage, worker) for name, o in config.outputs.items()
+        }
+        labels: dict[str, list[Route]] = {ROOT_LABEL: build_routes(config.routes)}
+        for label, routes in config.labels.items():
+            labels[label] = build_routes(routes)
+        self.router = Router(labels, self.sinks, root_label=ROOT_LABEL)
+        self.listeners = [
+            ForwardListener(listener_settings(s, reuse_port=reuse_port), self.router.entry(s.label))
+            for s in config.sources
+        ]
+        self._expiry: asyncio.Task[None] | None = None
+        self._started: list[Sink] = []
+
+    async def start(self) -> None:
+        for name, sink in self.sinks.items():
+            await sink.start()
+            self._started.append(sink)
+            log.debug("output.started", output=name)
+        self._expiry = asyncio.create_task(self.router.run_expiry(1.0), name="router-expiry")
+        for listener in self.listeners:
+            await listener.start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for listener in self.listeners:
+            await listener.stop(grace)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        drained = self.router.drain()
+        if drained is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(drained, grace)
+        for sink in reversed(self._started):
+            try:
+                await sink.stop()
+            except Exception as exc:  # one output failing to close must not keep the others open
+                log.error("output.stop_failed", output=sink.name, error=repr(exc))
+        log.info("forwardd.stopped", worker=self.worker)
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully; a second signal aborts at once."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("forwardd.abort", signal=signal.Signals(signum).name)
+                raise SystemExit(1)
+            log.info("forwardd.stopping", signal=signal.Signals(signum).name)
+            stop.set()
+
+        for s in signals:
+            loop.add_signal_handler(s, on_signal, s)
+        try:
+            await self.start()
+            log.info(
+                "forwardd.ready",
+                worker=self.worker,
+                listeners=[
+                    ls.address if ls.port is None else f"{ls.address}:{ls.port}" for ls in self.listeners
+                ],
+                outputs=sorted(self.sinks),
+            )
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            for s in signals:
+                loop.remove_signal_handler(s)
+            await self.stop()
