@@ -1,0 +1,59 @@
+"""The real Docker engine (Debian's docker.io, started by ../shared/docker/realdocker.sh) for tests of what
+`docker run --log-driver=fluentd` sends. One dockerd per test session, stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED
+
+
+@dataclass
+class Docker:
+    script: Path
+    env: dict[str, str]
+
+    def run(self, name: str, *args: str, cmd: list[str], timeout: float = 180) -> str:
+        """Run a container to completion with the fluentd log driver; returns the script's report."""
+        r = subprocess.run(
+            [str(self.script), "run", name, *args, "--", *cmd],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert "exit status 0" in r.stdout, (r.stdout, r.stderr)
+        return r.stdout
+
+    def service(self, name: str, *args: str, cmd: list[str], timeout: float = 240) -> str:
+        r = subprocess.run(
+            [str(self.script), "service", name, *args, "--", *cmd],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        return r.stdout
+
+
+@pytest.fixture(scope="session")
+def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
+    script = SHARED / "docker" / "realdocker.sh"
+    assert shutil.which("dockerd"), "dockerd is not installed (scripts/test installs docker.io)"
+    dk = tmp_path_factory.mktemp("dockerd")
+    env = dict(os.environ, DK=str(dk), WAIT_S="120")
+    env.pop("DOCKER_HOST", None)
+    start = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert start.returncode == 0, (start.stdout, start.stderr)
+    try:
+        image = subprocess.run([str(script), "image"], env=env, capture_output=True, text=True, timeout=120,
+                               check=False)
+        assert image.returncode == 0, (image.stdout, image.stderr)
+        yield Docker(script, env)
+    finally:
+        subprocess.run([str(script), "swarm-leave"], env=env, capture_output=True, timeout=90, check=False)
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=60, check=False)
