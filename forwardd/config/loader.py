@@ -1,0 +1,428 @@
+"""Reading configuration files: YAML with line numbers, ``${ENV}`` interpolation, includes, and errors that
+say where.
+
+The YAML is composed into nodes (PyYAML's SafeLoader, so no arbitrary objects), then built into plain
+data while each value remembers its file and line. Includes are merged at that stage (lists appended, maps
+merged, the including file's scalars winning), so that after the merge every key path still knows where it
+was written. Pydantic then validates the plain data; each error's ``loc`` is mapped back to the nearest key
+path that has a line, and its message rewritten as "expected X, got Y".
+
+Interpolation: in string scalars, ``${NAME}`` and ``${NAME:-default}`` are replaced from the environment
+when NAME is upper case (``[A-Z_][A-Z0-9_]*``, the POSIX convention for environment variables). Anything
+else, such as ``${tag}`` or ``${record["k"]}``, is left alone for the component that expands it per event.
+``$${NAME}`` stands for a literal ``${NAME}``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from forwardd.config.errors import ConfigError, Problem, format_path
+from forwardd.config.schema import Config
+from forwardd.config.units import show_value
+
+__all__ = ["load_config", "parse_config"]
+
+_ENV_RE = re.compile(r"\$(\$?)\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+_Loc = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class _V:
+    """A YAML value with where it was written (for a map entry: the line of its key)."""
+
+    value: Any  # dict[Any, _V] | list[_V] | a scalar
+    file: str
+    line: int
+    problems: list[str] = field(default_factory=list)
+
+
+class _Reader:
+    """One load: collects problems from every file instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[Problem] = []
+
+    # --- YAML to located values -------------------------------------------------------------------------
+
+    def compose(self, text: str, display: str) -> _V | None:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return _V({}, display, 1)
+            return self._build(node, loader, display)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            what = exc.problem or exc.context or "cannot parse"
+            if exc.problem and exc.context and exc.context_mark is not None:
+                what += f" ({exc.context} at line {exc.context_mark.line + 1})"
+            self.problems.append(
+                Problem(display, mark.line + 1 if mark else None, "", f"invalid YAML: {what}")
+            )
+        except yaml.YAMLError as exc:
+            self.problems.append(Problem(display, None, "", f"invalid YAML: {exc}"))
+        finally:
+            loader.dispose()
+        return None
+
+    def _build(self, node: yaml.Node, loader: yaml.SafeLoader, display: str) -> _V:
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+            merged_count = len(node.value) - explicit
+            out: dict[Any, _V] = {}
+            explicit_lines: dict[Any, int] = {}  # keys written here, not pulled in by `<<`
+            for i, (knode, vnode) in enumerate(node.value):
+                key = loader.construct_object(knode, deep=True)
+                child = self._build(vnode, loader, display)
+                child.line = knode.start_mark.line + 1
+                if not isinstance(key, str | int | float | bool) and key is not None:
+                    child.problems.append(f"a key must be a string, got {show_value(key)}")
+                    key = repr(key)
+                if i >= merged_count:
+                    if key in explicit_lines:
+                        child.problems.append(
+                            f"duplicate key {show_value(key)} (first at line {explicit_lines[key]})"
+                        )
+                    explicit_lines.setdefault(key, child.line)
+                out[key] = child
+            return _V(out, display, line)
+        if isinstance(node, yaml.SequenceNode):
+            return _V([self._build(n, loader, display) for n in node.value], display, line)
+        value = loader.construct_object(node, deep=True)
+        v = _V(value, display, line)
+        if isinstance(value, str) and "${" in value:
+            v.value = self._interpolate(value, v)
+        return v
+
+    def _interpolate(self, text: str, v: _V) -> str:
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1):  # $${NAME}: the literal text
+                return m.group(0)[1:]
+            name, default = m.group(2), m.group(3)
+            value = self.env.get(name)
+            if value is None:
+                if default is not None:
+                    return default
+                v.problems.append(
+                    f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                )
+                return ""
+            return value
+
+        return _ENV_RE.sub(sub, text)
+
+    # --- files and includes -----------------------------------------------------------------------------
+
+    def load_text(self, text: str, display: str, stack: tuple[str, ...]) -> _V | None:
+        root = self.compose(text, display)
+        if root is None:
+            return None
+        if root.value is None:
+            root.value = {}
+        if not isinstance(root.value, dict):
+            self.problems.append(
+                Problem(display, root.line, "", f"expected a mapping of settings, got {_kind(root.value)}")
+            )
+            return None
+        merged = _V({}, display, root.line)
+        include = root.value.pop("include", None)
+        if include is not None:
+            entries = include.value if isinstance(include.value, list) else [include]
+            for i, entry in enumerate(entries):
+                where: _Loc = ("include", i) if isinstance(include.value, list) else ("include",)
+                if not isinstance(entry.value, str) or not entry.value:
+                    self._problem(
+                        entry, where, f"expected a file name or glob, got {show_value(entry.value)}"
+                    )
+                    continue
+                for child in self._include(entry, where, display, stack):
+                    self._merge(merged, child, ())
+        self._merge(merged, root, ())
+        return merged
+
+    def _include(self, entry: _V, where: _Loc, display: str, stack: tuple[str, ...]) -> list[_V]:
+        pattern = entry.value
+        base = os.path.dirname(display) if not display.startswith("<") else ""
+        full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+        # A glob may match nothing (an empty conf.d/ is normal); a plain name must exist.
+        paths = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+        out = []
+        for p in paths:
+            shown = os.path.normpath(p)
+            real = os.path.realpath(p)
+            if real in stack:
+                self._problem(entry, where, f"include cycle: {shown} is already being read")
+                continue
+            try:
+                text = Path(p).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                self._problem(entry, where, f"file not found: {shown}")
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                self._problem(entry, where, f"cannot read {shown}: {exc}")
+                continue
+            child = self.load_text(text, shown, (*stack, real))
+            if child is not None:
+                out.append(child)
+        return out
+
+    def _problem(self, v: _V, loc: _Loc, message: str) -> None:
+        self.problems.append(Problem(v.file, v.line, format_path(loc), message, loc))
+
+    def _merge(self, base: _V, extra: _V, loc: _Loc) -> None:
+        """Merge ``extra`` into ``base`` in place: maps merged, lists appended, later scalars winning."""
+        for key, v in extra.value.items():
+            old = base.value.get(key)
+            if old is None:
+                base.value[key] = v
+            elif loc == ("outputs",):
+                first, again = f"{old.file}:{old.line}", f"{v.file}:{v.line}"
+                self._problem(
+                    v, (*loc, key), f"output {show_value(key)} is defined twice: in {first} and in {again}"
+                )
+            elif isinstance(old.value, dict) and isinstance(v.value, dict):
+                self._merge(old, v, (*loc, key))
+            elif isinstance(old.value, list) and isinstance(v.value, list):
+                old.value = old.value + v.value
+            else:
+                base.value[key] = v
+
+    # --- validation -------------------------------------------------------------------------------------
+
+    def validate(self, root: _V) -> Config:
+        locs: dict[_Loc, tuple[str, int]] = {}
+        flagged: set[_Loc] = set()
+        data = self._plain(root, (), locs, flagged)
+
+        def place(loc: _Loc) -> tuple[str, int]:
+            for n in range(len(loc), -1, -1):
+                if loc[:n] in locs:
+                    return locs[loc[:n]]
+            return root.file, root.line
+
+        config: Config | None = None
+        try:
+            config = Config.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            for err in errors:
+                if err["type"] == "too_short" and _has_inner(err["loc"], errors):
+                    continue  # pydantic counts only the items that validated: not the author's mistake
+                path, message = _explain(err, data)
+                if any(path[:n] in flagged for n in range(len(path) + 1)):
+                    continue  # already reported by the loader (e.g. an unset variable left it empty)
+                file, line = place(path)
+                self.problems.append(Problem(file, line, format_path(path), message, path))
+        except ConfigError as exc:
+            for p in exc.problems:
+                file, line = place(p.loc)
+                self.problems.append(Problem(file, line, p.path, p.message, p.loc))
+        if self.problems or config is None:
+            raise ConfigError(self.problems)
+        return config
+
+    def _plain(self, v: _V, loc: _Loc, locs: dict[_Loc, tuple[str, int]], flagged: set[_Loc]) -> Any:
+        locs[loc] = (v.file, v.line)
+        for message in v.problems:
+            flagged.add(loc)
+            self.problems.append(Problem(v.file, v.line, format_path(loc), message, loc))
+        if isinstance(v.value, dict):
+            return {k: self._plain(c, (*loc, k), locs, flagged) for k, c in v.value.items()}
+        if isinstance(v.value, list):
+            return [self._plain(c, (*loc, i), locs, flagged) for i, c in enumerate(v.value)]
+        return v.value
+
+
+def _has_inner(loc: Any, errors: list[Any]) -> bool:
+    n = len(loc)
+    return any(len(e["loc"]) > n and tuple(e["loc"][:n]) == tuple(loc) for e in errors)
+
+
+def _kind(value: Any) -> str:
+    return show_value(value) if not isinstance(value, list) else "a list"
+
+
+# --- pydantic errors as sentences ---------------------------------------------------------------------------
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "path_type": "a file path",
+}
+
+
+def _data_path(data: Any, loc: _Loc) -> _Loc:
+    """The key path in the YAML for a pydantic ``loc`` (which also names union members: skip those)."""
+    out: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if part == "[key]":
+            break
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if present:
+            node = node[part]
+            out.append(part)
+        elif i == len(loc) - 1:
+            out.append(part)  # a missing key: name it
+    return tuple(out)
+
+
+def _explain(err: Any, data: Any) -> tuple[_Loc, str]:
+    kind: str = err["type"]
+    loc: _Loc = tuple(err["loc"])
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    got = show_value(err.get("input"))
+    path = _data_path(data, loc)
+    if kind == "missing":
+        return path, "required, but not set"
+    if kind == "extra_forbidden":
+        keys = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        if close:
+            return path, f"unknown key (did you mean {close[0]!r}?)"
+        return path, f"unknown key (expected one of: {', '.join(keys)})" if keys else "unknown key"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        what = "filter" if "filters" in path else "output" if path[:1] == ("outputs",) else "component"
+        expected = ", ".join(_union_tags(loc))
+        if kind == "union_tag_not_found":
+            return (*path, "type"), f"required, but not set (the {what} type: one of {expected})"
+        return (*path, "type"), f"unknown {what} type {ctx.get('tag')!r} (expected one of: {expected})"
+    if kind == "literal_error":
+        return path, f"expected one of {ctx.get('expected')}, got {got}"
+    if kind in _EXPECTED:
+        return path, f"expected {_EXPECTED[kind]}, got {got}"
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than_equal": "<=",
+        "less_than": "<",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return path, f"expected a number {bounds[kind]} {limit}, got {got}"
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return path, f"expected at least {n} item{'s' if n != 1 else ''}, got {ctx.get('actual_length', 0)}"
+    if kind == "string_too_short":
+        return path, "expected a non-empty string"
+    message: str = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return path, message
+
+
+def _strip(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
+
+
+def _schema_at(loc: _Loc) -> Any:
+    """The type that validates the value at pydantic ``loc`` (None when it cannot be followed)."""
+    tp: Any = Config
+    for part in loc:
+        tp = _strip(tp)
+        origin = typing.get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            match = [f.annotation for n, f in tp.model_fields.items() if part in (n, f.alias)]
+            if not match:
+                return None
+            tp = match[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [m for m in _union_members(tp) if part in _tags_of(m)]
+            if not members:
+                return None
+            tp = members[0]
+        elif origin in (tuple, list):
+            tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    return _strip(tp)
+
+
+def _union_members(tp: Any) -> list[type[BaseModel]]:
+    members = [_strip(m) for m in typing.get_args(tp)]
+    return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _tags_of(model: type[BaseModel]) -> tuple[Any, ...]:
+    f = model.model_fields.get("type")
+    return typing.get_args(f.annotation) if f is not None else ()
+
+
+def _known_keys(loc: _Loc) -> list[str]:
+    """The keys a mapping at pydantic ``loc`` accepts (for "did you mean")."""
+    tp = _schema_at(loc)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.alias or n for n, f in tp.model_fields.items()]
+    return []
+
+
+def _union_tags(loc: _Loc) -> list[str]:
+    """The ``type:`` values the union at pydantic ``loc`` accepts."""
+    tp = _schema_at(loc)
+    return [str(t) for m in _union_members(tp) for t in _tags_of(m)] if tp is not None else []
+
+
+# --- public API ---------------------------------------------------------------------------------------------
+
+
+def parse_config(text: str, filename: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    """Validate configuration text; ``filename`` is used in messages and to resolve relative includes."""
+    reader = _Reader(os.environ if env is None else env)
+    stack = () if filename.startswith("<") else (os.path.realpath(filename),)
+    root = reader.load_text(text, filename, stack)
+    if root is None:
+        raise ConfigError(reader.problems)
+    return reader.validate(root)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file (and its includes); raises ConfigError listing every problem."""
+    display = os.path.normpath(str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(display, None, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(display, None, "", f"cannot read: {exc}")]) from None
+    return parse_config(text, display, env)
