@@ -1,0 +1,287 @@
+"""docker_partial: put back together the lines docker splits at 16 KiB.
+
+Docker's log copier cuts a line longer than 16 KiB into pieces, and its fluentd driver sends each piece as
+its own message carrying ``partial_message: "true"``, ``partial_id``, ``partial_ordinal`` ("1".."n") and
+``partial_last`` ("true" on the last), all strings. This filter holds the pieces of a line, keyed by
+(tag, ``container_id``, ``partial_id``) so that lines of many containers can interleave, and emits one event
+when the last piece is in and every ordinal 1..n is present: the ``log`` values joined in ordinal order, the
+other fields and the time of piece 1, the ``partial_*`` fields removed. The joined event takes the place of
+the piece that completed it; events that are not pieces pass untouched and keep their order. A piece seen
+twice (a client resending after a lost ack) is dropped and counted in :attr:`DockerPartial.duplicates`.
+
+Older engines (moby before 18.06) set only ``partial_message: "true"``: their pieces are concatenated per
+(tag, ``container_id``) until the next record of that container *without* the flag, which ends the line.
+
+Nothing is held without bound. A line open for ``flush_timeout`` seconds (from its first piece), a line
+evicted because more than ``max_pending`` lines are open (oldest first), and whatever is held at
+:meth:`DockerPartial.drain` are emitted as they are: the pieces held, joined in ordinal order, with
+``partial_id`` kept (to match fragments up) and ``partial_incomplete: "true"`` added. A line whose joined
+``log`` would pass ``max_size`` bytes is emitted in segments of at most ``max_size`` (plus one piece), each
+flagged the same way, so a runaway line costs bounded memory. Pieces that come after their line was flushed
+start a new fragment, flagged again; data is never dropped, only delivered in more than one event.
+Timed-out and evicted lines of other tags are handed out by :meth:`DockerPartial.expire`.
+
+Acks: the pieces held here have already been acked to docker. Docker waits for each ack before it sends
+the next piece, so holding an ack until the line completes would deadlock the driver. Held pieces live only
+in memory until their line completes, so a crash in that window loses them. The window is bounded by
+``flush_timeout`` (and docker sends the pieces of a line back to back, so it is normally milliseconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from forwardd.model import Chunk, Event
+
+__all__ = ["DockerPartial"]
+
+_PARTIAL_FIELDS = frozenset(("partial_message", "partial_id", "partial_ordinal", "partial_last"))
+_MARKER = b"partial_message"
+
+_Key = tuple[str, str, str | None]  # (tag, container_id or "", partial_id or None for the old format)
+
+
+class _Line:
+    """The held pieces of one line (or of its current segment)."""
+
+    __slots__ = (
+        "done",
+        "first_seen",
+        "head",
+        "head_ord",
+        "key",
+        "last",
+        "next_ord",
+        "pid",
+        "pieces",
+        "segmented",
+        "size",
+        "tag",
+    )
+
+    def __init__(self, key: _Key, first_seen: float) -> None:
+        self.key = key
+        self.tag = key[0]
+        self.pid = key[2]
+        self.first_seen = first_seen
+        self.head: Event | None = None  # piece with the lowest ordinal seen, partial_* fields removed
+        self.head_ord = 0
+        self.pieces: dict[int, str] = {}
+        self.done: set[int] = set()  # ordinals already emitted in an earlier segment
+        self.size = 0
+        self.last: int | None = None
+        self.next_ord = 1  # old format: ordinals are given in arrival order
+        self.segmented = False
+
+    def complete(self) -> bool:
+        last = self.last
+        if last is None or len(self.pieces) + len(self.done) < last:
+            return False
+        have = self.pieces.keys() | self.done
+        return all(o in have for o in range(1, last + 1))
+
+
+def _nbytes(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogateescape"))
+
+
+class DockerPartial:
+    """Reassemble docker's partial messages; stateful (see :meth:`expire`, :meth:`drain`)."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "docker_partial",
+        flush_timeout: float = 5.0,
+        max_size: int = 1 << 20,
+        max_pending: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if type(flush_timeout) not in (int, float) or not flush_timeout > 0:
+            raise ValueError(f"docker_partial flush_timeout must be > 0 seconds, got {flush_timeout!r}")
+        if type(max_size) is not int or max_size <= 0:
+            raise ValueError(f"docker_partial max_size must be a positive number of bytes, got {max_size!r}")
+        if type(max_pending) is not int or max_pending <= 0:
+            raise ValueError(f"docker_partial max_pending must be a positive integer, got {max_pending!r}")
+        self.name = name
+        self.flush_timeout = float(flush_timeout)
+        self.max_size = max_size
+        self.max_pending = max_pending
+        self._clock = clock
+        self._open: OrderedDict[_Key, _Line] = OrderedDict()  # oldest first: expiry pops from the front
+        self._legacy_tags: dict[str, int] = {}  # tags with open old-format lines: their plain records matter
+        self._ready: list[tuple[str, Event]] = []  # evicted lines of other tags, for the next expire()
+        #: Pieces received twice and dropped.
+        self.duplicates = 0
+        #: Events emitted as fragments (timeout, eviction, size cap, drain).
+        self.incomplete = 0
+
+    @property
+    def pending(self) -> int:
+        """Open lines."""
+        return len(self._open)
+
+    def __call__(self, chunk: Chunk) -> Chunk | None:
+        tag = chunk.tag
+        # The common chunk holds no piece: a byte search decides without decoding a record.
+        if _MARKER not in chunk.entries and tag not in self._legacy_tags:
+            return chunk
+        events = chunk.events()
+        out: list[Event] = []
+        changed = False
+        now: float | None = None
+        for ev in events:
+            rec = ev.record
+            if rec.get("partial_message") != "true":
+                if tag in self._legacy_tags:
+                    line = self._open.get((tag, _cid(rec), None))
+                    if line is not None:
+                        log = rec.get("log")
+                        if type(log) is str:
+                            self._add(line, line.next_ord, ev, log, True, out)
+                        else:
+                            self._close((tag, _cid(rec), None), out, tag)
+                            out.append(ev)
+                        changed = True
+                        continue
+                out.append(ev)
+                continue
+            log = rec.get("log")
+            pid = rec.get("partial_id")
+            if type(log) is not str or (pid is not None and type(pid) is not str):
+                out.append(ev)  # not a shape we can join: better delivered as it is than guessed at
+                continue
+            if pid is None:
+                ordinal, is_last = 0, False
+            else:
+                ordinal = _ordinal(rec.get("partial_ordinal"))
+                if ordinal <= 0:
+                    out.append(ev)
+                    continue
+                is_last = rec.get("partial_last") == "true"
+            changed = True
+            key = (tag, _cid(rec), pid)
+            line = self._open.get(key)
+            if line is None:
+                if now is None:
+                    now = self._clock()
+                line = self._new(key, now, out)
+            self._add(line, ordinal or line.next_ord, ev, log, is_last, out)
+        if not changed:
+            return chunk
+        return chunk.replace_events(out) if out else None
+
+    def expire(self, now: float) -> list[Chunk]:
+        """Emit lines held for ``flush_timeout`` or longer, and lines evicted since the last call."""
+        emitted, self._ready = self._ready, []
+        deadline = now - self.flush_timeout
+        while self._open:
+            key, line = next(iter(self._open.items()))
+            if line.first_seen > deadline:
+                break
+            self._close(key, None, None, emitted)
+        return _chunks(emitted)
+
+    def drain(self) -> list[Chunk]:
+        """Give back everything held (shutdown), as fragments."""
+        emitted, self._ready = self._ready, []
+        while self._open:
+            self._close(next(iter(self._open)), None, None, emitted)
+        return _chunks(emitted)
+
+    def _new(self, key: _Key, now: float, out: list[Event]) -> _Line:
+        if len(self._open) >= self.max_pending:
+            self._close(next(iter(self._open)), out, key[0], self._ready)
+        line = _Line(key, now)
+        self._open[key] = line
+        if key[2] is None:
+            self._legacy_tags[key[0]] = self._legacy_tags.get(key[0], 0) + 1
+        return line
+
+    def _forget(self, key: _Key) -> None:
+        del self._open[key]
+        if key[2] is None:
+            n = self._legacy_tags[key[0]] - 1
+            if n:
+                self._legacy_tags[key[0]] = n
+            else:
+                del self._legacy_tags[key[0]]
+
+    def _close(
+        self,
+        key: _Key,
+        out: list[Event] | None,
+        out_tag: str | None,
+        elsewhere: list[tuple[str, Event]] | None = None,
+    ) -> None:
+        """Emit an open line as a fragment: into ``out`` if it has ``out_tag``, else into ``elsewhere``."""
+        line = self._open[key]
+        self._forget(key)
+        if not line.pieces:
+            return
+        ev = self._join(line, complete=False)
+        if out is not None and line.tag == out_tag:
+            out.append(ev)
+        else:
+            (self._ready if elsewhere is None else elsewhere).append((line.tag, ev))
+
+    def _add(self, line: _Line, ordinal: int, ev: Event, log: str, is_last: bool, out: list[Event]) -> None:
+        if ordinal in line.pieces or ordinal in line.done:
+            self.duplicates += 1
+            return
+        line.next_ord = ordinal + 1
+        if line.head is None or ordinal < line.head_ord:
+            rec = {k: v for k, v in ev.record.items() if k not in _PARTIAL_FIELDS}
+            line.head = Event(ev.time_ns, rec, ev.meta)
+            line.head_ord = ordinal
+        n = _nbytes(log)
+        if line.pieces and line.size + n > self.max_size:
+            out.append(self._join(line, complete=False))
+            line.done.update(line.pieces)
+            line.pieces = {}
+            line.size = 0
+            line.segmented = True
+        line.pieces[ordinal] = log
+        line.size += n
+        if is_last:
+            line.last = ordinal
+        if line.complete():
+            self._forget(line.key)
+            out.append(self._join(line, complete=not line.segmented))
+
+    def _join(self, line: _Line, *, complete: bool) -> Event:
+        head = line.head
+        assert head is not None  # a line is created with its first piece
+        pieces = line.pieces
+        rec = dict(head.record)
+        rec["log"] = "".join([pieces[o] for o in sorted(pieces)])
+        if not complete:
+            if line.pid is not None:
+                rec["partial_id"] = line.pid
+            rec["partial_incomplete"] = "true"
+            self.incomplete += 1
+        return Event(head.time_ns, rec, head.meta)
+
+
+def _cid(rec: dict[Any, Any]) -> str:
+    cid = rec.get("container_id")
+    return cid if type(cid) is str else ""
+
+
+def _ordinal(v: Any) -> int:
+    if type(v) is str and v.isdigit() and len(v) < 10:
+        return int(v)
+    if type(v) is int:
+        return v
+    return 0
+
+
+def _chunks(emitted: list[tuple[str, Event]]) -> list[Chunk]:
+    by_tag: dict[str, list[Event]] = {}
+    for tag, ev in emitted:
+        by_tag.setdefault(tag, []).append(ev)
+    now_ns = time.time_ns()
+    return [Chunk.from_events(tag, evs, now_ns) for tag, evs in by_tag.items()]
