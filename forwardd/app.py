@@ -104,37 +104,21 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
     return BufferedSink(name, output, queue, retry, str(dead))
 
 
+_FILTERS = {
+    "grep": "Grep",
+    "record_modify": "RecordModify",
+    "parser": "Parser",
+    "tag_rewrite": "TagRewrite",
+    "docker_partial": "DockerPartial",
+}
+
+
 def build_filter(f: Any, index: int) -> Any:
-    """A filter object for one configured filter; constructors validate their own settings."""
+    """A filter object for one configured filter; the settings model maps itself to the constructor."""
     from forwardd import filters
 
-    name = f"{f.type}[{index}]"
-    if f.type == "grep":
-        return filters.Grep(
-            name=name,
-            regexp=[(r.key, r.pattern) for r in f.regexp],
-            exclude=[(r.key, r.pattern) for r in f.exclude],
-            regexp_mode=f.combine,
-            exclude_mode="or" if f.combine == "or" else "and",
-        )
-    if f.type == "record_modify":
-        return filters.RecordModify(
-            name=name, set=dict(f.set), remove_keys=f.remove, rename=dict(f.rename), keep_keys=f.keep_keys
-        )
-    if f.type == "parser":
-        return filters.Parser(
-            name=name, key_name=f.key, format=f.format, pattern=f.pattern, reserve_data=f.reserve_data,
-            remove_key_name_field=f.remove_key_name_field, hash_value_field=f.hash_value_field,
-        )  # fmt: skip
-    if f.type == "tag_rewrite":
-        return filters.TagRewrite(
-            name=name, rules=[(r.key, r.pattern, r.tag) for r in f.rules], keep_unmatched=f.keep_unmatched
-        )
-    if f.type == "docker_partial":
-        return filters.DockerPartial(
-            name=name, flush_timeout=f.flush_timeout, max_size=f.max_size, max_pending=f.max_pending
-        )
-    raise ValueError(f"unknown filter type {f.type!r}")
+    cls = getattr(filters, _FILTERS[f.type])
+    return cls(name=f"{f.type}[{index}]", **f.to_kwargs())
 
 
 def build_routes(routes: Any) -> list[Route]:

@@ -1,0 +1,68 @@
+"""The command line as users run it: exit codes, check-config, the default configuration, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from forwardd import __version__
+from forwardd.testing import ForwardClient
+from tests.e2e.helpers import Proc
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forwardd", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=60, check=False)
+
+
+def test_version() -> None:
+    r = run("version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"forwardd {__version__}"
+
+
+def test_check_config_reports_problems_with_file_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - port: nope\n    bind: [1]\n")
+    r = run("check-config", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:2: sources[0].port: expected an integer, got 'nope'" in r.stderr
+    assert f"{bad}:3: sources[0].bind" in r.stderr
+
+
+def test_run_refuses_a_route_to_an_unknown_output(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - port: 0\nroutes:\n  - match: '**'\n    outputs: [missing]\n")
+    r = run("run", "--config", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:5" in r.stderr
+    assert "missing" in r.stderr
+
+
+def test_check_config_prints_routes(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    r = run("check-config", str(root / "conf" / "forwardd.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+
+
+def test_default_config_receives_and_writes_files_then_stops_cleanly(tmp_path: Path) -> None:
+    """`forwardd` with no arguments: port 24224, JSON lines under ./forwardd-data/logs/."""
+    proc = Proc(None, tmp_path)
+    try:
+        assert proc.port() == 24224
+        with ForwardClient(port=24224) as c:
+            c.message("docker.web", {"log": "hello"}, ack=True)
+            c.packed("app", [{"n": i} for i in range(10)], ack=True, compressed="gzip")
+    finally:
+        code = proc.terminate()
+    assert code == 0
+    stopped = proc.wait_event("forwardd.stopped")
+    assert stopped["level"] == "info"
+    web = tmp_path / "forwardd-data" / "logs" / "docker.web"
+    [day] = list(web.iterdir())
+    assert json.loads(day.read_text())["log"] == "hello"
+    app_lines = next((tmp_path / "forwardd-data" / "logs" / "app").iterdir()).read_text().splitlines()
+    assert [json.loads(x)["n"] for x in app_lines] == list(range(10))
