@@ -1,0 +1,464 @@
+"""Ingest benchmark driver: every scenario against forwardd and the baseline receiver, in the same run.
+
+The machine is shared and noisy (±30 % between minutes), so a forwardd number means little on its own:
+each scenario runs against both targets, repetitions interleaved (baseline, forwardd, baseline, …), and the
+table shows forwardd beside the baseline measured minutes apart at most. Each cell is the median of the
+repetitions that succeeded; a repetition that lost or mismatched an ack counts as failed, not as slow.
+
+Targets are commands with placeholders, so the way forwardd is started can change without touching this
+file: ``{python}`` (this interpreter), ``{host}``, ``{port}`` (a free port picked per start) and
+``{config}`` (a YAML file rendered from the config template, see ``--forwardd-config``).
+
+    python -m bench.ingest                          # all scenarios, baseline and forwardd, 3 s each, 3 reps
+    python -m bench.ingest --targets baseline --scenarios packed-1conn-ack,message-noack --duration 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import (
+    LoadConfig,
+    LoadError,
+    LoadResult,
+    Mode,
+    Ring,
+    encode_ring,
+    proc_tree_cpu_seconds,
+    run_load,
+)
+
+__all__ = [
+    "DEFAULT_COMMANDS",
+    "FORWARDD_CONFIG",
+    "SCENARIOS",
+    "Run",
+    "Scenario",
+    "Target",
+    "TargetError",
+    "format_table",
+    "main",
+    "run_suite",
+    "wait_for_port",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+DEFAULT_COMMANDS = {
+    "baseline": "{python} -m bench.baseline_receiver --host {host} --port {port}",
+    "forwardd": "{python} -m forwardd run --config {config}",
+}
+
+#: forwardd's configuration for the benchmark: one forward source, everything to a null output.
+FORWARDD_CONFIG = """\
+sources:
+  - name: main
+    type: forward
+    bind: {host}
+    port: {port}
+routes:
+  - match: "**"
+    outputs: [sink]
+outputs:
+  sink:
+    type: "null"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    mode: Mode
+    conns: int
+    ack: bool
+    window: int
+    about: str
+
+    def config(self, address: str, chunk_size: int, duration: float, events: int | None) -> LoadConfig:
+        return LoadConfig(
+            address=address,
+            mode=self.mode,
+            conns=self.conns,
+            ack=self.ack,
+            window=self.window,
+            chunk_size=chunk_size,
+            duration=duration,
+            events=events,
+        )
+
+
+def scenarios(packed_window: int = 4) -> list[Scenario]:
+    """The suite, in the order it runs; ``packed_window`` is the ack window of the acked packed cases."""
+    w = packed_window
+    return [
+        Scenario("packed-1conn-ack", "packed", 1, True, w, f"PackedForward, 1 connection, ack window {w}"),
+        Scenario("packed-4conn-ack", "packed", 4, True, w, f"PackedForward, 4 connections, ack window {w}"),
+        Scenario("packed-1conn-noack", "packed", 1, False, 1, "PackedForward, 1 connection, no acks"),
+        Scenario("packed-4conn-noack", "packed", 4, False, 1, "PackedForward, 4 connections, no acks"),
+        Scenario("message-noack", "message", 1, False, 1, "Message mode, 1 connection, no acks"),
+        Scenario("message-ack-w64", "message", 1, True, 64, "Message mode, 1 connection, ack window 64"),
+        Scenario(
+            "message-ack-w1-16conn",
+            "message",
+            16,
+            True,
+            1,
+            "Message mode, 16 connections, ack per message (docker fluentd-request-ack=true)",
+        ),
+    ]
+
+
+SCENARIOS = scenarios()
+
+
+class TargetError(Exception):
+    """A target did not start, or died."""
+
+
+def wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once ``host:port`` accepts a connection; raise TargetError at ``deadline`` (monotonic) or
+    as soon as ``proc`` exits. The pause between attempts is a wait on the process, so an exit is seen
+    at once."""
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise TargetError(f"{host}:{port} did not accept connections in time ({last})")
+        if proc is not None:
+            try:
+                rc = proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            raise TargetError(f"exited with code {rc} before listening")
+        time.sleep(0.05)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Target:
+    """One receiver started from a command template; its output goes to ``<logdir>/<name>.log``.
+
+    It runs in ``logdir`` with the repository on PYTHONPATH, so whatever it writes relative to its working
+    directory (forwardd's default storage) lands in the scratch directory, not in the repository."""
+
+    def __init__(self, name: str, command: str, config_template: str, logdir: Path) -> None:
+        self.name = name
+        self.command = command
+        self.config_template = config_template
+        self.logdir = logdir
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = logdir / f"{name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float) -> None:
+        self.port = _free_port(HOST)
+        config = self.logdir / f"{self.name}-{self.port}.yaml"
+        config.write_text(self.config_template.format(host=HOST, port=self.port))
+        argv = shlex.split(
+            self.command.format(python=shlex.quote(sys.executable), host=HOST, port=self.port, config=config)
+        )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {shlex.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, cwd=self.logdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(HOST, self.port, time.monotonic() + timeout, self.proc)
+        except TargetError as e:
+            self.stop()
+            raise TargetError(f"{self.name}: {e}; last output:\n{self.log_tail()}") from None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(slots=True)
+class Run:
+    scenario: str
+    target: str
+    rep: int
+    result: LoadResult | None
+    receiver_cpu_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result is not None and self.result.ok
+
+
+@dataclass(slots=True)
+class Row:
+    scenario: str
+    target: str
+    runs: int
+    ok_runs: int
+    events_per_s: float | None = None
+    mb_per_s: float | None = None
+    ack_p50_ms: float | None = None
+    ack_p99_ms: float | None = None
+    sender_cpu_pct: float | None = None
+    receiver_cpu_pct: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarise(runs: list[Run], order: Sequence[tuple[str, str]]) -> list[Row]:
+    """One row per (scenario, target): medians over the successful repetitions."""
+    rows = []
+    for scen, tgt in order:
+        mine = [r for r in runs if r.scenario == scen and r.target == tgt]
+        good = [r.result for r in mine if r.ok and r.result is not None]
+        row = Row(scen, tgt, len(mine), len(good))
+        for r in mine:
+            if not r.ok:
+                errs = [r.error] if r.error else (r.result.errors if r.result else [])
+                row.errors.extend(e for e in errs if e)
+        if good:
+            row.events_per_s = _median([g.events_per_s for g in good])
+            row.mb_per_s = _median([g.mb_per_s for g in good])
+            row.ack_p50_ms = _median([g.ack_p50_ms for g in good])
+            row.ack_p99_ms = _median([g.ack_p99_ms for g in good])
+            row.sender_cpu_pct = _median([100 * g.sender_cpu_s / g.duration_s for g in good if g.duration_s])
+            row.receiver_cpu_pct = _median(
+                [
+                    100 * r.receiver_cpu_s / r.result.duration_s
+                    for r in mine
+                    if r.ok and r.result is not None and r.result.duration_s
+                ]
+            )
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table; forwardd rows also show their events/s as a share of the baseline's."""
+    base = {r.scenario: r.events_per_s for r in rows if r.target == "baseline"}
+    head = [
+        "scenario",
+        "target",
+        "events/s",
+        "MB/s",
+        "ack p50 ms",
+        "ack p99 ms",
+        "sender CPU",
+        "receiver CPU",
+        "vs baseline",
+        "ok runs",
+    ]
+    body = []
+    for r in rows:
+        b = base.get(r.scenario)
+        ratio = f"{r.events_per_s / b:.2f}x" if r.target != "baseline" and r.events_per_s and b else ""
+        body.append(
+            [
+                r.scenario,
+                r.target,
+                _fmt(r.events_per_s, ",.0f"),
+                _fmt(r.mb_per_s, ",.1f"),
+                _fmt(r.ack_p50_ms, ".2f"),
+                _fmt(r.ack_p99_ms, ".2f"),
+                _fmt(r.sender_cpu_pct, ".0f") + ("%" if r.sender_cpu_pct is not None else ""),
+                _fmt(r.receiver_cpu_pct, ".0f") + ("%" if r.receiver_cpu_pct is not None else ""),
+                ratio,
+                f"{r.ok_runs}/{r.runs}",
+            ]
+        )
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in body:
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    seen: set[str] = set()
+    for r in rows:
+        for e in r.errors:
+            if e not in seen:  # a target that never started would repeat the same line per scenario
+                seen.add(e)
+                lines.append(f"  {r.scenario} / {r.target}: {e}")
+    return "\n".join(lines)
+
+
+def _run_one(
+    scen: Scenario, target: Target, rep: int, rings: dict[int, Ring], args: argparse.Namespace
+) -> Run:
+    if not target.alive():
+        # It died (or was killed) since the last run: that run's failure is already recorded; say so
+        # in the log and go on with a fresh process rather than failing every remaining scenario.
+        print(f"  [{target.name}] not running any more, restarting; log: {target.log_path}", flush=True)
+        try:
+            target.stop()
+            target.start(args.start_timeout)
+        except TargetError as e:
+            return Run(scen.name, target.name, rep, None, error=f"target died and did not restart: {e}")
+    cfg = scen.config(target.address, args.chunk_size, args.duration, args.events)
+    cpu0 = proc_tree_cpu_seconds(target.pid)
+    try:
+        res = run_load(cfg, rings)
+    except LoadError as e:
+        return Run(scen.name, target.name, rep, None, error=str(e))
+    return Run(scen.name, target.name, rep, res, proc_tree_cpu_seconds(target.pid) - cpu0)
+
+
+def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run], list[Row]]:
+    selected = scenarios(args.packed_window)
+    if args.scenarios:
+        wanted = args.scenarios.split(",")
+        unknown = set(wanted) - {s.name for s in selected}
+        if unknown:
+            raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+        selected = [s for s in selected if s.name in wanted]
+    names = args.targets.split(",")
+    logdir = Path(tempfile.mkdtemp(prefix="forwardd-bench-"))
+    commands = {"baseline": args.baseline_cmd, "forwardd": args.forwardd_cmd}
+    config_template = Path(args.forwardd_config).read_text() if args.forwardd_config else FORWARDD_CONFIG
+    targets: list[Target] = []
+    not_started: dict[str, str] = {}
+    runs: list[Run] = []
+    try:
+        for name in names:
+            if name not in commands:
+                raise SystemExit(f"unknown target {name!r} (known: {', '.join(commands)})")
+            t = Target(name, commands[name], config_template, logdir)
+            try:
+                t.start(args.start_timeout)
+            except TargetError as e:
+                last = [ln for ln in t.log_tail().splitlines() if ln.strip()][-1:] or [str(e)]
+                not_started[name] = last[0].strip()
+                print(f"[{name}] not started: {e}", file=out, flush=True)
+                continue
+            print(f"[{name}] listening on {t.address} (pid {t.pid}, log {t.log_path})", file=out, flush=True)
+            targets.append(t)
+        for scen in selected:
+            probe = scen.config("", args.chunk_size, args.duration, args.events)
+            rings = {c: encode_ring(probe, c) for c in range(scen.conns)}
+            for rep in range(1, args.reps + 1):
+                for t in targets:
+                    run = _run_one(scen, t, rep, rings, args)
+                    runs.append(run)
+                    res = run.result
+                    if run.ok and res is not None:
+                        lat = f", ack p50 {res.ack_p50_ms:.2f} ms" if res.ack_p50_ms is not None else ""
+                        msg = f"{res.events_per_s:,.0f} events/s{lat}"
+                    else:
+                        msg = "FAILED: " + (run.error or "; ".join(res.errors if res else []))[:300]
+                    print(f"  {scen.name} [{t.name}] #{rep}: {msg}", file=out, flush=True)
+            for name, why in not_started.items():
+                runs.append(Run(scen.name, name, 0, None, error=f"not started: {why}"))
+    finally:
+        for t in targets:
+            t.stop()
+    order = [(s.name, n) for s in selected for n in names]
+    return runs, summarise(runs, order)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.ingest",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="scenarios:\n" + "\n".join(f"  {s.name:24} {s.about}" for s in SCENARIOS),
+    )
+    ap.add_argument("--targets", default="baseline,forwardd", help="comma-separated: baseline, forwardd")
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per scenario and target")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds of traffic per repetition")
+    ap.add_argument("--events", type=int, default=None, help="events per connection (replaces --duration)")
+    ap.add_argument("--chunk-size", type=int, default=1000, help="events per PackedForward chunk")
+    ap.add_argument("--packed-window", type=int, default=4, help="ack window of the acked packed scenarios")
+    ap.add_argument("--baseline-cmd", default=DEFAULT_COMMANDS["baseline"])
+    ap.add_argument("--forwardd-cmd", default=DEFAULT_COMMANDS["forwardd"])
+    ap.add_argument("--forwardd-config", default=None, help="YAML template with {host} and {port}")
+    ap.add_argument("--start-timeout", type=float, default=20.0, help="seconds for a target to listen")
+    ap.add_argument("--json", default=None, help="also write every run and the summary to this file")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    what = f"{args.duration:g} s" if args.events is None else f"{args.events:,} events/conn"
+    load0 = os.getloadavg()[0]
+    print(
+        f"ingest benchmark: {what} per run, {args.reps} rep(s), chunk {args.chunk_size};"
+        f" {os.cpu_count()} CPUs, load average {load0:.2f}",
+        flush=True,
+    )
+    runs, rows = run_suite(args)
+    print()
+    print(format_table(rows))
+    # Other work on the machine shows up here before it shows up as a mysteriously slow row.
+    print(f"load average before {load0:.2f}, after {os.getloadavg()[0]:.2f}")
+    if args.json:
+        payload = {
+            "args": vars(args),
+            "rows": [asdict(r) for r in rows],
+            "runs": [
+                {**asdict(r), "result": None if r.result is None else {**asdict(r.result), "ok": r.result.ok}}
+                for r in runs
+            ],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
