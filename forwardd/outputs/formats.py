@@ -1,0 +1,308 @@
+"""Record encoders shared by the file, Kafka and HTTP outputs.
+
+Three formats, each as a per-event function (Kafka and HTTP send one message per event) and a per-batch
+function that returns one ``bytes`` for many events (the file output writes a batch with one syscall):
+
+``json`` (JSON lines)
+    ``{"time":"2024-01-02T03:04:05.123456789Z","tag":"docker.web",...record}`` and a newline. The event time
+    goes under ``time_key`` as RFC 3339 UTC with always nine fraction digits (fixed width, so lines sort as
+    text and nothing is lost), the tag under ``tag_key``; either key can be ``None`` to leave it out. Both
+    come first; if the record already has that key, the injected value wins (as Fluentd's ``<inject>``).
+``msgpack``
+    ``[EventTime, record]`` per event: the PackedForward entry shape, so a file of them is exactly the
+    ``entries`` of a forward message and can be replayed. The tag is not stored (put ``${tag}`` in the path);
+    v1.5 per-event metadata is not written.
+``fluentd``
+    Fluentd ``out_file``'s default ``time<TAB>tag<TAB>json`` line, time as ``2024-01-02T03:04:05+00:00``
+    (whole seconds, as Fluentd writes it) in UTC or local time. Tabs and newlines in the tag are escaped so
+    a line stays a line.
+
+Values JSON cannot hold natively (records are decoded with ``surrogateescape``, so strings may carry
+undecodable bytes): ``bytes`` and invalid UTF-8 in strings become text with ``\\xNN`` escapes
+(``backslashreplace``; readable, and reversible unless the record itself contained such escapes), nested
+EventTime values become the same RFC 3339 string as the event time, other msgpack ext values become
+``{"ext": code, "data": base64}``, non-string keys become their JSON text, integers beyond 64 bits become
+strings. The common case pays nothing for this: orjson runs first and only a record it rejects is sanitised.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+import orjson
+
+from forwardd.model import EVENT_TIME_EXT, Chunk, Event, EventTime
+
+__all__ = [
+    "FORMATS",
+    "Encoder",
+    "encode_fluentd_line",
+    "encode_fluentd_lines",
+    "encode_json",
+    "encode_json_lines",
+    "encode_msgpack",
+    "encode_msgpack_entries",
+    "fluentd_lines",
+    "json_lines",
+    "make_encoder",
+    "msgpack_entries",
+    "rfc3339_ns",
+]
+
+_NS = 1_000_000_000
+_NL = orjson.OPT_APPEND_NEWLINE
+_II = struct.Struct(">II")
+_U32 = 0xFFFFFFFF
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_ABSENT = object()  # a key no record holds
+
+#: A batch encoder as the file output uses it: events of one tag → bytes.
+Encoder = Callable[[Sequence[Event], str], bytes]
+
+
+def _second_utc(s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+
+
+def rfc3339_ns(ns: int) -> str:
+    """``2024-01-02T03:04:05.123456789Z``: the one time text of the JSON format."""
+    s, n = divmod(ns, _NS)
+    return f"{_second_utc(s)}.{n:09d}Z"
+
+
+def _fix_str(s: str) -> str:
+    """Valid UTF-8 text for a string holding surrogates: undecodable bytes shown as ``\\xNN``."""
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from surrogateescape
+        return s.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def _json_default(obj: Any) -> Any:
+    """orjson's hook for the non-JSON values msgpack records carry."""
+    t = type(obj)
+    if t is bytes or t is bytearray or t is memoryview:
+        return bytes(obj).decode("utf-8", "backslashreplace")
+    if t is EventTime:
+        return rfc3339_ns(obj.to_ns())
+    if t is msgpack.ExtType:
+        return {"ext": obj.code, "data": base64.b64encode(obj.data).decode("ascii")}
+    raise TypeError(f"cannot encode {t.__name__} as JSON")
+
+
+def _key(k: Any) -> str:
+    t = type(k)
+    if t is str:
+        return _fix_str(k)
+    if t is bytes:
+        return k.decode("utf-8", "backslashreplace")  # type: ignore[no-any-return]
+    if k is None or t is bool or t is int or t is float:
+        return orjson.dumps(k).decode()
+    return str(k)
+
+
+def _sanitise(obj: Any) -> Any:
+    """A copy of ``obj`` that orjson accepts; only called for the rare record it rejected."""
+    t = type(obj)
+    if t is str:
+        return _fix_str(obj)
+    if t is dict:
+        return {_key(k): _sanitise(v) for k, v in obj.items()}
+    if t is list or t is tuple:
+        return [_sanitise(v) for v in obj]
+    if t is int and not _INT_MIN <= obj <= _INT_MAX:
+        return str(obj)
+    return obj
+
+
+def _dumps(obj: Any, option: int) -> bytes:
+    try:
+        return orjson.dumps(obj, default=_json_default, option=option)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError: surrogates, bytes keys, huge ints
+        return orjson.dumps(_sanitise(obj), default=_json_default, option=option)
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+
+
+def _without(rec: dict[Any, Any], k1: str | None, k2: str | None) -> dict[Any, Any]:
+    """The record minus keys that the injected time/tag replace (a copy only when it has them)."""
+    if (k1 is not None and k1 in rec) or (k2 is not None and k2 in rec):
+        return {k: v for k, v in rec.items() if k != k1 and k != k2}
+    return rec
+
+
+def json_lines(
+    events: Sequence[Event], tag: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
+) -> bytes:
+    """JSON lines for events of one tag, built in one buffer.
+
+    Each record is dumped alone and spliced after a prefix holding time and tag, so no per-event dict is
+    built; the seconds part of the time text is formatted once per distinct second.
+    """
+    tag_part = b""
+    if tag_key is not None:
+        tag_part = _dumps(tag_key, 0) + b":" + _dumps(tag, 0)
+    buf = bytearray()
+    if time_key is None and not tag_part:
+        for ev in events:  # into one buffer: a list of orjson results is slow to free (heap trimming)
+            buf += _dumps(ev.record, _NL)
+        return bytes(buf)
+    tk = b"{" + _dumps(time_key, 0) + b':"' if time_key is not None else b""
+    mid = b'Z",' + tag_part if tag_part else b'Z"'
+    static = b"{" + tag_part
+    dumps = orjson.dumps
+    dflt = _json_default
+    nl = _NL
+    k1: Any = _ABSENT if time_key is None else time_key
+    k2: Any = _ABSENT if tag_key is None else tag_key
+    last_s = -1
+    head = b""
+    pos = 0
+    for ev in events:
+        rec = ev.record
+        if k1 in rec or k2 in rec:
+            rec = _without(rec, time_key, tag_key)
+        try:
+            body = dumps(rec, default=dflt, option=nl)
+        except TypeError:
+            body = _dumps(rec, nl)
+        if time_key is None:
+            buf += static
+        else:
+            s, n = divmod(ev.time_ns, _NS)
+            if s != last_s:
+                last_s = s
+                head = tk + _second_utc(s).encode() + b"."
+            buf += b"%b%09d%b" % (head, n, mid)
+        if len(body) == 3:  # b"{}\n": an empty record adds nothing after the injected keys
+            buf += b"}\n"
+        else:
+            pos = len(buf)
+            buf += body
+            buf[pos] = 44  # the record's "{" becomes the "," after the injected keys
+    return bytes(buf)
+
+
+def encode_json(
+    event: Event,
+    tag: str,
+    *,
+    time_key: str | None = "time",
+    tag_key: str | None = "tag",
+    newline: bool = False,
+) -> bytes:
+    """One event as a JSON object (the Kafka/HTTP message body); same fields as :func:`json_lines`."""
+    line = json_lines((event,), tag, time_key=time_key, tag_key=tag_key)
+    return line if newline else line[:-1]
+
+
+def encode_json_lines(chunk: Chunk, time_key: str | None = "time", tag_key: str | None = "tag") -> bytes:
+    """Every event of ``chunk`` as JSON lines."""
+    return json_lines(chunk.events(), chunk.tag, time_key=time_key, tag_key=tag_key)
+
+
+# ------------------------------------------------------------------------------------------- msgpack
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if type(obj) is EventTime:
+        return obj.to_ext()
+    raise TypeError(f"cannot encode {type(obj).__name__} as msgpack")
+
+
+def _packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_msgpack_default)
+
+
+#: A 2-array header followed by the fixext8 EventTime type bytes.
+_ENTRY_HEAD = b"\x92\xd7" + bytes((EVENT_TIME_EXT,))
+
+
+def msgpack_entries(events: Sequence[Event]) -> bytes:
+    """``[EventTime, record]`` per event, concatenated: PackedForward entries."""
+    pack = _packer().pack
+    buf = bytearray()
+    ii = _II.pack
+    for ev in events:
+        s, n = divmod(ev.time_ns, _NS)
+        if s <= _U32:
+            buf += _ENTRY_HEAD
+            buf += ii(s, n)
+        else:  # past 2106: EventTime cannot hold it; whole seconds as an integer still can
+            buf += b"\x92"
+            buf += pack(s)
+        buf += pack(ev.record)
+    return bytes(buf)
+
+
+def encode_msgpack(event: Event, tag: str = "") -> bytes:
+    """One event as ``[EventTime, record]``; ``tag`` is accepted for symmetry and not stored."""
+    return msgpack_entries((event,))
+
+
+def encode_msgpack_entries(chunk: Chunk) -> bytes:
+    return msgpack_entries(chunk.events())
+
+
+# ------------------------------------------------------------------------------------------- fluentd
+
+_TAG_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _fluentd_second(s: int, utc: bool) -> str:
+    if utc:
+        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(s))
+    tm = time.localtime(s)
+    off = tm.tm_gmtoff // 60
+    sign = "+" if off >= 0 else "-"
+    h, m = divmod(abs(off), 60)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f"{sign}{h:02d}:{m:02d}"
+
+
+def fluentd_lines(events: Sequence[Event], tag: str, *, utc: bool = True) -> bytes:
+    """Fluentd ``out_file`` lines: ``time<TAB>tag<TAB>json``."""
+    tag_b = b"\t" + _fix_str(tag).translate(_TAG_ESCAPES).encode() + b"\t"
+    buf = bytearray()
+    last_s = -1
+    stamp = b""
+    for ev in events:
+        s = ev.time_ns // _NS
+        if s != last_s:
+            last_s = s
+            stamp = _fluentd_second(s, utc).encode() + tag_b
+        buf += stamp
+        buf += _dumps(ev.record, _NL)
+    return bytes(buf)
+
+
+def encode_fluentd_line(event: Event, tag: str, *, utc: bool = True) -> bytes:
+    return fluentd_lines((event,), tag, utc=utc)
+
+
+def encode_fluentd_lines(chunk: Chunk, utc: bool = True) -> bytes:
+    return fluentd_lines(chunk.events(), chunk.tag, utc=utc)
+
+
+# ------------------------------------------------------------------------------------------ selection
+
+FORMATS = ("json", "msgpack", "fluentd")
+
+
+def make_encoder(
+    fmt: str, *, time_key: str | None = "time", tag_key: str | None = "tag", utc: bool = True
+) -> Encoder:
+    """The batch encoder for a format name; raises ValueError for an unknown one."""
+    if fmt == "json":
+        return lambda events, tag: json_lines(events, tag, time_key=time_key, tag_key=tag_key)
+    if fmt == "msgpack":
+        return lambda events, tag: msgpack_entries(events)
+    if fmt == "fluentd":
+        return lambda events, tag: fluentd_lines(events, tag, utc=utc)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -1,0 +1,323 @@
+"""The file output on a real file system: lines, rotation, compression, symlink, restarts and faults."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from forwardd.errors import PermanentError, RetryableError
+from forwardd.model import Chunk, Event, decode_entries
+from forwardd.outputs.file import FileOutput
+
+T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
+NS = 10**9
+
+
+def chunk(start: int, n: int, tag: str = "app", pad: int = 40, t: int = T0) -> Chunk:
+    """Events numbered start..start+n-1; the number is in the record so lines can be counted exactly."""
+    events = [Event(t * NS + i, {"seq": start + i, "pad": "x" * pad}) for i in range(n)]
+    return Chunk.from_events(tag, events, 0)
+
+
+def seqs(data: bytes) -> list[int]:
+    assert data == b"" or data.endswith(b"\n")
+    return [json.loads(line)["seq"] for line in data.splitlines()]
+
+
+def run(*argv: str) -> bytes:
+    """A real tool (gzip, zstd, chattr); blocking is fine for these short calls."""
+    return subprocess.run(argv, check=True, capture_output=True).stdout
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def read_plain(paths: list[Path]) -> list[int]:
+    out: list[int] = []
+    for p in paths:
+        out += seqs(p.read_bytes())
+    return out
+
+
+def segment_order(p: Path) -> int:
+    parts = p.name.split(".")
+    return int(parts[-2]) if len(parts) > 3 else int(parts[-1]) if parts[-1].isdigit() else 0
+
+
+async def test_writes_json_lines(tmp_path):
+    out = FileOutput(name="f", path=str(tmp_path / "${tag}.log"))
+    await out.write(chunk(0, 3))
+    await out.write(chunk(3, 2))
+    await out.stop()
+    data = (tmp_path / "app.log").read_bytes()
+    assert seqs(data) == [0, 1, 2, 3, 4]
+    first = json.loads(data.splitlines()[0])
+    assert first == {"time": "2023-11-14T22:13:20.000000000Z", "tag": "app", "seq": 0, "pad": "x" * 40}
+    assert out.events_written == 5
+
+
+async def test_chunk_split_by_hour_and_record_into_files(tmp_path):
+    out = FileOutput(name="f", path=str(tmp_path / "%Y%m%d%H" / "${record.app}.log"), max_open_files=1)
+    events = [
+        Event(T0 * NS, {"app": "a", "seq": 0}),
+        Event(T0 * NS, {"app": "b", "seq": 1}),
+        Event((T0 + 3600) * NS, {"app": "a", "seq": 2}),
+        Event(T0 * NS, {"app": "a", "seq": 3}),
+    ]
+    for _ in range(2):  # twice: with one open file allowed, files are closed and reopened in between
+        await out.write(Chunk.from_events("t", events, 0))
+    await out.stop()
+    assert seqs((tmp_path / "2023111422/a.log").read_bytes()) == [0, 3, 0, 3]
+    assert seqs((tmp_path / "2023111422/b.log").read_bytes()) == [1, 1]
+    assert seqs((tmp_path / "2023111423/a.log").read_bytes()) == [2, 2]
+
+
+async def test_hostile_tag_writes_under_the_root(tmp_path):
+    root = tmp_path / "root"
+    out = FileOutput(name="f", path=str(root / "${tag}" / "app.log"))
+    for tag in ("../../escape", "/abs", "..", "."):
+        await out.write(chunk(0, 1, tag=tag))
+    await out.stop()
+    assert sorted(p.name for p in root.iterdir()) == ["_.", "_..", "_.._.._escape", "_abs"]
+    assert [p for p in tmp_path.iterdir()] == [root]
+
+
+async def test_size_rotation_never_splits_loses_or_repeats_lines(tmp_path):
+    rng = random.Random(7)
+    limit = 4096
+    out = FileOutput(name="f", path=str(tmp_path / "app.log"), rotate_max_size=limit, fsync_on_write=False)
+    n = 0
+    for _ in range(300):
+        k = rng.randint(1, 30)
+        await out.write(chunk(n, k, pad=rng.randint(0, 200)))
+        n += k
+    await out.stop()
+    files = sorted(all_files(tmp_path), key=segment_order)
+    assert len(files) > 10
+    assert [f.name for f in files[:3]] == ["app.log", "app.log.1", "app.log.2"]
+    assert read_plain(files) == list(range(n))
+    for f in files:
+        data = f.read_bytes()
+        # a file only passes the limit when a single write alone is bigger
+        assert len(data) <= limit or len(data.splitlines()) <= 30
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+async def test_compressed_files_decompress_to_exactly_the_lines(tmp_path, compress):
+    out = FileOutput(name="f", path=str(tmp_path / "app.log"), compress=compress, rotate_max_size=400)
+    n = 0
+    for k in [1, 5, 17, 2, 40, 3, 9, 60, 1, 1]:
+        await out.write(chunk(n, k))
+        n += k
+    await out.stop()
+    ext = ".gz" if compress == "gzip" else ".zst"
+    files = sorted(all_files(tmp_path), key=segment_order)
+    assert len(files) > 1
+    assert files[0].name == "app.log" + ext
+    assert files[1].name == "app.log.1" + ext
+    tool = ["gzip", "-dc"] if compress == "gzip" else ["zstd", "-dcq"]
+    got: list[int] = []
+    for f in files:
+        lines = seqs(run(*tool, str(f)))  # the standard tool reads the multi-member/-frame file whole
+        raw = f.read_bytes()
+        if compress == "gzip":
+            assert seqs(gzip.decompress(raw)) == lines
+        else:
+            assert (
+                seqs(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True).read()) == lines
+            )
+        got += lines
+    assert got == list(range(n))
+
+
+async def test_symlink_points_at_the_current_file(tmp_path):
+    link = tmp_path / "current"
+    out = FileOutput(name="f", path=str(tmp_path / "logs/${tag}.log"), symlink=str(link), rotate_max_size=500)
+    await out.write(chunk(0, 1, tag="a"))
+    assert os.readlink(link) == str(tmp_path / "logs/a.log")
+    await out.write(chunk(1, 1, tag="b"))
+    assert os.readlink(link) == str(tmp_path / "logs/b.log")
+    await out.write(chunk(2, 10, tag="b"))  # rotates
+    assert os.readlink(link) == str(tmp_path / "logs/b.log.1")
+    await out.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "logs"]  # no temporary link left
+    assert seqs(link.read_bytes()) == list(range(2, 12))
+
+
+async def test_rotate_interval_uses_the_clock(tmp_path):
+    now = [1000.0]
+    out = FileOutput(name="f", path=str(tmp_path / "a.log"), rotate_interval=60, clock=lambda: now[0])
+    await out.write(chunk(0, 1))
+    now[0] += 59
+    await out.write(chunk(1, 1))
+    now[0] += 1
+    await out.write(chunk(2, 1))
+    await out.stop()
+    assert seqs((tmp_path / "a.log").read_bytes()) == [0, 1]
+    assert seqs((tmp_path / "a.log.1").read_bytes()) == [2]
+
+
+async def test_restart_continues_a_clean_file_and_never_appends_after_a_torn_line(tmp_path):
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(0, 2))
+    await out.stop()
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(2, 1))
+    await out.stop()
+    assert seqs(path.read_bytes()) == [0, 1, 2]
+    with path.open("ab") as f:  # what a crash in the middle of someone's write leaves
+        f.write(b'{"seq":')
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(3, 1))
+    await out.stop()
+    assert seqs((tmp_path / "a.log.1").read_bytes()) == [3]
+
+
+async def test_restart_with_compression_starts_a_new_segment(tmp_path):
+    for start in (0, 1):
+        out = FileOutput(name="f", path=str(tmp_path / "a.log"), compress="gzip")
+        await out.write(chunk(start, 1))
+        await out.stop()
+    assert seqs(gzip.decompress((tmp_path / "a.log.gz").read_bytes())) == [0]
+    assert seqs(gzip.decompress((tmp_path / "a.log.1.gz").read_bytes())) == [1]
+
+
+async def test_file_removed_or_renamed_behind_our_back_is_reopened(tmp_path):
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(0, 1))
+    path.rename(tmp_path / "a.log.old")  # external rotation
+    await out.write(chunk(1, 1))
+    path.unlink()
+    await out.write(chunk(2, 1))
+    await out.stop()
+    assert seqs((tmp_path / "a.log.old").read_bytes()) == [0]
+    assert seqs(path.read_bytes()) == [2]
+
+
+async def test_msgpack_and_fluentd_formats(tmp_path):
+    mp = FileOutput(name="m", path=str(tmp_path / "a.mpk"), format="msgpack")
+    fd = FileOutput(name="f", path=str(tmp_path / "a.txt"), format="fluentd")
+    for out in (mp, fd):
+        await out.write(chunk(0, 2))
+        await out.stop()
+    events, invalid = decode_entries((tmp_path / "a.mpk").read_bytes(), 0)
+    assert invalid == 0
+    assert [e.record["seq"] for e in events] == [0, 1]
+    lines = (tmp_path / "a.txt").read_bytes().splitlines()
+    assert lines[0] == b'2023-11-14T22:13:20+00:00\tapp\t{"seq":0,"pad":"' + b"x" * 40 + b'"}'
+
+
+async def test_empty_chunk_touches_nothing(tmp_path):
+    out = FileOutput(name="f", path=str(tmp_path / "a.log"))
+    await out.write(Chunk("t", b"", 0, 0))
+    await out.stop()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_parent_is_a_regular_file_is_permanent(tmp_path):
+    (tmp_path / "blocker").write_bytes(b"")
+    out = FileOutput(name="f", path=str(tmp_path / "blocker" / "${tag}" / "a.log"))
+    with pytest.raises(PermanentError, match="ENOTDIR"):
+        await out.write(chunk(0, 1))
+    await out.stop()
+
+
+@pytest.fixture
+def immutable(tmp_path) -> Iterator[Path]:
+    """A folder made read-only for real: root ignores permission bits but not the immutable attribute."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    run("chattr", "+i", str(folder))
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+async def test_read_only_folder_is_retryable_then_succeeds(immutable):
+    out = FileOutput(name="f", path=str(immutable / "a.log"))
+    with pytest.raises(RetryableError, match="EPERM"):
+        await out.write(chunk(0, 2))
+    run("chattr", "-i", str(immutable))
+    await out.write(chunk(0, 2))  # the buffer retries the same chunk
+    await out.stop()
+    assert seqs((immutable / "a.log").read_bytes()) == [0, 1]
+
+
+async def test_read_only_file_mid_stream_then_recovers(tmp_path):
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(0, 1))
+    run("chattr", "+i", str(path))
+    try:
+        with pytest.raises(RetryableError):
+            await out.write(chunk(1, 1))
+    finally:
+        run("chattr", "-i", str(path))
+    await out.write(chunk(1, 1))
+    await out.stop()
+    assert seqs(path.read_bytes()) == [0, 1]
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[None]:
+    """Real short writes: RLIMIT_FSIZE makes write() stop at the limit, then fail with EFBIG."""
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+    signal.signal(signal.SIGXFSZ, old_handler)
+
+
+async def test_failed_write_leaves_no_partial_line(tmp_path, file_size_limit):
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(0, 2))
+    size = path.stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))  # the next write gets cut part-way
+    try:
+        with pytest.raises(RetryableError, match="EFBIG"):
+            await out.write(chunk(2, 5))
+        assert path.stat().st_size == size
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    await out.write(chunk(2, 5))
+    await out.stop()
+    assert seqs(path.read_bytes()) == list(range(7))
+
+
+async def test_unencodable_record_is_permanent(tmp_path):
+    out = FileOutput(name="f", path=str(tmp_path / "a.log"))
+    bad = Chunk("t", b"", 1, 0)
+    bad._events = [Event(T0 * NS, {"x": object()})]  # what a buggy filter could hand on
+    with pytest.raises(PermanentError, match="cannot encode"):
+        await out.write(bad)
+    await out.stop()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_invalid_settings_are_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="compress"):
+        FileOutput(name="f", path=str(tmp_path / "a"), compress="lz4")
+    with pytest.raises(ValueError, match="format"):
+        FileOutput(name="f", path=str(tmp_path / "a"), format="csv")
+    with pytest.raises(ValueError, match="rotate_max_size"):
+        FileOutput(name="f", path=str(tmp_path / "a"), rotate_max_size=0)
+
+
+def test_tools_for_these_tests_exist():
+    for tool in ("gzip", "zstd", "chattr"):
+        assert shutil.which(tool), tool
