@@ -1,0 +1,24 @@
+"""Tag routing: Fluentd tag patterns (:mod:`.match`) and the per-chunk router (:mod:`.router`)."""
+
+from forwardd.router.match import PatternError, TagMatcher, compile_pattern, escape_tag
+from forwardd.router.router import (
+    Filter,
+    FilterResult,
+    Route,
+    Router,
+    RouterStats,
+    RoutingError,
+)
+
+__all__ = [
+    "Filter",
+    "FilterResult",
+    "PatternError",
+    "Route",
+    "Router",
+    "RouterStats",
+    "RoutingError",
+    "TagMatcher",
+    "compile_pattern",
+    "escape_tag",
+]
