@@ -159,7 +159,11 @@ def _broker(value: str) -> str:
 
 
 def _url(value: str) -> str:
-    parts = urlsplit(value)
+    # ${tag[N]} placeholders would read as an IPv6 literal: check the URL's shape without them.
+    try:
+        parts = urlsplit(re.sub(r"\$\{[^}]*\}", "x", value))
+    except ValueError:
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PydanticCustomError(
             "url", "expected an http:// or https:// URL, got {got}", {"got": show_value(value)}
