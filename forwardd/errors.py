@@ -4,6 +4,11 @@ error. Nothing else is expected; anything else is a bug."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forwardd.model import Chunk
+
 __all__ = ["ChunkRejected", "DeliveryError", "PermanentError", "RetryableError"]
 
 
@@ -23,7 +28,15 @@ class RetryableError(DeliveryError):
 
 
 class PermanentError(DeliveryError):
-    """Trying again cannot help (a 400, an oversized message, an unserialisable record): dead-letter it."""
+    """Trying again cannot help (a 400, an oversized message, an unserialisable record): dead-letter it.
+
+    ``rejected``, when set, holds only the events that could not be delivered: the output delivered the
+    rest of the chunk, and only these go to the dead-letter folder.
+    """
+
+    def __init__(self, message: str, *, rejected: Chunk | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class ChunkRejected(Exception):

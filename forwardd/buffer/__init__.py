@@ -1,0 +1,25 @@
+"""Buffers between the ack path and the outputs: the durable disk queue, the memory queue, and the one
+delivery loop they share. See :mod:`forwardd.buffer.queue` for the design."""
+
+from forwardd.buffer.base import ChunkQueue, FsyncPolicy, Taken, WhenFull
+from forwardd.buffer.delivery import BufferedSink, SinkStats, read_dead_letter, write_dead_letter
+from forwardd.buffer.memory import MemoryQueue, MemorySink
+from forwardd.buffer.queue import DEFAULT_MAX_SEGMENT_SIZE, DEFAULT_MAX_SIZE, DiskQueue
+from forwardd.buffer.retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_MAX_SEGMENT_SIZE",
+    "DEFAULT_MAX_SIZE",
+    "BufferedSink",
+    "ChunkQueue",
+    "DiskQueue",
+    "FsyncPolicy",
+    "MemoryQueue",
+    "MemorySink",
+    "RetryPolicy",
+    "SinkStats",
+    "Taken",
+    "WhenFull",
+    "read_dead_letter",
+    "write_dead_letter",
+]

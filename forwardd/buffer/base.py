@@ -1,0 +1,64 @@
+"""What the delivery loop needs from a queue, so disk and memory queues share one loop."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Literal, Protocol
+
+from forwardd.model import Chunk
+
+__all__ = ["ChunkQueue", "FsyncPolicy", "Taken", "WhenFull"]
+
+WhenFull = Literal["block", "drop_oldest"]
+FsyncPolicy = Literal["always", "interval", "never"]
+
+
+class Taken:
+    """A chunk handed to the delivery loop; give it back to :meth:`ChunkQueue.mark_delivered` when done.
+
+    Until then it stays in the queue: a crash or a stop delivers it again (at-least-once).
+    """
+
+    __slots__ = ("chunk", "done")
+
+    def __init__(self, chunk: Chunk) -> None:
+        self.chunk = chunk
+        self.done = False
+
+
+class ChunkQueue(Protocol):
+    """A bounded FIFO of chunks with an accept side (:meth:`submit`) and a delivery side."""
+
+    def submit(self, chunk: Chunk) -> Awaitable[None] | None: ...
+
+    async def start(self) -> None: ...
+
+    async def get(self) -> Taken:
+        """The oldest chunk not yet taken; waits for one."""
+        ...
+
+    def mark_delivered(self, taken: Taken) -> None:
+        """Forget ``taken`` for good (delivered or dead-lettered)."""
+        ...
+
+    def stop_accepting(self) -> None:
+        """Refuse new chunks (and those waiting for room) as temporary; keep delivering the rest."""
+        ...
+
+    @property
+    def pending_chunks(self) -> int:
+        """Accepted chunks not yet available to :meth:`get` (a disk queue's commit in progress)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop accepting; make what was accepted as safe as the queue can; release files."""
+        ...
+
+    @property
+    def queued_chunks(self) -> int: ...
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+    @property
+    def dropped_events(self) -> int: ...

@@ -1,0 +1,289 @@
+"""The one delivery loop shared by every output: take the oldest chunk, write it, retry it, or dead-letter it.
+
+Outputs own no retries and no queues (:mod:`forwardd.outputs.base`). This loop does, one chunk at a time:
+a chunk that keeps failing is retried with back-off (:class:`RetryPolicy`), then moved to the dead-letter
+folder alone, so one poison chunk never takes healthy ones with it (Fluentd purges the whole queue when
+retries run out; we do not). Time is injected (``clock``, ``sleep``, ``rand``) so tests run in no wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+import structlog
+
+from forwardd.buffer.base import ChunkQueue, Taken
+from forwardd.buffer.retry import RetryPolicy
+from forwardd.buffer.segment import decode_record, encode_prefix, fsync_dir
+from forwardd.errors import PermanentError, RetryableError
+from forwardd.model import Chunk
+from forwardd.outputs.base import Output
+
+__all__ = ["BufferedSink", "SinkStats", "read_dead_letter", "write_dead_letter"]
+
+log = structlog.get_logger("forwardd.delivery")
+
+_seq = itertools.count()
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """A snapshot of one sink. Events and bytes are entry counts and entry bytes; ``dropped`` is events."""
+
+    queued_chunks: int = 0
+    queued_bytes: int = 0
+    delivered_events: int = 0
+    delivered_bytes: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    last_error: str | None = None
+
+
+class BufferedSink:
+    """A :class:`~forwardd.sink.Sink`: a queue (disk or memory) in front of an output, and its delivery task.
+
+    ``stop`` stops accepting, keeps delivering what is queued while the output succeeds (up to
+    ``drain_timeout``; at once if it is failing), lets a write in progress finish (up to ``stop_timeout``),
+    then closes the queue and the output. What is left stays on disk for the next start (at-least-once);
+    a memory queue loses it, with a ``buffer.discarded`` error.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        output: Output,
+        queue: ChunkQueue,
+        retry_policy: RetryPolicy | None = None,
+        dead_letter_dir: str | None = None,
+        *,
+        stop_timeout: float = 5.0,
+        drain_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = name
+        self.output = output
+        self.queue = queue
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.dead_letter_dir = dead_letter_dir
+        self.stop_timeout = stop_timeout
+        self.drain_timeout = drain_timeout
+        self._backing_off = False
+        self._progress = asyncio.Event()
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._delivered_events = 0
+        self._delivered_bytes = 0
+        self._retries = 0
+        self._dead_lettered = 0
+        self._dropped = 0
+        self._last_error: str | None = None
+
+    def submit(self, chunk: Chunk) -> Awaitable[None] | None:
+        return self.queue.submit(chunk)
+
+    async def start(self) -> None:
+        await self.queue.start()
+        await self.output.start()
+        self._task = asyncio.create_task(self._run(), name=f"delivery:{self.name}")
+
+    async def _drain(self) -> None:
+        """Deliver what is queued before stopping, while the output keeps succeeding."""
+        q = self.queue
+        q.stop_accepting()
+        if self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        while (q.queued_chunks or q.pending_chunks) and not self._backing_off:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                log.warning("delivery.drain_timeout", output=self.name, queued_chunks=q.queued_chunks)
+                return
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        await self._drain()
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            if not self._idle.is_set():
+                try:
+                    await asyncio.wait_for(self._idle.wait(), self.stop_timeout)
+                except TimeoutError:
+                    log.warning("delivery.stop_timeout", output=self.name, timeout=self.stop_timeout)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await self.queue.close()
+        await self.output.stop()
+
+    @property
+    def stats(self) -> SinkStats:
+        q = self.queue
+        return SinkStats(
+            queued_chunks=q.queued_chunks,
+            queued_bytes=q.queued_bytes,
+            delivered_events=self._delivered_events,
+            delivered_bytes=self._delivered_bytes,
+            retries=self._retries,
+            dead_lettered=self._dead_lettered,
+            dropped=self._dropped + q.dropped_events,
+            last_error=self._last_error,
+        )
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            taken = await self.queue.get()
+            await self._deliver(taken)
+
+    async def _deliver(self, taken: Taken) -> None:
+        chunk = taken.chunk
+        policy = self.retry_policy
+        first = self._clock()
+        attempts = 0
+        while True:
+            attempts += 1
+            retry_after: float | None = None
+            self._idle.clear()
+            try:
+                await self.output.write(chunk)
+            except RetryableError as exc:
+                err: Exception = exc
+                retry_after = exc.retry_after
+            except PermanentError as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                await self._dead_letter(taken, "permanent_error", exc, attempts)
+                return
+            except Exception as exc:
+                # The contract says outputs raise only the two above; anything else is a bug in an output.
+                # Retrying it keeps the chunk (a transient bug loses nothing); max_attempts still applies.
+                log.error("delivery.unexpected_error", output=self.name, tag=chunk.tag, exc_info=True)
+                err = exc
+            else:
+                self.queue.mark_delivered(taken)
+                self._delivered_events += chunk.count
+                self._delivered_bytes += len(chunk.entries)
+                self._backing_off = False
+                self._progress.set()
+                return
+            finally:
+                self._idle.set()
+            self._last_error = f"{type(err).__name__}: {err}"
+            if self._stopping:
+                return
+            if policy.exhausted(attempts, self._clock() - first):
+                await self._dead_letter(taken, "retries_exhausted", err, attempts)
+                return
+            delay = policy.delay(attempts, retry_after, self._rand)
+            self._retries += 1
+            log.warning(
+                "delivery.retry",
+                output=self.name,
+                tag=chunk.tag,
+                count=chunk.count,
+                attempt=attempts,
+                delay=round(delay, 3),
+                retry_after=retry_after,
+                error=str(err),
+            )
+            self._backing_off = True
+            self._progress.set()
+            try:
+                await self._sleep(delay)
+            finally:
+                self._backing_off = False
+
+    async def _dead_letter(self, taken: Taken, reason: str, err: Exception, attempts: int) -> None:
+        """Park ``taken`` in the dead-letter folder, then forget it; retried until the write works.
+
+        When the output delivered part of the chunk (``err.rejected``), only the rejected events are parked.
+        """
+        chunk = taken.chunk
+        rejected = getattr(err, "rejected", None)
+        if isinstance(rejected, Chunk):
+            self._delivered_events += max(chunk.count - rejected.count, 0)
+            chunk = rejected
+        meta = {"reason": reason, "error": f"{type(err).__name__}: {err}", "attempts": attempts}
+        if self.dead_letter_dir is None:
+            log.error("delivery.dropped", output=self.name, tag=chunk.tag, count=chunk.count, **meta)
+            self._dropped += chunk.count
+            self.queue.mark_delivered(taken)
+            self._progress.set()
+            return
+        delay = min(1.0, self.retry_policy.max)
+        failing = False
+        while True:
+            try:
+                path = await asyncio.to_thread(
+                    write_dead_letter, self.dead_letter_dir, self.name, chunk, meta
+                )
+                break
+            except OSError as exc:
+                if not failing:
+                    failing = True
+                    log.error("delivery.dead_letter_failed", output=self.name, error=str(exc))
+                await self._sleep(delay)
+                delay = min(delay * 2, self.retry_policy.max)
+        log.warning(
+            "delivery.dead_letter", output=self.name, tag=chunk.tag, count=chunk.count, path=path, **meta
+        )
+        self._dead_lettered += 1
+        self.queue.mark_delivered(taken)
+        self._progress.set()
+
+
+def write_dead_letter(directory: str, output: str, chunk: Chunk, meta: dict[str, object]) -> str:
+    """Write ``chunk`` (one framed record, as in a segment) and a ``.json`` sidecar; the chunk's path."""
+    os.makedirs(directory, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in output)
+    base = os.path.join(directory, f"{time.time_ns()}-{os.getpid()}-{next(_seq)}-{safe}")
+    sidecar = {
+        **meta,
+        "output": output,
+        "tag": chunk.tag,
+        "count": chunk.count,
+        "bytes": len(chunk.entries),
+        "received_ns": chunk.received_ns,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for path, parts in (
+        (base + ".chunk", (encode_prefix(chunk), chunk.entries)),
+        (base + ".json", (orjson.dumps(sidecar, option=orjson.OPT_INDENT_2),)),
+    ):
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if os.writev(fd, parts) != sum(len(p) for p in parts):
+                raise OSError(28, "short write (disk full?)", path)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(path + ".tmp", path)
+    fsync_dir(directory)
+    return base + ".chunk"
+
+
+def read_dead_letter(path: str) -> Chunk:
+    """The chunk of a dead-letter ``.chunk`` file (to inspect or replay it)."""
+    with open(path, "rb") as f:
+        chunk, _ = decode_record(f.read())
+    return chunk

@@ -1,0 +1,250 @@
+"""DiskQueue: group commit, back-pressure (block, drop_oldest), and a full disk (real tmpfs when possible)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from forwardd.buffer import DiskQueue
+from forwardd.buffer.segment import frame_size
+from forwardd.buffer.store import SegmentStore
+from forwardd.errors import ChunkRejected
+from forwardd.model import Chunk
+
+TIMEOUT = 5.0
+
+
+def chunk(n: int, size: int = 200) -> Chunk:
+    return Chunk(f"q.{n}", bytes([n % 256]) * size, n, n)
+
+
+@pytest.fixture
+async def queue(tmp_path: Path) -> AsyncIterator[DiskQueue]:
+    q = DiskQueue(str(tmp_path), max_segment_size=4096)
+    await q.start()
+    yield q
+    await q.close()
+
+
+async def test_one_commit_serves_every_submit_made_while_another_commit_runs(queue: DiskQueue) -> None:
+    store = queue._store
+    assert store is not None
+    inside, release = threading.Event(), threading.Event()
+    real_write = store.write
+
+    def held_write(chunks: list[Chunk]):  # holds the first commit open while others submit
+        inside.set()
+        assert release.wait(TIMEOUT)
+        return real_write(chunks)
+
+    store.write = held_write  # type: ignore[method-assign]
+    first = queue.submit(chunk(0))
+    assert await asyncio.to_thread(inside.wait, TIMEOUT)
+    store.write = real_write  # type: ignore[method-assign]
+    rest = [queue.submit(chunk(i)) for i in range(1, 40)]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), TIMEOUT)
+    assert queue.commits == 2  # 40 chunks, two fsyncs
+    got = [(await queue.get()).chunk.count for _ in range(40)]
+    assert got == list(range(40))
+
+
+def open_segment_size(path: Path) -> int:
+    return next(p for p in path.iterdir() if p.suffix == ".open").stat().st_size
+
+
+async def test_committed_chunks_are_on_disk_when_the_future_resolves(tmp_path: Path) -> None:
+    q = DiskQueue(str(tmp_path))
+    await q.start()
+    await asyncio.wait_for(q.submit(chunk(7)), TIMEOUT)
+    assert open_segment_size(tmp_path) == frame_size(chunk(7))
+    await q.close()
+
+
+async def test_full_queue_blocks_submit_until_delivery_frees_space(tmp_path: Path) -> None:
+    size = frame_size(chunk(0))
+    q = DiskQueue(str(tmp_path), max_size=3 * size)
+    await q.start()
+    with capture_logs() as logs:
+        futs = [q.submit(chunk(i)) for i in range(5)]
+        await asyncio.wait_for(asyncio.gather(*futs[:3]), TIMEOUT)
+        assert not futs[3].done()
+        assert not futs[4].done()
+        assert q.used_bytes == 3 * size
+        t = await q.get()
+        q.mark_delivered(t)
+        await asyncio.wait_for(futs[3], TIMEOUT)
+        assert not futs[4].done()
+        q.mark_delivered(await q.get())
+        await asyncio.wait_for(futs[4], TIMEOUT)
+    # One line per state change: full while anyone waits, freed once the last waiter got in.
+    events = [e["event"] for e in logs if e["event"].startswith("buffer.")]
+    assert events == ["buffer.full", "buffer.space_freed"]
+    assert [(await q.get()).chunk.count for _ in range(3)] == [2, 3, 4]
+    await q.close()
+
+
+async def test_waiting_chunks_are_rejected_as_temporary_on_close(tmp_path: Path) -> None:
+    q = DiskQueue(str(tmp_path), max_size=frame_size(chunk(0)))
+    await q.start()
+    await asyncio.wait_for(q.submit(chunk(0)), TIMEOUT)
+    waiting = q.submit(chunk(1))
+    await q.close()
+    with pytest.raises(ChunkRejected) as info:
+        await waiting
+    assert info.value.permanent is False
+    with pytest.raises(ChunkRejected):
+        q.submit(chunk(2))
+
+
+async def test_drop_oldest_drops_and_counts(tmp_path: Path) -> None:
+    size = frame_size(chunk(0))
+    q = DiskQueue(str(tmp_path), max_size=3 * size, when_full="drop_oldest")
+    await q.start()
+    with capture_logs() as logs:
+        for i in range(3):
+            await asyncio.wait_for(q.submit(chunk(i)), TIMEOUT)
+        in_flight = await q.get()  # chunk 0 is being delivered: never dropped from under the output
+        for i in range(3, 6):
+            await asyncio.wait_for(q.submit(chunk(i)), TIMEOUT)
+        assert q.dropped_events == 1 + 2 + 3  # chunks 1, 2, 3 (count == number), not in-flight 0
+        q.mark_delivered(in_flight)
+        await asyncio.wait_for(q.submit(chunk(6)), TIMEOUT)
+    full = [e for e in logs if e["event"] in ("buffer.full", "buffer.space_freed")]
+    assert [e["event"] for e in full] == ["buffer.full", "buffer.space_freed"]
+    assert full[1]["dropped_events"] == 6
+    assert [(await q.get()).chunk.count for _ in range(3)] == [4, 5, 6]
+    await q.close()
+
+
+async def test_chunk_bigger_than_the_queue_is_admitted_alone(tmp_path: Path) -> None:
+    q = DiskQueue(str(tmp_path), max_size=100, max_segment_size=100)
+    await q.start()
+    await asyncio.wait_for(q.submit(chunk(0, 5000)), TIMEOUT)
+    assert (await q.get()).chunk.entries == bytes(5000)
+    await q.close()
+
+
+async def test_interval_and_never_policies_commit_without_waiting_for_fsync(tmp_path: Path) -> None:
+    for policy in ("interval", "never"):
+        q = DiskQueue(str(tmp_path / policy), fsync=policy, fsync_interval=0.01)
+        await q.start()
+        await asyncio.wait_for(asyncio.gather(*(q.submit(chunk(i)) for i in range(10))), TIMEOUT)
+        await q.close()
+        store = SegmentStore.open(str(tmp_path / policy))
+        assert store.queued_chunks == 10
+        store.close()
+
+
+# ------------------------------------------------------------------------------------------ disk full
+
+
+def write_until_full(fd: int) -> None:
+    while True:
+        os.write(fd, b"\0" * 4096)
+
+
+class DiskFull:
+    """A filesystem to fill and empty: a real 1 MiB tmpfs, or an injected ENOSPC if mount fails."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "mnt"
+        self.dir.mkdir()
+        self.real = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.dir)], capture_output=True
+            ).returncode
+            == 0
+        )
+        self.filler = self.dir / "filler"
+        self.failing = False
+
+    def fill(self, store: SegmentStore) -> None:
+        if self.real:
+            fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                with pytest.raises(OSError) as info:
+                    write_until_full(fd)
+                assert info.value.errno == errno.ENOSPC
+            finally:
+                os.close(fd)
+        else:
+            real = store._pwritev
+
+            def pwritev(fd: int, bufs: list[bytes], pos: int) -> int:
+                if self.failing:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real(fd, bufs, pos)
+
+            store._pwritev = pwritev  # type: ignore[method-assign]
+            self.failing = True
+
+    def free(self) -> None:
+        if self.real:
+            self.filler.unlink()
+        self.failing = False
+
+    def close(self) -> None:
+        if self.real:
+            subprocess.run(["umount", "-l", str(self.dir)], check=True)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[DiskFull]:
+    d = DiskFull(tmp_path)
+    yield d
+    d.close()
+
+
+async def test_full_disk_keeps_futures_pending_until_space_returns(disk: DiskFull) -> None:
+    backoff_started = asyncio.Event()
+    go_on = asyncio.Event()
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:  # the writer's back-off, under the test's control
+        delays.append(delay)
+        backoff_started.set()
+        await go_on.wait()
+        go_on.clear()
+
+    q = DiskQueue(str(disk.dir / "q"), max_segment_size=64 * 1024, sleep=sleep)
+    await q.start()
+    before = [chunk(i, 3000) for i in range(5)]
+    await asyncio.wait_for(asyncio.gather(*(q.submit(c) for c in before)), TIMEOUT)
+    assert q._store is not None
+    with capture_logs() as logs:
+        disk.fill(q._store)
+        futs = [q.submit(chunk(i, 3000)) for i in range(5, 25)]
+        await asyncio.wait_for(backoff_started.wait(), TIMEOUT)
+        backoff_started.clear()
+        go_on.set()  # one more failed attempt, still no room
+        await asyncio.wait_for(backoff_started.wait(), TIMEOUT)
+        assert not any(f.done() for f in futs)
+        assert delays == [0.05, 0.1]
+        late = q.submit(chunk(25, 3000))  # arrives during the outage: joins the retried batch
+        disk.free()
+        go_on.set()
+        await asyncio.wait_for(asyncio.gather(*futs, late), TIMEOUT)
+    events = [e["event"] for e in logs if e["event"].startswith("buffer.write")]
+    assert events == ["buffer.write_failed", "buffer.write_recovered"]
+    assert [e.get("errno") for e in logs if e["event"] == "buffer.write_failed"] == [errno.ENOSPC]
+    got = []
+    for _ in range(26):
+        t = await asyncio.wait_for(q.get(), TIMEOUT)
+        got.append(t.chunk)
+        q.mark_delivered(t)
+    assert [c.count for c in got] == list(range(26))
+    assert all(c.entries == bytes([c.count]) * 3000 for c in got)
+    await q.close()
+    # And a restart finds nothing left over, nothing duplicated from the failed attempts.
+    store = SegmentStore.open(str(disk.dir / "q"))
+    assert store.take() is None
+    store.close()
