@@ -81,6 +81,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == EVENT_TIME_EXT and len(data) == 8:
         s, n = _II.unpack(data)
         return EventTime(s, n)
+    if code < 0:
+        # Types reserved by msgpack: ExtType() refuses them (ValueError, which lost the rest of the
+        # chunk); built this way the value is kept and packs back to the same bytes.
+        return tuple.__new__(msgpack.ExtType, (code, data))
     return msgpack.ExtType(code, data)
 
 
@@ -116,16 +120,16 @@ def _time_ns(t: Any, received_ns: int) -> int | None:
             return None
         if t == 0.0:
             return received_ns
-        return round(t * _NS)
+        # Whole seconds apart: t * 1e9 rounds at 2**-52 of 1.4e18 (128 ns), the fraction alone does not.
+        s: int = int(t)
+        frac: int = round((t - s) * _NS)
+        return s * _NS + frac
     if t is None:
         return received_ns
     return None
 
 
-def decode_entries(entries: bytes, received_ns: int) -> tuple[list[Event], int]:
-    """Decode PackedForward entries into events; returns the events and how many entries were invalid."""
-    if not entries:
-        return [], 0
+def _unpacker(entries: bytes, start: int) -> msgpack.Unpacker:
     unpacker = msgpack.Unpacker(
         None,
         raw=False,
@@ -134,38 +138,70 @@ def decode_entries(entries: bytes, received_ns: int) -> tuple[list[Event], int]:
         ext_hook=_ext_hook,
         max_buffer_size=len(entries),
     )
-    unpacker.feed(entries)
+    unpacker.feed(entries if start == 0 else entries[start:])
+    return unpacker
+
+
+def _skip(entries: bytes, start: int, n: int) -> int | None:
+    """Offset after ``n`` values from ``start``, framed without building them; None if they do not frame."""
+    u = msgpack.Unpacker(None, max_buffer_size=len(entries))
+    u.feed(entries[start:])
+    try:
+        for _ in range(n):
+            u.skip()
+    except (ValueError, msgpack.UnpackException):
+        return None
+    return start + u.tell()  # type: ignore[no-any-return]
+
+
+def decode_entries(entries: bytes, received_ns: int) -> tuple[list[Event], int]:
+    """Decode PackedForward entries into events; returns the events and how many entries were invalid.
+
+    An entry whose value cannot be built (a map key that is a map or an array: TypeError; a msgpack
+    Timestamp of a bad length: ValueError) is skipped and decoding resumes at the next entry, so one such
+    entry does not take the rest of the chunk with it. Only bytes that do not frame end the decoding.
+    """
     events: list[Event] = []
     append = events.append
     invalid = 0
-    try:
-        for entry in unpacker:
-            if type(entry) is not list or len(entry) != 2:
-                invalid += 1
-                continue
-            t, record = entry
-            if type(record) is not dict:
-                invalid += 1
-                continue
-            meta = None
-            if type(t) is list:
-                # v1.5 wrapped time: [time, {metadata}]; the grammar allows more maps, we keep the first.
-                if not t or (len(t) > 1 and type(t[1]) is not dict):
+    start = 0
+    while start < len(entries):
+        unpacker = _unpacker(entries, start)
+        done = len(events) + invalid  # entries before ``start``
+        try:
+            for entry in unpacker:
+                if type(entry) is not list or len(entry) != 2:
                     invalid += 1
                     continue
-                meta = t[1] if len(t) > 1 else {}
-                t = t[0]
+                t, record = entry
+                if type(record) is not dict:
+                    invalid += 1
+                    continue
+                meta = None
                 if type(t) is list:
+                    # v1.5 wrapped time: [time, {metadata}]; the grammar allows more maps, we keep the first.
+                    if not t or (len(t) > 1 and type(t[1]) is not dict):
+                        invalid += 1
+                        continue
+                    meta = t[1] if len(t) > 1 else {}
+                    t = t[0]
+                    if type(t) is list:
+                        invalid += 1
+                        continue
+                ns = _time_ns(t, received_ns)
+                if ns is None:
                     invalid += 1
                     continue
-            ns = _time_ns(t, received_ns)
-            if ns is None:
-                invalid += 1
-                continue
-            append(Event(ns, record, meta))
-    except (ValueError, msgpack.UnpackException):
-        # The framing was checked at the edge, so this is a corrupt tail; what decoded so far stands.
-        invalid += 1
+                append(Event(ns, record, meta))
+            break
+        except (ValueError, TypeError, msgpack.UnpackException):
+            invalid += 1
+            # Resume after the entry that failed: frame past the ones handled in this round, plus it.
+            handled = len(events) + invalid - done  # includes the failed one
+            nxt = _skip(entries, start, handled)
+            if nxt is None:
+                break  # the bytes do not frame: a corrupt tail; what decoded so far stands
+            start = nxt
     return events, invalid
 
 
@@ -213,7 +249,9 @@ class Chunk:
     def events(self) -> list[Event]:
         """The decoded events (cached); invalid entries are dropped and counted in :attr:`invalid`."""
         if self._events is None:
-            self._events, self.invalid = decode_entries(self.entries, self.received_ns)
+            # Added, not assigned: the decoder may already have counted a broken tail it cut off.
+            self._events, invalid = decode_entries(self.entries, self.received_ns)
+            self.invalid += invalid
         return self._events
 
     def with_tag(self, tag: str) -> Chunk:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import msgpack
 
 from forwardd.protocol.decoder import Decoder
+from forwardd.protocol.errors import ProtocolError
 from forwardd.protocol.events import Event, HandshakeCompleted, HandshakeFailed, Heartbeat, RawFrame
 from forwardd.protocol.handshake import Security, ServerHandshake
 from forwardd.protocol.limits import Limits
@@ -49,7 +50,12 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Events completed by ``data``; raises ProtocolError when the connection must be closed."""
-        events = self.decoder.feed(data, self._clock_ns())
+        try:
+            events = self.decoder.feed(data, self._clock_ns())
+        except ProtocolError as exc:
+            if not self.established and exc.events:
+                exc.events = self._handshake(exc.events)
+            raise
         if self.established or not events:
             return events
         return self._handshake(events)

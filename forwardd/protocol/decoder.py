@@ -62,6 +62,7 @@ _LEN_HEADERS = {
     0xDC: (2, ">H"), 0xDD: (4, ">I"),
 }  # fmt: skip
 
+_UNREADABLE = "<unreadable>"  # an option value that could not be built
 _FEED_SLICE = 1 << 20
 _COMPACT_AT = 1 << 16
 _TAG_CACHE_MAX = 256
@@ -140,7 +141,15 @@ class Decoder:
         events: list[Event] = []
         if not data:
             return events
-        view = memoryview(data)
+        try:
+            self._feed(memoryview(data), events)
+        except ProtocolError as exc:
+            exc.events = events
+            raise
+        self._compact()
+        return events
+
+    def _feed(self, view: memoryview, events: list[Event]) -> None:
         while True:
             if self._discard is not None:
                 view = self._skip_discarded(view, events)
@@ -149,7 +158,11 @@ class Decoder:
                 continue
             if not view:
                 break
-            piece, view = view[:_FEED_SLICE], view[_FEED_SLICE:]
+            # Never hand the framer more of the current frame than the limit: a frame over it must not
+            # complete (and be accepted) just because it arrived in one read; it is the same frame
+            # whatever the split. Once the limit is reached unfinished, the frame is too large.
+            take = min(_FEED_SLICE, self._start + self.limits.max_frame_size - self._fed)
+            piece, view = view[:take], view[take:]
             self._buf += piece
             self._fed += len(piece)
             try:
@@ -159,10 +172,8 @@ class Decoder:
                 self._enter_discard()
                 continue
             self._frames(events)
-            if self.buffered > self.limits.max_frame_size:
+            if self.buffered >= self.limits.max_frame_size:
                 self._enter_discard()
-        self._compact()
-        return events
 
     def _compact(self) -> None:
         used = self._start - self._base
@@ -476,15 +487,25 @@ def _read_options(
     if _KIND_T[buf[delta + walker.tell()]] == _MAP:
         options = {}
         for _ in range(walker.read_map_header()):
-            key = walker.unpack()
-            if key == b"chunk":
-                s = delta + walker.tell()
+            # Keys and values are built only when they are what we look for, and never by the walker:
+            # building any value can raise (an ext type < 0, a map used as a map key) and leave the
+            # walker mid-value. A value that cannot be built is _UNREADABLE, which no check accepts.
+            if _KIND_T[buf[delta + walker.tell()]] != _STR:
                 walker.skip()
+                walker.skip()
+                continue
+            key = walker.unpack()
+            s = delta + walker.tell()
+            walker.skip()
+            if key == b"chunk":
                 chunk_raw = bytes(buf[s : delta + walker.tell()])
             elif key in (b"compressed", b"fluent_signal", b"metadata"):
-                options[key] = walker.unpack()
-            else:
-                walker.skip()  # size and unknown keys: advisory only, never trusted
+                value = buf[s : delta + walker.tell()]
+                try:
+                    options[key] = msgpack.unpackb(value, raw=True, strict_map_key=False)
+                except (ValueError, TypeError):
+                    options[key] = _UNREADABLE
+            # size and unknown keys: advisory only, never trusted
     else:
         walker.skip()  # nil, or a non-map option: no options
     for _ in range(remaining - 1):

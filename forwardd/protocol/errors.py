@@ -3,6 +3,8 @@ a bug (the h11 rule), which the fuzz target and the property tests hold us to.""
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["FrameTooLarge", "ProtocolError"]
 
 
@@ -11,6 +13,8 @@ class ProtocolError(Exception):
 
     ``reason`` is a stable short code for logs and counters (``not_an_array``, ``bad_msgpack``, ...);
     ``reply`` is what to flush to the peer before closing (a failure PONG), if anything.
+    ``events`` are the events completed by the same read before the broken bytes: handle (and ack) them
+    before closing, or what arrived intact is lost only because garbage followed it in one read.
     """
 
     def __init__(self, reason: str, detail: str = "", *, reply: bytes = b"") -> None:
@@ -18,6 +22,7 @@ class ProtocolError(Exception):
         self.reason = reason
         self.detail = detail
         self.reply = reply
+        self.events: list[Any] = []
 
 
 class FrameTooLarge(ProtocolError):

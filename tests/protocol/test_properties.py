@@ -1,0 +1,175 @@
+"""Properties of the protocol core: the split of a byte stream into reads never changes what comes out,
+and no input makes anything but ProtocolError escape (the h11 rule)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import msgpack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from forwardd.model import decode_entries
+from forwardd.protocol import (
+    EntriesReceived,
+    HandshakeCompleted,
+    HandshakeFailed,
+    Heartbeat,
+    Limits,
+    ProtocolError,
+    Rejected,
+    Security,
+    ServerConnection,
+)
+from forwardd.protocol.encode import event_time, forward, message, packed_forward
+from forwardd.protocol.handshake import client_ping
+
+RECV = 1_700_000_000_000_000_000
+NS = 1_000_000_000
+
+text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    text,
+    st.binary(max_size=12),
+)
+values = st.recursive(
+    leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=5
+)
+records = st.dictionaries(text, values, max_size=4)
+times = st.one_of(
+    st.integers(1, 2**32 - 1),
+    st.integers(NS, 2**32 * NS - 1).map(event_time),
+    st.floats(1.0, 4e9),
+    st.just(0),
+    st.none(),
+    st.tuples(st.integers(1, 2**32 - 1), st.dictionaries(text, leaves, max_size=2)).map(list),
+)
+entries = st.lists(st.tuples(times, records), max_size=4)
+chunk_ids = st.one_of(st.none(), text, st.binary(max_size=10))
+tags = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=10)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    mode = draw(st.sampled_from(["message", "forward", "packed", "gzip", "zstd", "str32", "nil"]))
+    if mode == "nil":
+        return b"\xc0"
+    tag, chunk = draw(tags), draw(chunk_ids)
+    if mode == "message":
+        return message(tag, draw(times), draw(records), chunk=chunk)
+    if mode == "forward":
+        return forward(tag, draw(entries), chunk=chunk)
+    compressed = mode if mode in ("gzip", "zstd") else None
+    return packed_forward(tag, draw(entries), chunk=chunk, compressed=compressed, as_str=mode == "str32")
+
+
+def outcome(ev: Any) -> tuple[Any, ...]:
+    if isinstance(ev, Heartbeat):
+        return ("heartbeat",)
+    if isinstance(ev, Rejected):
+        return ("rejected", ev.reason, ev.tag, ev.ack, ev.size)
+    if isinstance(ev, (HandshakeCompleted, HandshakeFailed)):
+        return (type(ev).__name__, ev.reply)
+    assert isinstance(ev, EntriesReceived)
+    c = ev.chunk
+    evs = [(e.time_ns, e.record, e.meta) for e in c.events()]
+    return ("entries", c.tag, ev.mode, ev.ack, ev.size, c.count, c.invalid, evs)
+
+
+def run(data: bytes, cuts: list[int], limits: Limits | None = None) -> tuple[list[Any], str | None]:
+    conn = ServerConnection(limits=limits, clock_ns=lambda: RECV)
+    out: list[Any] = []
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    try:
+        for a, b in itertools.pairwise(bounds):
+            out += [outcome(ev) for ev in conn.receive_data(data[a:b])]
+    except ProtocolError as exc:
+        out += [outcome(ev) for ev in exc.events]
+        return out, exc.reason
+    return out, None
+
+
+def cuts_for(data: bytes) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, len(data)), max_size=12) if data else st.just([])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(frames(), min_size=1, max_size=5), st.data())
+def test_any_split_gives_the_same_events_and_acks(stream: list[bytes], data: st.DataObject) -> None:
+    blob = b"".join(stream)
+    whole, err = run(blob, [])
+    assert err is None
+    assert len(whole) == len(stream)
+    assert run(blob, data.draw(cuts_for(blob))) == (whole, None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(frames(), min_size=1, max_size=4), st.data())
+def test_split_invariance_holds_across_the_frame_limit(stream: list[bytes], data: st.DataObject) -> None:
+    """With a small frame limit some frames are over it: PackedForward ones are rejected (and acked),
+    others close the connection, identically for every split."""
+    limits = Limits(max_frame_size=160, max_option_size=256)
+    blob = b"".join(stream)
+    whole = run(blob, [], limits)
+    assert run(blob, data.draw(cuts_for(blob)), limits) == whole
+    assert run(blob, list(range(len(blob))), limits) == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.data())
+def test_arbitrary_bytes_give_events_or_protocol_error(blob: bytes, data: st.DataObject) -> None:
+    whole = run(blob, [])
+    assert run(blob, data.draw(cuts_for(blob))) == whole
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(frames(), min_size=1, max_size=3), st.data())
+def test_mutated_streams_give_events_or_protocol_error(stream: list[bytes], data: st.DataObject) -> None:
+    """Valid traffic with a few bytes overwritten reaches deeper than random bytes do."""
+    blob = bytearray(b"".join(stream))
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    whole = run(bytes(blob), [], Limits(max_frame_size=200, max_option_size=64))
+    cut = run(bytes(blob), data.draw(cuts_for(blob)), Limits(max_frame_size=200, max_option_size=64))
+    assert cut == whole
+    for ev in whole[0]:
+        if ev[0] == "entries":
+            assert len(ev[7]) <= ev[5]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_arbitrary_bytes_during_a_handshake(blob: bytes, prefix_ping: bool) -> None:
+    sec = Security(self_hostname="srv", shared_key="k")
+    conn = ServerConnection(security=sec)
+    helo = msgpack.unpackb(conn.initial_bytes(), raw=True)[1]
+    data = (client_ping(helo, hostname="c", shared_key="k")[0] if prefix_ping else b"") + blob
+    try:
+        events = conn.receive_data(data)
+    except ProtocolError as exc:
+        events = exc.events
+    if not prefix_ping:
+        assert not any(isinstance(e, EntriesReceived) for e in events)
+    for ev in events:
+        outcome(ev)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_chunks_out_of_arbitrary_packed_payloads_decode_without_raising(payload: bytes) -> None:
+    frame = packed_forward("t", payload)
+    try:
+        events = ServerConnection().receive_data(frame)
+    except ProtocolError:  # pragma: no cover - a bin payload always frames
+        raise AssertionError("a well-framed PackedForward is never a protocol error") from None
+    (ev,) = events
+    if isinstance(ev, EntriesReceived):
+        evs, invalid = decode_entries(ev.chunk.entries, RECV)
+        assert len(evs) + invalid == ev.chunk.count
+    else:
+        assert ev.reason == "bad_entries"
