@@ -106,6 +106,7 @@ class Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._resolver: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
         self._transform = self._make_transform()
         self._flush_cb = self._flush_acks_cb
 
@@ -160,8 +161,9 @@ class Session(asyncio.Protocol):
             )
         self._pending.clear()
         self.transport = None
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        for fut in (self._drained, self._lost):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -179,11 +181,12 @@ class Session(asyncio.Protocol):
             return
         self._bytes_in += len(data)
         self._last_activity = time.monotonic()
+        error: ProtocolError | None = None
         try:
             events = conn.receive_data(data)
         except ProtocolError as exc:
-            self._protocol_error(exc)
-            return
+            # Requests completed before the error in the same read are still handed on and acked.
+            events, error = exc.events, exc
         stats = self.stats
         stats.bytes += len(data)
         pending = self._pending
@@ -232,6 +235,9 @@ class Session(asyncio.Protocol):
             elif type(ev) is HandshakeFailed:
                 self._handshake_failed(ev)
                 return
+        if error is not None:
+            self._protocol_error(error)
+            return
         if pending:
             self._flush_acks()
         elif (self.settings.deny_keepalive and events) or self._draining:
@@ -464,8 +470,18 @@ class Session(asyncio.Protocol):
 
     # --- shutdown ---------------------------------------------------------------------------------------
 
-    async def drain(self) -> None:
-        """Stop reading, send the acks still owed as their chunks are accepted, then close."""
+    async def drain(self, quiet: float = 0.2) -> None:
+        """Read on until the peer has been quiet for ``quiet`` seconds (or has closed), then stop
+        reading, send the acks still owed as their chunks are accepted, and close.
+
+        Reading on matters for clients that do not ask for acks: what they sent just before the stop is
+        still in the socket buffer, and has no other way to be accepted.
+        """
+        while self.transport is not None and not self._closing:
+            idle = time.monotonic() - self._last_activity
+            if idle >= quiet:
+                break
+            await asyncio.sleep(quiet - idle)
         self._closing = True
         if self.transport is None:
             return
@@ -475,7 +491,11 @@ class Session(asyncio.Protocol):
             self._flush_acks()
             await self._drained
         if self.transport is not None:
+            # close() flushes what is still buffered (the last acks) before the connection is lost: wait
+            # for that, or the listener's abort after the drain would discard it.
+            self._lost = asyncio.get_running_loop().create_future()
             self.transport.close()
+            await self._lost
 
     def abort(self) -> None:
         if self.transport is not None:

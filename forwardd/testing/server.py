@@ -165,6 +165,8 @@ class SyncTestServer:
         return self
 
     def stop(self) -> None:
+        if self._loop.is_closed():
+            return  # stopped already (by the test, then by the fixture)
         with contextlib.suppress(RuntimeError):
             asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
