@@ -96,8 +96,8 @@ class OversizedEvents(PermanentError):
     delivered. The delivery loop should dead-letter ``rejected`` (only those events), not the chunk."""
 
     def __init__(self, message: str, rejected: Chunk) -> None:
-        super().__init__(message)
-        self.rejected = rejected
+        super().__init__(message, rejected=rejected)
+        self.rejected: Chunk = rejected
 
 
 @dataclass(slots=True)
