@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -28,6 +29,18 @@ class RunningDaemon:
                 assert listener.port is not None
                 return int(listener.port)
         raise KeyError(source)
+
+    def received(self) -> int:
+        """Events received by every source so far (accepted or not)."""
+        return sum(listener.stats.events for listener in self.daemon.listeners)
+
+    def wait_received(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until the sources have received ``n`` events, for clients that get no acks."""
+        deadline = time.monotonic() + timeout
+        while self.received() < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {n} events within {timeout}s, received {self.received()}")
+            time.sleep(0.01)
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the daemon's loop (a coroutine function is awaited) and return its result."""

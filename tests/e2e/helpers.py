@@ -66,10 +66,17 @@ class Proc:
         ready = self.wait_event("forwardd.ready")
         return int(ready["listeners"][0].rsplit(":", 1)[1])
 
+    def _reap(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self._reap(10)
 
     def terminate(self, timeout: float = 30.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return self._reap(timeout)
