@@ -90,4 +90,4 @@ class ServerConnection:
 
 
 def _pong_failure(reason: str) -> bytes:
-    return msgpack.packb(["PONG", False, reason, "", ""])
+    return bytes(msgpack.packb(["PONG", False, reason, "", ""]))

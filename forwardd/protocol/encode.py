@@ -54,7 +54,7 @@ def message(
     options: Mapping[str, Any] | None = None,
 ) -> bytes:
     """``[tag, time, record, option]``: docker's and fluent-logger's mode."""
-    return _packer.pack([tag, time, record, _options(chunk, options)])
+    return bytes(_packer.pack([tag, time, record, _options(chunk, options)]))
 
 
 def forward(
@@ -65,7 +65,7 @@ def forward(
     options: Mapping[str, Any] | None = None,
 ) -> bytes:
     """``[tag, [[time, record], ...], option]``: Fluent Bit's default mode."""
-    return _packer.pack([tag, [list(e) for e in entries], _options(chunk, options)])
+    return bytes(_packer.pack([tag, [list(e) for e in entries], _options(chunk, options)]))
 
 
 def packed_entries(entries: Iterable[tuple[Any, Mapping[Any, Any]]]) -> bytes:
@@ -96,5 +96,5 @@ def packed_forward(
         opts["compressed"] = compressed
     if as_str:
         body = b"\xdb" + len(payload).to_bytes(4, "big") + payload
-        return b"\x93" + _packer.pack(tag) + body + _packer.pack(opts)
-    return _packer.pack([tag, payload, opts])
+        return b"\x93" + bytes(_packer.pack(tag)) + body + bytes(_packer.pack(opts))
+    return bytes(_packer.pack([tag, payload, opts]))

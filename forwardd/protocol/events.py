@@ -70,4 +70,4 @@ class RawFrame:
     data: bytes
 
 
-Event = EntriesReceived | Rejected | Heartbeat | HandshakeCompleted | HandshakeFailed
+Event = EntriesReceived | Rejected | Heartbeat | HandshakeCompleted | HandshakeFailed | RawFrame

@@ -110,7 +110,7 @@ class ServerHandshake:
     def helo(self) -> bytes:
         # Fluentd always sends an auth salt when security is on; clients compute a digest with it.
         opts = {"nonce": self.nonce, "auth": self.auth_salt, "keepalive": not self.security.deny_keepalive}
-        return _pack(["HELO", opts])
+        return bytes(_pack(["HELO", opts]))
 
     def fail(self, reason: str) -> str:
         return reason

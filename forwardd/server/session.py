@@ -125,7 +125,7 @@ class Session(asyncio.Protocol):
         self.conn = ServerConnection(limits=s.limits, security=s.security, peer_address=self.peer_address)
         hello = self.conn.initial_bytes()
         if hello:
-            transport.write(hello)
+            transport.write(hello)  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         if s.security is not None and s.handshake_timeout > 0:
             self._timer = loop.call_later(s.handshake_timeout, self._handshake_timeout)
@@ -462,6 +462,8 @@ class Session(asyncio.Protocol):
         return transform
 
     async def _resolve_hostname(self) -> None:
+        if self.peer_address is None:
+            return
         try:
             host, _ = await asyncio.get_running_loop().getnameinfo((self.peer_address, 0))
             self.peer_hostname = host
