@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from forwardd.filters import DockerPartial, StatefulFilter
 from forwardd.model import Chunk
+from tests.conftest import SHARED
 
 from .helpers import make_chunk, records
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "wire-samples" / "clients"
+SAMPLES = SHARED / "wire-samples" / "clients"
 CID = "c" * 64
 
 

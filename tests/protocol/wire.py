@@ -17,7 +17,12 @@ from typing import Any
 
 import msgpack
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "wire-samples"
+from tests.conftest import SHARED
+
+SAMPLES = SHARED / "wire-samples"
+if not SAMPLES.is_dir():
+    # Fail loudly: parametrised tests over an empty folder would otherwise be skipped, not run.
+    raise RuntimeError(f"wire samples not found at {SAMPLES} (../shared, or set FORWARDD_SHARED)")
 CLIENTS = SAMPLES / "clients"
 FLUENTD = SAMPLES / "fluentd-1.18"
 FLUENT_BIT = SAMPLES / "fluent-bit-4.2.8"
