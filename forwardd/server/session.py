@@ -159,6 +159,10 @@ class Session(asyncio.Protocol):
                 peer=self.peer,
                 unsent_acks=unacked,
             )
+        for p in self._pending:
+            if p.waiter is not None:
+                # Nobody will read the outcome now; a rejection at shutdown is expected, not an error.
+                p.waiter.add_done_callback(_retrieve)
         self._pending.clear()
         self.transport = None
         for fut in (self._drained, self._lost):
@@ -502,3 +506,8 @@ class Session(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
