@@ -243,6 +243,9 @@ class Daemon:
                 await sink.stop()
             except Exception as exc:  # one output failing to close must not keep the others open
                 log.error("output.stop_failed", output=sink.name, error=repr(exc))
+        # Let the callbacks of what the sinks rejected while closing run (sessions consume those
+        # outcomes) before the loop goes away.
+        await asyncio.sleep(0)
         log.info("forwardd.stopped", worker=self.worker)
 
     async def run(self, ready: asyncio.Event | None = None) -> None:

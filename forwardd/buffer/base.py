@@ -37,6 +37,10 @@ class ChunkQueue(Protocol):
         """The oldest chunk not yet taken; waits for one."""
         ...
 
+    def take_nowait(self) -> Taken | None:
+        """The oldest chunk not yet taken if one is ready now, else None (for batching)."""
+        ...
+
     def mark_delivered(self, taken: Taken) -> None:
         """Forget ``taken`` for good (delivered or dead-lettered)."""
         ...

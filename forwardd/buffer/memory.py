@@ -127,6 +127,12 @@ class MemoryQueue:
         self._in_flight += 1
         return Taken(self._items.popleft())
 
+    def take_nowait(self) -> Taken | None:
+        if not self._items:
+            return None
+        self._in_flight += 1
+        return Taken(self._items.popleft())
+
     def mark_delivered(self, taken: Taken) -> None:
         if taken.done:
             return

@@ -387,6 +387,9 @@ class DiskQueue:
             self._readable.clear()
             await self._readable.wait()
 
+    def take_nowait(self) -> Taken | None:
+        return self._store.take() if self._store is not None else None
+
     def mark_delivered(self, taken: Taken) -> None:
         assert self._store is not None
         self._store.mark_delivered(taken)

@@ -156,7 +156,6 @@ async def test_permanent_error_dead_letters_that_chunk_and_delivers_the_next(
     assert "time" in sidecar
     assert sorted(p.suffix for p in (tmp_path / "dead").iterdir()) == [".chunk", ".json"]
     assert sink.stats.dead_lettered == 1
-    assert sink.stats.queued_chunks == 0
 
 
 async def test_exhausted_attempts_dead_letter_one_chunk_not_the_queue(make_sink: SinkFactory) -> None:
@@ -261,3 +260,56 @@ def test_delay_never_exceeds_the_cap_and_never_goes_below_jittered_base(
     d = p.delay(attempt, rand=lambda: r)
     base = min(initial * 2.0 ** min(attempt - 1, 100), 60.0)
     assert base * (1 - jitter) - 1e-9 <= d <= base + 1e-9
+
+
+class GatedOutput(Output):
+    """Holds its first write until released, so that more chunks queue up behind it."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.writes: list[Chunk] = []
+        self.three = asyncio.Event()
+
+    async def write(self, chunk: Chunk) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        self.writes.append(chunk)
+        if len(self.writes) == 3:
+            self.three.set()
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_chunks_queued_behind_a_write_are_merged_per_tag(make_sink: SinkFactory, memory: bool) -> None:
+    """Docker sends one event per message: what queued meanwhile goes out as one write per tag."""
+    out = GatedOutput()
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory)
+    await sink.start()
+    await submit_all(sink, [Chunk("a", b"\x01", 1, 1)])
+    await asyncio.wait_for(out.entered.wait(), TIMEOUT)
+    queued = [Chunk("a", b"\x02", 1, 2), Chunk("b", b"\x03", 1, 3), Chunk("a", b"\x04\x05", 2, 4)]
+    await submit_all(sink, queued)
+    out.gate.set()
+    await asyncio.wait_for(out.three.wait(), TIMEOUT)
+    assert [(c.tag, c.entries, c.count) for c in out.writes] == [
+        ("a", b"\x01", 1),
+        ("a", b"\x02\x04\x05", 3),  # the two "a" chunks, in order, as one write
+        ("b", b"\x03", 1),
+    ]
+
+
+async def test_a_partial_rejection_dead_letters_only_the_rejected_events(
+    make_sink: SinkFactory, tmp_path: Path
+) -> None:
+    bad = Chunk("d.bad", b"\x09", 1, 9)
+    out = ScriptedOutput([PermanentError("one record too large", rejected=bad)])
+    sink = make_sink(out, RetryPolicy(), FakeTime())
+    await sink.start()
+    await submit_all(sink, [Chunk("d.bad", b"\x07\x08\x09", 3, 9), chunk(1)])
+    await out.wait_delivered(1)
+    [sidecar] = list((tmp_path / "dead").glob("*.json"))
+    back = read_dead_letter(str(sidecar).removesuffix(".json") + ".chunk")
+    assert (back.tag, back.entries, back.count) == ("d.bad", b"\x09", 1)
+    assert sink.stats.delivered_events == 2 + chunk(1).count  # the two good events, then the next chunk

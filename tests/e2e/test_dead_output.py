@@ -114,4 +114,5 @@ def test_full_disk_stops_acks_keeps_memory_flat_and_loses_nothing(tmp_path: Path
                 if "seq" in line}  # fmt: skip
         missing = [s for s in acked if s not in seen]
         assert not missing, f"{len(missing)} acked events lost"
-        assert not [line for line in proc.raw if "never retrieved" in line]
+        unretrieved = [i for i, line in enumerate(proc.raw) if "never retrieved" in line]
+        assert not unretrieved, "\n".join(proc.raw[unretrieved[0] : unretrieved[0] + 12])
