@@ -123,6 +123,9 @@ class Decoder:
         self.received_ns = 0
         #: Set by the connection while a handshake waits for its PING: the next frame comes back raw.
         self.expect_raw_frame = False
+        #: Whether consecutive Message-mode requests of one tag in one read become one chunk.
+        self.merge_messages = True
+        self._group: EntriesReceived | None = None
 
     def _new_unpackers(self, offset: int) -> None:
         cap = self.limits.max_frame_size + 2 * _FEED_SLICE
@@ -183,7 +186,34 @@ class Decoder:
 
     def _frames(self, events: list[Event]) -> None:
         """Cut and decode every complete frame. Message mode (docker: one event per frame, hundreds of
-        thousands per second) is handled inline with locals only; other modes go to :meth:`_mode`."""
+        thousands per second) is handled inline with locals only; other modes go to :meth:`_mode`.
+
+        Consecutive Message-mode requests of one tag in one read become ONE EntriesReceived: their
+        entries are concatenated into one chunk and their acks into one reply, sent once that chunk is
+        accepted. That keeps acks in request order and spares the router, the buffer and the output one
+        hop per event. Any other event ends the group, so the order of replies is kept.
+        """
+        parts: list[bytes] = []
+        acks: list[bytes] = []
+        self._group = None
+        try:
+            self._frames_loop(events, parts, acks)
+        finally:
+            # Also when a ProtocolError ends the read: the requests before it are handed on.
+            if self._group is not None:
+                self._close_group(self._group, parts, acks)
+                self._group = None
+
+    def _close_group(self, ev: EntriesReceived, parts: list[bytes], acks: list[bytes]) -> None:
+        n = len(parts)
+        entries = parts[0] if n == 1 else b"".join(parts)
+        ev.chunk = Chunk(ev.chunk.tag, entries, n, self.received_ns)
+        ev.requests = n
+        ev.acks = len(acks)
+        if acks:
+            ev.ack = acks[0] if len(acks) == 1 else b"".join(acks)
+
+    def _frames_loop(self, events: list[Event], parts: list[bytes], acks: list[bytes]) -> None:
         framer = self._framer
         fskip = framer.skip
         ftell = framer.tell
@@ -196,8 +226,10 @@ class Decoder:
         base = self._base
         kinds = _KIND_T
         tags = self._tags
-        received = self.received_ns
         append = events.append
+        merge = self.merge_messages
+        group: EntriesReceived | None = None
+        group_tag: str | None = None
         while True:
             try:
                 fskip()
@@ -211,6 +243,9 @@ class Decoder:
             first = buf[start - base]
             if first == 0xC0:
                 wskip()
+                if group is not None:
+                    self._close_group(group, parts, acks)
+                    group = self._group = None
                 append(Heartbeat())
                 continue
             if kinds[first] != _ARRAY:
@@ -239,34 +274,50 @@ class Decoder:
                     wskip()
                     e = wbase + wtell()
                     ob = buf[e - base]
+                    ack: bytes | None = None
                     if ob == 0x80 or ob == 0xC0:
                         wskip()
-                        append(
-                            EntriesReceived(
-                                Chunk(tag, b"\x92" + buf[pos - base : e - base], 1, received),
-                                None,
-                                "message",
-                                end - start,
-                            )
-                        )
-                        continue
-                    if ob == 0x81 and buf.startswith(b"\xa5chunk", e - base + 1):
+                    elif ob == 0x81 and buf.startswith(b"\xa5chunk", e - base + 1):
                         # {"chunk": id} is the frame's last element: the id runs to the frame's end.
                         wskip()
-                        append(
-                            EntriesReceived(
-                                Chunk(tag, b"\x92" + buf[pos - base : e - base], 1, received),
-                                _ACK_PREFIX + buf[e - base + 7 : end - base],
-                                "message",
-                                end - start,
-                            )
-                        )
+                        ack = _ACK_PREFIX + buf[e - base + 7 : end - base]
+                    else:
+                        if group is not None:
+                            self._close_group(group, parts, acks)
+                            group = self._group = None
+                        options, chunk_raw = _read_options(walker, buf, wbase - base, 1)
+                        append(self._message(tag, n, pos, kind, r, e, options, chunk_raw, end - start))
                         continue
-                    options, chunk_raw = _read_options(walker, buf, wbase - base, 1)
-                    append(self._message(tag, n, pos, kind, r, e, options, chunk_raw, end - start))
+                    entry = b"\x92" + buf[pos - base : e - base]
+                    if group is not None and tag is group_tag:
+                        parts.append(entry)
+                        if ack is not None:
+                            acks.append(ack)
+                        group.size += end - start
+                        continue
+                    if group is not None:
+                        self._close_group(group, parts, acks)
+                    parts.clear()
+                    acks.clear()
+                    parts.append(entry)
+                    if ack is not None:
+                        acks.append(ack)
+                    group = EntriesReceived(Chunk(tag, b"", 0, 0), None, "message", end - start)
+                    group_tag = tag
+                    append(group)
+                    if not merge:
+                        self._close_group(group, parts, acks)
+                        group = None
+                    self._group = group
                     continue
+                if group is not None:
+                    self._close_group(group, parts, acks)
+                    group = self._group = None
                 append(self._message(tag, n, pos, kind, r, None, None, None, end - start))
                 continue
+            if group is not None:
+                self._close_group(group, parts, acks)
+                group = self._group = None
             append(self._mode(tag, n, pos, kind, end - start))
 
     def _tag(self, raw: Any) -> str:

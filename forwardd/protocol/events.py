@@ -20,12 +20,19 @@ __all__ = [
 @dataclass(slots=True)
 class EntriesReceived:
     """A chunk of events arrived. ``ack`` is the reply to send once the chunk is accepted (None: none is
-    due); ``mode`` names the carrier mode for metrics; ``size`` is the frame's size on the wire."""
+    due); ``mode`` names the carrier mode for metrics; ``size`` is the frames' size on the wire.
+
+    ``requests`` counts the requests merged into this chunk (consecutive Message-mode requests of one tag
+    in one read, see the decoder) and ``acks`` how many of them asked for an ack: ``ack`` is then their
+    acks, back to back, in request order.
+    """
 
     chunk: Chunk
     ack: bytes | None
     mode: str
     size: int
+    requests: int = 1
+    acks: int = 1
 
 
 @dataclass(slots=True)

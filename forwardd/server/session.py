@@ -64,13 +64,16 @@ class SessionSettings:
 class _Pending:
     """One request the client waits on: its acceptance and the ack to send when accepted."""
 
-    __slots__ = ("ack", "count", "tag", "waiter")
+    __slots__ = ("ack", "acks", "count", "tag", "waiter")
 
-    def __init__(self, waiter: asyncio.Future[Any] | None, ack: bytes | None, tag: str, count: int) -> None:
+    def __init__(
+        self, waiter: asyncio.Future[Any] | None, ack: bytes | None, tag: str, count: int, acks: int = 1
+    ) -> None:
         self.waiter = waiter
         self.ack = ack
         self.tag = tag
         self.count = count
+        self.acks = acks
 
 
 class Session(asyncio.Protocol):
@@ -123,6 +126,8 @@ class Session(asyncio.Protocol):
             self.peer = f"unix:{transport.get_extra_info('sockname') or ''}"
         s = self.settings
         self.conn = ServerConnection(limits=s.limits, security=s.security, peer_address=self.peer_address)
+        if s.close_after is not None:
+            self.conn.decoder.merge_messages = False  # the fault counts requests one by one
         hello = self.conn.initial_bytes()
         if hello:
             transport.write(hello)  # type: ignore[attr-defined]
@@ -199,7 +204,7 @@ class Session(asyncio.Protocol):
                 if self._draining:
                     break  # closing after a fault: what follows is not read, not acked, resent
                 chunk = ev.chunk
-                stats.chunks += 1
+                stats.chunks += ev.requests
                 self._requests += 1
                 if self.settings.close_after is not None and self._requests >= self.settings.close_after:
                     self._draining = True
@@ -218,10 +223,10 @@ class Session(asyncio.Protocol):
                     continue
                 if waiter is None:
                     if ev.ack is not None:
-                        pending.append(_Pending(None, ev.ack, chunk.tag, chunk.count))
+                        pending.append(_Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks))
                 else:
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
-                    pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count))
+                    pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
                 if ev.size > conn.decoder.limits.chunk_size_warn:
                     log.warning(
                         "chunk.large",
@@ -278,7 +283,7 @@ class Session(asyncio.Protocol):
             pending.popleft()
             if p.ack is not None:
                 out.append(p.ack)
-                self.stats.acks += 1
+                self.stats.acks += p.acks
         if out and transport is not None:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             self._responded = True

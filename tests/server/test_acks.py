@@ -36,7 +36,10 @@ def test_pipelined_acks_come_in_request_order_when_accepted_in_reverse(serve, lt
     ids = [f"chunk-{i}" for i in range(5)]
     with served.client() as c:
         c.send(
-            b"".join(encode.message("t", encode.event_time(1), {"i": i}, chunk=k) for i, k in enumerate(ids))
+            # One tag per message: consecutive messages of one tag would be merged into one chunk.
+            b"".join(
+                encode.message(f"t{i}", encode.event_time(1), {"i": i}, chunk=k) for i, k in enumerate(ids)
+            )
         )
         ingest.wait(5)
         for i in (4, 3, 2, 1):
@@ -110,7 +113,7 @@ def test_temporary_rejection_sends_no_ack_and_closes(serve, lt):
     ingest = HeldIngest(lt)
     served = serve(ingest)
     with served.client() as c:
-        c.send(encode.message("t", 1, {"k": 1}, chunk="ok") + encode.message("t", 1, {"k": 2}, chunk="no"))
+        c.send(encode.message("t1", 1, {"k": 1}, chunk="ok") + encode.message("t2", 1, {"k": 2}, chunk="no"))
         ingest.wait(2)
         ingest.resolve(0)
         ingest.resolve(1, ChunkRejected("buffer full", permanent=False))
@@ -141,7 +144,7 @@ def test_half_closed_client_still_gets_its_acks(serve, lt):
     ingest = HeldIngest(lt)
     served = serve(ingest)
     with served.client() as c:
-        c.send(encode.message("t", 1, {"n": 1}, chunk="a") + encode.message("t", 1, {"n": 2}, chunk="b"))
+        c.send(encode.message("t1", 1, {"n": 1}, chunk="a") + encode.message("t2", 1, {"n": 2}, chunk="b"))
         ingest.wait(2)
         c.sock.shutdown(socket.SHUT_WR)
         ingest.resolve(0)

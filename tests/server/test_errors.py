@@ -71,7 +71,8 @@ def test_acks_owed_before_a_protocol_error_are_still_sent(serve, lt):
     served = serve(ingest)
     with served.client() as c:
         c.send(
-            encode.message("t", 1, {"n": 1}, chunk="first") + encode.message("t", 1, {"n": 2}, chunk="second")
+            encode.message("t1", 1, {"n": 1}, chunk="first")
+            + encode.message("t2", 1, {"n": 2}, chunk="second")
         )
         ingest.wait(2)
         c.send(b"\xc1garbage")

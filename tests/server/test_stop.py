@@ -17,7 +17,7 @@ def test_stop_sends_owed_acks_then_closes(serve, lt):
     ingest = HeldIngest(lt)
     served = serve(ingest)
     with served.client() as c:
-        c.send(b"".join(encode.message("t", 1, {"n": i}, chunk=str(i)) for i in range(3)))
+        c.send(b"".join(encode.message(f"t{i}", 1, {"n": i}, chunk=str(i)) for i in range(3)))
         ingest.wait(3)
         served.stopped = True
         stopping = lt.submit(served.listener.stop(grace=10))
