@@ -79,6 +79,44 @@ outputs:
 """
 
 
+#: The durable path: a disk buffer (fsync per group commit, the default) in front of a null output, so the
+#: ack means committed to disk and nothing else costs.
+FORWARDD_BUFFER_CONFIG = """\
+storage: {{path: ./data-buffer-{port}}}
+sources:
+  - name: main
+    type: forward
+    bind: {host}
+    port: {port}
+routes:
+  - match: "**"
+    outputs: [sink]
+outputs:
+  sink:
+    type: "null"
+    buffer: {{type: disk, fsync: always}}
+"""
+
+#: End to end into JSON-lines files: disk buffer (fsync per commit) and the file output (fsync per write).
+#: The queue is kept small so that, once it is full, ingest runs at the rate the files are written.
+FORWARDD_FILE_CONFIG = """\
+storage: {{path: ./data-file-{port}}}
+sources:
+  - name: main
+    type: forward
+    bind: {host}
+    port: {port}
+routes:
+  - match: "**"
+    outputs: [files]
+outputs:
+  files:
+    type: file
+    path: ./files-{port}/${{tag}}.log
+    buffer: {{type: disk, fsync: always, max_size: 32MiB}}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
@@ -369,8 +407,14 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         selected = [s for s in selected if s.name in wanted]
     names = args.targets.split(",")
     logdir = Path(tempfile.mkdtemp(prefix="forwardd-bench-"))
-    commands = {"baseline": args.baseline_cmd, "forwardd": args.forwardd_cmd}
+    commands = {
+        "baseline": args.baseline_cmd,
+        "forwardd": args.forwardd_cmd,
+        "forwardd-buffer": args.forwardd_cmd,
+        "forwardd-file": args.forwardd_cmd,
+    }
     config_template = Path(args.forwardd_config).read_text() if args.forwardd_config else FORWARDD_CONFIG
+    templates = {"forwardd-buffer": FORWARDD_BUFFER_CONFIG, "forwardd-file": FORWARDD_FILE_CONFIG}
     targets: list[Target] = []
     not_started: dict[str, str] = {}
     runs: list[Run] = []
@@ -378,7 +422,7 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         for name in names:
             if name not in commands:
                 raise SystemExit(f"unknown target {name!r} (known: {', '.join(commands)})")
-            t = Target(name, commands[name], config_template, logdir)
+            t = Target(name, commands[name], templates.get(name, config_template), logdir)
             try:
                 t.start(args.start_timeout)
             except TargetError as e:
@@ -418,7 +462,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="scenarios:\n" + "\n".join(f"  {s.name:24} {s.about}" for s in SCENARIOS),
     )
-    ap.add_argument("--targets", default="baseline,forwardd", help="comma-separated: baseline, forwardd")
+    ap.add_argument(
+        "--targets",
+        default="baseline,forwardd",
+        help="comma-separated: baseline, forwardd (null output, memory buffer), forwardd-buffer "
+        "(disk buffer, fsync per commit, null output), forwardd-file (disk buffer and JSON-lines files)",
+    )
     ap.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per scenario and target")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds of traffic per repetition")

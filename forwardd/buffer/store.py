@@ -45,6 +45,8 @@ READ_AHEAD = 1024 * 1024
 #: Linux IOV_MAX: the most buffers one pwritev accepts.
 IOV_MAX = 1024
 LEDGER = "ledger.json"
+#: Fixed width, so that an in-place overwrite always covers the previous content exactly.
+_LEDGER_FMT = b'{"seq": %20d, "offset": %20d}\n'
 QUARANTINE = "quarantine"
 _SALVAGE = ".salvage"
 
@@ -123,6 +125,7 @@ class SegmentStore:
         self._unsynced = False
         self._committed_pos = 0
         self._ledger_failing = False
+        self._ledger_fd: int | None = None
 
     # ----------------------------------------------------------------------------------------- recovery
 
@@ -210,11 +213,26 @@ class SegmentStore:
             return 0, 0
 
     def _write_ledger(self, *, durable: bool = False) -> None:
-        """Best effort: a ledger that cannot be written (disk full) only means redelivery after a crash."""
+        """Best effort: a ledger that cannot be written (disk full) only means redelivery after a crash.
+
+        This runs after every delivery, on the event loop: a rename per delivery cost ~0.5 ms there. So
+        the ledger has a fixed width and is overwritten in place with one small pwrite at offset 0, which
+        a kill cannot tear (it lies within one page and one sector). Only ``durable`` writes (start and
+        close) go through write-temp-fsync-rename.
+        """
         head = self._segments[0]
-        data = orjson.dumps({"seq": head.seq, "offset": self._ack_off})
+        data = _LEDGER_FMT % (head.seq, self._ack_off)
+        path = os.path.join(self.directory, LEDGER)
         try:
-            atomic_write(os.path.join(self.directory, LEDGER), data, durable=durable)
+            if durable:
+                if self._ledger_fd is not None:
+                    os.close(self._ledger_fd)
+                    self._ledger_fd = None
+                atomic_write(path, data, durable=True)
+            else:
+                if self._ledger_fd is None:
+                    self._ledger_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.pwrite(self._ledger_fd, data, 0)
         except OSError as exc:
             if not self._ledger_failing:
                 self._ledger_failing = True
@@ -602,6 +620,9 @@ class SegmentStore:
                 os.fdatasync(self._current.fd)
             self._write_ledger(durable=self.fsync != "never")
         finally:
+            if self._ledger_fd is not None:
+                os.close(self._ledger_fd)
+                self._ledger_fd = None
             for seg in self._segments:
                 seg.close()
             if self._current is not None:
