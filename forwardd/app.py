@@ -196,10 +196,21 @@ class DaemonState:
     router: Router
 
 
+#: How often the daemon logs each source's and each output's counters (``source.stats``, ``output.stats``).
+STATS_INTERVAL = 60.0
+
+
 class Daemon:
     """One process's forwardd."""
 
-    def __init__(self, config: cfg.Config, *, worker: int = 0, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: cfg.Config,
+        *,
+        worker: int = 0,
+        reuse_port: bool = False,
+        stats_interval: float = STATS_INTERVAL,
+    ) -> None:
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
@@ -216,6 +227,8 @@ class Daemon:
             for s in config.sources
         ]
         self._expiry: asyncio.Task[None] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self.stats_interval = stats_interval
         self._started: list[Sink] = []
 
     async def start(self) -> None:
@@ -224,16 +237,35 @@ class Daemon:
             self._started.append(sink)
             log.debug("output.started", output=name)
         self._expiry = asyncio.create_task(self.router.run_expiry(1.0), name="router-expiry")
+        self._stats_task = asyncio.create_task(self._report_loop(), name="stats")
         for listener in self.listeners:
             await listener.start()
+
+    def report(self) -> None:
+        """Log every source's and every output's counters: events and bytes in and out, acks, errors,
+        retries, dead letters, queue size and delivery latency."""
+        for listener in self.listeners:
+            log.info("source.stats", listener=listener.settings.name, **listener.stats.as_dict())
+        for name, sink in self.sinks.items():
+            stats = getattr(sink, "stats", None)
+            if stats is not None:
+                out = getattr(getattr(sink, "output", None), "stats", None)
+                extra = {"output_stats": _plain(out)} if out is not None else {}
+                log.info("output.stats", output=name, **stats.as_dict(), **extra)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            self.report()
 
     async def stop(self, grace: float = 10.0) -> None:
         for listener in self.listeners:
             await listener.stop(grace)
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for task in (self._expiry, self._stats_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         drained = self.router.drain()
         if drained is not None:
             with contextlib.suppress(Exception):
@@ -243,6 +275,7 @@ class Daemon:
                 await sink.stop()
             except Exception as exc:  # one output failing to close must not keep the others open
                 log.error("output.stop_failed", output=sink.name, error=repr(exc))
+        self.report()
         # Let the callbacks of what the sinks rejected while closing run (sessions consume those
         # outcomes) before the loop goes away.
         await asyncio.sleep(0)
@@ -280,3 +313,10 @@ class Daemon:
             for s in signals:
                 loop.remove_signal_handler(s)
             await self.stop()
+
+
+def _plain(obj: Any) -> Any:
+    """An output's own stats object as plain data for a log line."""
+    if hasattr(obj, "__slots__"):
+        return {k: getattr(obj, k) for k in obj.__slots__}
+    return getattr(obj, "__dict__", repr(obj))

@@ -13,6 +13,7 @@ import itertools
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ log = structlog.get_logger("forwardd.delivery")
 _seq = itertools.count()
 
 #: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
+#: How many recent deliveries the latency percentiles are computed over.
+LATENCY_WINDOW = 1024
+
 BATCH_MAX_CHUNKS = 4096
 BATCH_MAX_BYTES = 4 * 1024 * 1024
 
@@ -49,6 +53,12 @@ class SinkStats:
     dead_lettered: int = 0
     dropped: int = 0
     last_error: str | None = None
+    #: Receive-to-delivery latency of the last deliveries (up to LATENCY_WINDOW chunks), in ms.
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {f: getattr(self, f) for f in self.__slots__}
 
 
 class BufferedSink:
@@ -91,6 +101,7 @@ class BufferedSink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._delivered_events = 0
+        self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
         self._delivered_bytes = 0
         self._retries = 0
         self._dead_lettered = 0
@@ -144,7 +155,12 @@ class BufferedSink:
     @property
     def stats(self) -> SinkStats:
         q = self.queue
+        lat = sorted(self._latencies)
+        p50 = round(lat[len(lat) // 2] / 1e6, 2) if lat else None
+        p99 = round(lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6, 2) if lat else None
         return SinkStats(
+            latency_p50_ms=p50,
+            latency_p99_ms=p99,
             queued_chunks=q.queued_chunks,
             queued_bytes=q.queued_bytes,
             delivered_events=self._delivered_events,
@@ -212,6 +228,7 @@ class BufferedSink:
             else:
                 for taken in takens:
                     self.queue.mark_delivered(taken)
+                self._latencies.append(time.time_ns() - chunk.received_ns)
                 self._delivered_events += chunk.count
                 self._delivered_bytes += len(chunk.entries)
                 self._backing_off = False
