@@ -118,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     if config.workers > 1:
+        shared = [s.name for s in config.sources if s.unix is not None or s.port == 0]
+        if shared:
+            print(
+                f"workers: {config.workers} needs a fixed TCP port on every source, for the workers to share "
+                f"it with SO_REUSEPORT; not possible for source(s) {', '.join(shared)} (a Unix socket or "
+                "port 0)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         return _run_workers(config)
     return _run_worker(config, 0, reuse_port=False)
 

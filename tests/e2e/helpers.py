@@ -62,6 +62,17 @@ class Proc:
                     raise AssertionError(f"no {event!r} log line; output:\n" + "\n".join(self.raw[-30:]))
                 self._cond.wait(left)
 
+    def wait_next(self, timeout: float = 20.0) -> None:
+        """Wait for the next log line (or the process's end)."""
+        with self._cond:
+            n = len(self.lines)
+            self._cond.wait_for(
+                lambda: len(self.lines) > n or (self.proc.poll() is not None and not self._reader.is_alive()),
+                timeout,
+            )
+            if len(self.lines) == n:
+                raise AssertionError("no new log line; output:\n" + "\n".join(self.raw[-30:]))
+
     def port(self) -> int:
         ready = self.wait_event("forwardd.ready")
         return int(ready["listeners"][0].rsplit(":", 1)[1])
