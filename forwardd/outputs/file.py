@@ -26,8 +26,9 @@ not empty and the write would take it past ``rotate_max_size`` bytes (on disk, s
 the segment was opened ``rotate_interval`` seconds ago or more. A single write larger than the limit still
 goes whole into one fresh segment. Time-based names (``%Y%m%d%H``) rotate by themselves. On the first write to
 a path in a process, the highest existing segment is continued if it is plain text ending in a newline;
-otherwise (compressed, or a torn last line from a crash) a new segment is started, so nothing is ever
-appended after garbage. If the current file is deleted or renamed behind our back, it is reopened.
+a plain file whose last line is torn (a crash mid-write) is first cut back to its last whole line (that
+write's chunk is redelivered by the buffer). A compressed one is never continued: a new segment is
+started. If the current file is deleted or renamed behind our back, it is reopened.
 
 Errors. ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP, EINVAL (the path itself cannot work) → PermanentError; every
 other OSError (ENOSPC, EIO, EACCES, EPERM, EROFS, EDQUOT, EMFILE, ...) → RetryableError. A record no encoder
@@ -404,7 +405,7 @@ class _Disk:
             return seg
         last = max(indices)
         seg.index, seg.path = last, self.seg_path(base, last)
-        if not self.ext and self._ends_cleanly(seg.path):
+        if not self.ext and self._trim_torn_tail(seg.path):
             self._reopen(seg)
             seg.opened_at = self.clock()
         else:
@@ -412,14 +413,30 @@ class _Disk:
         return seg
 
     @staticmethod
-    def _ends_cleanly(path: str) -> bool:
+    def _trim_torn_tail(path: str) -> bool:
+        """Make a plain file end with a whole line; False if it cannot be read or cut (start a new one).
+
+        A kill during a large write() can leave part of it on disk (the kernel stops between pages). That
+        write's chunk was never marked delivered, so the buffer writes it again; the torn bytes are cut
+        off here so that no reader ever sees a partial line.
+        """
         try:
-            with open(path, "rb") as f:
+            with open(path, "r+b") as f:
                 size = f.seek(0, os.SEEK_END)
-                if size == 0:
-                    return True
-                f.seek(size - 1)
-                return f.read(1) == b"\n"
+                end = size
+                while end > 0:
+                    start = max(0, end - 65536)
+                    f.seek(start)
+                    nl = f.read(end - start).rfind(b"\n")
+                    if nl >= 0:
+                        end = start + nl + 1
+                        break
+                    end = start
+                if end < size:
+                    f.truncate(end)
+                    os.fsync(f.fileno())
+                    _log.warning("file.torn_tail_removed", path=path, bytes=size - end)
+                return True
         except OSError:
             return False
 

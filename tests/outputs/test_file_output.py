@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from structlog.testing import capture_logs
 
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.model import Chunk, Event, decode_entries
@@ -169,7 +170,7 @@ async def test_rotate_interval_uses_the_clock(tmp_path):
     assert seqs((tmp_path / "a.log.1").read_bytes()) == [2]
 
 
-async def test_restart_continues_a_clean_file_and_never_appends_after_a_torn_line(tmp_path):
+async def test_restart_continues_a_clean_file_and_cuts_a_torn_last_line(tmp_path):
     path = tmp_path / "a.log"
     out = FileOutput(name="f", path=str(path))
     await out.write(chunk(0, 2))
@@ -178,12 +179,17 @@ async def test_restart_continues_a_clean_file_and_never_appends_after_a_torn_lin
     await out.write(chunk(2, 1))
     await out.stop()
     assert seqs(path.read_bytes()) == [0, 1, 2]
-    with path.open("ab") as f:  # what a crash in the middle of someone's write leaves
-        f.write(b'{"seq":')
-    out = FileOutput(name="f", path=str(path))
-    await out.write(chunk(3, 1))
-    await out.stop()
-    assert seqs((tmp_path / "a.log.1").read_bytes()) == [3]
+    torn = b'{"seq":3,"pad":"xx'
+    with path.open("ab") as f:  # what a kill in the middle of a large write() leaves
+        f.write(torn)
+    with capture_logs() as logs:
+        out = FileOutput(name="f", path=str(path))
+        await out.write(chunk(3, 1))  # the buffer redelivers the torn write's chunk
+        await out.stop()
+    # No partial line is ever left for a reader, and the file goes on where its last whole line ended.
+    assert seqs(path.read_bytes()) == [0, 1, 2, 3]
+    assert not (tmp_path / "a.log.1").exists()
+    assert [e["bytes"] for e in logs if e["event"] == "file.torn_tail_removed"] == [len(torn)]
 
 
 async def test_restart_with_compression_starts_a_new_segment(tmp_path):
