@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -198,6 +199,21 @@ class DaemonState:
 
 #: How often the daemon logs each source's and each output's counters (``source.stats``, ``output.stats``).
 STATS_INTERVAL = 60.0
+#: How often freed heap memory is handed back to the OS (see _malloc_trim).
+TRIM_INTERVAL = 10.0
+
+
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None elsewhere.
+
+    Connections come and go with read and frame buffers of hundreds of KiB; glibc keeps what they freed in
+    its heap, fragmented, and RSS creeps up with every wave of connections (bench/soak.py showed ~10 MiB
+    a minute). Trimming every few seconds gives it back; it costs a heap walk of a few ms.
+    """
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class Daemon:
@@ -254,9 +270,16 @@ class Daemon:
                 log.info("output.stats", output=name, **stats.as_dict(), **extra)
 
     async def _report_loop(self) -> None:
+        trim = _malloc_trim()
+        waited = 0.0
         while True:
-            await asyncio.sleep(self.stats_interval)
-            self.report()
+            await asyncio.sleep(TRIM_INTERVAL)
+            waited += TRIM_INTERVAL
+            if trim is not None:
+                trim(0)
+            if waited >= self.stats_interval:
+                waited = 0.0
+                self.report()
 
     async def stop(self, grace: float = 10.0) -> None:
         for listener in self.listeners:

@@ -64,6 +64,7 @@ _LEN_HEADERS = {
 
 _UNREADABLE = "<unreadable>"  # an option value that could not be built
 _FEED_SLICE = 1 << 20
+_INITIAL_BUFFER = 64 * 1024
 _COMPACT_AT = 1 << 16
 _TAG_CACHE_MAX = 256
 
@@ -129,8 +130,12 @@ class Decoder:
 
     def _new_unpackers(self, offset: int) -> None:
         cap = self.limits.max_frame_size + 2 * _FEED_SLICE
-        self._framer = msgpack.Unpacker(None, max_buffer_size=cap)
-        self._walker = msgpack.Unpacker(None, raw=True, max_buffer_size=cap, strict_map_key=False)
+        # read_size is the Unpacker's first buffer: its default, min(max_buffer_size, 1 MiB), would cost
+        # every connection 2 MiB up front; the buffers grow as a frame needs it.
+        self._framer = msgpack.Unpacker(None, max_buffer_size=cap, read_size=_INITIAL_BUFFER)
+        self._walker = msgpack.Unpacker(
+            None, raw=True, max_buffer_size=cap, strict_map_key=False, read_size=_INITIAL_BUFFER
+        )
         self._framer_base = self._walker_base = offset
 
     @property
