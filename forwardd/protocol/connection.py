@@ -71,8 +71,8 @@ class ServerConnection:
             if isinstance(ev, Heartbeat):
                 continue
             if not isinstance(ev, RawFrame):
-                failure = hs.fail("PING expected before any event")
-                out.append(HandshakeFailed(failure, _pong_failure(failure)))
+                reason = "PING expected before any event"
+                out.append(HandshakeFailed(reason, _pong_failure(reason)))
                 return out
             try:
                 ping = msgpack.unpackb(ev.data, raw=True)

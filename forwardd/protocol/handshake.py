@@ -112,9 +112,6 @@ class ServerHandshake:
         opts = {"nonce": self.nonce, "auth": self.auth_salt, "keepalive": not self.security.deny_keepalive}
         return bytes(_pack(["HELO", opts]))
 
-    def fail(self, reason: str) -> str:
-        return reason
-
     def _fail(self, reason: str) -> tuple[bool, str, bytes, str, str]:
         return False, reason, _pack(["PONG", False, reason, "", ""]), "", ""
 

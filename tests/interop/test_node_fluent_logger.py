@@ -9,8 +9,7 @@ import pytest
 import trustme
 
 from forwardd.server.tls import TlsSettings
-
-from .support import wait_until
+from tests.server.support import wait_until
 
 pytestmark = pytest.mark.node
 

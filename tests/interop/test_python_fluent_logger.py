@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from fluent import asyncsender, sender
 
-from .support import wait_until
+from tests.server.support import wait_until
 
 N = 200
 BASE_NS = 1_700_000_000_123_456_789
