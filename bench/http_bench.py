@@ -15,27 +15,11 @@ import multiprocessing
 import time
 from multiprocessing.connection import Connection
 
-import msgpack
-
-from forwardd.model import Chunk, pack_event_time
+from bench.records import EVENTS_PER_CHUNK, T0, docker_entries
+from forwardd.model import Chunk
 from forwardd.outputs.http import HttpOutput
 
-EVENTS_PER_CHUNK = 1000
-T0 = 1_700_000_000 * 10**9
 CASES = [("ndjson", "none"), ("json_array", "none"), ("msgpack", "none"), ("ndjson", "gzip")]
-
-
-def docker_entries(seed: int) -> bytes:
-    parts = []
-    for i in range(EVENTS_PER_CHUNK):
-        record = {
-            "container_id": f"{seed:08x}" * 8,
-            "container_name": "/web-frontend-1",
-            "source": "stdout",
-            "log": f"10.0.0.{i % 250} - - GET /api/v1/items?page={i} HTTP/1.1 200 1532 0.004 curl/8.5",
-        }
-        parts.append(b"\x92" + pack_event_time(T0 + seed * 10**9 + i * 1000) + msgpack.packb(record))
-    return b"".join(parts)
 
 
 def serve(conn: Connection) -> None:

@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.http_bench import EVENTS_PER_CHUNK, T0, docker_entries, serve
+from bench.http_bench import serve
 from bench.kafka_bench import free_port
+from bench.records import EVENTS_PER_CHUNK, T0, docker_entries
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from forwardd.outputs.file import FileOutput

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +186,6 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
         max_connections=lim.max_connections,
         reuse_port=reuse_port,
     )
-
-
-@dataclass
-class DaemonState:
-    listeners: list[ForwardListener]
-    sinks: Mapping[str, Sink]
-    router: Router
 
 
 #: How often the daemon logs each source's and each output's counters (``source.stats``, ``output.stats``).

@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -40,7 +40,6 @@ class ListenerSettings:
     max_connections: int = 10000
     reuse_port: bool = False
     backlog: int = 1024
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class _Heartbeat(asyncio.DatagramProtocol):
