@@ -229,6 +229,14 @@ class Daemon:
         for label, routes in config.labels.items():
             labels[label] = build_routes(routes)
         self.router = Router(labels, self.sinks, root_label=ROOT_LABEL)
+        if self.router.error_label is not None:
+            # What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
+            # they reject goes to the dead-letter folder rather than round in a loop).
+            error_entry = self.router.entry(self.router.error_label)
+            error_outputs = {name for r in labels[self.router.error_label] for name in r.outputs}
+            for name, sink in self.sinks.items():
+                if name not in error_outputs and isinstance(sink, BufferedSink):
+                    sink.error_route = error_entry
         self.listeners = [
             ForwardListener(listener_settings(s, reuse_port=reuse_port), self.router.entry(s.label))
             for s in config.sources

@@ -26,6 +26,7 @@ from forwardd.buffer.segment import decode_record, encode_prefix, fsync_dir
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
+from forwardd.sink import Ingest
 
 __all__ = ["BufferedSink", "SinkStats", "read_dead_letter", "write_dead_letter"]
 
@@ -51,6 +52,7 @@ class SinkStats:
     delivered_bytes: int = 0
     retries: int = 0
     dead_lettered: int = 0
+    to_error_label: int = 0
     dropped: int = 0
     last_error: str | None = None
     #: Receive-to-delivery latency of the last deliveries (up to LATENCY_WINDOW chunks), in ms.
@@ -107,6 +109,10 @@ class BufferedSink:
         self._dead_lettered = 0
         self._dropped = 0
         self._last_error: str | None = None
+        #: Where chunks this output rejects for good go before the dead-letter folder: the router's entry
+        #: for the @ERROR label, set by the daemon when the configuration has one (see _dead_letter).
+        self.error_route: Ingest | None = None
+        self._to_error_label = 0
 
     def submit(self, chunk: Chunk) -> Awaitable[None] | None:
         return self.queue.submit(chunk)
@@ -167,6 +173,7 @@ class BufferedSink:
             delivered_bytes=self._delivered_bytes,
             retries=self._retries,
             dead_lettered=self._dead_lettered,
+            to_error_label=self._to_error_label,
             dropped=self._dropped + q.dropped_events,
             last_error=self._last_error,
         )
@@ -261,6 +268,21 @@ class BufferedSink:
             finally:
                 self._backing_off = False
 
+    async def _to_error_route(self, chunk: Chunk, meta: dict[str, object]) -> bool:
+        """Hand ``chunk`` to the @ERROR label's routes; True once they have committed it (only then may it
+        leave this queue), False if they refused it (the dead-letter folder takes it then)."""
+        assert self.error_route is not None
+        try:
+            accepted = self.error_route(chunk)
+            if accepted is not None:
+                await accepted
+        except Exception as exc:  # a refusal of any kind: the dead-letter folder is the fallback
+            log.error("delivery.error_label_failed", output=self.name, tag=chunk.tag, error=repr(exc))
+            return False
+        self._to_error_label += chunk.count
+        log.warning("delivery.to_error_label", output=self.name, tag=chunk.tag, count=chunk.count, **meta)
+        return True
+
     async def _dead_letter(
         self, takens: list[Taken], chunk: Chunk, reason: str, err: Exception, attempts: int
     ) -> None:
@@ -274,6 +296,11 @@ class BufferedSink:
             self._delivered_events += max(chunk.count - rejected.count, 0)
             chunk = rejected
         meta = {"reason": reason, "error": f"{type(err).__name__}: {err}", "attempts": attempts}
+        if self.error_route is not None and await self._to_error_route(chunk, meta):
+            for taken in takens:
+                self.queue.mark_delivered(taken)
+            self._progress.set()
+            return
         if self.dead_letter_dir is None:
             log.error("delivery.dropped", output=self.name, tag=chunk.tag, count=chunk.count, **meta)
             self._dropped += chunk.count

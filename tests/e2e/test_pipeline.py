@@ -10,6 +10,7 @@ from typing import Any
 
 from fluent import sender
 
+from forwardd.buffer import read_dead_letter
 from forwardd.testing.daemon import RunningDaemon, run_daemon
 
 
@@ -163,13 +164,30 @@ def test_docker_partial_pieces_joined(tmp_path: Path) -> None:
     assert got == [other, {**base, "log": "".join(pieces)}]
 
 
-def test_error_label_receives_permanent_failures(tmp_path: Path) -> None:
-    """A filter that fails sends the chunk to @ERROR instead of losing it."""
-    filters = [{"type": "record_modify", "set": {"x": "${record.missing.deeper}"}}]
-    routes = [{"match": "**", "filters": filters, "outputs": ["out"]}]
-    labels = {"@ERROR": [{"match": "**", "outputs": ["errors"]}]}
-    config = _config(tmp_path, routes, ["out", "errors"], labels=labels)
+def test_error_label_receives_what_an_output_rejects_for_good(tmp_path: Path) -> None:
+    """An output that can never write (its folder is a regular file: ENOTDIR, a permanent error) hands
+    its chunks to the @ERROR routes, which commit them elsewhere; nothing goes to the dead-letter folder."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a regular file where the output wants a folder\n")
+    config = _config(
+        tmp_path,
+        [{"match": "**", "outputs": ["broken"]}],
+        ["errors"],
+        labels={"@ERROR": [{"match": "**", "outputs": ["errors"]}]},
+    )
+    config["outputs"]["broken"] = {"type": "file", "path": str(blocker / "${tag}.log")}
     with run_daemon(config) as d:
-        _emit(d, "app", [{"missing": "not a map"}])
-    out, errors = _read(tmp_path, "out"), _read(tmp_path, "errors")
-    assert out.get("app", []) + errors.get("app", []) == [out.get("app", errors.get("app", [{}]))[0]]
+        _emit(d, "app", [{"n": 1}, {"n": 2}])
+    assert _read(tmp_path, "errors") == {"app": [{"n": 1}, {"n": 2}]}
+    assert not list((tmp_path / "data" / "dead-letter").rglob("*.chunk"))
+
+
+def test_without_an_error_label_rejected_chunks_go_to_the_dead_letter_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x\n")
+    config = _config(tmp_path, [{"match": "**", "outputs": ["broken"]}], [])
+    config["outputs"]["broken"] = {"type": "file", "path": str(blocker / "${tag}.log")}
+    with run_daemon(config) as d:
+        _emit(d, "app", [{"n": 1}])
+    [parked] = list((tmp_path / "data" / "dead-letter" / "broken").glob("*.chunk"))
+    assert [e.record for e in read_dead_letter(str(parked)).events()] == [{"n": 1}]
