@@ -15,17 +15,21 @@ known shape) are skipped and counted in :attr:`Chunk.invalid`, never fatal to th
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import msgspec
 
 __all__ = [
     "EVENT_TIME_EXT",
     "Chunk",
     "Event",
     "EventTime",
+    "PlainEntries",
     "decode_entries",
     "pack_entries",
     "pack_event_time",
@@ -154,13 +158,109 @@ def _skip(entries: bytes, start: int, n: int) -> int | None:
     return start + u.tell()  # type: ignore[no-any-return]
 
 
-def decode_entries(entries: bytes, received_ns: int) -> tuple[list[Event], int]:
+# The plain-entries fast path. msgspec decodes a whole chunk in one call, about five times faster than
+# msgpack's Unpacker with a Python ext_hook, but it cannot reproduce every rule of the general decoder
+# (surrogateescape for invalid UTF-8, bin values, non-string keys, ext values inside records, the v1.5 time
+# wrapper, invalid entries skipped one by one). So its schema accepts only entries for which both decoders
+# give the same result: ``[time, record]`` with a time of a plain shape and a record of JSON values nested at
+# most six deep. Anything else fails validation and the chunk takes the general path, unchanged.
+_Scalar = str | int | float | bool | None
+_Value: Any = _Scalar
+for _ in range(6):
+    _Value = str | int | float | bool | None | list[_Value] | dict[str, _Value]
+_PlainTime = msgspec.msgpack.Ext | int | float | None
+_PLAIN = msgspec.msgpack.Decoder(list[tuple[_PlainTime, dict[str, _Value]]])
+_ARRAY32 = struct.Struct(">BI")
+_Ext = msgspec.msgpack.Ext
+_unpack_ii = _II.unpack
+
+
+class PlainEntries:
+    """The entries of a chunk decoded on the fast path, as columns: ``seconds[i]`` and ``nanos[i]``
+    (``nanos`` < 1e9) are event i's time, ``records[i]`` its record. Encoders that take this form (JSON
+    lines) skip building an :class:`Event` per event, which costs as much as decoding the record."""
+
+    __slots__ = ("nanos", "records", "seconds")
+
+    def __init__(self, seconds: Sequence[int], nanos: Sequence[int], records: list[dict[str, Any]]) -> None:
+        self.seconds = seconds
+        self.nanos = nanos
+        self.records = records
+
+    def select(self, indices: Sequence[int]) -> PlainEntries:
+        """The events at ``indices``, in that order."""
+        sec, nan, rec = self.seconds, self.nanos, self.records
+        return PlainEntries([sec[i] for i in indices], [nan[i] for i in indices], [rec[i] for i in indices])
+
+    def events(self) -> list[Event]:
+        ns = _NS
+        return [
+            Event(s * ns + n, r, None)
+            for s, n, r in zip(self.seconds, self.nanos, self.records, strict=False)
+        ]
+
+
+def _decode_plain(entries: bytes, count: int, received_ns: int) -> PlainEntries | None:
+    """The entries as columns when they are all plain (see above), or None when any is not."""
+    if not 0 < count <= 0xFFFFFFFF:
+        return None
+    try:
+        pairs = _PLAIN.decode(_ARRAY32.pack(0xDD, count) + entries)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
+        return None
+    times: list[Any] = [t for t, _ in pairs]
+    records: list[dict[str, Any]] = [r for _, r in pairs]
+    kinds = set(map(type, times))
+    seconds: Sequence[int]
+    nanos: Sequence[int]
+    if kinds == {_Ext}:  # EventTime everywhere (fluent-logger, Fluent Bit, docker with sub-second precision)
+        data = [t.data for t in times if t.code == EVENT_TIME_EXT and len(t.data) == 8]
+        if len(data) != count:
+            return None
+        words = array("I")
+        words.frombytes(b"".join(data))
+        if sys.byteorder == "little":
+            words.byteswap()
+        seconds, nanos = words[0::2], words[1::2]
+        if max(nanos) >= _NS:  # not a valid fraction: the general path's arithmetic carries it
+            return None
+    elif kinds == {int} and min(times) > 0:  # integer seconds (docker's default)
+        seconds, nanos = times, array("I", bytes(4 * count))
+    else:
+        seconds_l: list[int] = []
+        nanos_l: list[int] = []
+        for t in times:
+            if type(t) is _Ext:
+                if t.code != EVENT_TIME_EXT or len(t.data) != 8:  # type: ignore[arg-type]
+                    return None
+                s, n = _unpack_ii(t.data)
+                ns = s * _NS + n
+            else:
+                t_ns = _time_ns(t, received_ns)
+                if t_ns is None:
+                    return None
+                ns = t_ns
+            s, n = divmod(ns, _NS)
+            seconds_l.append(s)
+            nanos_l.append(n)
+        seconds, nanos = seconds_l, nanos_l
+    return PlainEntries(seconds, nanos, records)
+
+
+def decode_entries(entries: bytes, received_ns: int, count: int = 0) -> tuple[list[Event], int]:
     """Decode PackedForward entries into events; returns the events and how many entries were invalid.
+
+    ``count``, the number of entries the framing found, enables the fast path for plain entries; the
+    result is the same either way.
 
     An entry whose value cannot be built (a map key that is a map or an array: TypeError; a msgpack
     Timestamp of a bad length: ValueError) is skipped and decoding resumes at the next entry, so one such
     entry does not take the rest of the chunk with it. Only bytes that do not frame end the decoding.
     """
+    if count:
+        plain = _decode_plain(entries, count, received_ns)
+        if plain is not None:
+            return plain.events(), 0
     events: list[Event] = []
     append = events.append
     invalid = 0
@@ -225,7 +325,7 @@ class Chunk:
     ``count`` is the number of entries, known without decoding records.
     """
 
-    __slots__ = ("_events", "count", "entries", "invalid", "received_ns", "tag")
+    __slots__ = ("_events", "_not_plain", "_plain", "count", "entries", "invalid", "received_ns", "tag")
 
     def __init__(self, tag: str, entries: bytes, count: int, received_ns: int) -> None:
         self.tag = tag
@@ -234,6 +334,8 @@ class Chunk:
         self.received_ns = received_ns
         self.invalid = 0
         self._events: list[Event] | None = None
+        self._plain: PlainEntries | None = None
+        self._not_plain = False
 
     @classmethod
     def from_events(cls, tag: str, events: list[Event], received_ns: int) -> Chunk:
@@ -249,16 +351,35 @@ class Chunk:
     def events(self) -> list[Event]:
         """The decoded events (cached); invalid entries are dropped and counted in :attr:`invalid`."""
         if self._events is None:
+            plain = self.plain_entries()
+            if plain is not None:
+                self._events = plain.events()
+                return self._events
             # Added, not assigned: the decoder may already have counted a broken tail it cut off.
             self._events, invalid = decode_entries(self.entries, self.received_ns)
             self.invalid += invalid
         return self._events
+
+    def plain_entries(self) -> PlainEntries | None:
+        """The entries as columns if every one is plain (decoded on the fast path, cached), else None;
+        then :meth:`events` is the way to read them."""
+        if self._plain is None and not self._not_plain and self._events is None:
+            self._plain = _decode_plain(self.entries, self.count, self.received_ns)
+            self._not_plain = self._plain is None
+        return self._plain
+
+    @property
+    def plain(self) -> bool:
+        """True once the entries decoded on the fast path: every record holds only JSON values under
+        string keys, which lets encoders skip their checks for anything else."""
+        return self._plain is not None
 
     def with_tag(self, tag: str) -> Chunk:
         """The same entries under another tag, sharing bytes and any decoded events."""
         chunk = Chunk(tag, self.entries, self.count, self.received_ns)
         chunk._events = self._events
         chunk.invalid = self.invalid
+        chunk._plain, chunk._not_plain = self._plain, self._not_plain
         return chunk
 
     def replace_events(self, events: list[Event], tag: str | None = None) -> Chunk:

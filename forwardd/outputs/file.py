@@ -57,9 +57,9 @@ import structlog
 import zstandard
 
 from forwardd.errors import DeliveryError, PermanentError, RetryableError
-from forwardd.model import Chunk, Event
+from forwardd.model import Chunk, Event, PlainEntries
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import make_encoder
+from forwardd.outputs.formats import make_encoder, make_plain_encoder
 
 __all__ = ["FileOutput", "PathTemplate", "sanitise_component"]
 
@@ -240,6 +240,25 @@ class PathTemplate:
             key = (tag, s, *(_lookup(ev.record, k) for k in keys))
             groups.setdefault(self._cached(tag, key, ev.time_ns, ev.record), []).append(ev)
         return list(groups.items())
+
+    def group_plain(self, plain: PlainEntries, tag: str) -> list[tuple[str, PlainEntries]] | None:
+        """:meth:`group` for a plain chunk's columns; None when the template reads record keys (then the
+        events are grouped instead)."""
+        if self.has_record:
+            return None
+        if not self.has_time:
+            return [(self._cached(tag, (tag,), 0, None), plain)] if plain.records else []
+        by_path: dict[str, list[int]] = {}
+        last_s = -1
+        bucket: list[int] = []
+        for i, s in enumerate(plain.seconds):
+            if s != last_s:
+                last_s = s
+                bucket = by_path.setdefault(self._cached(tag, (tag, s), s * _NS, None), [])
+            bucket.append(i)
+        if len(by_path) == 1:
+            return [(path, plain) for path in by_path]
+        return [(path, plain.select(idx)) for path, idx in by_path.items()]
 
     def _cached(self, tag: str, key: tuple[Any, ...], time_ns: int, record: dict[Any, Any] | None) -> str:
         path = self._cache.get(key)
@@ -623,6 +642,7 @@ class FileOutput(Output):
         self.name = name
         self.template = PathTemplate(path, utc=utc, extension=_EXTENSIONS[compress])
         self._encode = make_encoder(format, time_key=time_key, tag_key=tag_key, utc=utc)
+        self._encode_plain = make_plain_encoder(format, time_key=time_key, tag_key=tag_key)
         self._disk = _Disk(
             compress=compress,
             level=compress_level,
@@ -651,8 +671,14 @@ class FileOutput(Output):
 
     def encode(self, chunk: Chunk) -> list[tuple[str, bytes]]:
         """The chunk as (resolved path, encoded bytes) groups; CPU only, no I/O."""
-        events = chunk.events()
         tag = chunk.tag
+        if self._encode_plain is not None:
+            plain = chunk.plain_entries()
+            if plain is not None:
+                groups = self.template.group_plain(plain, tag)
+                if groups is not None:
+                    return [(path, self._encode_plain(cols, tag)) for path, cols in groups]
+        events = chunk.events()
         return [(path, self._encode(group, tag)) for path, group in self.template.group(events, tag)]
 
     async def write(self, chunk: Chunk) -> None:
@@ -664,7 +690,8 @@ class FileOutput(Output):
             return
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self._pool(), self._disk.write, groups)
-        self.events_written += len(chunk.events())
+        plain = chunk.plain_entries()
+        self.events_written += len(plain.records) if plain is not None else len(chunk.events())
         self.bytes_written += sum(len(data) for _, data in groups)
 
     async def stop(self) -> None:

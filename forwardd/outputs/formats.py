@@ -34,13 +34,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
+import msgspec
 import orjson
 
-from forwardd.model import EVENT_TIME_EXT, Chunk, Event, EventTime
+from forwardd.model import EVENT_TIME_EXT, Chunk, Event, EventTime, PlainEntries
 
 __all__ = [
     "FORMATS",
     "Encoder",
+    "PlainEncoder",
     "encode_fluentd_line",
     "encode_fluentd_lines",
     "encode_json",
@@ -50,7 +52,9 @@ __all__ = [
     "fluentd_lines",
     "json_lines",
     "make_encoder",
+    "make_plain_encoder",
     "msgpack_entries",
+    "plain_json_lines",
     "rfc3339_ns",
 ]
 
@@ -64,6 +68,8 @@ _ABSENT = object()  # a key no record holds
 
 #: A batch encoder as the file output uses it: events of one tag → bytes.
 Encoder = Callable[[Sequence[Event], str], bytes]
+#: The same for a plain chunk's columns (:meth:`Chunk.plain_entries`), where a format has a faster way.
+PlainEncoder = Callable[[PlainEntries, str], bytes]
 
 
 def _second_utc(s: int) -> str:
@@ -138,13 +144,105 @@ def _without(rec: dict[Any, Any], k1: str | None, k2: str | None) -> dict[Any, A
     return rec
 
 
+_PLAIN_JSON = msgspec.json.Encoder()
+
+
+def plain_json_lines(
+    plain: PlainEntries, tag: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
+) -> bytes:
+    """:func:`json_lines` for a plain chunk's columns (string keys, JSON values: see
+    :meth:`Chunk.plain_entries`), three to five times faster.
+
+    Such records need none of the general path's hooks, so msgspec encodes all of them in one call, one
+    line each. The injected keys are then spliced in front of every line by one bytes formatting over the
+    whole batch (a raw newline never occurs inside a JSON line, so ``\\n{`` only ever starts a record).
+    Records that are empty or have a key of an injected name take :func:`_plain_json_dicts` instead. The
+    text is the general path's except that floats in exponent form read ``1e16``, not ``1e+16``.
+    """
+    records = plain.records
+    blob = _PLAIN_JSON.encode_lines(records)
+    if (time_key is None and tag_key is None) or not records:
+        return blob
+    if time_key is not None and time_key == tag_key:  # both in one key: the general path's rules
+        return json_lines(plain.events(), tag, time_key=time_key, tag_key=tag_key)
+    enc = _PLAIN_JSON.encode
+    fields: list[bytes] = []
+    for key in (time_key, tag_key):
+        if key is not None and enc(key) + b":" in blob:  # maybe a record's own key of that name
+            return _plain_json_dicts(plain, tag, time_key, tag_key)
+    parts = blob[1:-1].split(b"\n{")  # each record's text without its opening brace
+    if b"}" in parts:  # an empty record: nothing may follow the injected keys' comma
+        return _plain_json_dicts(plain, tag, time_key, tag_key)
+    n = len(parts)
+    columns: list[Sequence[Any]] = []
+    if time_key is not None:
+        seconds = plain.seconds
+        lo, hi = min(seconds), max(seconds)
+        if lo == hi:
+            fields.append(enc(time_key) + b':"' + _esc(_second_utc(lo).encode()) + b'.%09dZ"')
+        else:
+            heads = {s: _second_utc(s).encode() + b"." for s in set(seconds)}
+            fields.append(enc(time_key) + b':"%b%09dZ"')
+            columns.append(list(map(heads.__getitem__, seconds)))
+        columns.append(plain.nanos)
+    if tag_key is not None:
+        fields.append(_esc(enc(tag_key) + b":" + enc(tag)))
+    columns.append(parts)
+    line = b"{" + b",".join(fields) + b",%b\n"
+    k = len(columns)
+    args: list[Any] = [None] * (k * n)
+    for i, col in enumerate(columns):
+        args[i::k] = col
+    return (line * n) % tuple(args)
+
+
+def _esc(text: bytes) -> bytes:
+    return text.replace(b"%", b"%%")
+
+
+def _plain_json_dicts(plain: PlainEntries, tag: str, time_key: str | None, tag_key: str | None) -> bytes:
+    """:func:`plain_json_lines` one dict per line, for batches with empty records or records that have a
+    key of an injected name (the injected value wins, in first place)."""
+    lines: list[dict[str, Any]] = []
+    append = lines.append
+    if time_key is None:
+        assert tag_key is not None
+        for rec in plain.records:
+            d = {tag_key: tag, **rec}
+            d[tag_key] = tag
+            append(d)
+        return _PLAIN_JSON.encode_lines(lines)
+    ns_ = _NS
+    last_s = -1
+    head = ""
+    for s, n, rec in zip(plain.seconds, plain.nanos, plain.records, strict=True):
+        if s != last_s:
+            last_s = s
+            head = _second_utc(s) + "."
+        tv = head + str(n + ns_)[1:] + "Z"  # n < 1e9: "1" and nine digits, the "1" cut off
+        if tag_key is None:
+            d = {time_key: tv, **rec}
+            d[time_key] = tv
+        else:
+            d = {time_key: tv, tag_key: tag, **rec}
+            d[time_key] = tv
+            d[tag_key] = tag
+        append(d)
+    return _PLAIN_JSON.encode_lines(lines)
+
+
 def json_lines(
-    events: Sequence[Event], tag: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
+    events: Sequence[Event],
+    tag: str,
+    *,
+    time_key: str | None = "time",
+    tag_key: str | None = "tag",
 ) -> bytes:
     """JSON lines for events of one tag, built in one buffer.
 
     Each record is dumped alone and spliced after a prefix holding time and tag, so no per-event dict is
-    built; the seconds part of the time text is formatted once per distinct second.
+    built; the seconds part of the time text is formatted once per distinct second. (Plain chunks have
+    the faster :func:`plain_json_lines`.)
     """
     tag_part = b""
     if tag_key is not None:
@@ -205,6 +303,9 @@ def encode_json(
 
 def encode_json_lines(chunk: Chunk, time_key: str | None = "time", tag_key: str | None = "tag") -> bytes:
     """Every event of ``chunk`` as JSON lines."""
+    plain = chunk.plain_entries()
+    if plain is not None:
+        return plain_json_lines(plain, chunk.tag, time_key=time_key, tag_key=tag_key)
     return json_lines(chunk.events(), chunk.tag, time_key=time_key, tag_key=tag_key)
 
 
@@ -291,6 +392,16 @@ def encode_fluentd_lines(chunk: Chunk, utc: bool = True) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ selection
+
+
+def make_plain_encoder(
+    fmt: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
+) -> PlainEncoder | None:
+    """The faster batch encoder for plain chunks, for the formats that have one (JSON lines)."""
+    if fmt == "json":
+        return lambda plain, tag: plain_json_lines(plain, tag, time_key=time_key, tag_key=tag_key)
+    return None
+
 
 FORMATS = ("json", "msgpack", "fluentd")
 

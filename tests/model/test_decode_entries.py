@@ -283,3 +283,96 @@ def test_reserved_negative_ext_types_are_kept_and_re_encoded_as_they_came() -> N
     assert (len(events), invalid) == (2, 0)
     assert events[0].record["e"].code == -128
     assert pack_entries(events[:1])[0].endswith(bytes.fromhex("81 a1 65 d4 80 00"))
+
+
+# --- the plain-entries fast path ---------------------------------------------------------------------------
+
+plain_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+)
+times = st.one_of(
+    st.integers(-3, 2**33),
+    st.floats(-1.0, 2e11),
+    st.none(),
+    st.booleans(),
+    st.builds(
+        lambda s, n: msgpack.ExtType(0, s.to_bytes(4, "big") + n.to_bytes(4, "big")),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+    ),
+    st.builds(msgpack.ExtType, st.integers(1, 127), st.binary(max_size=9)),
+    st.just(msgpack.ExtType(0, b"1234")),
+    st.lists(st.integers(0, 10), max_size=2),
+)
+entry_values = st.recursive(
+    st.one_of(plain_leaves, st.binary(max_size=4), st.just(ET)),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 3)), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+entry_shapes = st.one_of(
+    st.tuples(times, st.dictionaries(st.text(max_size=6), entry_values, max_size=4)).map(list),
+    st.tuples(times, st.dictionaries(st.text(max_size=6), plain_leaves, max_size=4)).map(list),
+    entry_values,  # not an entry at all
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(entry_shapes, min_size=1, max_size=6), st.integers(-1, 1))
+def test_the_fast_path_gives_exactly_what_the_general_decoder_gives(items: list[Any], skew: int) -> None:
+    """Whatever the entries, passing the framed count (the fast path) changes nothing in the result; a
+    wrong count only sends the chunk down the general path."""
+    data = b"".join(msgpack.packb(i, use_bin_type=True) for i in items)
+    assert decode_entries(data, RECV, len(items) + skew) == decode_entries(data, RECV)
+
+
+def test_plain_docker_entries_take_the_fast_path() -> None:
+    """Guards the speed: docker-shaped entries must not fall back to the general decoder."""
+    from forwardd.model import _decode_plain
+
+    rec = {"container_id": "ab" * 32, "container_name": "/web", "source": "stdout", "log": "héllo\x00"}
+    data = entries([ET, rec], [T, {"n": [1, 2.5, {"x": None, "y": True}]}], [1441588984.25, {}], [None, {}])
+    fast = _decode_plain(data, 4, RECV)
+    assert fast is not None
+    assert fast.events() == decode_entries(data, RECV)[0]
+    assert [e.time_ns for e in fast.events()] == [T * NS + 500_000_000, T * NS, T * NS + 250_000_000, RECV]
+    # the two columnar shortcuts: all EventTime, all integer seconds
+    for times, ns in (([ET, ET], T * NS + 500_000_000), ([T, T], T * NS)):
+        data = entries(*([t, rec] for t in times))
+        cols = _decode_plain(data, 2, RECV)
+        assert cols is not None
+        assert [e.time_ns for e in cols.events()] == [ns, ns]
+        assert cols.events() == decode_entries(data, RECV)[0]
+
+
+def test_duplicate_keys_and_invalid_utf8_agree_with_the_general_path() -> None:
+    dup = bytes.fromhex("92 01 82 a1 6b 01 a1 6b 02")  # {"k": 1, "k": 2}
+    bad_utf8 = bytes.fromhex("92 01 81 a1 6b a2 ff fe")
+    for raw in (dup, bad_utf8, dup + bad_utf8):
+        n = raw.count(b"\x92\x01")
+        assert decode_entries(raw, RECV, n) == decode_entries(raw, RECV)
+
+
+def test_event_time_with_a_fraction_of_a_second_or_more_agrees_with_the_general_path() -> None:
+    over = msgpack.ExtType(0, (T).to_bytes(4, "big") + (1_500_000_000).to_bytes(4, "big"))
+    data = entries([over, {}], [ET, {}])
+    assert decode_entries(data, RECV, 2) == decode_entries(data, RECV)
+    assert decode_entries(data, RECV)[0][0].time_ns == T * NS + 1_500_000_000
+
+
+def test_chunk_caches_its_plain_columns_and_shares_them_with_a_retagged_copy() -> None:
+    chunk = Chunk("a", entries([T, {"k": "v"}]), 1, RECV)
+    plain = chunk.plain_entries()
+    assert plain is not None
+    assert chunk.plain_entries() is plain
+    assert chunk.plain
+    again = chunk.with_tag("b")
+    assert again.plain_entries() is plain
+    assert chunk.events() == [Event(T * NS, {"k": "v"})]
+    assert not Chunk.from_events("a", chunk.events(), RECV).plain  # re-encoded by a filter: general path

@@ -327,3 +327,28 @@ async def test_invalid_settings_are_config_errors(tmp_path):
 def test_tools_for_these_tests_exist():
     for tool in ("gzip", "zstd", "chattr"):
         assert shutil.which(tool), tool
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["${tag}.log", "%Y%m%d%H/${tag}.log", "%H%M%S/x.log", "%Y%m%d%H/${record.app}.log"],
+)
+async def test_chunks_off_the_wire_write_the_same_files_as_decoded_events(tmp_path, template):
+    """A chunk as clients send it takes the plain fast path (columns, one msgspec call per batch); the
+    files must be what the general path writes for the same events, whatever the template groups by."""
+    events = [
+        Event((T0 + (i % 3) * 1800) * NS + i, {"app": "ab"[i % 2], "seq": i, "log": 'é"\\\n'})
+        for i in range(12)
+    ]
+    general = Chunk.from_events("web", events, 0)
+    wire = Chunk("web", general.entries, general.count, 0)
+    assert wire.plain_entries() is not None
+    outs = {}
+    for name, c in (("plain", wire), ("general", general)):
+        out = FileOutput(name=name, path=str(tmp_path / name / template))
+        await out.write(c)
+        await out.stop()
+        assert out.events_written == 12
+        outs[name] = {p.relative_to(tmp_path / name): p.read_bytes() for p in all_files(tmp_path / name)}
+    assert outs["plain"] == outs["general"]
+    assert sorted(i for data in outs["plain"].values() for i in seqs(data)) == list(range(12))

@@ -23,6 +23,8 @@ from forwardd.outputs.formats import (
     encode_msgpack_entries,
     json_lines,
     make_encoder,
+    make_plain_encoder,
+    plain_json_lines,
     rfc3339_ns,
 )
 
@@ -263,3 +265,73 @@ async def test_null_output_counts():
     await out.write(chunk_of({"a": 1}, {"b": 2}))
     await out.write(every_time_shape())
     assert (out.chunks, out.events) == (2, 9)
+
+
+# --- plain chunks (decoded on the fast path) take a faster JSON encoder; same lines ---------------------
+
+_plain_scalar = st.text(max_size=10) | st.integers(-(2**63), 2**64 - 1) | st.booleans() | st.none()
+_plain_value = st.recursive(
+    _plain_scalar | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+_key_names = st.sampled_from(["time", "tag", "@t", "a", "log"])
+
+
+def _decoded(records: list[dict[str, Any]], times: list[int]) -> Chunk:
+    entries = b"".join(
+        b"\x92" + pack_event_time(t) + msgpack.packb(r) for t, r in zip(times, records, strict=True)
+    )
+    return Chunk("docker.web", entries, len(records), RECEIVED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=st.lists(
+        st.dictionaries(_key_names | st.text(max_size=4), _plain_value, max_size=5), min_size=1, max_size=5
+    ),
+    seconds=st.lists(st.integers(0, 2**32 - 1), min_size=5, max_size=5),
+    nanos=st.integers(0, 10**9 - 1),
+    time_key=st.sampled_from(["time", "@t", None]),
+    tag_key=st.sampled_from(["tag", "time", None]),
+)
+def test_plain_json_lines_match_the_general_encoder(records, seconds, nanos, time_key, tag_key):
+    chunk = _decoded(records, [s * 10**9 + nanos for s in seconds[: len(records)]])
+    plain = chunk.plain_entries()
+    assert plain is not None
+    assert chunk.plain
+    fast = plain_json_lines(plain, chunk.tag, time_key=time_key, tag_key=tag_key)
+    slow = json_lines(chunk.events(), chunk.tag, time_key=time_key, tag_key=tag_key)
+    assert make_plain_encoder("json", time_key=time_key, tag_key=tag_key)(plain, chunk.tag) == fast
+    # The one textual difference allowed: exponent floats written 1e16 instead of 1e+16.
+    assert fast == slow.replace(b"e+", b"e") or fast == slow
+    assert [json.loads(x) for x in fast.splitlines()] == [json.loads(x) for x in slow.splitlines()]
+
+
+def test_plain_json_lines_golden():
+    chunk = _decoded([{"log": "a", "tag": "mine", "time": 1}, {}], [T0 * 10**9 + 5, (T0 + 1) * 10**9])
+    assert encode_json_lines(chunk) == (
+        b'{"time":"2023-11-14T22:13:20.000000005Z","tag":"docker.web","log":"a"}\n'
+        b'{"time":"2023-11-14T22:13:21.000000000Z","tag":"docker.web"}\n'
+    )
+    assert (
+        encode_json_lines(chunk, time_key=None)
+        == b'{"tag":"docker.web","log":"a","time":1}\n{"tag":"docker.web"}\n'
+    )
+    assert encode_json_lines(chunk, tag_key=None) == (
+        b'{"time":"2023-11-14T22:13:20.000000005Z","log":"a","tag":"mine"}\n'
+        b'{"time":"2023-11-14T22:13:21.000000000Z"}\n'
+    )
+    assert encode_json_lines(chunk, None, None) == b'{"log":"a","tag":"mine","time":1}\n{}\n'
+
+
+def test_a_chunk_with_bin_values_is_not_plain_and_keeps_its_text_form():
+    entries = msgpack.packb([T0, {"b": b"\xffok"}], use_bin_type=True)
+    chunk = Chunk("t", entries, 1, RECEIVED)
+    assert chunk.plain_entries() is None
+    assert (
+        encode_json_lines(chunk) == b'{"time":"2023-11-14T22:13:20.000000000Z","tag":"t","b":"\\\\xffok"}\n'
+    )
+    assert not chunk.plain
+    assert make_plain_encoder("msgpack") is None
+    assert make_plain_encoder("fluentd") is None
