@@ -52,7 +52,7 @@ import yarl
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.model import Chunk, Event, EventTime
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import json_lines, rfc3339_ns
+from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns
 
 if TYPE_CHECKING:
     from forwardd.config.schema import HttpOutput as HttpOutputSettings
@@ -514,11 +514,17 @@ class HttpOutput(Output):
 
     async def write(self, chunk: Chunk) -> None:
         url = self.endpoint_for(chunk.tag)  # before any work: a forbidden host is rejected outright
-        events = chunk.events()
-        n = len(events)
+        plain = chunk.plain_entries() if self.format != "msgpack" else None
+        if plain is not None:  # the bulk JSON encoder of plain chunks
+            n = len(plain.records)
+            items = plain_json_lines(plain, chunk.tag, time_key=self.time_key, tag_key=self.tag_key)
+            ends: list[int] | None = None
+        else:
+            events = chunk.events()
+            n = len(events)
+            items, ends = self._encode(events, chunk.tag)
         if n == 0:
             return
-        items, ends = self._encode(events, chunk.tag)
         if n <= self.max_events and len(items) + self._overhead(n) <= self.max_bytes:
             await self._send(url, self._body(items, n), n)
             return
@@ -531,6 +537,7 @@ class HttpOutput(Output):
             await self._send(url, self._body(view[start : ends[j - 1]], j - i), j - i)
         if oversized:
             _bump(self._stats.rejected, "oversize", len(oversized))
+            events = chunk.events()  # a plain chunk builds them only now, for the rejected few
             rejected = Chunk.from_events(chunk.tag, [events[k] for k in oversized], chunk.received_ns)
             sizes = ", ".join(str(ends[k] - (ends[k - 1] if k else 0)) for k in oversized[:5])
             raise OversizedEvents(

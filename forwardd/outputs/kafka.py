@@ -67,7 +67,7 @@ from forwardd.config import schema as cfg
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.model import Chunk, Event
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import json_lines, rfc3339_ns
+from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns
 
 __all__ = ["KafkaOutput", "KafkaOutputStats", "RecordsRejected", "is_permanent", "producer_config"]
 
@@ -378,6 +378,17 @@ class KafkaOutput(Output):
 
     # --- encoding -----------------------------------------------------------------------------------------
 
+    def _encode(self, chunk: Chunk) -> tuple[list[dict[Any, Any]], list[bytes]]:
+        """Each event's record and message value; a plain chunk's JSON values come from one bulk encode."""
+        plain = chunk.plain_entries() if self.format == "json" else None
+        if plain is not None:
+            values = plain_json_lines(plain, chunk.tag, time_key=self.time_key, tag_key=self.tag_key)
+            lines = values.split(b"\n")
+            lines.pop()  # after the last newline
+            return plain.records, lines
+        events = chunk.events()
+        return [ev.record for ev in events], self._values(events, chunk.tag)
+
     def _values(self, events: list[Event], tag: str) -> list[bytes]:
         if self.format == "json":
             values = json_lines(events, tag, time_key=self.time_key, tag_key=self.tag_key).split(b"\n")
@@ -409,10 +420,9 @@ class KafkaOutput(Output):
             self._open()
         producer = self._producer
         assert producer is not None
-        events = chunk.events()
-        if not events:
+        records, values = self._encode(chunk)
+        if not records:
             return
-        values = self._values(events, chunk.tag)
         batch = _Batch(asyncio.get_running_loop())
         on_delivery = batch.on_delivery
         produce = producer.produce
@@ -425,9 +435,8 @@ class KafkaOutput(Output):
         sent_bytes = 0
         abandoned = False
         try:
-            for i, ev in enumerate(events):
+            for i, rec in enumerate(records):
                 value = values[i]
-                rec = ev.record
                 topic = self.topic
                 if topic_key is not None:
                     t = rec.get(topic_key)
@@ -471,7 +480,7 @@ class KafkaOutput(Output):
             await asyncio.wait_for(asyncio.shield(batch.future), self._report_timeout)
         except TimeoutError:
             self._fail_retryable("delivery reports did not arrive in time")
-        self._settle(chunk, events, values, batch, oversized, local_rejects, sent_bytes)
+        self._settle(chunk, values, batch, oversized, local_rejects, sent_bytes)
 
     async def _wait_for_space(self) -> None:
         """The local queue is full: wait until the poll thread served some reports (or a short while)."""
@@ -495,7 +504,6 @@ class KafkaOutput(Output):
     def _settle(
         self,
         chunk: Chunk,
-        events: list[Event],
         values: list[bytes],
         batch: _Batch,
         oversized: list[int],
@@ -533,8 +541,9 @@ class KafkaOutput(Output):
             self.stats.permanent_errors += 1
             why = "; ".join(reasons)
             self.stats.last_error = why
+            events = chunk.events()  # a plain chunk builds them only now, for the rejected few
             raise RecordsRejected(
-                f"kafka output {self.name!r}: {len(rejected)} of {len(events)} events rejected ({why})",
+                f"kafka output {self.name!r}: {len(rejected)} of {len(values)} events rejected ({why})",
                 Chunk.from_events(chunk.tag, [events[i] for i in rejected], chunk.received_ns),
             )
 
