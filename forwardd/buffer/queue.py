@@ -143,6 +143,7 @@ class DiskQueue:
         self._retry_max = write_retry_max
         self._sleep = sleep
         self._store: SegmentStore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
@@ -156,6 +157,8 @@ class DiskQueue:
         self._failing = False
         self._dropped_while_full = 0
         self._committing = 0
+        self._ledger_due = False
+        self._closed = False
         self.dropped_events = 0
         self.commits = 0
 
@@ -163,7 +166,7 @@ class DiskQueue:
 
     async def start(self) -> None:
         """Recover the directory (in the writer thread) and start committing."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forwardd-buffer")
         self._store = await loop.run_in_executor(
             self._executor,
@@ -196,6 +199,7 @@ class DiskQueue:
         loop = asyncio.get_running_loop()
         store = self._store
         assert self._executor is not None
+        self._closed = True  # store.close writes the ledger itself, durably
         try:
             await loop.run_in_executor(self._executor, store.close)
         except OSError as exc:
@@ -225,7 +229,8 @@ class DiskQueue:
         if not self._accepting:
             raise ChunkRejected("buffer not accepting (stopped)", permanent=False)
         size = frame_size(chunk)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()  # not get_running_loop(): a getpid() each
         if self._waiters or not self._fits(size):
             if self.when_full == "drop_oldest" and not self._waiters:
                 self._drop_for(size)
@@ -391,10 +396,21 @@ class DiskQueue:
         return self._store.take() if self._store is not None else None
 
     def mark_delivered(self, taken: Taken) -> None:
-        assert self._store is not None
-        self._store.mark_delivered(taken)
+        store = self._store
+        assert store is not None
+        # The ledger is written once per loop iteration, not per chunk: a delivery round marks many
+        # chunks, and each write is a syscall. A crash before it redelivers those chunks (invariant 2).
+        if store.mark_delivered(taken, ledger=False) and not self._ledger_due:
+            self._ledger_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._write_ledger)
         if self._waiters:
             self._admit_waiters()
+
+    def _write_ledger(self) -> None:
+        self._ledger_due = False
+        if self._store is not None and not self._closed:
+            self._store.write_ledger()
 
     @property
     def queued_chunks(self) -> int:

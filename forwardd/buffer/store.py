@@ -42,6 +42,8 @@ log = structlog.get_logger("forwardd.buffer")
 DEFAULT_MAX_SEGMENT_SIZE = 16 * 1024 * 1024
 #: Bytes read ahead per pread on the delivery side: many chunks per syscall, little memory.
 READ_AHEAD = 1024 * 1024
+#: Bytes of committed, undelivered records also kept in memory for the delivery loop (see ``_hot``).
+HOT_MAX = 16 * 1024 * 1024
 #: Linux IOV_MAX: the most buffers one pwritev accepts.
 IOV_MAX = 1024
 LEDGER = "ledger.json"
@@ -75,6 +77,8 @@ class WriteResult:
     runs: list[tuple[Segment, int, int]] = field(default_factory=list)  # segment, new end, records
     sealed: list[tuple[Segment, str]] = field(default_factory=list)  # segment, its new path
     created: list[Segment] = field(default_factory=list)
+    #: Every record written, in order: segment, start, end and the chunk itself (see ``SegmentStore._hot``).
+    records: list[tuple[Segment, int, int, Chunk]] = field(default_factory=list)
 
 
 class WriteError(Exception):
@@ -109,6 +113,11 @@ class SegmentStore:
         self._segments: deque[Segment] = deque()
         self._ack_off = 0  # offset of the first undelivered record of self._segments[0]
         self._taken: deque[DiskTaken] = deque()
+        #: The newest committed records not yet taken, as the chunks that were written (up to ``hot_max``
+        #: bytes): delivery takes them from here instead of reading and decoding them back from the file.
+        self._hot: deque[tuple[Segment, int, int, Chunk]] = deque()
+        self._hot_bytes = 0
+        self.hot_max = HOT_MAX
         self._rseg: Segment | None = None
         self._roff = 0
         self._buf = b""
@@ -411,6 +420,7 @@ class SegmentStore:
                 iov: list[bytes] = []
                 size = 0
                 j = i
+                records = res.records
                 while j < n and len(iov) < IOV_MAX:
                     c = chunks[j]
                     prefix = encode_prefix(c)
@@ -419,6 +429,7 @@ class SegmentStore:
                         break
                     iov.append(prefix)
                     iov.append(c.entries)
+                    records.append((cur, pos + size, pos + size + fs, c))
                     size += fs
                     j += 1
                 if j == i:
@@ -466,6 +477,7 @@ class SegmentStore:
         while res.runs and res.runs[-1][0] is cur and res.runs[-1][1] > keep:
             res.runs.pop()
         res.committed = sum(k for _, _, k in res.runs)
+        del res.records[res.committed :]
         if self._wpos > keep:
             try:
                 os.ftruncate(cur.fd, keep)
@@ -495,6 +507,14 @@ class SegmentStore:
         for seg, path in res.sealed:
             seg.path = path
             seg.sealed = True
+        hot, room = self._hot, self.hot_max - self._hot_bytes
+        for rec in res.records:
+            size = rec[2] - rec[1]
+            if size > room:
+                break  # the rest is read back from the file when its turn comes
+            hot.append(rec)
+            room -= size
+        self._hot_bytes = self.hot_max - room
 
     def _next_segment(self, seg: Segment) -> Segment | None:
         found = False
@@ -540,6 +560,20 @@ class SegmentStore:
         if seg is None:
             return None
         start = self._roff
+        hot = self._hot
+        while hot:
+            hseg, hstart, hend, chunk = hot[0]
+            if hseg is seg and hstart == start:  # still in memory: no read, no decode
+                hot.popleft()
+                self._hot_bytes -= hend - hstart
+                t = DiskTaken(chunk, seg, start, hend, chunk.count)
+                self._roff = hend
+                self._taken.append(t)
+                return t
+            if hseg.seq > seg.seq or (hseg is seg and hstart > start):
+                break  # ahead of the reader: records before it come from the file
+            hot.popleft()  # behind the reader (skipped by drop_oldest): forget it
+            self._hot_bytes -= hend - hstart
         head = self._read(FRAME_OVERHEAD)
         if head is None:
             return None
@@ -572,27 +606,35 @@ class SegmentStore:
         self.mark_delivered(t)
         return count
 
-    def mark_delivered(self, t: Taken) -> None:
+    def mark_delivered(self, t: Taken, *, ledger: bool = True) -> bool:
         """Record ``t`` as done; move the ack cursor over the done prefix, delete finished segments.
 
         Takes may finish out of order (a dropped record behind one in flight); the cursor, and so the
-        ledger, only ever covers a prefix of done records.
+        ledger, only ever covers a prefix of done records. With ``ledger=False`` the ledger is left to a
+        later :meth:`write_ledger` (the caller batches it); returns whether the cursor moved, i.e. whether
+        the ledger is now behind.
         """
         assert isinstance(t, DiskTaken)
         if t.done:
-            return
+            return False
         t.done = True
         self.queued_chunks -= 1
         self.queued_bytes -= t.end - t.start
         taken = self._taken
         if not taken or not taken[0].done:
-            return
+            return False
         while taken and taken[0].done:
             head = taken.popleft()
             if head.seg is not self._segments[0]:
                 self._drop_finished()
             self._ack_off = head.end
         self._drop_finished()
+        if ledger:
+            self._write_ledger()
+        return True
+
+    def write_ledger(self) -> None:
+        """Bring the ledger up to the cursor (see ``mark_delivered(ledger=False)``)."""
         self._write_ledger()
 
     def _drop_finished(self) -> None:
