@@ -31,6 +31,7 @@ import base64
 import struct
 import time
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 import msgpack
@@ -156,29 +157,27 @@ def plain_json_lines(
     Such records need none of the general path's hooks, so msgspec encodes all of them in one call, one
     line each. The injected keys are then spliced in front of every line by one bytes formatting over the
     whole batch (a raw newline never occurs inside a JSON line, so ``\\n{`` only ever starts a record).
-    Records that are empty or have a key of an injected name take :func:`_plain_json_dicts` instead. The
-    text is the general path's except that floats in exponent form read ``1e16``, not ``1e+16``.
+    Batches with an empty record, or a record that has a key of an injected name, take
+    :func:`_plain_json_dicts` instead. The text is the general path's except that floats in exponent form
+    read ``1e16``, not ``1e+16``.
     """
     records = plain.records
-    blob = _PLAIN_JSON.encode_lines(records)
     if (time_key is None and tag_key is None) or not records:
-        return blob
+        return _PLAIN_JSON.encode_lines(records)
     if time_key is not None and time_key == tag_key:  # both in one key: the general path's rules
         return json_lines(plain.events(), tag, time_key=time_key, tag_key=tag_key)
+    if {} in records or any(
+        any(map(dict.__contains__, records, repeat(key))) for key in (time_key, tag_key) if key is not None
+    ):
+        return _plain_json_dicts(plain, tag, time_key, tag_key)
+    parts = _PLAIN_JSON.encode_lines(records)[1:-1].split(b"\n{")  # each record without its "{"
     enc = _PLAIN_JSON.encode
     fields: list[bytes] = []
-    for key in (time_key, tag_key):
-        if key is not None and enc(key) + b":" in blob:  # maybe a record's own key of that name
-            return _plain_json_dicts(plain, tag, time_key, tag_key)
-    parts = blob[1:-1].split(b"\n{")  # each record's text without its opening brace
-    if b"}" in parts:  # an empty record: nothing may follow the injected keys' comma
-        return _plain_json_dicts(plain, tag, time_key, tag_key)
-    n = len(parts)
     columns: list[Sequence[Any]] = []
     if time_key is not None:
         seconds = plain.seconds
         lo, hi = min(seconds), max(seconds)
-        if lo == hi:
+        if lo == hi:  # one second for the whole batch (the usual case): only the fractions vary
             fields.append(enc(time_key) + b':"' + _esc(_second_utc(lo).encode()) + b'.%09dZ"')
         else:
             heads = {s: _second_utc(s).encode() + b"." for s in set(seconds)}
@@ -190,10 +189,10 @@ def plain_json_lines(
     columns.append(parts)
     line = b"{" + b",".join(fields) + b",%b\n"
     k = len(columns)
-    args: list[Any] = [None] * (k * n)
+    args: list[Any] = [None] * (k * len(parts))
     for i, col in enumerate(columns):
         args[i::k] = col
-    return (line * n) % tuple(args)
+    return (line * len(parts)) % tuple(args)
 
 
 def _esc(text: bytes) -> bytes:
