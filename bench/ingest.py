@@ -97,6 +97,10 @@ outputs:
     buffer: {{type: disk, fsync: always}}
 """
 
+#: Prepended for the ``-w2`` targets: two worker processes sharing the port (SO_REUSEPORT), each with its
+#: own disk buffers and files (``name.worker1.log`` for the second), to use both cores.
+WORKERS_2 = "workers: 2\n"
+
 #: End to end into JSON-lines files: disk buffer (fsync per commit) and the file output (fsync per write).
 #: The queue is kept small so that, once it is full, ingest runs at the rate the files are written.
 FORWARDD_FILE_CONFIG = """\
@@ -156,6 +160,14 @@ def scenarios(packed_window: int = 4) -> list[Scenario]:
             True,
             1,
             "Message mode, 16 connections, ack per message (docker fluentd-request-ack=true)",
+        ),
+        Scenario(
+            "message-ack-w1-32conn",
+            "message",
+            32,
+            True,
+            1,
+            "Message mode, 32 connections, ack per message",
         ),
     ]
 
@@ -412,9 +424,16 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         "forwardd": args.forwardd_cmd,
         "forwardd-buffer": args.forwardd_cmd,
         "forwardd-file": args.forwardd_cmd,
+        "forwardd-buffer-w2": args.forwardd_cmd,
+        "forwardd-file-w2": args.forwardd_cmd,
     }
     config_template = Path(args.forwardd_config).read_text() if args.forwardd_config else FORWARDD_CONFIG
-    templates = {"forwardd-buffer": FORWARDD_BUFFER_CONFIG, "forwardd-file": FORWARDD_FILE_CONFIG}
+    templates = {
+        "forwardd-buffer": FORWARDD_BUFFER_CONFIG,
+        "forwardd-file": FORWARDD_FILE_CONFIG,
+        "forwardd-buffer-w2": WORKERS_2 + FORWARDD_BUFFER_CONFIG,
+        "forwardd-file-w2": WORKERS_2 + FORWARDD_FILE_CONFIG,
+    }
     targets: list[Target] = []
     not_started: dict[str, str] = {}
     runs: list[Run] = []
@@ -466,7 +485,8 @@ def _parser() -> argparse.ArgumentParser:
         "--targets",
         default="baseline,forwardd",
         help="comma-separated: baseline, forwardd (null output, memory buffer), forwardd-buffer "
-        "(disk buffer, fsync per commit, null output), forwardd-file (disk buffer and JSON-lines files)",
+        "(disk buffer, fsync per commit, null output), forwardd-file (disk buffer and JSON-lines files), "
+        "forwardd-buffer-w2 and forwardd-file-w2 (the same with workers: 2)",
     )
     ap.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per scenario and target")
