@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from forwardd.model import Chunk
 
-__all__ = ["ChunkRejected", "DeliveryError", "PermanentError", "RetryableError"]
+__all__ = ["ChunkRejected", "DeliveryError", "PermanentError", "RecordsRejected", "RetryableError"]
 
 
 class DeliveryError(Exception):
@@ -37,6 +37,16 @@ class PermanentError(DeliveryError):
     def __init__(self, message: str, *, rejected: Chunk | None = None) -> None:
         super().__init__(message)
         self.rejected = rejected
+
+
+class RecordsRejected(PermanentError):
+    """Some events of a chunk can never be delivered (too big, refused by the destination); the output
+    delivered all the others. ``rejected`` holds only those events: the delivery loop parks them, not the
+    chunk."""
+
+    def __init__(self, message: str, rejected: Chunk) -> None:
+        super().__init__(message, rejected=rejected)
+        self.rejected: Chunk = rejected
 
 
 class ChunkRejected(Exception):

@@ -49,7 +49,7 @@ import aiohttp
 import msgpack
 import yarl
 
-from forwardd.errors import PermanentError, RetryableError
+from forwardd.errors import PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event, EventTime
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HttpOutput",
     "HttpStats",
-    "OversizedEvents",
     "encode_msgpack_maps",
     "parse_retry_after",
     "split_batches",
@@ -90,14 +89,6 @@ _URL_CACHE_MAX = 1024
 
 # ---------------------------------------------------------------------------------------------- stats
 
-
-class OversizedEvents(PermanentError):
-    """Some events can never be sent (each alone exceeds ``max_bytes``); the rest of the chunk was
-    delivered. The delivery loop should dead-letter ``rejected`` (only those events), not the chunk."""
-
-    def __init__(self, message: str, rejected: Chunk) -> None:
-        super().__init__(message, rejected=rejected)
-        self.rejected: Chunk = rejected
 
 
 @dataclass(slots=True)
@@ -540,7 +531,7 @@ class HttpOutput(Output):
             events = chunk.events()  # a plain chunk builds them only now, for the rejected few
             rejected = Chunk.from_events(chunk.tag, [events[k] for k in oversized], chunk.received_ns)
             sizes = ", ".join(str(ends[k] - (ends[k - 1] if k else 0)) for k in oversized[:5])
-            raise OversizedEvents(
+            raise RecordsRejected(
                 f"{len(oversized)} event(s) of tag {chunk.tag!r} exceed max_bytes {self.max_bytes} "
                 f"(sizes {sizes}); {n - len(oversized)} others were delivered",
                 rejected,

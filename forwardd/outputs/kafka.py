@@ -18,7 +18,7 @@ What write() raises (the :mod:`forwardd.outputs.base` contract, per chunk)
       down, message timed out, leader moving, not enough replicas, local queue purged, a fatal idempotence
       error). The whole chunk is written again later; messages that did get through are duplicated, which
       at-least-once allows.
-    * :class:`RecordsRejected` (a :class:`~forwardd.errors.PermanentError`) with ``rejected: Chunk``: every
+    * :class:`~forwardd.errors.RecordsRejected` (a ``PermanentError``) with ``rejected: Chunk``: every
       other event was delivered, and ``rejected`` holds only the events that can never be: larger than
       ``max_message_size`` (never sent), or refused by the broker for good (message too large, invalid
       topic name, record invalid, not authorised). The delivery loop should dead-letter ``err.rejected``
@@ -64,12 +64,12 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from forwardd.config import schema as cfg
-from forwardd.errors import PermanentError, RetryableError
+from forwardd.errors import RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns
 
-__all__ = ["KafkaOutput", "KafkaOutputStats", "RecordsRejected", "is_permanent", "producer_config"]
+__all__ = ["KafkaOutput", "KafkaOutputStats", "is_permanent", "producer_config"]
 
 log = structlog.get_logger("forwardd.outputs.kafka")
 
@@ -101,13 +101,6 @@ def is_permanent(err: KafkaError) -> bool:
     """Whether a message that failed with ``err`` can never be delivered as it is."""
     return err.code() in _PERMANENT and not err.retriable()
 
-
-class RecordsRejected(PermanentError):
-    """Some events can never be delivered; all others were. ``rejected`` holds only those events."""
-
-    def __init__(self, message: str, rejected: Chunk) -> None:
-        super().__init__(message, rejected=rejected)
-        self.rejected: Chunk = rejected
 
 
 @dataclass(slots=True)

@@ -16,12 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forwardd.config import parse_config
-from forwardd.errors import PermanentError, RetryableError
+from forwardd.errors import PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Event
 from forwardd.outputs.formats import rfc3339_ns
 from forwardd.outputs.http import (
     HttpOutput,
-    OversizedEvents,
     encode_msgpack_maps,
     parse_retry_after,
     split_batches,
@@ -123,7 +122,7 @@ async def test_oversized_event_is_rejected_alone(http_server: Recorder, make_out
     recs = records(8)
     recs[2]["log"] = "y" * 5000
     recs[6]["log"] = "z" * 3000
-    with pytest.raises(OversizedEvents) as info:
+    with pytest.raises(RecordsRejected) as info:
         await out.write(make_chunk("a", recs))
     assert isinstance(info.value, PermanentError)
     rejected = info.value.rejected

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from forwardd.config import parse_config
 from forwardd.config import schema as cfg
-from forwardd.errors import PermanentError, RetryableError
+from forwardd.errors import PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event, pack_entries
 from forwardd.outputs.formats import rfc3339_ns
-from forwardd.outputs.kafka import KafkaOutput, RecordsRejected, producer_config
+from forwardd.outputs.kafka import KafkaOutput, producer_config
 
 from .conftest import Broker, consume, free_port
 
