@@ -90,7 +90,6 @@ _URL_CACHE_MAX = 1024
 # ---------------------------------------------------------------------------------------------- stats
 
 
-
 @dataclass(slots=True)
 class HttpStats:
     """Counters of one output. ``bytes`` are request body bytes as sent (after compression)."""

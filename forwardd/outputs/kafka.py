@@ -102,7 +102,6 @@ def is_permanent(err: KafkaError) -> bool:
     return err.code() in _PERMANENT and not err.retriable()
 
 
-
 @dataclass(slots=True)
 class KafkaOutputStats:
     """Counters since start. Bytes are message values as sent (before compression)."""
