@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import structlog
 
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy
 from forwardd.config import schema as cfg
+from forwardd.filters import DockerPartial
+from forwardd.filters.journal import PieceJournal
 from forwardd.outputs.base import Output
 from forwardd.protocol import ClientPolicy, Limits, Security, User
 from forwardd.router import Route, Router, compile_pattern
@@ -120,17 +123,29 @@ def build_filter(f: Any, index: int) -> Any:
     return cls(name=f"{f.type}[{index}]", **f.to_kwargs())
 
 
-def build_routes(routes: Any) -> list[Route]:
-    return [
-        Route(
-            matcher=compile_pattern(r.match),
-            filters=tuple(build_filter(f, i) for i, f in enumerate(r.filters)),
-            outputs=tuple(r.outputs),
-            relabel=r.relabel,
-            continue_=r.continue_,
+def build_routes(
+    routes: Any, journal_for: Callable[[int, int], PieceJournal] | None = None
+) -> list[Route]:
+    """Routes from their configuration; ``journal_for(route, filter)`` gives each filter configured with
+    ``journal: true`` its journal (none when not given: tests and ``check-config``)."""
+    built = []
+    for ri, r in enumerate(routes):
+        filters = []
+        for fi, f in enumerate(r.filters):
+            flt = build_filter(f, fi)
+            if journal_for is not None and getattr(f, "journal", False):
+                flt.journal = journal_for(ri, fi)
+            filters.append(flt)
+        built.append(
+            Route(
+                matcher=compile_pattern(r.match),
+                filters=tuple(filters),
+                outputs=tuple(r.outputs),
+                relabel=r.relabel,
+                continue_=r.continue_,
+            )
         )
-        for r in routes
-    ]
+    return built
 
 
 def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings:
@@ -225,9 +240,28 @@ class Daemon:
         self.sinks: dict[str, Sink] = {
             name: build_sink(name, o, storage, worker) for name, o in config.outputs.items()
         }
-        labels: dict[str, list[Route]] = {ROOT_LABEL: build_routes(config.routes)}
+        self.journals: list[PieceJournal] = []
+
+        def journals_of(label: str) -> Callable[[int, int], PieceJournal]:
+            def journal_for(route: int, index: int) -> PieceJournal:
+                name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
+                sub = Path(f"worker-{worker}") if worker else Path()
+                journal = PieceJournal(str(storage / "journal" / name / sub), name=name)
+                self.journals.append(journal)
+                return journal
+
+            return journal_for
+
+        labels: dict[str, list[Route]] = {ROOT_LABEL: build_routes(config.routes, journals_of(ROOT_LABEL))}
         for label, routes in config.labels.items():
-            labels[label] = build_routes(routes)
+            labels[label] = build_routes(routes, journals_of(label))
+        self._journaled = [
+            f
+            for rs in labels.values()
+            for r in rs
+            for f in r.filters
+            if isinstance(f, DockerPartial) and f.journal is not None
+        ]
         self.router = Router(labels, self.sinks, root_label=ROOT_LABEL)
         if self.router.error_label is not None:
             # What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
@@ -251,6 +285,8 @@ class Daemon:
             await sink.start()
             self._started.append(sink)
             log.debug("output.started", output=name)
+        for f in self._journaled:  # pieces held before a stop or a crash are held again
+            await f.start_journal()
         self._expiry = asyncio.create_task(self.router.run_expiry(1.0), name="router-expiry")
         self._stats_task = asyncio.create_task(self._report_loop(), name="stats")
         for listener in self.listeners:
@@ -292,6 +328,12 @@ class Daemon:
         if drained is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(drained, grace)
+        for journal in self.journals:
+            if journal.started:
+                try:
+                    await journal.close()
+                except Exception as exc:
+                    log.error("journal.close_failed", journal=journal.name, error=repr(exc))
         for sink in reversed(self._started):
             try:
                 await sink.stop()

@@ -385,6 +385,8 @@ class DockerPartialFilter(_Frozen):
     flush_timeout: Duration = 5.0
     max_size: Size = 1024**2
     max_pending: Count = 10000
+    #: Commit held pieces to a journal under <storage>/journal before acking them (see DockerPartial).
+    journal: bool = True
 
     def to_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`forwardd.filters.DockerPartial` (add ``name``)."""

@@ -22,9 +22,13 @@ start a new fragment, flagged again; data is never dropped, only delivered in mo
 Timed-out and evicted lines of other tags are handed out by :meth:`DockerPartial.expire`.
 
 Acks: the pieces held here have already been acked to docker. Docker waits for each ack before it sends
-the next piece, so holding an ack until the line completes would deadlock the driver. Held pieces live only
-in memory until their line completes, so a crash in that window loses them. The window is bounded by
-``flush_timeout`` (and docker sends the pieces of a line back to back, so it is normally milliseconds).
+the next piece, so holding an ack until the line completes would deadlock the driver. So that an acked
+piece survives a crash, the daemon gives the filter a :class:`~forwardd.filters.journal.PieceJournal`
+(``journal: true``, the default): every chunk of pieces is committed to it before its ack, a journal entry
+is released once all the lines it holds pieces of were emitted and accepted by the sinks, and on start
+the pieces still in it are held again, so a line cut by a restart completes when docker sends the rest.
+At shutdown the open lines then stay in the journal instead of being flushed as fragments. Without a
+journal (``journal: false``, or the filter used on its own) held pieces live only in memory.
 """
 
 from __future__ import annotations
@@ -34,9 +38,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
+from forwardd.filters.journal import JournalEntry, PieceJournal
 from forwardd.model import Chunk, Event
+from forwardd.router.router import Held
 
 __all__ = ["DockerPartial"]
+
+log = structlog.get_logger("forwardd.filters")
 
 _PARTIAL_FIELDS = frozenset(("partial_message", "partial_id", "partial_ordinal", "partial_last"))
 _MARKER = b"partial_message"
@@ -49,6 +59,7 @@ class _Line:
 
     __slots__ = (
         "done",
+        "entries",
         "first_seen",
         "head",
         "head_ord",
@@ -75,6 +86,7 @@ class _Line:
         self.last: int | None = None
         self.next_ord = 1  # old format: ordinals are given in arrival order
         self.segmented = False
+        self.entries: list[JournalEntry] = []  # journal entries holding pieces of this line
 
     def complete(self) -> bool:
         last = self.last
@@ -114,6 +126,13 @@ class DockerPartial:
         self._open: OrderedDict[_Key, _Line] = OrderedDict()  # oldest first: expiry pops from the front
         self._legacy_tags: dict[str, int] = {}  # tags with open old-format lines: their plain records matter
         self._ready: list[tuple[str, Event]] = []  # evicted lines of other tags, for the next expire()
+        self._ready_lines: list[_Line] = []  # their lines, released from the journal once that is accepted
+        #: Set (and started) by the daemon: pieces held here are then committed to it before their ack.
+        self.journal: PieceJournal | None = None
+        self._closed: list[_Line] = []  # lines emitted by the call in progress (journal bookkeeping)
+        self._touched: dict[_Key, _Line] = {}  # lines that took a piece in the call in progress
+        self._absorbed: list[Event] = []  # the pieces taken in the call in progress
+        self._replaying: JournalEntry | None = None
         #: Pieces received twice and dropped.
         self.duplicates = 0
         #: Events emitted as fragments (timeout, eviction, size cap, drain).
@@ -124,11 +143,66 @@ class DockerPartial:
         """Open lines."""
         return len(self._open)
 
-    def __call__(self, chunk: Chunk) -> Chunk | None:
+    def __call__(self, chunk: Chunk) -> Chunk | Held | None:
         tag = chunk.tag
         # The common chunk holds no piece: a byte search decides without decoding a record.
         if _MARKER not in chunk.entries and tag not in self._legacy_tags:
             return chunk
+        self._closed, self._touched, self._absorbed = [], {}, []  # this call's journal bookkeeping
+        journal = self.journal
+        if journal is None or not journal.started:
+            return self._process(chunk)
+        result = self._process(chunk)
+        closed, touched, absorbed = self._closed, self._touched, self._absorbed
+        self._closed, self._touched, self._absorbed = [], {}, []
+        commit = None
+        if absorbed:
+            entry, commit = journal.append(Chunk.from_events(tag, absorbed, chunk.received_ns))
+            for line in touched.values():
+                line.entries.append(entry)
+                entry.open_lines += 1
+        if not closed and commit is None:
+            return result
+        return Held(result, commit, (lambda: self._release(closed)) if closed else None)
+
+    def _release(self, lines: list[_Line]) -> None:
+        """``lines`` were emitted and the sinks accepted them: their journal entries may go."""
+        journal = self.journal
+        if journal is None:
+            return
+        for line in lines:
+            for entry in line.entries:
+                entry.open_lines -= 1
+                if entry.open_lines <= 0:
+                    journal.release(entry)
+            line.entries = []
+
+    async def start_journal(self) -> None:
+        """Recover the journal and hold again the pieces it kept (what a crash or a stop left open)."""
+        journal = self.journal
+        if journal is None:
+            return
+        for chunk, entry in await journal.start():
+            self._replaying = entry
+            self._closed, self._touched, self._absorbed = [], {}, []
+            try:
+                result = self._process(chunk)
+            finally:
+                self._replaying = None
+            for line in self._touched.values():
+                line.entries.append(entry)
+                entry.open_lines += 1
+            if result is not None:  # lines the replay completed: emitted at the next expire()
+                self._ready.extend((result.tag, ev) for ev in result.events())
+            self._ready_lines.extend(self._closed)
+            if not self._touched and not self._closed:
+                journal.release(entry)  # nothing of it is held any more
+            self._closed, self._touched, self._absorbed = [], {}, []
+        if self._open:
+            log.info("docker_partial.recovered", filter=self.name, open_lines=len(self._open))
+
+    def _process(self, chunk: Chunk) -> Chunk | None:
+        tag = chunk.tag
         events = chunk.events()
         out: list[Event] = []
         changed = False
@@ -174,23 +248,35 @@ class DockerPartial:
             return chunk
         return chunk.replace_events(out) if out else None
 
-    def expire(self, now: float) -> list[Chunk]:
+    def expire(self, now: float) -> list[Chunk] | Held:
         """Emit lines held for ``flush_timeout`` or longer, and lines evicted since the last call."""
         emitted, self._ready = self._ready, []
+        self._closed, ready_lines, self._ready_lines = [], self._ready_lines, []
         deadline = now - self.flush_timeout
         while self._open:
             key, line = next(iter(self._open.items()))
             if line.first_seen > deadline:
                 break
             self._close(key, None, None, emitted)
-        return _chunks(emitted)
+        return self._emit(emitted, ready_lines)
 
-    def drain(self) -> list[Chunk]:
-        """Give back everything held (shutdown), as fragments."""
+    def drain(self) -> list[Chunk] | Held:
+        """At shutdown: give back everything held, as fragments. With a journal, open lines stay in it
+        instead, to be completed after the restart; only lines already emitted are handed on."""
         emitted, self._ready = self._ready, []
-        while self._open:
-            self._close(next(iter(self._open)), None, None, emitted)
-        return _chunks(emitted)
+        self._closed, ready_lines, self._ready_lines = [], self._ready_lines, []
+        if self.journal is None or not self.journal.started:
+            while self._open:
+                self._close(next(iter(self._open)), None, None, emitted)
+        return self._emit(emitted, ready_lines)
+
+    def _emit(self, emitted: list[tuple[str, Event]], ready_lines: list[_Line]) -> list[Chunk] | Held:
+        chunks = _chunks(emitted)
+        lines = ready_lines + self._closed
+        self._closed = []
+        if self.journal is None or not lines:
+            return chunks
+        return Held(chunks, None, lambda: self._release(lines))
 
     def _new(self, key: _Key, now: float, out: list[Event]) -> _Line:
         if len(self._open) >= self.max_pending:
@@ -221,17 +307,27 @@ class DockerPartial:
         line = self._open[key]
         self._forget(key)
         if not line.pieces:
+            self._closed.append(line)
             return
         ev = self._join(line, complete=False)
         if out is not None and line.tag == out_tag:
             out.append(ev)
+            self._closed.append(line)
+        elif elsewhere is None:
+            self._ready.append((line.tag, ev))
+            self._ready_lines.append(line)
         else:
-            (self._ready if elsewhere is None else elsewhere).append((line.tag, ev))
+            elsewhere.append((line.tag, ev))
+            self._closed.append(line)
 
     def _add(self, line: _Line, ordinal: int, ev: Event, log: str, is_last: bool, out: list[Event]) -> None:
         if ordinal in line.pieces or ordinal in line.done:
             self.duplicates += 1
             return
+        if ev.record.get("partial_message") == "true":  # a piece (not an old-format line's last record)
+            self._touched[line.key] = line
+            if self._replaying is None:
+                self._absorbed.append(ev)
         line.next_ord = ordinal + 1
         if line.head is None or ordinal < line.head_ord:
             rec = {k: v for k, v in ev.record.items() if k not in _PARTIAL_FIELDS}
@@ -250,6 +346,7 @@ class DockerPartial:
             line.last = ordinal
         if line.complete():
             self._forget(line.key)
+            self._closed.append(line)
             out.append(self._join(line, complete=not line.segmented))
 
     def _join(self, line: _Line, *, complete: bool) -> Event:

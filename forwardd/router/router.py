@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import FunctionType, MethodType
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -49,7 +49,7 @@ from forwardd.model import Chunk
 from forwardd.router.match import TagMatcher
 from forwardd.sink import Ingest, Sink
 
-__all__ = ["Filter", "FilterResult", "Route", "Router", "RouterStats", "RoutingError"]
+__all__ = ["Filter", "FilterResult", "Held", "Route", "Router", "RouterStats", "RoutingError"]
 
 
 def _log() -> structlog.typing.FilteringBoundLogger:
@@ -64,9 +64,44 @@ class RoutingError(ValueError):
     """The routing configuration cannot work (unknown label or output, a relabel cycle)."""
 
 
+class Held:
+    """What a filter that keeps state on disk returns instead of a plain result (docker_partial's journal).
+
+    ``result`` goes on as the plain result would. ``commit``, when set, must resolve before the chunk that
+    was given to the filter counts as accepted (the client's ack waits for it: the filter's own journal).
+    ``on_accepted``, when set, is called once everything this call led to has been accepted by the sinks,
+    and not at all if any of it was refused: the filter may then forget what it kept for it.
+    """
+
+    __slots__ = ("commit", "on_accepted", "result")
+
+    def __init__(
+        self,
+        result: Chunk | list[Chunk] | None,
+        commit: Awaitable[None] | None = None,
+        on_accepted: Callable[[], None] | None = None,
+    ) -> None:
+        self.result = result
+        self.commit = commit
+        self.on_accepted = on_accepted
+
+
+class _OnAccepted(Awaitable[None]):
+    """A callback riding in a ``pending`` list: :meth:`Router._finish` takes it out and runs it once all the
+    rest is in. (Awaiting it, which nothing should do, returns at once.)"""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
 #: What a filter returns: the chunk to pass on (maybe re-tagged), several chunks (a tag rewrite that split
-#: the events among tags), or None when nothing is left or everything is held.
-FilterResult = Chunk | list[Chunk] | None
+#: the events among tags), None when nothing is left or everything is held, or that wrapped in a Held.
+FilterResult = Chunk | list[Chunk] | Held | None
 
 
 class Filter(Protocol):
@@ -359,7 +394,7 @@ class Router:
                     return self._finish(pending, errors)
                 if out is None:
                     return None
-                if type(out) is not Chunk:
+                if type(out) is not Chunk:  # a list, or a Held
                     return self._continue(compiled, pos + 1, out, in_error)
                 chunk = out
             return submit(chunk)
@@ -371,6 +406,8 @@ class Router:
     ) -> Awaitable[None] | None:
         pending: list[Awaitable[None]] = []
         errors: list[ChunkRejected] = []
+        if isinstance(pieces, Held):
+            pieces = _unwrap(pieces, pending)
         for piece in pieces if isinstance(pieces, list) else (pieces,):
             if piece is not None:
                 self._run(compiled, start, piece, pending, errors, in_error)
@@ -425,6 +462,8 @@ class Router:
             except Exception as exc:  # a filter's bug must not take the session down: route it to @ERROR
                 self._filter_failed(compiled, compiled.filters[pos], chunk, exc, pending, errors, in_error)
                 return
+            if isinstance(out, Held):
+                out = _unwrap(out, pending)
             if out is None:
                 return
             if isinstance(out, list):
@@ -448,6 +487,14 @@ class Router:
             self._deliver(compiled.relabel, chunk, pending, errors, in_error)
 
     def _finish(self, pending: list[Awaitable[None]], errors: list[ChunkRejected]) -> Awaitable[None] | None:
+        callbacks = [p for p in pending if isinstance(p, _OnAccepted)]
+        if callbacks:
+            pending = [p for p in pending if not isinstance(p, _OnAccepted)]
+            if not pending and not errors:
+                for cb in callbacks:
+                    cb.fn()
+                return None
+            return self._gather_then(pending, errors, callbacks)
         if not pending:
             if errors:
                 raise _combine(errors)
@@ -455,6 +502,13 @@ class Router:
         if len(pending) == 1 and not errors:
             return pending[0]
         return self._gather(pending, errors)
+
+    async def _gather_then(
+        self, pending: list[Awaitable[None]], errors: list[ChunkRejected], callbacks: list[_OnAccepted]
+    ) -> None:
+        await self._gather(pending, errors)
+        for cb in callbacks:
+            cb.fn()
 
     async def _gather(self, pending: list[Awaitable[None]], errors: list[ChunkRejected]) -> None:
         """Wait for every sink, then fail if any did: a chunk is accepted only when all outputs have it."""
@@ -565,7 +619,9 @@ class Router:
                 continue
             in_error = compiled.label == self._error
             try:
-                released: list[Chunk] = fn(*args)
+                released = fn(*args)
+                if isinstance(released, Held):
+                    released = _unwrap(released, pending) or []
             except Exception as exc:
                 self.stats.filter_errors += 1
                 _log().error(
@@ -597,3 +653,12 @@ class Router:
             except ChunkRejected as exc:
                 self.stats.held_rejected += 1
                 _log().error("route.expired_rejected", reason=exc.reason, permanent=exc.permanent)
+
+
+def _unwrap(held: Held, pending: list[Awaitable[None]]) -> Chunk | list[Chunk] | None:
+    """A Held's result; its commit joins ``pending`` and its callback waits there for the rest."""
+    if held.commit is not None:
+        pending.append(held.commit)
+    if held.on_accepted is not None:
+        pending.append(_OnAccepted(held.on_accepted))
+    return held.result

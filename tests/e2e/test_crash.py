@@ -95,3 +95,39 @@ def test_sigkill_loses_no_acked_event(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} acked events lost, e.g. {missing[:5]}"
     dup = sum(n - 1 for n in seen.values() if n > 1)
     print(f"\n{len(want)} acked events, all delivered; {dup} duplicates after {ROUNDS} SIGKILLs")
+
+
+def test_sigkill_between_the_pieces_of_a_long_docker_line_loses_none(tmp_path: Path) -> None:
+    """docker_partial acks each piece (docker waits for it before sending the next); its journal is what
+    makes that ack mean "on disk". Killed between pieces, forwardd holds the acked ones again after the
+    restart, and the line comes out whole when docker sends the rest."""
+    out = tmp_path / "out"
+    config = {
+        "storage": {"path": str(tmp_path / "data")},
+        "sources": [{"name": "in", "bind": "127.0.0.1", "port": 0, "udp_heartbeat": False}],
+        "routes": [
+            {"match": "**", "filters": [{"type": "docker_partial"}], "outputs": ["files"]},
+        ],
+        "outputs": {"files": {"type": "file", "path": str(out / "${tag}.log")}},
+    }
+    cid = "c" * 64
+
+    def piece(ordinal: int, last: bool, log: str) -> dict[str, str]:
+        return {
+            "container_id": cid, "container_name": "/web", "source": "stdout", "log": log,
+            "partial_message": "true", "partial_id": "pid-1",
+            "partial_ordinal": str(ordinal), "partial_last": "true" if last else "false",
+        }  # fmt: skip
+
+    proc = Proc(config, tmp_path)
+    with ForwardClient(port=proc.port(), timeout=10) as client:
+        client.message("docker.web", piece(1, False, "A" * 16384), ack=True)
+        client.message("docker.web", piece(2, False, "B" * 16384), ack=True)
+    proc.kill()
+    proc = Proc(config, tmp_path)
+    with ForwardClient(port=proc.port(), timeout=10) as client:
+        client.message("docker.web", piece(3, True, "C\n"), ack=True)
+    assert proc.terminate() == 0
+    lines = [json.loads(x) for f in out.glob("*.log*") for x in f.read_text().splitlines()]
+    assert [x["log"] for x in lines] == ["A" * 16384 + "B" * 16384 + "C\n"]
+    assert "partial_incomplete" not in lines[0]

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from forwardd.errors import ChunkRejected
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import Filter, Route, Router, RoutingError
+from forwardd.router.router import Filter, Held, Route, Router, RoutingError
 
 from .fakes import (
     Boom,
@@ -650,3 +650,81 @@ def test_a_failing_drain_is_counted_and_the_others_still_drain() -> None:
     assert out.tags == ["b"]
     assert router.stats.filter_errors == 1
     assert [(e["event"], e["filter"], e["hook"]) for e in logs] == [("filter.failed", "bad", "drain")]
+
+
+# --- Held: a filter's own commit and its after-acceptance callback ----------------------------------------
+
+
+class Journaling:
+    """Passes chunks on wrapped in a Held: its commit is a future the test resolves (the journal's fsync),
+    and it notes when the router reports everything accepted."""
+
+    name = "journaling"
+
+    def __init__(self) -> None:
+        self.commits: list[asyncio.Future[None]] = []
+        self.accepted: list[str] = []
+
+    def __call__(self, c):  # type: ignore[no-untyped-def]
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.commits.append(fut)
+        return Held(c, fut, lambda: self.accepted.append(c.tag))
+
+    def expire(self, now: float):  # type: ignore[no-untyped-def]
+        return Held([chunk("app.late")], None, lambda: self.accepted.append("late"))
+
+
+async def test_held_commit_gates_acceptance_and_the_callback_follows_the_sinks() -> None:
+    out = FutureSink("out")
+    j = Journaling()
+    router = Router({"@ROOT": [route("app.**", "out", filters=[j])]}, sinks(out))
+    result = router.entry()(chunk("app.web"))
+    assert result is not None
+    task = asyncio.ensure_future(result)
+    out.futures[0].set_result(None)  # the sink has it, the journal not yet
+    await asyncio.sleep(0)
+    assert not task.done()
+    assert j.accepted == []
+    j.commits[0].set_result(None)
+    await asyncio.wait_for(task, 2)
+    assert j.accepted == ["app.web"]
+
+
+async def test_held_callback_is_not_called_when_a_sink_refuses() -> None:
+    bad = RejectingSink("bad", permanent=False)
+    j = Journaling()
+    router = Router({"@ROOT": [route("app.**", "bad", filters=[j])]}, sinks(bad))
+    result = router.entry()(chunk("app.web"))
+    j.commits[0].set_result(None)
+    with pytest.raises(ChunkRejected):
+        await asyncio.wait_for(result, 2)  # type: ignore[arg-type]
+    assert j.accepted == []
+
+
+async def test_held_callback_runs_at_once_when_everything_was_accepted_synchronously() -> None:
+    out = RecordingSink("out")
+    accepted: list[int] = []
+
+    def f(c):  # type: ignore[no-untyped-def]
+        return Held(c, None, lambda: accepted.append(1))
+
+    f.name = "f"  # type: ignore[attr-defined]
+    router = Router({"@ROOT": [route("app.**", "out", filters=[f, Mark("m")])]}, sinks(out))
+    assert router.entry()(chunk("app.web")) is None
+    assert accepted == [1]
+    assert len(out.chunks) == 1
+
+
+async def test_held_from_expire_calls_back_once_the_released_chunks_are_in() -> None:
+    out = FutureSink("out")
+    j = Journaling()
+    router = Router({"@ROOT": [route("app.**", "out", filters=[j])]}, sinks(out))
+    result = router.expire(0.0)
+    assert result is not None
+    task = asyncio.ensure_future(result)
+    await asyncio.sleep(0)
+    assert [c.tag for c in out.chunks] == ["app.late"]
+    assert j.accepted == []
+    out.futures[0].set_result(None)
+    await asyncio.wait_for(task, 2)
+    assert j.accepted == ["late"]
