@@ -69,8 +69,9 @@ class Held:
 
     ``result`` goes on as the plain result would. ``commit``, when set, must resolve before the chunk that
     was given to the filter counts as accepted (the client's ack waits for it: the filter's own journal).
-    ``on_accepted``, when set, is called once everything this call led to has been accepted by the sinks,
-    and not at all if any of it was refused: the filter may then forget what it kept for it.
+    ``on_accepted``, when set, is called once everything this call led to has been accepted by the sinks
+    (or refused for good, when the client is acked anyway), and not at all after a temporary refusal (the
+    client resends): the filter may then forget what it kept for it.
     """
 
     __slots__ = ("commit", "on_accepted", "result")
@@ -506,7 +507,15 @@ class Router:
     async def _gather_then(
         self, pending: list[Awaitable[None]], errors: list[ChunkRejected], callbacks: list[_OnAccepted]
     ) -> None:
-        await self._gather(pending, errors)
+        """:meth:`_gather`, then the callbacks: when all was accepted, and also when the only refusals were
+        permanent (the client is acked and will not resend: what a filter kept for a resend is of no use)."""
+        try:
+            await self._gather(pending, errors)
+        except ChunkRejected as exc:
+            if exc.permanent:
+                for cb in callbacks:
+                    cb.fn()
+            raise
         for cb in callbacks:
             cb.fn()
 

@@ -690,17 +690,6 @@ async def test_held_commit_gates_acceptance_and_the_callback_follows_the_sinks()
     assert j.accepted == ["app.web"]
 
 
-async def test_held_callback_is_not_called_when_a_sink_refuses() -> None:
-    bad = RejectingSink("bad", permanent=False)
-    j = Journaling()
-    router = Router({"@ROOT": [route("app.**", "bad", filters=[j])]}, sinks(bad))
-    result = router.entry()(chunk("app.web"))
-    j.commits[0].set_result(None)
-    with pytest.raises(ChunkRejected):
-        await asyncio.wait_for(result, 2)  # type: ignore[arg-type]
-    assert j.accepted == []
-
-
 async def test_held_callback_runs_at_once_when_everything_was_accepted_synchronously() -> None:
     out = RecordingSink("out")
     accepted: list[int] = []
@@ -728,3 +717,17 @@ async def test_held_from_expire_calls_back_once_the_released_chunks_are_in() -> 
     out.futures[0].set_result(None)
     await asyncio.wait_for(task, 2)
     assert j.accepted == ["late"]
+
+
+async def test_held_callback_runs_after_a_permanent_refusal_but_not_a_temporary_one() -> None:
+    """A permanent refusal is acked to the client, which will not resend: what the filter kept for a
+    resend can go. A temporary one is resent, so it must stay."""
+    for permanent in (True, False):
+        bad = RejectingSink("bad", permanent=permanent)
+        j = Journaling()
+        router = Router({"@ROOT": [route("app.**", "bad", filters=[j])]}, sinks(bad))
+        result = router.entry()(chunk("app.web"))
+        j.commits[0].set_result(None)
+        with pytest.raises(ChunkRejected):
+            await asyncio.wait_for(result, 2)  # type: ignore[arg-type]
+        assert j.accepted == (["app.web"] if permanent else [])
