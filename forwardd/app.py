@@ -177,6 +177,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
         handshake_timeout=lim.handshake_timeout,
         idle_timeout=lim.idle_timeout,
         deny_keepalive=src.deny_keepalive,
+        json_mode=src.json_mode,
         tag=src.tag,
         add_tag_prefix=src.add_tag_prefix,
         source_address_key=src.source_address_key,

@@ -286,6 +286,7 @@ class ForwardSource(_Frozen):
     security: Security | None = None
     limits: Limits = Field(default_factory=Limits)
     deny_keepalive: bool = False
+    json_mode: bool = False
     tag: str | None = None
     add_tag_prefix: str | None = None
     source_address_key: str | None = None

@@ -13,8 +13,17 @@ import msgpack
 
 from forwardd.protocol.decoder import Decoder
 from forwardd.protocol.errors import ProtocolError
-from forwardd.protocol.events import Event, HandshakeCompleted, HandshakeFailed, Heartbeat, RawFrame
+from forwardd.protocol.events import (
+    EntriesReceived,
+    Event,
+    HandshakeCompleted,
+    HandshakeFailed,
+    Heartbeat,
+    RawFrame,
+    Rejected,
+)
 from forwardd.protocol.handshake import Security, ServerHandshake
+from forwardd.protocol.jsonmode import JsonFramer, json_acks
 from forwardd.protocol.limits import Limits
 
 __all__ = ["ServerConnection"]
@@ -31,8 +40,13 @@ class ServerConnection:
         security: Security | None = None,
         peer_address: str | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        json_mode: bool = False,
     ) -> None:
         self.decoder = Decoder(limits)
+        #: JSON mode (see :mod:`forwardd.protocol.jsonmode`): allowed, then decided by the first byte.
+        self._json_allowed = json_mode and security is None
+        self._json: JsonFramer | None = None
+        self._first = True
         self._clock_ns = clock_ns
         self.handshake = ServerHandshake(security, peer_address) if security is not None else None
         self.established = self.handshake is None
@@ -48,8 +62,19 @@ class ServerConnection:
     def buffered(self) -> int:
         return self.decoder.buffered
 
+    @property
+    def json(self) -> bool:
+        """Whether this connection speaks JSON (its first byte was ``[`` or ``{`` and JSON mode is on)."""
+        return self._json is not None
+
     def receive_data(self, data: bytes) -> list[Event]:
         """Events completed by ``data``; raises ProtocolError when the connection must be closed."""
+        if self._first and data:
+            self._first = False
+            if self._json_allowed and data[:1] in (b"[", b"{"):
+                self._json = JsonFramer(self.decoder.limits.max_frame_size)
+        if self._json is not None:
+            return self._receive_json(data)
         try:
             events = self.decoder.feed(data, self._clock_ns())
         except ProtocolError as exc:
@@ -59,6 +84,27 @@ class ServerConnection:
         if self.established or not events:
             return events
         return self._handshake(events)
+
+    def _receive_json(self, data: bytes) -> list[Event]:
+        assert self._json is not None
+        values, error = self._json.feed(data)
+        requests: list[bytes] = []
+        for value in values:
+            try:
+                requests.append(JsonFramer.to_msgpack(value))
+            except ProtocolError as exc:
+                error = exc
+                break
+        try:
+            events = self.decoder.feed(b"".join(requests), self._clock_ns()) if requests else []
+        except ProtocolError as exc:
+            _json_replies(exc.events)
+            raise
+        _json_replies(events)
+        if error is not None:
+            error.events = events  # what came whole before the error is still handed on
+            raise error
+        return events
 
     def _handshake(self, events: list[Event]) -> list[Event]:
         hs = self.handshake
@@ -87,6 +133,13 @@ class ServerConnection:
             self.username = username
             out.append(HandshakeCompleted(hostname, username, reply))
         return out
+
+
+def _json_replies(events: list[Event]) -> None:
+    """The acks of a JSON connection, in JSON."""
+    for ev in events:
+        if isinstance(ev, EntriesReceived | Rejected) and ev.ack is not None:
+            ev.ack = json_acks(ev.ack)
 
 
 def _pong_failure(reason: str) -> bytes:

@@ -53,6 +53,8 @@ class SessionSettings:
     handshake_timeout: float = 10.0
     idle_timeout: float = 0.0
     deny_keepalive: bool = False
+    #: Fluentd's JSON convenience mode (a connection whose first byte is "[" or "{"); no handshake.
+    json_mode: bool = False
     tag: str | None = None
     add_tag_prefix: str | None = None
     source_address_key: str | None = None
@@ -125,7 +127,9 @@ class Session(asyncio.Protocol):
         else:
             self.peer = f"unix:{transport.get_extra_info('sockname') or ''}"
         s = self.settings
-        self.conn = ServerConnection(limits=s.limits, security=s.security, peer_address=self.peer_address)
+        self.conn = ServerConnection(
+            limits=s.limits, security=s.security, peer_address=self.peer_address, json_mode=s.json_mode
+        )
         if s.close_after is not None:
             self.conn.decoder.merge_messages = False  # the fault counts requests one by one
         hello = self.conn.initial_bytes()

@@ -30,6 +30,7 @@ from forwardd.protocol import (
 from forwardd.protocol.handshake import ServerHandshake
 from tests.protocol.wire import (
     CLIENT_NAMES,
+    CLIENTS,
     FLUENT_BIT_STEMS,
     FLUENTD_VARIANTS,
     Conn,
@@ -38,6 +39,7 @@ from tests.protocol.wire import (
     client_capture,
     fluent_bit_capture,
     fluentd_capture,
+    read_xxd,
 )
 
 RECEIVED_NS = 1_000_000_000_000_000_000
@@ -155,13 +157,29 @@ def test_docker_sends_int_times_string_values_and_empty_options() -> None:
     assert all(ns % 1_000_000_000 == 0 for _, ns, _, _ in got)
 
 
-def test_json_mode_of_fluent_logger_golang_is_not_supported() -> None:
-    """JSON mode (item 7) is optional and off: a connection opening with ``[`` is not msgpack."""
+def test_json_mode_is_off_by_default() -> None:
+    """JSON mode (item 7) is optional and off unless a source asks for it: ``[`` is then not msgpack."""
     cap = client_capture("go-json-ack")
     assert cap.client_bytes.startswith(b'["kit.go",')
     with pytest.raises(ProtocolError) as info:
         ServerConnection().receive_data(cap.client_bytes)
     assert info.value.reason == "not_an_array"
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_json_mode_of_fluent_logger_golang_decodes_and_acks_as_fluentd_did(split: str) -> None:
+    """fluent-logger-golang with MarshalAsJSON and RequestAck, against json_mode: the events the capture
+    lists, and acks in JSON byte for byte as Fluentd sent them (items 7 and 29)."""
+    cap = client_capture("go-json-ack")
+    conn = ServerConnection(json_mode=True, clock_ns=lambda: RECEIVED_NS)
+    events: list[Any] = []
+    for piece in SPLITS[split](cap.c2s):
+        events += conn.receive_data(piece)
+    assert conn.json
+    got = [(t, ns, r) for t, ns, r, _ in decoded(events)]
+    assert got == [(e.tag, int(e.time_s * 1e9) if e.time_s else None, e.record) for e in cap.events]
+    replies = b"".join(ev.ack for ev in events if isinstance(ev, EntriesReceived) and ev.ack)
+    assert replies == read_xxd(CLIENTS / "go-json-ack.s2c.hex")
 
 
 @pytest.mark.parametrize("split", SPLITS)
