@@ -6,7 +6,8 @@ read sizes, the rest is what the peer sends.
 
 * flag 1: security on (HELO/PING/PONG); flag 4: prepend a valid PING so the stream gets past it;
 * flag 2: small limits (frame 4 KiB, options 512 B, decompressed 64 KiB), which reach the oversized-frame
-  paths with small inputs.
+  paths with small inputs;
+* flag 8: JSON mode allowed (a payload starting with ``[`` or ``{`` is then a JSON stream).
 
 Run: ``python fuzz/fuzz_decoder.py CORPUS_DIR -max_total_time=60`` (tests/protocol/test_fuzz.py does).
 """
@@ -61,7 +62,7 @@ def check(ev: object) -> None:
         events, invalid = decode_entries(chunk.entries, RECV)
         assert len(events) + invalid == chunk.count, (len(events), invalid, chunk.count)
         assert isinstance(chunk.tag, str)
-        assert ev.ack is None or ev.ack.startswith(b"\x81\xa3ack")
+        assert ev.ack is None or ev.ack.startswith((b"\x81\xa3ack", b'{"ack": '))
     else:
         assert type(ev) in (Rejected, Heartbeat, HandshakeCompleted, HandshakeFailed), type(ev)
 
@@ -71,7 +72,12 @@ def TestOneInput(data: bytes) -> None:
         return
     flags, seed, payload = data[0], data[1], data[2:]
     limits = SMALL if flags & 2 else None
-    conn = ServerConnection(limits=limits, security=SECURITY if flags & 1 else None, clock_ns=lambda: RECV)
+    conn = ServerConnection(
+        limits=limits,
+        security=SECURITY if flags & 1 else None,
+        clock_ns=lambda: RECV,
+        json_mode=bool(flags & 8),
+    )
     if flags & 1:
         conn.handshake = ServerHandshake(SECURITY, "127.0.0.1", urandom=lambda n: NONCE)
         if flags & 4:

@@ -60,7 +60,8 @@ class ServerConnection:
 
     @property
     def buffered(self) -> int:
-        return self.decoder.buffered
+        """Bytes of an incomplete frame held (bounded by the frame limit), JSON mode included."""
+        return self.decoder.buffered + (self._json.buffered if self._json is not None else 0)
 
     @property
     def json(self) -> bool:

@@ -37,6 +37,11 @@ class JsonFramer:
         self._depth = 0
         self._in_string = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the value in progress (bounded by the frame limit) and blanks after the last one."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> tuple[list[bytes], ProtocolError | None]:
         """The values ``data`` completed, and the error that stopped the stream after them, if any (the
         values before it still count: what arrived intact is handed on before the connection closes)."""

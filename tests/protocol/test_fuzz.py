@@ -33,7 +33,7 @@ def seed_corpus(directory: Path) -> int:
     for i, data in enumerate(streams):
         if len(data) > 20_000:
             continue  # the docker partial captures: big, and nothing the others do not cover
-        for flags, seed in ((0, 0), (0, 7), (2, 3), (5, 1), (1, 0)):
+        for flags, seed in ((0, 0), (0, 7), (2, 3), (5, 1), (1, 0), (8, 5), (10, 0)):
             (directory / f"seed-{i}-{flags}-{seed}").write_bytes(bytes([flags, seed]) + data)
             n += 1
     return n
