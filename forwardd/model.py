@@ -172,6 +172,7 @@ _PlainTime = msgspec.msgpack.Ext | int | float | None
 _PLAIN = msgspec.msgpack.Decoder(list[tuple[_PlainTime, dict[str, _Value]]])
 _ARRAY32 = struct.Struct(">BI")
 _Ext = msgspec.msgpack.Ext
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)  # an array of 32-bit unsigned words
 _unpack_ii = _II.unpack
 
 
@@ -217,7 +218,7 @@ def _decode_plain(entries: bytes, count: int, received_ns: int) -> PlainEntries 
         data = [t.data for t in times if t.code == EVENT_TIME_EXT and len(t.data) == 8]
         if len(data) != count:
             return None
-        words = array("I")
+        words = array(_U32)
         words.frombytes(b"".join(data))
         if sys.byteorder == "little":
             words.byteswap()
@@ -225,7 +226,7 @@ def _decode_plain(entries: bytes, count: int, received_ns: int) -> PlainEntries 
         if max(nanos) >= _NS:  # not a valid fraction: the general path's arithmetic carries it
             return None
     elif kinds == {int} and min(times) > 0:  # integer seconds (docker's default)
-        seconds, nanos = times, array("I", bytes(4 * count))
+        seconds, nanos = times, array(_U32, bytes(4 * count))
     else:
         seconds_l: list[int] = []
         nanos_l: list[int] = []

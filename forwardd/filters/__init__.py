@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 #: What a filter returns; ``list[Chunk]`` only ever comes from :class:`TagRewrite` (two or more chunks).
+#: :class:`DockerPartial` with a journal may also return a :class:`forwardd.router.router.Held`.
 FilterResult = Chunk | list[Chunk] | None
 
 
