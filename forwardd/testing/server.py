@@ -14,7 +14,8 @@ docker's driver, anything that speaks the forward protocol), then wait for event
 ``async with TestServer() as server`` does the same inside a running event loop. Faults for testing
 clients: ``ack_delay`` (seconds before each chunk is accepted), ``withhold_acks`` (accept nothing until
 :meth:`release_acks`), ``close_after`` (close each connection after that many requests),
-``refuse_handshake`` (answer every PING with a failure PONG; needs ``shared_key``).
+``refuse_handshake`` (answer every PING with a failure PONG; needs ``shared_key``). ``json_mode=True``
+also takes Fluentd's JSON convenience mode (fluent-logger-golang's ``MarshalAsJSON``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class TestServer:
         limits: Limits | None = None,
         max_inflight: int = 64,
         handshake_timeout: float = 10.0,
+        json_mode: bool = False,
     ) -> None:
         security = None
         if shared_key is not None or refuse_handshake:
@@ -77,6 +79,7 @@ class TestServer:
             max_inflight=max_inflight,
             handshake_timeout=handshake_timeout,
             close_after=close_after,
+            json_mode=json_mode,
         )
         settings = ListenerSettings(
             name="test",

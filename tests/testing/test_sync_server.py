@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 from fluent import sender
 
@@ -78,3 +81,15 @@ def test_stop_twice_is_harmless():
     server.stop()
     with pytest.raises(ConnectionRefusedError):
         ForwardClient("127.0.0.1", port, timeout=2)
+
+
+def test_json_mode_captures_a_json_client_and_acks_it_in_json():
+    with run_test_server(json_mode=True) as server:
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(b'["app.go", 1700000000, {"user": "bob"}, {"chunk": "c1"}]')
+            reply = b""
+            while not reply.endswith(b"}"):
+                reply += sock.recv(100)
+        assert json.loads(reply) == {"ack": "c1"}
+        [event] = server.wait_for(1, timeout=5)
+        assert (event.tag, event.record) == ("app.go", {"user": "bob"})
