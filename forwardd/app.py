@@ -123,9 +123,7 @@ def build_filter(f: Any, index: int) -> Any:
     return cls(name=f"{f.type}[{index}]", **f.to_kwargs())
 
 
-def build_routes(
-    routes: Any, journal_for: Callable[[int, int], PieceJournal] | None = None
-) -> list[Route]:
+def build_routes(routes: Any, journal_for: Callable[[int, int], PieceJournal] | None = None) -> list[Route]:
     """Routes from their configuration; ``journal_for(route, filter)`` gives each filter configured with
     ``journal: true`` its journal (none when not given: tests and ``check-config``)."""
     built = []
@@ -256,13 +254,10 @@ class Daemon:
         labels: dict[str, list[Route]] = {ROOT_LABEL: build_routes(config.routes, journals_of(ROOT_LABEL))}
         for label, routes in config.labels.items():
             labels[label] = build_routes(routes, journals_of(label))
-        self._journaled = [
-            f
-            for rs in labels.values()
-            for r in rs
-            for f in r.filters
-            if isinstance(f, DockerPartial) and f.journal is not None
+        self._partials = [
+            f for rs in labels.values() for r in rs for f in r.filters if isinstance(f, DockerPartial)
         ]
+        self._journaled = [f for f in self._partials if f.journal is not None]
         self.router = Router(labels, self.sinks, root_label=ROOT_LABEL)
         if self.router.error_label is not None:
             # What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
@@ -295,7 +290,7 @@ class Daemon:
 
     def report(self) -> None:
         """Log every source's and every output's counters: events and bytes in and out, acks, errors,
-        retries, dead letters, queue size and delivery latency."""
+        retries, dead letters, queue size and delivery latency; and docker_partial's open lines."""
         for listener in self.listeners:
             log.info("source.stats", listener=listener.settings.name, **listener.stats.as_dict())
         for name, sink in self.sinks.items():
@@ -304,6 +299,17 @@ class Daemon:
                 out = getattr(getattr(sink, "output", None), "stats", None)
                 extra = {"output_stats": _plain(out)} if out is not None else {}
                 log.info("output.stats", output=name, **stats.as_dict(), **extra)
+        for f in self._partials:
+            journal = f.journal
+            log.info(
+                "filter.stats",
+                filter=f.name,
+                open_lines=f.pending,
+                duplicates=f.duplicates,
+                incomplete=f.incomplete,
+                journal=journal.name if journal is not None else None,
+                journaled_chunks=journal.queue.queued_chunks if journal is not None else 0,
+            )
 
     async def _report_loop(self) -> None:
         trim = _malloc_trim()
