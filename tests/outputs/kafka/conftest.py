@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +75,17 @@ class Received:
     headers: list[tuple[str, bytes]]
 
 
-def consume(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Received]:
-    """The first ``count`` records of ``topic`` (all partitions, from the start); fails if fewer arrive."""
+def consume(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float = 20.0,
+    until: Callable[[list[Received]], bool] | None = None,
+) -> list[Received]:
+    """The first ``count`` records of ``topic`` (all partitions, from the start); fails if fewer arrive.
+
+    With ``until``, reads on until it holds of what arrived (at-least-once delivery may have written some
+    records twice, so a count alone can stop short of the last ones); fails if it never does."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -93,11 +102,13 @@ def consume(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> li
             time.sleep(0.1)  # polling the broker's metadata: there is nothing to wait on
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         got: list[Received] = []
-        while len(got) < count and time.monotonic() < deadline:
+        done = (lambda g: len(g) >= count) if until is None else until
+        while not done(got) and time.monotonic() < deadline:
             for m in c.consume(num_messages=10_000, timeout=0.5):
                 assert m.error() is None, m.error()
                 got.append(Received(m.topic(), m.partition(), m.key(), m.value(), m.headers() or []))
         assert len(got) >= count, f"{len(got)} of {count} records arrived on {topic}"
+        assert until is None or until(got), f"{len(got)} records on {topic}, and not all that was expected"
         return got
     finally:
         c.close()

@@ -10,7 +10,7 @@ import pytest
 from forwardd.testing import ForwardClient
 from forwardd.testing.daemon import RunningDaemon, run_daemon
 
-from .conftest import Broker, consume
+from .conftest import Broker, Received, consume
 
 pytestmark = pytest.mark.kafka
 
@@ -44,7 +44,14 @@ def send(d: RunningDaemon, first: int, chunks: int, per_chunk: int = 100) -> Non
 
 
 def numbers(bootstrap: str, topic: str, count: int) -> set[int]:
-    return {orjson.loads(r.value)["n"] for r in consume(bootstrap, topic, count, timeout=30)}
+    """The event numbers on ``topic``, read until 0..count-1 are all there (or 30 s): delivery is at least
+    once, so the first ``count`` records may hold a duplicate and miss the last one."""
+    want = set(range(count))
+
+    def seen(got: list[Received]) -> set[int]:
+        return {orjson.loads(r.value)["n"] for r in got}
+
+    return seen(consume(bootstrap, topic, count, timeout=30, until=lambda got: want <= seen(got)))
 
 
 def test_daemon_delivers_every_acked_event(tmp_path: Path, kafka_broker: Broker, topic: str) -> None:
