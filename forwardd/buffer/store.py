@@ -566,45 +566,48 @@ class SegmentStore:
             if hseg is seg and hstart == start:  # still in memory: no read, no decode
                 hot.popleft()
                 self._hot_bytes -= hend - hstart
-                t = DiskTaken(chunk, seg, start, hend, chunk.count)
-                self._roff = hend
-                self._taken.append(t)
-                return t
+                return self._hand_out(chunk, seg, start, hend, chunk.count)
             if hseg.seq > seg.seq or (hseg is seg and hstart > start):
                 break  # ahead of the reader: records before it come from the file
             hot.popleft()  # behind the reader (skipped by drop_oldest): forget it
             self._hot_bytes -= hend - hstart
-        head = self._read(FRAME_OVERHEAD)
-        if head is None:
+        hdr = self._header_at_cursor()
+        if hdr is None:
             return None
-        hdr = record_header(head, 0)
-        assert hdr is not None
         length, count = hdr
         rec = self._read(length)
         assert rec is not None, "committed record shorter than its header says"
         chunk, _ = decode_record(rec)
-        t = DiskTaken(chunk, seg, start, start + length, count)
-        self._roff = start + length
-        self._taken.append(t)
-        return t
+        return self._hand_out(chunk, seg, start, start + length, count)
 
     def drop_next(self) -> int | None:
         """Skip the next committed record without reading its entries; its event count, or None."""
         seg = self._advance_reader()
         if seg is None:
             return None
+        hdr = self._header_at_cursor()
+        if hdr is None:
+            return None
+        length, count = hdr
+        t = self._hand_out(_DROPPED, seg, self._roff, self._roff + length, count)
+        self.mark_delivered(t)
+        return count
+
+    def _header_at_cursor(self) -> tuple[int, int] | None:
+        """(length, event count) of the committed record at the read cursor, None if there is none."""
         head = self._read(FRAME_OVERHEAD)
         if head is None:
             return None
         hdr = record_header(head, 0)
-        assert hdr is not None
-        length, count = hdr
-        start = self._roff
-        self._roff = start + length
-        t = DiskTaken(_DROPPED, seg, start, start + length, count)
+        assert hdr is not None, "a committed record has a valid header"
+        return hdr
+
+    def _hand_out(self, chunk: Chunk, seg: Segment, start: int, end: int, count: int) -> DiskTaken:
+        """Move the read cursor past the record at ``start`` and track it until it is marked delivered."""
+        t = DiskTaken(chunk, seg, start, end, count)
+        self._roff = end
         self._taken.append(t)
-        self.mark_delivered(t)
-        return count
+        return t
 
     def mark_delivered(self, t: Taken, *, ledger: bool = True) -> bool:
         """Record ``t`` as done; move the ack cursor over the done prefix, delete finished segments.
