@@ -248,20 +248,14 @@ def _decode_plain(entries: bytes, count: int, received_ns: int) -> PlainEntries 
     return PlainEntries(seconds, nanos, records)
 
 
-def decode_entries(entries: bytes, received_ns: int, count: int = 0) -> tuple[list[Event], int]:
+def decode_entries(entries: bytes, received_ns: int) -> tuple[list[Event], int]:
     """Decode PackedForward entries into events; returns the events and how many entries were invalid.
-
-    ``count``, the number of entries the framing found, enables the fast path for plain entries; the
-    result is the same either way.
+    (The general path: :meth:`Chunk.events` first tries the plain fast path, with the same result.)
 
     An entry whose value cannot be built (a map key that is a map or an array: TypeError; a msgpack
     Timestamp of a bad length: ValueError) is skipped and decoding resumes at the next entry, so one such
     entry does not take the rest of the chunk with it. Only bytes that do not frame end the decoding.
     """
-    if count:
-        plain = _decode_plain(entries, count, received_ns)
-        if plain is not None:
-            return plain.events(), 0
     events: list[Event] = []
     append = events.append
     invalid = 0
