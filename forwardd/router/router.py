@@ -19,7 +19,8 @@ synchronously, else one awaitable that resolves when all did: the sink's own whe
 error label to redirect to, else a coroutine (await it once, or close it). Failures:
 
 * a filter raising sends the chunk it was given to the error label (``@ERROR``) when there is one, else
-  drops it; either way it is counted and logged (``filter.failed``);
+  drops it; either way it is counted and logged (``filter.failed``). A ChunkRejected from a filter (its
+  journal cannot take the chunk) is no bug: it reaches the session as a sink's rejection would;
 * a sink rejecting permanently sends the chunk to the error label when there is one (the client is acked,
   as Fluentd does with ``@ERROR``), else the rejection reaches the session;
 * a temporary rejection always reaches the session, so the client resends;
@@ -387,6 +388,8 @@ class Router:
             for pos, call in enumerate(calls):
                 try:
                     out = call(chunk)
+                except ChunkRejected:
+                    raise  # a filter that cannot take the chunk now (its journal): as a sink refusing it
                 except Exception as exc:
                     pending: list[Awaitable[None]] = []
                     errors: list[ChunkRejected] = []
@@ -460,6 +463,9 @@ class Router:
         for pos in range(start, len(calls)):
             try:
                 out = calls[pos](chunk)
+            except ChunkRejected as exc:  # cannot take it now (a filter's journal): as a sink refusing it
+                errors.append(exc)
+                return
             except Exception as exc:  # a filter's bug must not take the session down: route it to @ERROR
                 self._filter_failed(compiled, compiled.filters[pos], chunk, exc, pending, errors, in_error)
                 return

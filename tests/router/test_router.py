@@ -731,3 +731,23 @@ async def test_held_callback_runs_after_a_permanent_refusal_but_not_a_temporary_
         with pytest.raises(ChunkRejected):
             await asyncio.wait_for(result, 2)  # type: ignore[arg-type]
         assert j.accepted == (["app.web"] if permanent else [])
+
+
+@pytest.mark.parametrize("extra_route", [False, True])
+def test_a_filter_that_cannot_take_a_chunk_now_is_a_rejection_not_a_dropped_bug(extra_route: bool) -> None:
+    """docker_partial's journal refusing a chunk (closing) must reach the client as a temporary rejection
+    (no ack: it resends), not be counted as a filter failure and dropped (acked and lost)."""
+
+    def refusing(c):  # type: ignore[no-untyped-def]
+        raise ChunkRejected("journal closing", permanent=False)
+
+    refusing.name = "refusing"  # type: ignore[attr-defined]
+    out = RecordingSink("out")
+    routes = [route("app.**", "out", filters=[refusing], continue_=extra_route)]
+    if extra_route:  # a second matching route: the general walk instead of the one-route fast path
+        routes.append(route("app.**", "out"))
+    router = Router({"@ROOT": routes}, sinks(out))
+    with pytest.raises(ChunkRejected) as info:
+        router.entry()(chunk("app.web"))
+    assert not info.value.permanent
+    assert router.stats.filter_errors == 0
