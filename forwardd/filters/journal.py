@@ -16,6 +16,7 @@ again: at least once, like every other delivery.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable
 
 import structlog
@@ -49,7 +50,7 @@ class PieceJournal:
         self.queue = DiskQueue(directory, name=name, max_size=256 * 1024 * 1024, max_segment_size=4 << 20)
         # Entries whose commit has not finished, oldest first: commits finish in order, and the queue
         # hands committed records out in that same order, so each finished commit takes the next one.
-        self._waiting: list[JournalEntry] = []
+        self._waiting: deque[JournalEntry] = deque()
         self.started = False
 
     async def start(self) -> list[tuple[Chunk, JournalEntry]]:
@@ -70,7 +71,7 @@ class PieceJournal:
         self._waiting.append(entry)
 
         def committed(f: asyncio.Future[None]) -> None:
-            done = self._waiting.pop(0)
+            done = self._waiting.popleft()
             assert done is entry, "journal commits finish in order"
             if f.cancelled() or f.exception() is not None:
                 return  # not in the journal: the client gets no ack and resends
