@@ -35,11 +35,19 @@ after damage, so a bad sector costs the records in it, not the rest of the segme
 Group commit
 ------------
 ``submit`` does no I/O: it appends the chunk (held by reference, not copied) to a pending list and returns a
-future. One commit task takes the whole pending list, hands it to a single writer thread, which builds the
-framing (CRC included, outside the GIL for large entries), writes every record of the batch with one
-``pwritev`` per segment run and, under ``always``, one ``fdatasync``; then every future of the batch
-resolves. Chunks submitted while that commit runs form the next batch, so one fsync (~0.3-1 ms here) serves
-every connection that sent something meanwhile, and the event loop keeps reading sockets throughout.
+future. One commit task takes the whole pending list, builds the framing (CRC included), writes every
+record of the batch with one ``pwritev`` per segment run and, under ``always``, one ``fdatasync``; then
+every future of the batch resolves. Chunks submitted while that commit runs form the next batch, so one
+fsync (~0.3-1 ms here) serves every connection that sent something meanwhile.
+
+Where the commit runs depends on its size. A batch of up to ``inline_commit_max`` bytes (64 KiB: dozens of
+docker messages) is written on the event loop thread. Its cost is the fdatasync's latency, and handing it to
+a thread costs more: the woken thread waits for the GIL and a CPU while the loop is busy, 0.3-0.5 ms per
+hand-off on a 2-core machine, twice per commit. Measured with 16 docker-style clients that each wait for
+their ack, committing inline carried 30-45% more events per second. Larger batches (PackedForward chunks,
+bursts) go to the single writer thread, so the loop keeps reading sockets while megabytes are written and
+synced. A disk whose commits become slow (average over ``INLINE_MAX_SECONDS``) sends every batch to the thread
+until it is fast again: a stalling disk must not freeze the event loop, its other connections and outputs.
 
 fsync policy:
 ``always`` (default)
@@ -90,8 +98,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -101,7 +111,9 @@ from forwardd.buffer.store import DEFAULT_MAX_SEGMENT_SIZE, SegmentStore, WriteE
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
 
-__all__ = ["DEFAULT_MAX_SEGMENT_SIZE", "DEFAULT_MAX_SIZE", "DiskQueue"]
+__all__ = ["DEFAULT_MAX_SEGMENT_SIZE", "DEFAULT_MAX_SIZE", "INLINE_COMMIT_MAX", "DiskQueue"]
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger("forwardd.buffer")
 
@@ -109,6 +121,13 @@ log = structlog.get_logger("forwardd.buffer")
 DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 
 _Pending = tuple[Chunk, "asyncio.Future[None]", int]
+
+#: Batches up to this many bytes are committed on the event loop thread (see "Group commit").
+INLINE_COMMIT_MAX = 64 * 1024
+#: Commits slower than this on average go to the writer thread, whatever their size.
+INLINE_MAX_SECONDS = 0.005
+#: Weight of the newest commit in the average commit time.
+_COST_WEIGHT = 0.2
 
 
 class DiskQueue:
@@ -127,6 +146,7 @@ class DiskQueue:
         write_retry_initial: float = 0.05,
         write_retry_max: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        inline_commit_max: int = INLINE_COMMIT_MAX,
     ) -> None:
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"unknown fsync policy {fsync!r}")
@@ -142,6 +162,11 @@ class DiskQueue:
         self._retry_initial = write_retry_initial
         self._retry_max = write_retry_max
         self._sleep = sleep
+        self.inline_commit_max = inline_commit_max
+        #: Moving average of the seconds a commit's write took; decides inline or thread.
+        self.commit_seconds = 0.0
+        self.inline_commits = 0
+        self._thread_jobs = 0
         self._store: SegmentStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -166,10 +191,9 @@ class DiskQueue:
 
     async def start(self) -> None:
         """Recover the directory (in the writer thread) and start committing."""
-        loop = self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forwardd-buffer")
-        self._store = await loop.run_in_executor(
-            self._executor,
+        self._store = await self._in_thread(
             lambda: SegmentStore.open(
                 self.directory, max_segment_size=self.max_segment_size, fsync=self.fsync
             ),
@@ -196,12 +220,11 @@ class DiskQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        loop = asyncio.get_running_loop()
         store = self._store
         assert self._executor is not None
         self._closed = True  # store.close writes the ledger itself, durably
         try:
-            await loop.run_in_executor(self._executor, store.close)
+            await self._in_thread(store.close)
         except OSError as exc:
             log.error("buffer.close_failed", buffer=self.name, error=str(exc))
         self._executor.shutdown(wait=True)
@@ -300,7 +323,6 @@ class DiskQueue:
     # ------------------------------------------------------------------------------------- commit side
 
     async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         store = self._store
         assert store is not None
         while True:
@@ -310,12 +332,15 @@ class DiskQueue:
                 if self._closing:
                     return
                 continue
+            if self._pending_bytes <= self.inline_commit_max and not self._closing:
+                # One more loop iteration first: requests read in the same poll join this commit.
+                await asyncio.sleep(0)
             batch, self._pending = self._pending, []
             self._committing = len(batch)
             delay = self._retry_initial
             while True:
                 try:
-                    res = await loop.run_in_executor(self._executor, store.write, [p[0] for p in batch])
+                    res = await self._write(store, batch)
                 except WriteError as err:
                     batch = self._settle(err.result, batch)
                     self._committing = len(batch)
@@ -354,6 +379,43 @@ class DiskQueue:
             if self._pending:
                 self._wake.set()
 
+    async def _write(self, store: SegmentStore, batch: list[_Pending]) -> WriteResult:
+        """Commit ``batch`` inline when it is small and the disk fast, else in the writer thread."""
+        chunks = [p[0] for p in batch]
+        if (
+            self._thread_jobs == 0  # never beside the thread: the store's writer side is single-threaded
+            and self.commit_seconds <= INLINE_MAX_SECONDS
+            and sum(p[2] for p in batch) <= self.inline_commit_max
+        ):
+            self.inline_commits += 1
+            t0 = time.perf_counter()
+            try:
+                return store.write(chunks)
+            finally:
+                self._note_commit(time.perf_counter() - t0)
+
+        def timed() -> WriteResult:
+            t0 = time.perf_counter()
+            try:
+                return store.write(chunks)
+            finally:
+                self._note_commit(time.perf_counter() - t0)  # one float store; read on the loop
+
+        return await self._in_thread(timed)
+
+    def _note_commit(self, seconds: float) -> None:
+        self.commit_seconds += _COST_WEIGHT * (seconds - self.commit_seconds)
+
+    async def _in_thread(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the writer thread; counted, so that no inline commit runs beside it."""
+        assert self._loop is not None
+        assert self._executor is not None
+        self._thread_jobs += 1
+        try:
+            return await self._loop.run_in_executor(self._executor, fn)
+        finally:
+            self._thread_jobs -= 1
+
     def _settle(self, res: WriteResult, batch: list[_Pending]) -> list[_Pending]:
         """Publish a (possibly partial) commit, resolve its futures; the uncommitted rest of ``batch``."""
         assert self._store is not None
@@ -369,13 +431,12 @@ class DiskQueue:
         return batch[n:]
 
     async def _sync_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         store = self._store
         assert store is not None
         while True:
             await self._sleep(self.fsync_interval)
             try:
-                await loop.run_in_executor(self._executor, store.sync)
+                await self._in_thread(store.sync)
             except OSError as exc:
                 log.error("buffer.sync_failed", buffer=self.name, error=str(exc))
 

@@ -35,7 +35,9 @@ async def queue(tmp_path: Path) -> AsyncIterator[DiskQueue]:
     await q.close()
 
 
-async def test_one_commit_serves_every_submit_made_while_another_commit_runs(queue: DiskQueue) -> None:
+async def test_one_commit_serves_every_submit_made_while_another_commit_runs(tmp_path: Path) -> None:
+    queue = DiskQueue(str(tmp_path), max_segment_size=4096, inline_commit_max=0)  # commits in the thread
+    await queue.start()
     store = queue._store
     assert store is not None
     inside, release = threading.Event(), threading.Event()
@@ -56,6 +58,72 @@ async def test_one_commit_serves_every_submit_made_while_another_commit_runs(que
     assert queue.commits == 2  # 40 chunks, two fsyncs
     got = [(await queue.get()).chunk.count for _ in range(40)]
     assert got == list(range(40))
+    assert queue.inline_commits == 0
+    await queue.close()
+
+
+async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    queue = DiskQueue(str(tmp_path), inline_commit_max=64 * 1024)
+    await queue.start()
+    store = queue._store
+    assert store is not None
+    threads: list[int] = []
+    real_write = store.write
+
+    def spied_write(chunks: list[Chunk]):
+        threads.append(threading.get_ident())
+        return real_write(chunks)
+
+    store.write = spied_write  # type: ignore[method-assign]
+    small = [queue.submit(chunk(i)) for i in range(40)]  # 40 x ~250 B: one inline commit
+    await asyncio.wait_for(asyncio.gather(*small), TIMEOUT)
+    assert threads == [threading.get_ident()]
+    assert queue.commits == 1
+    assert queue.inline_commits == 1
+    await asyncio.wait_for(queue.submit(chunk(1, size=100 * 1024)), TIMEOUT)
+    assert len(threads) == 2
+    assert threads[1] != threading.get_ident()
+    assert queue.inline_commits == 1
+    got = [(await queue.get()).chunk.count for _ in range(41)]
+    assert got == [*range(40), 1]
+    await queue.close()
+
+
+async def test_a_slow_disk_moves_commits_off_the_loop_thread(tmp_path: Path) -> None:
+    """A disk that stalls must not stall the event loop: once commits are slow on average, even small
+    batches go to the writer thread (a delay injected into the store stands in for the slow disk)."""
+    queue = DiskQueue(str(tmp_path))
+    await queue.start()
+    store = queue._store
+    assert store is not None
+    threads: list[int] = []
+    real_write = store.write
+    delay = threading.Event()  # never set: wait() is the injected stall
+
+    def slow_write(chunks: list[Chunk]):
+        threads.append(threading.get_ident())
+        delay.wait(0.02)
+        return real_write(chunks)
+
+    store.write = slow_write  # type: ignore[method-assign]
+    for i in range(6):
+        await asyncio.wait_for(queue.submit(chunk(i)), TIMEOUT)
+    loop_thread = threading.get_ident()
+    assert threads[0] == loop_thread  # fast until shown otherwise
+    assert threads[-1] != loop_thread  # the average passed INLINE_MAX_SECONDS
+    first_off = next(i for i, t in enumerate(threads) if t != loop_thread)
+    assert all(t != loop_thread for t in threads[first_off:])
+    store.write = real_write  # type: ignore[method-assign]
+    for i in range(200):  # fast again: the average decays and commits come back to the loop
+        await asyncio.wait_for(queue.submit(chunk(i)), TIMEOUT)
+        if queue.commit_seconds < 0.005:
+            break
+    before = queue.inline_commits
+    await asyncio.wait_for(queue.submit(chunk(0)), TIMEOUT)
+    assert queue.inline_commits == before + 1
+    await queue.close()
 
 
 def open_segment_size(path: Path) -> int:
