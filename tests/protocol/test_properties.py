@@ -176,3 +176,113 @@ def test_chunks_out_of_arbitrary_packed_payloads_decode_without_raising(payload:
         assert len(evs) + invalid == ev.chunk.count
     else:
         assert ev.reason == "bad_entries"
+
+
+# --- the single-message shortcut (Decoder.feed) ---------------------------------------------------------
+
+option_maps = st.one_of(
+    st.none(),
+    st.just({}),
+    st.builds(
+        lambda c: {"chunk": c}, st.one_of(text, st.binary(max_size=10), st.integers(-5, 2**40), st.none())
+    ),
+    st.builds(lambda c, n: {"chunk": c, "size": n}, text, st.integers(0, 5)),
+    st.builds(lambda n: {"size": n}, st.integers(0, 5)),
+    st.just({"compressed": "gzip"}),
+    st.dictionaries(text, leaves, max_size=2),
+    leaves,
+)
+loose_tags = st.one_of(tags, st.binary(max_size=8), st.integers(-5, 2**40), st.just(b"\xff\xfe"))
+
+
+@st.composite
+def message_like_frames(draw: st.DrawFn) -> bytes:
+    """4-element arrays shaped like Message mode: mostly what the shortcut takes, often one detail off."""
+    if draw(st.integers(0, 3)) == 0:
+        return message(draw(tags), draw(times), draw(records), chunk=draw(chunk_ids))
+    tag = draw(tags) if draw(st.integers(0, 4)) else draw(loose_tags)
+    good_time = st.one_of(st.integers(0, 2**32 - 1), st.integers(NS, 2**32 * NS - 1).map(event_time))
+    time_value = draw(good_time) if draw(st.integers(0, 3)) else draw(st.one_of(times, text, leaves))
+    body = draw(records) if draw(st.integers(0, 2)) else draw(st.one_of(leaves, st.lists(leaves, max_size=2)))
+    return msgpack.packb([tag, time_value, body, draw(option_maps)], use_bin_type=True, datetime=False)
+
+
+def full_outcome(ev: Any) -> tuple[Any, ...]:
+    if isinstance(ev, EntriesReceived):
+        c = ev.chunk
+        return (*outcome(ev), ev.requests, ev.acks, c.entries, c.received_ns)
+    return outcome(ev)
+
+
+def run_reads(
+    reads: list[bytes], shortcut: bool, limits: Limits | None = None
+) -> tuple[list[Any], str | None]:
+    conn = ServerConnection(limits=limits, clock_ns=lambda: RECV)
+    conn.decoder.merge_messages = False
+    conn.decoder.single_message_shortcut = shortcut
+    out: list[Any] = []
+    try:
+        for r in reads:
+            out += [full_outcome(ev) for ev in conn.receive_data(r)]
+    except ProtocolError as exc:
+        out += [full_outcome(ev) for ev in exc.events]
+        return out, exc.reason
+    return out, None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(message_like_frames(), frames()), min_size=1, max_size=6), st.data())
+def test_single_message_shortcut_changes_nothing(stream: list[bytes], data: st.DataObject) -> None:
+    """Reads of one whole request each (the shortcut's case), sometimes mutated, split or glued to the
+    next: the events, acks, entry bytes and errors are those of the general path, byte for byte."""
+    reads: list[bytes] = []
+    for frame in stream:
+        frame = bytearray(frame)
+        if data.draw(st.integers(0, 4)) == 0:
+            frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+        how = data.draw(st.sampled_from(["whole", "whole", "split", "glue"]))
+        if how == "split" and len(frame) > 1:
+            cut = data.draw(st.integers(1, len(frame) - 1))
+            reads += [bytes(frame[:cut]), bytes(frame[cut:])]
+        elif how == "glue" and reads:
+            reads[-1] += bytes(frame)
+        else:
+            reads.append(bytes(frame))
+    limits = data.draw(st.sampled_from([None, Limits(max_frame_size=120, max_tag_size=6)]))
+    assert run_reads(reads, True, limits) == run_reads(reads, False, limits)
+
+
+@settings(max_examples=500, deadline=None)
+@given(message_like_frames(), st.integers(0, 3), st.data())
+def test_single_message_shortcut_judges_one_read_as_the_general_path(
+    frame: bytes, mutate: int, data: st.DataObject
+) -> None:
+    """The shortcut's own case, concentrated: a read that is one whole request, intact or with a byte
+    overwritten, then a second request to show the decoder's state is intact."""
+    blob = bytearray(frame)
+    if mutate == 0:
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    after = message("next", 1, {"k": "v"}, chunk="n")
+    reads = [bytes(blob), after[:3], after[3:]]  # the second request goes the general way
+    limits = data.draw(st.sampled_from([None, Limits(max_tag_size=6)]))
+    assert run_reads(reads, True, limits) == run_reads(reads, False, limits)
+
+
+def test_single_message_shortcut_is_taken_for_docker_requests() -> None:
+    """The shortcut must really run for what docker sends, or the property above proves nothing: it
+    skips the Unpackers, so their offsets move only through the shortcut's bookkeeping."""
+    rec = {"container_id": "c" * 64, "container_name": "/app", "source": "stdout", "log": "hello"}
+    conn = ServerConnection(clock_ns=lambda: RECV)
+    dec = conn.decoder
+    frames_ = [message("docker.abc", event_time(NS + i), rec, chunk=f"id{i}") for i in range(3)]
+    for f in frames_:
+        (ev,) = conn.receive_data(f)
+        assert isinstance(ev, EntriesReceived)
+        assert ev.ack == b"\x81\xa3ack" + msgpack.packb(f"id{frames_.index(f)}")
+    assert dec._framer.tell() == 0  # never fed: all three went the short way
+    tail = message("docker.abc", event_time(NS), rec, chunk="last")
+    assert conn.receive_data(tail[:5]) == []
+    (ev,) = conn.receive_data(tail[5:])
+    assert isinstance(ev, EntriesReceived)
+    assert ev.chunk.count == 1
+    assert dec._framer.tell() == len(tail)  # a split request goes the general way, offsets intact
