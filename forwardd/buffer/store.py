@@ -44,6 +44,12 @@ DEFAULT_MAX_SEGMENT_SIZE = 16 * 1024 * 1024
 READ_AHEAD = 1024 * 1024
 #: Bytes of committed, undelivered records also kept in memory for the delivery loop (see ``_hot``).
 HOT_MAX = 16 * 1024 * 1024
+#: Zeros written ahead of small commits, per step (see ``SegmentStore._extend_runway``).
+RUNWAY_STEP = 1024 * 1024
+#: The runway is extended when less than this is left ahead of the write position.
+RUNWAY_LOW = 64 * 1024
+#: Only commits up to this size extend it: their cost is the fsync's latency, not its bandwidth.
+RUNWAY_BATCH_MAX = 64 * 1024
 #: Linux IOV_MAX: the most buffers one pwritev accepts.
 IOV_MAX = 1024
 LEDGER = "ledger.json"
@@ -129,6 +135,8 @@ class SegmentStore:
         self._cur_path = ""
         self._cur_sealed = False
         self._wpos = 0
+        self._file_end = 0  # size of the current segment's file: records, then zeros (the runway)
+        self._runway_failed = False
         self._next_seq = 0
         self._need_roll = False
         self._unsynced = False
@@ -194,6 +202,7 @@ class SegmentStore:
             tail = self._create_segment()
             self._segments.append(tail)
         self._current, self._cur_path, self._wpos, self._committed_pos = tail, tail.path, tail.end, tail.end
+        self._file_end = tail.end  # recovery truncated the open segment to its last record
         self._rseg = self._segments[0]
         self._roff = self._ack_off
         self._write_ledger(durable=fsync != "never")
@@ -275,8 +284,12 @@ class SegmentStore:
                 os.ftruncate(fd, res.bad_at)
                 if self.fsync != "never":
                     os.fsync(fd)
-                stats.truncated_bytes += res.size - res.bad_at
-                log.info("buffer.truncated", segment=path, at=res.bad_at, bytes=res.size - res.bad_at)
+                # Zeros after the last record are the runway (or a write that never reached the disk):
+                # nothing to report. Anything else is a torn write.
+                torn = len(data.rstrip(b"\0")) - res.bad_at
+                if torn > 0:
+                    stats.truncated_bytes += torn
+                    log.info("buffer.truncated", segment=path, at=res.bad_at, bytes=torn)
             elif res.bad_at is not None:
                 os.close(fd)
                 fd = -1
@@ -386,6 +399,9 @@ class SegmentStore:
         cur = self._current
         assert cur is not None
         if not self._cur_sealed:
+            if self._file_end > self._wpos:
+                os.ftruncate(cur.fd, self._wpos)  # a sealed segment ends with its last record
+                self._file_end = self._wpos
             if self.fsync != "never":
                 os.fdatasync(cur.fd)
             self._committed_pos = self._wpos
@@ -396,7 +412,8 @@ class SegmentStore:
             res.sealed.append((cur, sealed_path))
         seg = self._create_segment()
         self._current, self._cur_path, self._cur_sealed = seg, seg.path, False
-        self._wpos = self._committed_pos = 0
+        self._wpos = self._committed_pos = self._file_end = 0
+        self._runway_failed = False
         self._need_roll = False
         res.created.append(seg)
 
@@ -410,6 +427,7 @@ class SegmentStore:
         always = self.fsync == "always"
         limit = self.max_segment_size
         i, n = 0, len(chunks)
+        start_pos = self._wpos
         try:
             while i < n:
                 if self._need_roll:
@@ -436,6 +454,7 @@ class SegmentStore:
                     self._need_roll = True
                     continue
                 self._wpos = pos + size  # before the write: a short write must be truncated away too
+                self._file_end = max(self._file_end, self._wpos)
                 self._pwrite_all(cur.fd, iov, pos)
                 res.runs.append((cur, self._wpos, j - i))
                 if not always:
@@ -443,6 +462,8 @@ class SegmentStore:
                     self._unsynced = True
                 i = j
             if always and self._committed_pos < self._wpos:
+                if self._file_end - self._wpos < RUNWAY_LOW and self._wpos - start_pos <= RUNWAY_BATCH_MAX:
+                    self._extend_runway()
                 os.fdatasync(self._current.fd)  # type: ignore[union-attr]
                 self._committed_pos = self._wpos
         except OSError as exc:
@@ -450,6 +471,35 @@ class SegmentStore:
             raise WriteError(res, exc) from exc
         res.committed = n
         return res
+
+    def _extend_runway(self) -> None:
+        """Write zeros ahead of the write position, to be flushed by the commit's fdatasync.
+
+        An fdatasync after an append must also commit the file's new size to the filesystem journal; one
+        after an overwrite of blocks already written need not. Measured here on ext4: 0.31-0.36 ms median
+        and 1.2-2.3 ms p99 per commit when appending, 0.21 ms and 0.45 ms when overwriting zeros. So small
+        commits, whose cost is that latency, write into zeros laid down a step at a time; one commit per
+        step (a megabyte of records) pays for flushing the step. The zeros never outlive the segment's
+        open state: sealing and closing truncate them, and recovery cuts them off silently.
+        """
+        cur = self._current
+        assert cur is not None
+        start = self._file_end
+        end = min(start + RUNWAY_STEP, self.max_segment_size)
+        if end <= start or self._runway_failed:
+            return
+        try:
+            self._pwrite_all(cur.fd, [_ZEROS[: end - start]], start)
+        except OSError:
+            # A full disk: the records are written, only the zeros ahead are not. Leave them out (and
+            # the file as it was) for the rest of this segment; the commit itself goes on.
+            self._runway_failed = True
+            try:
+                os.ftruncate(cur.fd, start)
+            except OSError:
+                pass  # zeros past the records: recovery cuts them off
+            return
+        self._file_end = end
 
     def _pwrite_all(self, fd: int, iov: list[bytes], pos: int) -> None:
         """One pwritev for the whole run; loops only on a short write (rare: signals, nearly full disk)."""
@@ -478,12 +528,12 @@ class SegmentStore:
             res.runs.pop()
         res.committed = sum(k for _, _, k in res.runs)
         del res.records[res.committed :]
-        if self._wpos > keep:
+        if self._file_end > keep:
             try:
                 os.ftruncate(cur.fd, keep)
             except OSError:
                 pass  # recovery truncates or resyncs past the garbage
-            self._wpos = keep
+            self._wpos = self._file_end = keep
         if keep > 0 or self._cur_sealed:
             self._need_roll = True
 
@@ -661,6 +711,9 @@ class SegmentStore:
     def close(self) -> None:
         """Flush and release every file (after the writer thread is done)."""
         try:
+            if self._current is not None and self._file_end > self._wpos and not self._cur_sealed:
+                os.ftruncate(self._current.fd, self._wpos)  # a clean stop leaves no runway behind
+                self._file_end = self._wpos
             if self.fsync != "never" and self._current is not None:
                 os.fdatasync(self._current.fd)
             self._write_ledger(durable=self.fsync != "never")
@@ -675,6 +728,8 @@ class SegmentStore:
 
 
 _DROPPED = Chunk("", b"", 0, 0)
+#: The runway's zeros (calloc'd: untouched pages cost no memory).
+_ZEROS = bytes(RUNWAY_STEP)
 
 
 def _read_all(fd: int) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forwardd.buffer import DiskQueue
-from forwardd.buffer.segment import frame_size
+from forwardd.buffer.segment import frame_size, scan
 from forwardd.buffer.store import SegmentStore
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
@@ -126,15 +126,21 @@ async def test_a_slow_disk_moves_commits_off_the_loop_thread(tmp_path: Path) -> 
     await queue.close()
 
 
-def open_segment_size(path: Path) -> int:
-    return next(p for p in path.iterdir() if p.suffix == ".open").stat().st_size
+def open_segment_records(path: Path) -> tuple[list[tuple[int, int, int]], bytes]:
+    """The records of the open segment, and what follows them (the runway's zeros, if any)."""
+    data = next(p for p in path.iterdir() if p.suffix == ".open").read_bytes()
+    res = scan(data)
+    end = res.spans[-1][1] if res.spans else 0
+    return res.spans, data[end:]
 
 
 async def test_committed_chunks_are_on_disk_when_the_future_resolves(tmp_path: Path) -> None:
     q = DiskQueue(str(tmp_path))
     await q.start()
     await asyncio.wait_for(q.submit(chunk(7)), TIMEOUT)
-    assert open_segment_size(tmp_path) == frame_size(chunk(7))
+    spans, rest = open_segment_records(tmp_path)
+    assert spans == [(0, frame_size(chunk(7)), 7)]
+    assert rest.count(0) == len(rest)
     await q.close()
 
 
@@ -296,7 +302,11 @@ async def test_full_disk_keeps_futures_pending_until_space_returns(disk: DiskFul
         backoff_started.clear()
         go_on.set()  # one more failed attempt, still no room
         await asyncio.wait_for(backoff_started.wait(), TIMEOUT)
-        assert not any(f.done() for f in futs)
+        # Chunks that fit in space the segment already had (its runway) are committed; from the first
+        # that did not, none is, in order.
+        done = [f.done() for f in futs]
+        assert not done[-1]
+        assert done == sorted(done, reverse=True)
         assert delays == [0.05, 0.1]
         late = q.submit(chunk(25, 3000))  # arrives during the outage: joins the retried batch
         disk.free()

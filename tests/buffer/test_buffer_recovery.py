@@ -217,3 +217,101 @@ def test_kill_9_ledger_state_is_json(tmp_path: Path) -> None:
     store.mark_delivered(t)
     assert json.loads((tmp_path / "ledger.json").read_bytes()) == {"seq": 0, "offset": frame_size(chunk(0))}
     store.close()
+
+
+# --- the runway: zeros ahead of small commits under fsync "always" ---------------------------------------
+
+
+def open_always(path: Path, seg: int = 64 * 1024) -> SegmentStore:
+    return SegmentStore.open(str(path), max_segment_size=seg, fsync="always")
+
+
+def test_small_commits_write_into_zeros_laid_ahead(tmp_path: Path) -> None:
+    store = open_always(tmp_path)
+    store.publish(store.write([chunk(0)]))
+    (seg,) = segment_files(tmp_path)
+    assert seg.stat().st_size == 64 * 1024  # the runway reaches the segment's end (< one step)
+    size_after_first = seg.stat().st_size
+    store.publish(store.write([chunk(1), chunk(2)]))
+    assert seg.stat().st_size == size_after_first  # written into the zeros: the file did not grow
+    data = seg.read_bytes()
+    end = 3 * frame_size(chunk(0))
+    assert data[end:].count(0) == len(data) - end
+    store.close()
+    assert seg.stat().st_size == end  # a clean stop leaves no runway behind
+
+
+def test_a_crash_leaves_a_runway_that_recovery_cuts_silently(tmp_path: Path) -> None:
+    store = open_always(tmp_path)
+    chunks = [chunk(i) for i in range(4)]
+    store.publish(store.write(chunks))
+    (seg,) = segment_files(tmp_path)
+    assert seg.stat().st_size > 4 * frame_size(chunk(0))  # as kill -9 would leave it: no close()
+    with capture_logs() as logs:
+        out = drain(tmp_path)
+    assert tags(out) == tags(chunks)
+    assert not [e for e in logs if e["event"] == "buffer.truncated"]
+    (rec,) = [e for e in logs if e["event"] == "buffer.recovered"]
+    assert rec["truncated_bytes"] == 0
+
+
+def test_a_torn_record_inside_the_runway_is_reported_without_the_zeros(tmp_path: Path) -> None:
+    store = open_always(tmp_path)
+    chunks = [chunk(i) for i in range(3)]
+    store.publish(store.write(chunks))
+    (seg,) = segment_files(tmp_path)
+    torn = MAGIC + b"\x00\x00\x01\x00" + b"\xff" * 40  # half a record, then the runway's zeros
+    with seg.open("r+b") as f:
+        f.seek(3 * frame_size(chunk(0)))
+        f.write(torn)
+    with capture_logs() as logs:
+        out = drain(tmp_path)
+    assert tags(out) == tags(chunks)
+    assert [e["bytes"] for e in logs if e["event"] == "buffer.truncated"] == [len(torn)]
+
+
+def test_sealed_segments_end_with_their_last_record(tmp_path: Path) -> None:
+    store = open_always(tmp_path, seg=1000)
+    store.publish(store.write([chunk(0)]))
+    for i in range(1, 12):  # one at a time: small commits, each extending the runway as needed
+        store.publish(store.write([chunk(i)]))
+    store.close()
+    sealed = [p for p in segment_files(tmp_path) if p.suffix == ".sealed"]
+    assert len(sealed) >= 2
+    for p in sealed:
+        assert p.stat().st_size == PER_SEG * frame_size(chunk(0))
+    assert tags(drain(tmp_path)) == [f"app.{i}" for i in range(12)]
+
+
+def test_large_commits_append_without_a_runway(tmp_path: Path) -> None:
+    """Bulk commits are bound by bandwidth, not fsync latency: writing zeros first would only double it."""
+    store = SegmentStore.open(str(tmp_path), max_segment_size=16 << 20, fsync="always")
+    big = [chunk(i, 20_000) for i in range(5)]  # 100 kB in one commit
+    store.publish(store.write(big))
+    (seg,) = segment_files(tmp_path)
+    assert seg.stat().st_size == sum(map(frame_size, big))
+    store.close()
+
+
+def test_a_runway_that_cannot_be_written_does_not_fail_the_commit(tmp_path: Path) -> None:
+    """A full disk (injected: only the zeros' write fails) costs the runway, not the records."""
+    store = open_always(tmp_path)
+    real = store._pwritev
+    failed: list[int] = []
+
+    def pwritev(fd: int, bufs: list[bytes], pos: int) -> int:
+        if len(bufs) == 1 and len(bufs[0]) > 1000 and not any(bufs[0]):
+            failed.append(pos)
+            raise OSError(28, "No space left on device")
+        return real(fd, bufs, pos)
+
+    store._pwritev = pwritev  # type: ignore[method-assign]
+    res = store.write([chunk(0)])
+    assert res.committed == 1
+    store.publish(res)
+    store.publish(store.write([chunk(1)]))  # no second attempt in this segment
+    assert len(failed) == 1
+    (seg,) = segment_files(tmp_path)
+    assert seg.stat().st_size == 2 * frame_size(chunk(0))
+    store.close()
+    assert tags(drain(tmp_path)) == ["app.0", "app.1"]
