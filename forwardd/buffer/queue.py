@@ -49,6 +49,11 @@ bursts) go to the single writer thread, so the loop keeps reading sockets while 
 synced. A disk whose commits become slow (average over ``INLINE_MAX_SECONDS``) sends every batch to the thread
 until it is fast again: a stalling disk must not freeze the event loop, its other connections and outputs.
 
+Before a small commit under ``always``, the commit task waits up to ``COMMIT_GATHER_SECONDS`` (0.3 ms) for
+as many chunks as the previous commit carried, reading sockets meanwhile (:meth:`DiskQueue._gather`).
+Without it, clients that each wait for their ack split into cohorts that take turns at the disk. With 16
+such clients it carried 25-45% more events per second, and p99 ack latency fell.
+
 fsync policy:
 ``always`` (default)
     futures resolve after the fdatasync: an ack means the chunk survives a power loss.
@@ -126,6 +131,8 @@ _Pending = tuple[Chunk, "asyncio.Future[None]", int]
 INLINE_COMMIT_MAX = 64 * 1024
 #: Commits slower than this on average go to the writer thread, whatever their size.
 INLINE_MAX_SECONDS = 0.005
+#: The longest a small commit waits for as many chunks as the previous one carried (see ``_gather``).
+COMMIT_GATHER_SECONDS = 0.0003
 #: Weight of the newest commit in the average commit time.
 _COST_WEIGHT = 0.2
 
@@ -167,6 +174,7 @@ class DiskQueue:
         self.commit_seconds = 0.0
         self.inline_commits = 0
         self._thread_jobs = 0
+        self._last_batch = 0
         self._store: SegmentStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -335,6 +343,8 @@ class DiskQueue:
             if self._pending_bytes <= self.inline_commit_max and not self._closing:
                 # One more loop iteration first: requests read in the same poll join this commit.
                 await asyncio.sleep(0)
+                if self.fsync == "always":
+                    await self._gather()
             batch, self._pending = self._pending, []
             self._committing = len(batch)
             delay = self._retry_initial
@@ -371,6 +381,7 @@ class DiskQueue:
                         _reject(fut, "buffer commit failed")
                     break
                 self._settle(res, batch)
+                self._last_batch = len(batch)
                 break
             self._committing = 0
             if self._failing:
@@ -378,6 +389,29 @@ class DiskQueue:
                 log.info("buffer.write_recovered", buffer=self.name)
             if self._pending:
                 self._wake.set()
+
+    async def _gather(self) -> None:
+        """Wait a moment for as many chunks as the last commit carried (see "Group commit").
+
+        Clients that wait for their ack answer it with their next request some 0.1-0.3 ms later. A
+        commit started on the first answer blocks the loop while the others arrive, and they wait a whole
+        commit more: the clients split into cohorts that take turns. Waiting up to
+        ``COMMIT_GATHER_SECONDS`` for the last batch's size keeps them in one commit. The wait spins
+        through loop iterations (so sockets keep being read) because timers here have millisecond
+        resolution. A lone client never waits (its batch is one), and a cohort that shrank is waited
+        for once, then the target follows it down.
+        """
+        target = self._last_batch
+        if len(self._pending) >= target:
+            return
+        deadline = time.perf_counter() + COMMIT_GATHER_SECONDS
+        while (
+            len(self._pending) < target
+            and time.perf_counter() < deadline
+            and self._pending_bytes <= self.inline_commit_max
+            and not self._closing
+        ):
+            await asyncio.sleep(0)
 
     async def _write(self, store: SegmentStore, batch: list[_Pending]) -> WriteResult:
         """Commit ``batch`` inline when it is small and the disk fast, else in the writer thread."""

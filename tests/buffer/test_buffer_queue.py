@@ -91,6 +91,28 @@ async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_
     await queue.close()
 
 
+async def test_a_commit_waits_briefly_for_as_many_chunks_as_the_last_one(tmp_path: Path) -> None:
+    """Clients that wait for their acks answer them a moment apart; one commit should take them all."""
+    queue = DiskQueue(str(tmp_path))
+    await queue.start()
+    await asyncio.wait_for(asyncio.gather(*(queue.submit(chunk(i)) for i in range(5))), TIMEOUT)
+    assert queue.commits == 1
+
+    async def later(i: int, iterations: int) -> None:  # answers arriving over the next loop iterations
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        await queue.submit(chunk(i))
+
+    await asyncio.wait_for(asyncio.gather(*(later(i, 3 * i) for i in range(5))), TIMEOUT)
+    assert queue.commits == 2  # one commit for the five, not one per arrival
+
+    # Fewer than last time and no more coming: the wait ends at its deadline, and the target follows.
+    await asyncio.wait_for(queue.submit(chunk(9)), TIMEOUT)
+    assert queue.commits == 3
+    assert queue._last_batch == 1
+    await queue.close()
+
+
 async def test_a_slow_disk_moves_commits_off_the_loop_thread(tmp_path: Path) -> None:
     """A disk that stalls must not stall the event loop: once commits are slow on average, even small
     batches go to the writer thread (a delay injected into the store stands in for the slow disk)."""
