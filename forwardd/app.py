@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy
+from forwardd.buffer import Batching, BufferedSink, DiskQueue, MemorySink, RetryPolicy
 from forwardd.config import schema as cfg
 from forwardd.filters import DockerPartial
 from forwardd.filters.journal import PieceJournal
@@ -92,8 +92,11 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
     )  # fmt: skip
     sub = Path(f"worker-{worker}") if worker else Path()
     dead = Path(b.dead_letter_path or storage / "dead-letter" / name) / sub
+    batching = _batching(o)
     if b.type == "memory":
-        return MemorySink(name, output, retry, str(dead), max_size=b.max_size, when_full=b.when_full)
+        return MemorySink(
+            name, output, retry, str(dead), max_size=b.max_size, when_full=b.when_full, batching=batching
+        )
     queue = DiskQueue(
         str(Path(b.path or storage / "buffer" / name) / sub),
         name=name,
@@ -103,7 +106,16 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
         fsync_interval=b.fsync_interval,
         when_full=b.when_full,
     )
-    return BufferedSink(name, output, queue, retry, str(dead))
+    return BufferedSink(name, output, queue, retry, str(dead), batching=batching)
+
+
+def _batching(o: Any) -> Batching:
+    """How long committed chunks may wait to be handed to the output together (see Batching)."""
+    if isinstance(o, cfg.FileOutput):
+        return Batching(max_wait=o.flush_interval)
+    if o.type == "http":
+        return Batching(max_wait=o.batch.max_wait, max_events=o.batch.max_events, max_bytes=o.batch.max_bytes)
+    return Batching()  # Kafka: librdkafka groups messages itself (linger.ms)
 
 
 _FILTERS = {

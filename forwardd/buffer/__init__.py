@@ -2,7 +2,7 @@
 delivery loop they share. See :mod:`forwardd.buffer.queue` for the design."""
 
 from forwardd.buffer.base import ChunkQueue, FsyncPolicy, Taken, WhenFull
-from forwardd.buffer.delivery import BufferedSink, SinkStats, read_dead_letter, write_dead_letter
+from forwardd.buffer.delivery import Batching, BufferedSink, SinkStats, read_dead_letter, write_dead_letter
 from forwardd.buffer.memory import MemoryQueue, MemorySink
 from forwardd.buffer.queue import DEFAULT_MAX_SEGMENT_SIZE, DEFAULT_MAX_SIZE, DiskQueue
 from forwardd.buffer.retry import RetryPolicy
@@ -10,6 +10,7 @@ from forwardd.buffer.retry import RetryPolicy
 __all__ = [
     "DEFAULT_MAX_SEGMENT_SIZE",
     "DEFAULT_MAX_SIZE",
+    "Batching",
     "BufferedSink",
     "ChunkQueue",
     "DiskQueue",

@@ -9,9 +9,11 @@ retries run out; we do not). Time is injected (``clock``, ``sleep``, ``rand``) s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,18 +30,34 @@ from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from forwardd.sink import Ingest
 
-__all__ = ["BufferedSink", "SinkStats", "read_dead_letter", "write_dead_letter"]
+__all__ = ["Batching", "BufferedSink", "SinkStats", "read_dead_letter", "write_dead_letter"]
 
 log = structlog.get_logger("forwardd.delivery")
 
 _seq = itertools.count()
 
-#: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
 #: How many recent deliveries the latency percentiles are computed over.
 LATENCY_WINDOW = 1024
 
+#: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
 BATCH_MAX_CHUNKS = 4096
 BATCH_MAX_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How long the delivery loop may hold a small batch to let it grow, and what counts as big enough.
+
+    Without it, a chunk is written as soon as it is committed, with whatever else is committed by then.
+    Docker clients that wait for each ack make those batches a handful of events. Each batch costs the
+    file output a write and an fsync per file, and the HTTP output a request. ``max_wait`` bounds the extra
+    delay; the batch goes as soon as it holds ``max_events`` events or ``max_bytes`` bytes. The chunks
+    wait in the queue, not in memory beyond it, and an ack never waits for this: acks follow the commit.
+    """
+
+    max_wait: float = 0.0
+    max_events: int = sys.maxsize
+    max_bytes: int = BATCH_MAX_BYTES
 
 
 @dataclass(slots=True)
@@ -85,10 +103,14 @@ class BufferedSink:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        batching: Batching | None = None,
     ) -> None:
         self.name = name
         self.output = output
         self.queue = queue
+        self.batching = batching or Batching()
+        #: Set when stopping: a batch held to grow (Batching.max_wait) goes at once.
+        self._hurry = asyncio.Event()
         self.retry_policy = retry_policy or RetryPolicy()
         self.dead_letter_dir = dead_letter_dir
         self.stop_timeout = stop_timeout
@@ -126,6 +148,7 @@ class BufferedSink:
         """Deliver what is queued before stopping, while the output keeps succeeding."""
         q = self.queue
         q.stop_accepting()
+        self._hurry.set()
         if self._task is None:
             return
         loop = asyncio.get_running_loop()
@@ -179,30 +202,73 @@ class BufferedSink:
         )
 
     async def _run(self) -> None:
+        batching = self.batching
         while not self._stopping:
             first = await self.queue.get()
-            for takens, chunk in self._batch(first):
+            takens = [first]
+            size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
+            if batching.max_wait > 0:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + batching.max_wait
+                while (
+                    size < batching.max_bytes
+                    and events < batching.max_events
+                    and len(takens) < BATCH_MAX_CHUNKS
+                    and not self._hurry.is_set()
+                ):
+                    t = await self._next_within(deadline - loop.time())
+                    if t is None:
+                        break
+                    takens.append(t)
+                    size, events = self._take_ready(
+                        takens, size + len(t.chunk.entries), events + t.chunk.count
+                    )
+            for group, chunk in self._batch(takens):
                 if self._stopping:
                     break  # the rest stays queued and is delivered after the restart
-                await self._deliver(takens, chunk)
+                await self._deliver(group, chunk)
 
-    def _batch(self, first: Taken) -> list[tuple[list[Taken], Chunk]]:
-        """``first`` and whatever else is ready now, merged into one chunk per tag.
+    async def _next_within(self, timeout: float) -> Taken | None:
+        """The next committed chunk if one comes within ``timeout`` and before a stop, else None."""
+        if timeout <= 0:
+            return None
+        get = asyncio.ensure_future(self.queue.get())
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait((get, hurry), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+            if not get.done():
+                get.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await get
+        # A get that completed while being cancelled still took its chunk: keep it, never drop it.
+        return get.result() if get.done() and not get.cancelled() else None
+
+    def _take_ready(self, takens: list[Taken], size: int, events: int) -> tuple[int, int]:
+        """Append to ``takens`` what is committed now, up to the batch limits; the new size and events."""
+        batching = self.batching
+        max_bytes = min(BATCH_MAX_BYTES, batching.max_bytes)
+        max_events = batching.max_events
+        take = self.queue.take_nowait
+        while len(takens) < BATCH_MAX_CHUNKS and size < max_bytes and events < max_events:
+            t = take()
+            if t is None:
+                break
+            takens.append(t)
+            size += len(t.chunk.entries)
+            events += t.chunk.count
+        return size, events
+
+    def _batch(self, takens: list[Taken]) -> list[tuple[list[Taken], Chunk]]:
+        """The taken chunks merged into one chunk per tag.
 
         Docker sends one event per message, so without this every event would cost the output a write
         (and the file output an fsync). Entries of one tag are concatenated as bytes, not decoded. A
         merged chunk's receive time is its first chunk's, which only matters for events sent with no
         time (0 or nil), whose time is taken from it.
         """
-        takens = [first]
-        size = len(first.chunk.entries)
-        take = self.queue.take_nowait
-        while len(takens) < BATCH_MAX_CHUNKS and size < BATCH_MAX_BYTES:
-            t = take()
-            if t is None:
-                break
-            takens.append(t)
-            size += len(t.chunk.entries)
+        first = takens[0]
         if len(takens) == 1:
             return [(takens, first.chunk)]
         groups: dict[str, list[Taken]] = {}

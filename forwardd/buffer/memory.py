@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from forwardd.buffer.base import Taken, WhenFull
-from forwardd.buffer.delivery import BufferedSink
+from forwardd.buffer.delivery import Batching, BufferedSink
 from forwardd.buffer.retry import RetryPolicy
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
@@ -172,6 +172,7 @@ class MemorySink(BufferedSink):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        batching: Batching | None = None,
     ) -> None:
         self.memory_queue = MemoryQueue(name=name, max_size=max_size, when_full=when_full)
         super().__init__(
@@ -185,4 +186,5 @@ class MemorySink(BufferedSink):
             clock=clock,
             sleep=sleep,
             rand=rand,
+            batching=batching,
         )

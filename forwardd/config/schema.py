@@ -468,6 +468,8 @@ class FileOutput(_OutputBase):
     compress: Literal["none", "gzip", "zstd"] = "none"
     rotate: Rotate = Field(default_factory=Rotate)
     symlink: str | None = None
+    #: The longest a committed event waits to be written, so that writes and fsyncs are grouped.
+    flush_interval: Duration = 0.1
 
 
 class ClientTls(_Frozen):

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, read_dead_letter
+from forwardd.buffer import Batching, BufferedSink, DiskQueue, MemorySink, RetryPolicy, read_dead_letter
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
@@ -80,15 +80,21 @@ SinkFactory = Callable[..., BufferedSink]
 async def make_sink(tmp_path: Path) -> AsyncIterator[SinkFactory]:
     sinks: list[BufferedSink] = []
 
-    def make(output: Output, policy: RetryPolicy, t: FakeTime, *, memory: bool = False) -> BufferedSink:
+    def make(
+        output: Output,
+        policy: RetryPolicy,
+        t: FakeTime,
+        *,
+        memory: bool = False,
+        batching: Batching | None = None,
+    ) -> BufferedSink:
         dl = str(tmp_path / "dead")
+        kw = {"clock": t.clock, "sleep": t.sleep, "rand": lambda: 1.0, "batching": batching}
         if memory:
-            sink: BufferedSink = MemorySink(
-                "out", output, policy, dl, clock=t.clock, sleep=t.sleep, rand=lambda: 1.0
-            )
+            sink: BufferedSink = MemorySink("out", output, policy, dl, **kw)  # type: ignore[arg-type]
         else:
             q = DiskQueue(str(tmp_path / f"q{len(sinks)}"), fsync="never")
-            sink = BufferedSink("out", output, q, policy, dl, clock=t.clock, sleep=t.sleep, rand=lambda: 1.0)
+            sink = BufferedSink("out", output, q, policy, dl, **kw)  # type: ignore[arg-type]
         sinks.append(sink)
         return sink
 
@@ -313,3 +319,40 @@ async def test_a_partial_rejection_dead_letters_only_the_rejected_events(
     back = read_dead_letter(str(sidecar).removesuffix(".json") + ".chunk")
     assert (back.tag, back.entries, back.count) == ("d.bad", b"\x09", 1)
     assert sink.stats.delivered_events == 2 + chunk(1).count  # the two good events, then the next chunk
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_batching_holds_a_small_batch_until_it_has_grown(make_sink: SinkFactory, memory: bool) -> None:
+    """Docker clients that each wait for an ack: chunks committed a moment apart go out as one write."""
+    out = ScriptedOutput()
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=Batching(max_wait=0.3))
+    await sink.start()
+    await submit_all(sink, [Chunk("a", b"\x01", 1, 1)])
+    for i in range(2, 5):  # committed after the first was taken, within max_wait
+        await asyncio.sleep(0.01)
+        await submit_all(sink, [Chunk("a", bytes([i]), 1, i)])
+    await out.wait_delivered(1)
+    assert [(c.entries, c.count) for c in out.delivered] == [(b"\x01\x02\x03\x04", 4)]
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_batching_sends_at_once_when_the_batch_is_big_enough(
+    make_sink: SinkFactory, memory: bool
+) -> None:
+    out = ScriptedOutput()
+    batching = Batching(max_wait=60.0, max_events=3)
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=batching)
+    await sink.start()
+    await submit_all(sink, [Chunk("a", bytes([i]), 1, i) for i in range(5)])
+    await out.wait_delivered(1)  # long before max_wait: three events are a batch
+    assert out.delivered[0].count == 3
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_stop_does_not_wait_for_a_held_batch(make_sink: SinkFactory, memory: bool) -> None:
+    out = ScriptedOutput()
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=Batching(max_wait=60.0))
+    await sink.start()
+    await submit_all(sink, [Chunk("a", b"\x01", 1, 1)])
+    await asyncio.wait_for(sink.stop(), TIMEOUT)
+    assert [c.entries for c in out.delivered] == [b"\x01"]
