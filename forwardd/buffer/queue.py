@@ -19,7 +19,10 @@ Files (one directory per output)
     Segments: append-only files of records, named by a sequence number that only grows. A segment is
     written while ``.open`` and renamed ``.sealed`` (after an fsync) once the next record would push it
     past ``max_segment_size`` (default 16 MiB); a record bigger than that gets a segment of its own.
-    A segment is unlinked once every record in it is delivered.
+    A segment is unlinked once every record in it is delivered. Under ``fsync: always`` an open segment
+    may end in zeros written ahead of small commits (the runway, see ``SegmentStore._extend_runway``):
+    an fdatasync into blocks already written is faster than one that also journals a new file size.
+    Sealing and a clean stop truncate the zeros; recovery cuts them off without calling them a torn tail.
 ``ledger.json``
     ``{"seq": 12, "offset": 4096}``: everything before byte ``offset`` of segment ``seq`` is delivered, and
     so is every segment with a smaller sequence (recovery deletes any that a crash left behind). Replaced

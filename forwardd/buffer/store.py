@@ -1,10 +1,12 @@
 """The synchronous core of the disk queue: segment files, recovery, the ledger, reading and acking.
 
 Thread split (see :mod:`forwardd.buffer.queue`): :meth:`SegmentStore.write` and :meth:`SegmentStore.sync`
-run on the single writer thread and touch only writer state (the current segment's position, new segment
-files); everything else runs on the event loop thread. Written records become visible to the loop side only
-through :meth:`SegmentStore.publish` of the :class:`WriteResult` that ``write`` returned, so the two sides
-share no mutable state besides the (append-only) files and their descriptors.
+touch only writer state (the current segment's position, new segment files) and run one at a time: on the
+single writer thread, or on the event loop thread for small commits, never both at once (the queue counts
+the jobs it gave the thread). Everything else runs on the event loop thread. Written records become
+visible to the loop side only through :meth:`SegmentStore.publish` of the :class:`WriteResult` that
+``write`` returned, so the two sides share no mutable state besides the (append-only) files and their
+descriptors.
 """
 
 from __future__ import annotations
@@ -418,7 +420,7 @@ class SegmentStore:
         res.created.append(seg)
 
     def write(self, chunks: Sequence[Chunk]) -> WriteResult:
-        """Append ``chunks`` and commit them per the fsync policy (writer thread). Raises WriteError.
+        """Append ``chunks`` and commit them per the fsync policy (writer side). Raises WriteError.
 
         Runs of records go to the current segment with one pwritev each; a record that would overflow a
         non-empty segment rolls to the next one. "always" ends with one fdatasync for the whole batch.
