@@ -112,7 +112,7 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
 def _batching(o: Any) -> Batching:
     """How long committed chunks may wait to be handed to the output together (see Batching)."""
     if isinstance(o, cfg.FileOutput):
-        return Batching(max_wait=o.flush_interval)
+        return Batching(max_wait=o.flush_interval, enough_bytes=64 * 1024)
     if o.type == "http":
         return Batching(max_wait=o.batch.max_wait, max_events=o.batch.max_events, max_bytes=o.batch.max_bytes)
     return Batching()  # Kafka: librdkafka groups messages itself (linger.ms)

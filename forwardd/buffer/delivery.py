@@ -51,13 +51,19 @@ class Batching:
     Without it, a chunk is written as soon as it is committed, with whatever else is committed by then.
     Docker clients that wait for each ack make those batches a handful of events. Each batch costs the
     file output a write and an fsync per file, and the HTTP output a request. ``max_wait`` bounds the extra
-    delay; the batch goes as soon as it holds ``max_events`` events or ``max_bytes`` bytes. The chunks
-    wait in the queue, not in memory beyond it, and an ack never waits for this: acks follow the commit.
+    delay; the batch goes as soon as it holds ``max_events`` events or ``enough_bytes`` bytes (default
+    ``max_bytes``, the most one batch takes). The chunks wait in the queue, not in memory beyond it, and
+    an ack never waits for this: acks follow the commit.
+
+    ``enough_bytes`` below ``max_bytes`` suits the file output: a batch of 64 KiB is already worth its own
+    write and fsync, and holding bulk traffic (PackedForward chunks of ~240 KB) until it reaches the 4 MiB
+    cap only delays it (measured: 186k -> 165k events/s and twice the ack p99 into files, 1 connection).
     """
 
     max_wait: float = 0.0
     max_events: int = sys.maxsize
     max_bytes: int = BATCH_MAX_BYTES
+    enough_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -210,8 +216,9 @@ class BufferedSink:
             if batching.max_wait > 0:
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + batching.max_wait
+                enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
                 while (
-                    size < batching.max_bytes
+                    size < enough
                     and events < batching.max_events
                     and len(takens) < BATCH_MAX_CHUNKS
                     and not self._hurry.is_set()

@@ -356,3 +356,15 @@ async def test_stop_does_not_wait_for_a_held_batch(make_sink: SinkFactory, memor
     await submit_all(sink, [Chunk("a", b"\x01", 1, 1)])
     await asyncio.wait_for(sink.stop(), TIMEOUT)
     assert [c.entries for c in out.delivered] == [b"\x01"]
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_a_batch_of_enough_bytes_is_not_held(make_sink: SinkFactory, memory: bool) -> None:
+    """Bulk traffic (the file output's case): a batch already worth its own write goes at once."""
+    out = ScriptedOutput()
+    batching = Batching(max_wait=60.0, enough_bytes=1000)
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=batching)
+    await sink.start()
+    await submit_all(sink, [Chunk("a", b"\x01" * 1500, 10, 1)])
+    await out.wait_delivered(1)  # long before max_wait
+    assert out.delivered[0].count == 10
