@@ -46,12 +46,14 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
     dk = tmp_path_factory.mktemp("dockerd")
     env = dict(os.environ, DK=str(dk), WAIT_S="120")
     env.pop("DOCKER_HOST", None)
-    start = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=120,
-                           check=False)
+    start = subprocess.run(
+        [str(script), "start"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert start.returncode == 0, (start.stdout, start.stderr)
     try:
-        image = subprocess.run([str(script), "image"], env=env, capture_output=True, text=True, timeout=120,
-                               check=False)
+        image = subprocess.run(
+            [str(script), "image"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
         assert image.returncode == 0, (image.stdout, image.stderr)
         yield Docker(script, env)
     finally:

@@ -79,8 +79,8 @@ def test_100k_line_reassembled_byte_for_byte(docker: Docker, tmp_path: Path) -> 
     }
     # A deterministic 100 KiB line (102,400 characters) followed by a short one, from busybox's awk.
     script = (
-        "awk 'BEGIN { s = \"\"; for (i = 0; i < 102400; i++) s = s sprintf(\"%c\", 97 + i % 26); "
-        "print s; print \"short\" }'"
+        'awk \'BEGIN { s = ""; for (i = 0; i < 102400; i++) s = s sprintf("%c", 97 + i % 26); '
+        'print s; print "short" }\''
     )
     expected = "".join(chr(97 + i % 26) for i in range(102400))
     with run_daemon(config) as d:
