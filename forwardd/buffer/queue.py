@@ -178,6 +178,8 @@ class DiskQueue:
         self.inline_commits = 0
         self._thread_jobs = 0
         self._last_batch = 0
+        #: See _gather; an attribute so that tests can make the deadline irrelevant.
+        self.gather_seconds = COMMIT_GATHER_SECONDS
         self._store: SegmentStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -407,7 +409,7 @@ class DiskQueue:
         target = self._last_batch
         if len(self._pending) >= target:
             return
-        deadline = time.perf_counter() + COMMIT_GATHER_SECONDS
+        deadline = time.perf_counter() + self.gather_seconds
         while (
             len(self._pending) < target
             and time.perf_counter() < deadline

@@ -325,12 +325,14 @@ async def test_a_partial_rejection_dead_letters_only_the_rejected_events(
 async def test_batching_holds_a_small_batch_until_it_has_grown(make_sink: SinkFactory, memory: bool) -> None:
     """Docker clients that each wait for an ack: chunks committed a moment apart go out as one write."""
     out = ScriptedOutput()
-    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=Batching(max_wait=0.3))
+    batching = Batching(max_wait=60.0, max_events=4)  # goes when four events are in, not by the clock
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=batching)
     await sink.start()
     await submit_all(sink, [Chunk("a", b"\x01", 1, 1)])
-    for i in range(2, 5):  # committed after the first was taken, within max_wait
-        await asyncio.sleep(0.01)
-        await submit_all(sink, [Chunk("a", bytes([i]), 1, i)])
+    # Time for the delivery loop to take the first chunk; without holding, it would be written alone.
+    # (Were the loop slower than this, the test would still pass, not fail: it cannot flake.)
+    await asyncio.sleep(0.05)
+    await submit_all(sink, [Chunk("a", bytes([i]), 1, i) for i in range(2, 5)])
     await out.wait_delivered(1)
     assert [(c.entries, c.count) for c in out.delivered] == [(b"\x01\x02\x03\x04", 4)]
 

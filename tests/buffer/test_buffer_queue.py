@@ -94,6 +94,7 @@ async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_
 async def test_a_commit_waits_briefly_for_as_many_chunks_as_the_last_one(tmp_path: Path) -> None:
     """Clients that wait for their acks answer them a moment apart; one commit should take them all."""
     queue = DiskQueue(str(tmp_path))
+    queue.gather_seconds = TIMEOUT  # the arrivals below take a few loop turns, however slow the machine
     await queue.start()
     await asyncio.wait_for(asyncio.gather(*(queue.submit(chunk(i)) for i in range(5))), TIMEOUT)
     assert queue.commits == 1
@@ -107,6 +108,7 @@ async def test_a_commit_waits_briefly_for_as_many_chunks_as_the_last_one(tmp_pat
     assert queue.commits == 2  # one commit for the five, not one per arrival
 
     # Fewer than last time and no more coming: the wait ends at its deadline, and the target follows.
+    queue.gather_seconds = 0.01
     await asyncio.wait_for(queue.submit(chunk(9)), TIMEOUT)
     assert queue.commits == 3
     assert queue._last_batch == 1
