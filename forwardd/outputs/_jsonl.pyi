@@ -1,0 +1,12 @@
+"""Types of the C transcoder (_jsonl.c)."""
+
+def json_lines(
+    entries: bytes | bytearray | memoryview,
+    count: int,
+    received_ns: int,
+    time_head: bytes | None,
+    tag_field: bytes | None,
+    skip_a: bytes | None,
+    skip_b: bytes | None,
+    /,
+) -> tuple[bytes, list[tuple[int, int, int]]] | None: ...
