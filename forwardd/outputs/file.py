@@ -59,7 +59,7 @@ import zstandard
 from forwardd.errors import DeliveryError, PermanentError, RetryableError
 from forwardd.model import Chunk, Event, PlainEntries
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import make_encoder, make_plain_encoder
+from forwardd.outputs.formats import JsonLines, make_encoder, make_plain_encoder, native_json_lines
 
 __all__ = ["FileOutput", "PathTemplate", "sanitise_component"]
 
@@ -259,6 +259,21 @@ class PathTemplate:
         if len(by_path) == 1:
             return [(path, plain) for path in by_path]
         return [(path, plain.select(idx)) for path, idx in by_path.items()]
+
+    def group_lines(self, lines: JsonLines, tag: str) -> list[tuple[str, bytes]]:
+        """The transcoder's text split by resolved path, by its runs of seconds; the template must not
+        read record keys. The usual chunk resolves to one path and keeps its text uncopied."""
+        if not self.has_time:
+            return [(self._cached(tag, (tag,), 0, None), lines.data)]
+        spans: dict[str, list[tuple[int, int]]] = {}
+        start = 0
+        for s, end, _ in lines.runs:
+            spans.setdefault(self._cached(tag, (tag, s), s * _NS, None), []).append((start, end))
+            start = end
+        if len(spans) == 1:
+            return [(path, lines.data) for path in spans]
+        view = memoryview(lines.data)
+        return [(path, b"".join([view[a:b] for a, b in parts])) for path, parts in spans.items()]
 
     def _cached(self, tag: str, key: tuple[Any, ...], time_ns: int, record: dict[Any, Any] | None) -> str:
         path = self._cache.get(key)
@@ -643,6 +658,8 @@ class FileOutput(Output):
         self.template = PathTemplate(path, utc=utc, extension=_EXTENSIONS[compress])
         self._encode = make_encoder(format, time_key=time_key, tag_key=tag_key, utc=utc)
         self._encode_plain = make_plain_encoder(format, time_key=time_key, tag_key=tag_key)
+        self._native = format == "json" and not self.template.has_record
+        self._time_key, self._tag_key = time_key, tag_key
         self._disk = _Disk(
             compress=compress,
             level=compress_level,
@@ -669,29 +686,39 @@ class FileOutput(Output):
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"file-{self.name}")
         return self._executor
 
-    def encode(self, chunk: Chunk) -> list[tuple[str, bytes]]:
-        """The chunk as (resolved path, encoded bytes) groups; CPU only, no I/O."""
+    def encode(self, chunk: Chunk) -> tuple[list[tuple[str, bytes]], int]:
+        """The chunk as (resolved path, encoded bytes) groups, and how many events they hold; CPU only.
+
+        Three ways, fastest first: the C transcoder straight from the entries (JSON lines of plain
+        chunks; the template may split by time, not by record keys), msgspec's columns (plain chunks in
+        the other cases), and the general path over decoded events.
+        """
         tag = chunk.tag
+        if self._native:
+            lines = native_json_lines(chunk, time_key=self._time_key, tag_key=self._tag_key)
+            if lines is not None:
+                return self.template.group_lines(lines, tag), lines.count
         if self._encode_plain is not None:
             plain = chunk.plain_entries()
             if plain is not None:
                 groups = self.template.group_plain(plain, tag)
                 if groups is not None:
-                    return [(path, self._encode_plain(cols, tag)) for path, cols in groups]
+                    encoded = [(path, self._encode_plain(cols, tag)) for path, cols in groups]
+                    return encoded, len(plain.records)
         events = chunk.events()
-        return [(path, self._encode(group, tag)) for path, group in self.template.group(events, tag)]
+        grouped = self.template.group(events, tag)
+        return [(path, self._encode(group, tag)) for path, group in grouped], len(events)
 
     async def write(self, chunk: Chunk) -> None:
         try:
-            groups = self.encode(chunk)  # on the loop: pure Python, the GIL would serialise it anyway
+            groups, count = self.encode(chunk)  # on the loop: the GIL would serialise it anyway
         except (TypeError, ValueError, OverflowError) as e:  # a record no encoder can represent
             raise PermanentError(f"cannot encode chunk of {chunk.tag!r}: {e}") from e
         if not groups:
             return
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self._pool(), self._disk.write, groups)
-        plain = chunk.plain_entries()
-        self.events_written += len(plain.records) if plain is not None else len(chunk.events())
+        self.events_written += count
         self.bytes_written += sum(len(data) for _, data in groups)
 
     async def stop(self) -> None:

@@ -52,7 +52,7 @@ import yarl
 from forwardd.errors import PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event, EventTime
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns
+from forwardd.outputs.formats import json_lines, native_json_lines, plain_json_lines, rfc3339_ns
 
 if TYPE_CHECKING:
     from forwardd.config.schema import HttpOutput as HttpOutputSettings
@@ -504,11 +504,18 @@ class HttpOutput(Output):
 
     async def write(self, chunk: Chunk) -> None:
         url = self.endpoint_for(chunk.tag)  # before any work: a forbidden host is rejected outright
-        plain = chunk.plain_entries() if self.format != "msgpack" else None
-        if plain is not None:  # the bulk JSON encoder of plain chunks
+        ends: list[int] | None = None
+        native = (
+            native_json_lines(chunk, time_key=self.time_key, tag_key=self.tag_key)
+            if self.format != "msgpack"
+            else None
+        )
+        plain = chunk.plain_entries() if self.format != "msgpack" and native is None else None
+        if native is not None:  # the C transcoder, straight from the entries
+            n, items = native.count, native.data
+        elif plain is not None:  # the bulk JSON encoder of plain chunks
             n = len(plain.records)
             items = plain_json_lines(plain, chunk.tag, time_key=self.time_key, tag_key=self.tag_key)
-            ends: list[int] | None = None
         else:
             events = chunk.events()
             n = len(events)
