@@ -23,6 +23,7 @@ from forwardd.config import schema as cfg
 from forwardd.filters import DockerPartial
 from forwardd.filters.journal import PieceJournal
 from forwardd.outputs.base import Output
+from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
 from forwardd.router import Route, Router, compile_pattern
 from forwardd.server.listener import ForwardListener, ListenerSettings
@@ -388,7 +389,14 @@ class Daemon:
                     ls.address if ls.port is None else f"{ls.address}:{ls.port}" for ls in self.listeners
                 ],
                 outputs=sorted(self.sinks),
+                native_json_lines=NATIVE,
             )
+            if not NATIVE:
+                log.warning(
+                    "forwardd.native_missing",
+                    hint="forwardd.outputs._jsonl was not built (no C compiler at install?): JSON lines "
+                    "outputs use the slower Python path",
+                )
             if ready is not None:
                 ready.set()
             await stop.wait()
