@@ -4,7 +4,9 @@ Each output gets the same 1000-event chunks of docker-shaped records, one ``writ
 buffer's delivery loop calls it, so each figure includes decoding the chunk, encoding the records and
 delivering them: fsync'd JSON lines; Kafka messages acknowledged by the real broker (acks=all, the Tansu
 broker of ../shared/kafka, started here); NDJSON POSTs answered by a discard server in a child process.
-Repetitions are interleaved and the table shows medians.
+The file output runs twice: as configured (the C transcoder writes the JSON lines straight from the
+entries) and with that transcoder turned off (msgspec decodes the records into columns and encodes them),
+which is what the transcoder is measured against. Repetitions are interleaved and the table shows medians.
 
     python -m bench.outputs [--chunks 100] [--reps 3]
 """
@@ -32,6 +34,12 @@ from forwardd.outputs.http import HttpOutput
 from forwardd.outputs.kafka import KafkaOutput
 
 SHARED = Path(os.environ.get("FORWARDD_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def python_path_file(out: FileOutput) -> FileOutput:
+    """The file output without the C transcoder: its msgspec path, the one used before it existed."""
+    out._native = False
+    return out
 
 
 async def timed(out: Output, entries: list[bytes]) -> float:
@@ -73,6 +81,9 @@ def main() -> None:
         makers: dict[str, Callable[[int], Output]] = {
             "file (JSON lines, fsync)": lambda r: FileOutput(
                 name="f", path=str(work / f"files{r}/${{tag}}.log")
+            ),
+            "file, without the C path": lambda r: python_path_file(
+                FileOutput(name="p", path=str(work / f"pfiles{r}/${{tag}}.log"))
             ),
             "kafka (JSON, acks=all)": lambda r: KafkaOutput(name="k", brokers=[broker], topic=f"bench-{r}"),
             "http (NDJSON POST)": lambda r: HttpOutput(

@@ -1,12 +1,15 @@
 """Memory over a long run: forwardd's RSS sampled while acking clients send at full speed.
 
 forwardd runs as a real process with a disk buffer (fsync per commit) in front of a null output, so
-every byte goes through the decoder, the group commit, the segment files and the delivery loop; the
+every byte goes through the decoder, the group commit, the segment files and the delivery loop (with
+``--output file``, in front of the JSON-lines file output of ``bench.ingest``'s forwardd-file target
+instead, whose 32 MiB queue also keeps it in back-pressure; the files written are deleted after each
+wave so that the run does not fill the disk, which the output notices and reopens them for); the
 load generator sends PackedForward with acks over 4 connections and Message mode with acks over 16,
 alternating, for ``--seconds``. RSS is sampled every ``--every`` seconds; the summary gives its range
 after the first minute and the events sent.
 
-    python -m bench.soak [--seconds 300] [--every 10]
+    python -m bench.soak [--seconds 300] [--every 10] [--output null|file]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.ingest import FORWARDD_BUFFER_CONFIG, HOST, wait_for_port
+from bench.ingest import FORWARDD_BUFFER_CONFIG, FORWARDD_FILE_CONFIG, HOST, wait_for_port
 from bench.kafka_bench import free_port
 from bench.loadgen import LoadConfig, run_load
 
@@ -31,11 +34,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--every", type=float, default=10.0)
+    ap.add_argument("--output", choices=("null", "file"), default="null")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="forwardd-soak-"))
     port = free_port()
     config = work / "forwardd.yaml"
-    config.write_text(FORWARDD_BUFFER_CONFIG.format(host=HOST, port=port))
+    template = FORWARDD_FILE_CONFIG if args.output == "file" else FORWARDD_BUFFER_CONFIG
+    config.write_text(template.format(host=HOST, port=port))
+    files = work / f"files-{port}"
     log = open(work / "forwardd.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "forwardd", "run", "--config", str(config), "--log-format", "json"],
@@ -56,6 +62,9 @@ def main() -> None:
             res = run_load(phases[i % 2])
             events += res.events
             i += 1
+            for f in files.rglob("*") if files.exists() else ():
+                if not f.is_dir():
+                    f.unlink(missing_ok=True)
             rss = ps.memory_info().rss
             t = time.monotonic() - start
             samples.append((t, rss))
