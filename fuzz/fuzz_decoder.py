@@ -61,6 +61,9 @@ def check(ev: object) -> None:
         chunk = ev.chunk
         events, invalid = decode_entries(chunk.entries, RECV)
         assert len(events) + invalid == chunk.count, (len(events), invalid, chunk.count)
+        # What the edge reported as invalid is exactly what decoding dropped (plus a broken tail it cut off).
+        reported = ev.invalid.count - chunk.invalid if ev.invalid is not None else 0
+        assert reported == invalid, (reported, invalid, chunk.invalid)
         assert isinstance(chunk.tag, str)
         assert ev.ack is None or ev.ack.startswith((b"\x81\xa3ack", b'{"ack": '))
     else:

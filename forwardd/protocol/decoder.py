@@ -21,10 +21,11 @@ from typing import Any
 import msgpack
 import msgspec
 
-from forwardd.model import Chunk
+from forwardd.model import INVALID_REASONS, Chunk
 from forwardd.protocol.compression import DecompressionError, decompress
+from forwardd.protocol.entries import sample, scan_entries
 from forwardd.protocol.errors import FrameTooLarge, ProtocolError
-from forwardd.protocol.events import EntriesReceived, Event, Heartbeat, RawFrame, Rejected
+from forwardd.protocol.events import EntriesReceived, Event, Heartbeat, InvalidEntries, RawFrame, Rejected
 from forwardd.protocol.limits import Limits
 
 __all__ = ["Decoder", "ack_reply"]
@@ -214,8 +215,9 @@ class Decoder:
         self._start = self._base = self._fed
         self._framer_base += n
         self._walker_base += n
-        chunk = Chunk(tag, b"\x92" + data[s:e], 1, self.received_ns)
-        return EntriesReceived(chunk, ack, "message", n, 1, 0 if ack is None else 1)
+        entry = b"\x92" + data[s:e]
+        chunk = Chunk(tag, entry, 1, self.received_ns)
+        return _checked(EntriesReceived(chunk, ack, "message", n, 1, 0 if ack is None else 1), entry)
 
     def _feed(self, view: memoryview, events: list[Event]) -> None:
         while True:
@@ -277,6 +279,7 @@ class Decoder:
         ev.acks = len(acks)
         if acks:
             ev.ack = acks[0] if len(acks) == 1 else b"".join(acks)
+        _checked(ev, entries)
 
     def _frames_loop(self, events: list[Event], parts: list[bytes], acks: list[bytes]) -> None:
         framer = self._framer
@@ -418,7 +421,8 @@ class Decoder:
             if signal is not None:
                 return signal
             entries = bytes(buf[s - base : e - base])
-            return EntriesReceived(Chunk(tag, entries, m, self.received_ns), ack, "forward", size)
+            chunk = Chunk(tag, entries, m, self.received_ns)
+            return _checked(EntriesReceived(chunk, ack, "forward", size), entries)
         # Message mode: [tag, time, record, option?]
         if n < 3:
             walker.skip()
@@ -466,7 +470,7 @@ class Decoder:
             entry = b"\x92\x92" + time_raw + meta_raw + bytes(buf[r - base : e - base])
         else:
             entry = b"\x92" + buf[pos - base : e - base]
-        return EntriesReceived(Chunk(tag, entry, 1, self.received_ns), ack, "message", size)
+        return _checked(EntriesReceived(Chunk(tag, entry, 1, self.received_ns), ack, "message", size), entry)
 
     def _wrapped_time(self, pos: int) -> bool:
         """Whether the array at ``pos`` is a v1.5 wrapped time ``[time, {meta}]`` (Message mode) rather
@@ -514,13 +518,20 @@ class Decoder:
                     payload = decompress(name, payload, self.limits.max_decompressed_size)
                 except DecompressionError as exc:
                     return Rejected(exc.reason, exc.detail, tag, ack, size)
-        count, good_end, broken = _count_entries(payload)
+        count, good_end, broken, invalid, bad_times, bad_start, bad_end, reason, _ = scan_entries(payload)
         if broken and count == 0:
             return Rejected("bad_entries", "payload holds no complete msgpack entry", tag, ack, size)
         entries = payload if good_end == len(payload) else payload[:good_end]
         chunk = Chunk(tag, entries, count, self.received_ns)
         chunk.invalid = 1 if broken else 0
-        return EntriesReceived(chunk, ack, mode, size)
+        ev = EntriesReceived(chunk, ack, mode, size)
+        if invalid or broken:
+            if not invalid:
+                reason_name, shown = "broken_tail", sample(payload, good_end, len(payload))
+            else:
+                reason_name, shown = INVALID_REASONS[reason], sample(payload, bad_start, bad_end)
+            ev.invalid = InvalidEntries(invalid + broken, bad_times, reason_name, shown)
+        return ev
 
     # --- oversized frames -------------------------------------------------------------------------
 
@@ -629,25 +640,10 @@ def _read_options(
     return options, chunk_raw
 
 
-def _count_entries(payload: bytes) -> tuple[int, int, bool]:
-    """Count the complete msgpack values in ``payload`` without building them.
-
-    Returns (count, end of the last complete value, whether the payload has a broken tail). Length
-    headers are never trusted for allocation: the unpacker is capped at the payload's own size.
-    """
-    if not payload:
-        return 0, 0, False
-    u = msgpack.Unpacker(None, max_buffer_size=len(payload))
-    u.feed(payload)
-    skip = u.skip
-    count = 0
-    good = 0
-    try:
-        while True:
-            skip()
-            count += 1
-            good = u.tell()
-    except msgpack.OutOfData:
-        return count, good, good != len(payload)
-    except (ValueError, msgpack.StackError):
-        return count, good, True
+def _checked(ev: EntriesReceived, entries: bytes) -> EntriesReceived:
+    """``ev`` with what the edge's scan finds wrong in its (whole, framed) entries."""
+    _, _, _, invalid, bad_times, bad_start, bad_end, reason, _ = scan_entries(entries)
+    if invalid:
+        shown = sample(entries, bad_start, bad_end)
+        ev.invalid = InvalidEntries(invalid, bad_times, INVALID_REASONS[reason], shown)
+    return ev

@@ -12,9 +12,23 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeFailed",
     "Heartbeat",
+    "InvalidEntries",
     "RawFrame",
     "Rejected",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEntries:
+    """Entries of an accepted chunk that decoding will drop, found at the edge so that the loss is counted
+    and logged where the peer is known: how many (``bad_times`` of them for their time), and the first one's
+    reason and bytes (``sample``: hex, safe to log whatever they hold). A broken tail (bytes after the last
+    whole entry) counts as one, with reason ``broken_tail``."""
+
+    count: int
+    bad_times: int
+    reason: str
+    sample: str
 
 
 @dataclass(slots=True)
@@ -24,7 +38,7 @@ class EntriesReceived:
 
     ``requests`` counts the requests merged into this chunk (consecutive Message-mode requests of one tag
     in one read, see the decoder) and ``acks`` how many of them asked for an ack: ``ack`` is then their
-    acks, back to back, in request order.
+    acks, back to back, in request order. ``invalid`` is set when some entries will be dropped.
     """
 
     chunk: Chunk
@@ -33,6 +47,7 @@ class EntriesReceived:
     size: int
     requests: int = 1
     acks: int = 1
+    invalid: InvalidEntries | None = None
 
 
 @dataclass(slots=True)

@@ -216,8 +216,8 @@ class Session(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.pause_reading()
                 stats.events += chunk.count
-                if chunk.invalid:
-                    stats.invalid_entries += chunk.invalid
+                if ev.invalid is not None:
+                    self._invalid_entries(ev)
                 if self._transform is not None:
                     chunk = self._transform(chunk)
                 try:
@@ -364,6 +364,24 @@ class Session(asyncio.Protocol):
         if ev.ack is not None:
             # Acked and dropped: no retry can make it valid, and an unacked client resends forever.
             self._pending.append(_Pending(None, ev.ack, ev.tag or "", 0))
+
+    def _invalid_entries(self, ev: EntriesReceived) -> None:
+        """Entries that decoding will drop: counted and shown (with a sample) where the peer is known."""
+        bad = ev.invalid
+        assert bad is not None
+        self.stats.invalid_entries += bad.count
+        self.stats.invalid_times += bad.bad_times
+        self._errlog.warning(
+            "chunk.invalid_entries",
+            listener=self.settings.listener,
+            peer=self.peer,
+            tag=ev.chunk.tag,
+            invalid=bad.count,
+            bad_times=bad.bad_times,
+            events=ev.chunk.count,
+            reason=bad.reason,
+            sample=bad.sample,
+        )
 
     def _rejected_by_pipeline(self, exc: ChunkRejected, tag: str, count: int, ack: bytes | None) -> None:
         p = _Pending(None, ack, tag, count)

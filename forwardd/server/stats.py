@@ -25,6 +25,7 @@ class SourceStats:
     nacks: int = 0
     heartbeats: int = 0
     invalid_entries: int = 0
+    invalid_times: int = 0
     rejected: int = 0
     dropped_events: int = 0
     protocol_errors: int = 0
