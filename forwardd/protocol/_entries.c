@@ -25,7 +25,7 @@
 #define STACK_LIMIT 1024
 #define NOGIL_FROM (64 * 1024) /* scans of more bytes than this release the GIL */
 
-enum { OK = 0, TRUNCATED = 1, MALFORMED = 2 };
+enum { OK = 0, TRUNCATED = 1, MALFORMED = 2, TOO_DEEP = 3 }; /* TOO_DEEP is malformed too */
 enum { R_NONE = 0, R_NOT_PAIR, R_RECORD_NOT_MAP, R_BAD_TIME, R_UNHASHABLE_KEY, R_BAD_TIMESTAMP };
 
 static inline uint64_t be(const uint8_t *p, int n) {
@@ -190,7 +190,7 @@ container_len:
     p += hdr;
 container:
     if (depth >= STACK_LIMIT) {
-        return MALFORMED; /* msgpack checks the depth before it looks at the size */
+        return TOO_DEEP; /* msgpack checks the depth before it looks at the size */
     }
     for (uint64_t i = 0; i < n; i++) {
         int key_container = 0, unused = 0, rc;
@@ -206,6 +206,10 @@ container:
             }
             if (c == 0xd9 && end - p > 1 && end - p - 2 >= p[1]) {
                 p += 2 + p[1];
+                goto value;
+            }
+            if (c == 0xd7 && end - p >= 10 && p[1] != 0xff) { /* fixext8 (an EventTime, say), no Timestamp */
+                p += 10;
                 goto value;
             }
         }
@@ -229,6 +233,10 @@ container:
             }
             if (c == 0xd9 && end - p > 1 && end - p - 2 >= p[1]) {
                 p += 2 + p[1];
+                goto pair;
+            }
+            if (c == 0xda && end - p > 2 && (uint64_t)(end - p - 3) >= be(p + 1, 2)) {
+                p += 3 + be(p + 1, 2);
                 goto pair;
             }
         }
@@ -347,10 +355,10 @@ static int check_entry(const uint8_t *p, const uint8_t *end, int bad) {
     return time_ok(t) ? R_NONE : R_BAD_TIME;
 }
 
+/* A run of consecutive valid entries [a, b) of slice number `slice`. */
 typedef struct {
-    Py_ssize_t end;
-    Py_ssize_t count;
-} Slice;
+    Py_ssize_t slice, a, b;
+} Run;
 
 typedef struct {
     /* in */
@@ -359,32 +367,55 @@ typedef struct {
     /* out */
     Py_ssize_t count, good_end, invalid, bad_times, bad_start, bad_end;
     int broken, reason;
-    Slice *slices;
-    Py_ssize_t nslices, cap;
+    Run *runs; /* the valid entries, slice by slice */
+    Py_ssize_t nruns, runs_cap;
+    Py_ssize_t *counts; /* valid entries per slice */
+    Py_ssize_t nslices, counts_cap;
     int nomem;
 } Scan;
 
-static void add_slice(Scan *s, Py_ssize_t end, Py_ssize_t count) {
-    if (s->nslices == s->cap) {
-        Py_ssize_t cap = s->cap ? s->cap * 2 : 8;
-        Slice *grown = (Slice *)realloc(s->slices, (size_t)cap * sizeof(Slice));
-        if (grown == NULL) {
-            s->nomem = 1;
-            return;
-        }
-        s->slices = grown;
-        s->cap = cap;
+static void *grow(void *items, Py_ssize_t *cap, size_t size, int *nomem) {
+    Py_ssize_t n = *cap ? *cap * 2 : 8;
+    void *grown = realloc(items, (size_t)n * size);
+    if (grown == NULL) {
+        *nomem = 1;
+        return items;
     }
-    s->slices[s->nslices].end = end;
-    s->slices[s->nslices].count = count;
-    s->nslices++;
+    *cap = n;
+    return grown;
 }
 
+static void add_run(Scan *s, Py_ssize_t slice, Py_ssize_t a, Py_ssize_t b) {
+    if (s->nruns == s->runs_cap) {
+        s->runs = (Run *)grow(s->runs, &s->runs_cap, sizeof(Run), &s->nomem);
+        if (s->nruns == s->runs_cap) {
+            return;
+        }
+    }
+    s->runs[s->nruns].slice = slice;
+    s->runs[s->nruns].a = a;
+    s->runs[s->nruns].b = b;
+    s->nruns++;
+}
+
+static void add_count(Scan *s, Py_ssize_t n) {
+    if (s->nslices == s->counts_cap) {
+        s->counts = (Py_ssize_t *)grow(s->counts, &s->counts_cap, sizeof(Py_ssize_t), &s->nomem);
+        if (s->nslices == s->counts_cap) {
+            return;
+        }
+    }
+    s->counts[s->nslices++] = n;
+}
+
+/* The scan proper (no Python object touched: it may run without the GIL). When cutting, the valid entries
+ * are grouped into slices of at most slice_bytes bytes (a single bigger entry is a slice of its own) and
+ * slice_entries entries, each slice a list of runs of consecutive valid entries. */
 static void run(Scan *s) {
     const uint8_t *p = s->base + s->start;
     const uint8_t *end = s->base + s->end;
     int cut = s->slice_bytes > 0 || s->slice_entries > 0;
-    Py_ssize_t slice_start = s->start, in_slice = 0;
+    Py_ssize_t in_slice = 0, slice_used = 0, run_a = -1, run_b = -1;
     s->good_end = s->start;
     while (p < end && (s->max_entries < 0 || s->count < s->max_entries)) {
         const uint8_t *q = p;
@@ -395,14 +426,10 @@ static void run(Scan *s) {
             break;
         }
         Py_ssize_t a = p - s->base, b = q - s->base;
-        if (cut && in_slice > 0 &&
-            ((s->slice_bytes > 0 && b - slice_start > s->slice_bytes) ||
-             (s->slice_entries > 0 && in_slice >= s->slice_entries))) {
-            add_slice(s, a, in_slice);
-            slice_start = a;
-            in_slice = 0;
-        }
-        int why = check_entry(p, q, bad);
+        s->count++;
+        s->good_end = b;
+        p = q;
+        int why = check_entry(s->base + a, q, bad);
         if (why != R_NONE) {
             s->invalid++;
             if (why == R_BAD_TIME) {
@@ -413,15 +440,78 @@ static void run(Scan *s) {
                 s->bad_start = a;
                 s->bad_end = b;
             }
+            if (cut && run_a >= 0) {
+                add_run(s, s->nslices, run_a, run_b);
+                run_a = -1;
+            }
+            continue;
         }
-        s->count++;
+        if (!cut) {
+            continue;
+        }
+        if (in_slice > 0 && ((s->slice_bytes > 0 && slice_used + (b - a) > s->slice_bytes) ||
+                             (s->slice_entries > 0 && in_slice >= s->slice_entries))) {
+            if (run_a >= 0) {
+                add_run(s, s->nslices, run_a, run_b);
+                run_a = -1;
+            }
+            add_count(s, in_slice);
+            in_slice = slice_used = 0;
+        }
+        if (run_a < 0) {
+            run_a = a;
+        }
+        run_b = b;
         in_slice++;
-        s->good_end = b;
-        p = q;
+        slice_used += b - a;
+    }
+    if (cut && run_a >= 0) {
+        add_run(s, s->nslices, run_a, run_b);
     }
     if (cut && in_slice > 0) {
-        add_slice(s, s->good_end, in_slice);
+        add_count(s, in_slice);
     }
+}
+
+/* [(count, a1, b1, a2, b2, ...), ...]: each slice's valid entries and the runs that hold them. */
+static PyObject *slices_list(Scan *s) {
+    PyObject *slices = PyList_New(s->nslices);
+    if (slices == NULL) {
+        return NULL;
+    }
+    Py_ssize_t r = 0;
+    for (Py_ssize_t i = 0; i < s->nslices; i++) {
+        Py_ssize_t first = r;
+        while (r < s->nruns && s->runs[r].slice == i) {
+            r++;
+        }
+        PyObject *item = PyTuple_New(1 + 2 * (r - first));
+        if (item == NULL) {
+            goto fail;
+        }
+        PyList_SET_ITEM(slices, i, item); /* items not yet set are NULL: freed fine on failure */
+        PyObject *v = PyLong_FromSsize_t(s->counts[i]);
+        if (v == NULL) {
+            goto fail;
+        }
+        PyTuple_SET_ITEM(item, 0, v);
+        for (Py_ssize_t k = first; k < r; k++) {
+            PyObject *a = PyLong_FromSsize_t(s->runs[k].a);
+            if (a == NULL) {
+                goto fail;
+            }
+            PyTuple_SET_ITEM(item, 1 + 2 * (k - first), a);
+            PyObject *b = PyLong_FromSsize_t(s->runs[k].b);
+            if (b == NULL) {
+                goto fail;
+            }
+            PyTuple_SET_ITEM(item, 2 + 2 * (k - first), b);
+        }
+    }
+    return slices;
+fail:
+    Py_DECREF(slices);
+    return NULL;
 }
 
 static const char *const PARAMS[] = {"data", "start", "end", "max_entries", "slice_bytes", "slice_entries"};
@@ -507,23 +597,17 @@ static PyObject *scan_entries(PyObject *self, PyObject *const *argv, Py_ssize_t 
     PyBuffer_Release(&view);
     PyObject *slices = NULL;
     if (s.nomem) {
-        free(s.slices);
+        free(s.runs);
+        free(s.counts);
         return PyErr_NoMemory();
     }
     if (s.slice_bytes > 0 || s.slice_entries > 0) {
-        slices = PyList_New(s.nslices);
-        for (Py_ssize_t i = 0; slices != NULL && i < s.nslices; i++) {
-            PyObject *item = Py_BuildValue("(nn)", s.slices[i].end, s.slices[i].count);
-            if (item == NULL) {
-                Py_CLEAR(slices);
-                break;
-            }
-            PyList_SET_ITEM(slices, i, item);
-        }
+        slices = slices_list(&s);
     } else {
         slices = Py_NewRef(Py_None);
     }
-    free(s.slices);
+    free(s.runs);
+    free(s.counts);
     if (slices == NULL) {
         return NULL;
     }
@@ -546,7 +630,84 @@ static PyObject *scan_entries(PyObject *self, PyObject *const *argv, Py_ssize_t 
     return out;
 }
 
+/* frame_ends(data, start, shift): the end offsets (plus shift) of the whole values from start on, and how
+ * the bytes after the last of them end: 0 (there are none), 1 (cut short: a value not yet whole), 2
+ * (malformed: byte 0xc1) or 3 (malformed: nested deeper than msgpack's Unpacker goes). The framer's one
+ * call per read, where a Python loop of Unpacker.skip() calls cost about 60 ns per frame. */
+static PyObject *frame_ends(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "frame_ends(data, start, shift)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t shift = PyLong_AsSsize_t(args[2]);
+    if (shift == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start < 0 || start > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "start out of range");
+        return NULL;
+    }
+    PyObject *ends = PyList_New(0);
+    const uint8_t *base = (const uint8_t *)view.buf;
+    const uint8_t *p = base + start, *end = base + view.len;
+    int tail = 0;
+    while (ends != NULL && p < end) {
+        int bad = R_NONE, container = 0;
+        int rc = skip(&p, end, 0, &container, &bad);
+        if (rc != OK) {
+            tail = rc;
+            break;
+        }
+        PyObject *v = PyLong_FromSsize_t(shift + (p - base));
+        if (v == NULL || PyList_Append(ends, v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(ends);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    PyBuffer_Release(&view);
+    if (ends == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(Ni)", ends, tail);
+}
+
+/* invalid_entries(data): how many of the (whole) entries in data decoding will drop; the hot path's check,
+ * which builds no tuple when, as nearly always, the answer is 0. */
+static PyObject *invalid_entries(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    Scan s;
+    memset(&s, 0, sizeof(s));
+    s.base = (const uint8_t *)view.buf;
+    s.end = view.len;
+    s.max_entries = -1;
+    if (view.len >= NOGIL_FROM) {
+        Py_BEGIN_ALLOW_THREADS run(&s);
+        Py_END_ALLOW_THREADS
+    } else {
+        run(&s);
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(s.invalid);
+}
+
 static PyMethodDef methods[] = {
+    {"frame_ends", (PyCFunction)(void (*)(void))frame_ends, METH_FASTCALL,
+     "frame_ends(data, start, shift) -> (ends, tail)"},
+    {"invalid_entries", invalid_entries, METH_O, "invalid_entries(data) -> int"},
     {"scan_entries", (PyCFunction)(void (*)(void))scan_entries, METH_FASTCALL | METH_KEYWORDS,
      "scan_entries(data, start=0, end=-1, max_entries=-1, slice_bytes=0, slice_entries=0)\n"
      "-> (count, good_end, broken, invalid, bad_times, bad_start, bad_end, reason, slices)"},

@@ -12,18 +12,17 @@ from collections.abc import Callable
 import msgpack
 
 from forwardd.protocol.decoder import Decoder
-from forwardd.protocol.errors import ProtocolError
+from forwardd.protocol.errors import FrameTooLarge, ProtocolError
 from forwardd.protocol.events import (
-    EntriesReceived,
     Event,
     HandshakeCompleted,
     HandshakeFailed,
     Heartbeat,
+    ProtocolViolation,
     RawFrame,
-    Rejected,
 )
 from forwardd.protocol.handshake import Security, ServerHandshake
-from forwardd.protocol.jsonmode import JsonFramer, json_acks
+from forwardd.protocol.jsonmode import JsonFramer, json_replies
 from forwardd.protocol.limits import Limits
 
 __all__ = ["ServerConnection"]
@@ -74,17 +73,15 @@ class ServerConnection:
             self._first = False
             if self._json_allowed and data[:1] in (b"[", b"{"):
                 self._json = JsonFramer(self.decoder.limits.max_frame_size)
+                self.decoder.json = True
         if self._json is not None:
             return self._receive_json(data)
-        try:
-            events = self.decoder.feed(data, self._clock_ns())
-        except ProtocolError as exc:
-            if not self.established and exc.events:
-                exc.events = self._handshake(exc.events)
-            raise
-        if self.established or not events:
-            return events
-        return self._handshake(events)
+        events = self.decoder.feed(data, self._clock_ns())
+        if not self.established and events:
+            events = self._handshake(events)
+        if events and type(events[-1]) is ProtocolViolation:
+            _raise_violation(events)
+        return events
 
     def _receive_json(self, data: bytes) -> list[Event]:
         assert self._json is not None
@@ -96,16 +93,12 @@ class ServerConnection:
             except ProtocolError as exc:
                 error = exc
                 break
-        try:
-            events = self.decoder.feed(b"".join(requests), self._clock_ns()) if requests else []
-        except ProtocolError as exc:
-            _json_replies(exc.events)
-            raise
-        _json_replies(events)
-        if error is not None:
-            error.events = events  # what came whole before the error is still handed on
-            raise error
-        return events
+        events = self.decoder.feed(b"".join(requests), self._clock_ns()) if requests else []
+        json_replies(events)
+        if error is not None and not (events and isinstance(events[-1], ProtocolViolation)):
+            # What came whole before the error is still handed on.
+            events.append(ProtocolViolation(error.reason, error.detail, error.reply))
+        return _raise_violation(events)
 
     def _handshake(self, events: list[Event]) -> list[Event]:
         hs = self.handshake
@@ -117,6 +110,9 @@ class ServerConnection:
                 break
             if isinstance(ev, Heartbeat):
                 continue
+            if isinstance(ev, ProtocolViolation):
+                out.append(ev)
+                return out
             if not isinstance(ev, RawFrame):
                 reason = "PING expected before any event"
                 out.append(HandshakeFailed(reason, _pong_failure(reason)))
@@ -136,11 +132,16 @@ class ServerConnection:
         return out
 
 
-def _json_replies(events: list[Event]) -> None:
-    """The acks of a JSON connection, in JSON."""
-    for ev in events:
-        if isinstance(ev, EntriesReceived | Rejected) and ev.ack is not None:
-            ev.ack = json_acks(ev.ack)
+def _raise_violation(events: list[Event]) -> list[Event]:
+    """The events, or the ProtocolError that ends them (carrying the events before it)."""
+    v = events[-1] if events else None
+    if type(v) is ProtocolViolation:
+        events.pop()
+        cls = FrameTooLarge if v.reason == "frame_too_large" else ProtocolError
+        exc = cls(v.reason, v.detail, reply=v.reply)
+        exc.events = events
+        raise exc
+    return events
 
 
 def _pong_failure(reason: str) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from forwardd.model import Chunk
+from forwardd.protocol.limits import Limits
 
 __all__ = [
     "EntriesReceived",
@@ -13,6 +15,8 @@ __all__ = [
     "HandshakeFailed",
     "Heartbeat",
     "InvalidEntries",
+    "PayloadReceived",
+    "ProtocolViolation",
     "RawFrame",
     "Rejected",
 ]
@@ -92,4 +96,49 @@ class RawFrame:
     data: bytes
 
 
-Event = EntriesReceived | Rejected | Heartbeat | HandshakeCompleted | HandshakeFailed | RawFrame
+@dataclass(slots=True)
+class PayloadReceived:
+    """A request too big to finish on the event loop (over ``limits.inline_request_size`` on the wire, or
+    once decompressed). Hand it to :func:`forwardd.protocol.finish_payload` in a worker thread: that pure
+    function returns the events it stands for, exactly those an inline decoder would have returned, cut
+    into chunks of bounded size (the last one carrying the ack). Until they are handled, the events that
+    followed it must wait, so that acks and chunks keep their order.
+
+    ``data`` is the whole frame, or (``tag`` set) the payload of a PackedForward whose options were read
+    already (``options``, ``chunk_raw``: the raw chunk id); ``size`` is the request's size on the wire.
+    """
+
+    data: bytes
+    size: int
+    received_ns: int
+    limits: Limits
+    tag: str | None = None
+    options: dict[bytes, Any] | None = None
+    chunk_raw: bytes | None = None
+    json: bool = False
+
+
+@dataclass(slots=True)
+class ProtocolViolation:
+    """The peer broke the protocol so badly that the connection must close; always the last event.
+
+    ``reason`` is a stable short code for logs and counters (``not_an_array``, ``bad_msgpack``, ...);
+    ``reply`` is what to flush to the peer before closing (a failure PONG), if anything. The events before
+    it came whole before the broken bytes: they are handled (and acked) before the close.
+    """
+
+    reason: str
+    detail: str
+    reply: bytes = b""
+
+
+Event = (
+    EntriesReceived
+    | Rejected
+    | Heartbeat
+    | HandshakeCompleted
+    | HandshakeFailed
+    | RawFrame
+    | PayloadReceived
+    | ProtocolViolation
+)

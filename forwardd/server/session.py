@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +26,18 @@ from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
 from forwardd.protocol import (
     EntriesReceived,
+    Event,
     HandshakeCompleted,
     HandshakeFailed,
     Heartbeat,
     Limits,
+    PayloadReceived,
     ProtocolError,
+    ProtocolViolation,
     Rejected,
     Security,
     ServerConnection,
+    finish_payload,
 )
 from forwardd.server.stats import RateLimitedLog, SourceStats
 from forwardd.sink import Ingest
@@ -40,6 +45,21 @@ from forwardd.sink import Ingest
 __all__ = ["Session", "SessionSettings"]
 
 log = structlog.get_logger("forwardd.server")
+
+_executor: ThreadPoolExecutor | None = None
+#: How much a session hands on per turn of the event loop: entry bytes, plus a weight per chunk. A big
+#: request's chunks (thousands, once finished) go on over several turns, other connections served between.
+_TURN_BUDGET = 1 << 20
+_CHUNK_WEIGHT = 64 * 1024
+
+
+def payload_executor() -> ThreadPoolExecutor:
+    """The worker threads that finish big requests (decompression and the entry scan release the GIL):
+    two, for this class of machine; requests beyond that wait their turn, their connections not read."""
+    global _executor  # one pool per process, made on first use
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="forwardd-payload")
+    return _executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +132,9 @@ class Session(asyncio.Protocol):
         self._resolver: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
+        #: A big request being finished in a worker thread, and the events read after it, which wait.
+        self._job: asyncio.Future[list[Event]] | None = None
+        self._backlog: list[Event] = []
         self._transform = self._make_transform()
         self._flush_cb = self._flush_acks_cb
 
@@ -173,6 +196,7 @@ class Session(asyncio.Protocol):
                 # Nobody will read the outcome now; a rejection at shutdown is expected, not an error.
                 p.waiter.add_done_callback(_retrieve)
         self._pending.clear()
+        self._backlog = []
         self.transport = None
         for fut in (self._drained, self._lost):
             if fut is not None and not fut.done():
@@ -194,22 +218,38 @@ class Session(asyncio.Protocol):
             return
         self._bytes_in += len(data)
         self._last_activity = time.monotonic()
-        error: ProtocolError | None = None
         try:
             events = conn.receive_data(data)
         except ProtocolError as exc:
             # Requests completed before the error in the same read are still handed on and acked.
-            events, error = exc.events, exc
+            events = [*exc.events, ProtocolViolation(exc.reason, exc.detail, exc.reply)]
+        self.stats.bytes += len(data)
+        if self._job is not None or self._backlog:
+            self._backlog += events  # they wait for the request before them
+            return
+        self._handle(events)
+
+    def _handle(self, events: list[Event]) -> None:
+        """Handle events in request order. A big request goes to a worker thread; the events after it
+        wait in the backlog until its own events are handled (acks and chunks keep their order)."""
+        conn = self.conn
+        assert conn is not None
         stats = self.stats
-        stats.bytes += len(data)
         pending = self._pending
-        for ev in events:
+        spent = 0
+        for i, ev in enumerate(events):
             if type(ev) is EntriesReceived:
                 if self._draining:
                     break  # closing after a fault: what follows is not read, not acked, resent
                 chunk = ev.chunk
+                if spent >= _TURN_BUDGET:
+                    self._backlog = events[i:]  # the rest in the next turns of the loop
+                    asyncio.get_running_loop().call_soon(self._continue)
+                    self._update_reading()
+                    break
+                spent += len(chunk.entries) + _CHUNK_WEIGHT
                 stats.chunks += ev.requests
-                self._requests += 1
+                self._requests += ev.requests
                 if self.settings.close_after is not None and self._requests >= self.settings.close_after:
                     self._draining = True
                     self._closing = True
@@ -218,6 +258,10 @@ class Session(asyncio.Protocol):
                 stats.events += chunk.count
                 if ev.invalid is not None:
                     self._invalid_entries(ev)
+                    if not chunk.count:  # nothing in it could be delivered: acked and dropped (counted)
+                        if ev.ack is not None:
+                            pending.append(_Pending(None, ev.ack, chunk.tag, 0, ev.acks))
+                        continue
                 if self._transform is not None:
                     chunk = self._transform(chunk)
                 try:
@@ -239,6 +283,12 @@ class Session(asyncio.Protocol):
                         tag=chunk.tag,
                         size=ev.size,
                     )
+            elif type(ev) is PayloadReceived:
+                if self._draining:
+                    break
+                self._start_job(ev)
+                self._backlog = events[i + 1 :]
+                break
             elif type(ev) is Heartbeat:
                 stats.heartbeats += 1
             elif type(ev) is Rejected:
@@ -248,17 +298,53 @@ class Session(asyncio.Protocol):
             elif type(ev) is HandshakeFailed:
                 self._handshake_failed(ev)
                 return
-        if error is not None:
-            self._protocol_error(error)
-            return
+            elif type(ev) is ProtocolViolation:
+                self._protocol_error(ev)
+                return
         if pending:
             self._flush_acks()
-        elif (self.settings.deny_keepalive and events) or self._draining:
+        elif self._idle_after(events):
             self._close_after_response()
+
+    def _idle_after(self, events: list[Event]) -> bool:
+        """Whether, nothing being owed, the connection is to close after these events."""
+        if self._job is not None or self._backlog:
+            return False
+        return bool(self.settings.deny_keepalive and events) or self._draining
+
+    def _continue(self) -> None:
+        if self.transport is None or self._job is not None:
+            return
+        backlog, self._backlog = self._backlog, []
+        self._handle(backlog)
+        if self._job is None and not self._backlog:
+            self._flush_acks()
+
+    # --- big requests -----------------------------------------------------------------------------------
+
+    def _start_job(self, ev: PayloadReceived) -> None:
+        self.stats.offloaded += 1
+        self._job = asyncio.get_running_loop().run_in_executor(payload_executor(), finish_payload, ev)
+        self._job.add_done_callback(self._job_done)
+        self._update_reading()
+
+    def _job_done(self, job: asyncio.Future[list[Event]]) -> None:
+        self._job = None
+        backlog, self._backlog = self._backlog, []
+        if self.transport is None:
+            return  # the connection is gone: nothing of this request was acked, the client resends it
+        try:
+            events = job.result()
+        except Exception as exc:  # a bug in finishing it: the connection closes, the client resends
+            log.error("chunk.finish_failed", listener=self.settings.listener, peer=self.peer, error=repr(exc))
+            events = [ProtocolViolation("internal_error", repr(exc))]
+        self._handle(events + backlog)
+        if self._job is None and not self._backlog:
+            self._flush_acks()
 
     def eof_received(self) -> bool | None:
         # Half-close: the client is done sending but may still wait for acks.
-        if self._pending:
+        if self._pending or self._job is not None or self._backlog:
             self._draining = True
             return True
         return None
@@ -292,7 +378,7 @@ class Session(asyncio.Protocol):
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             self._responded = True
         self._update_reading()
-        if not pending and transport is not None:
+        if not pending and transport is not None and self._job is None and not self._backlog:
             if self._draining or (self.settings.deny_keepalive and self._responded):
                 self._close_after_response()
             if self._drained is not None and not self._drained.done():
@@ -338,7 +424,9 @@ class Session(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        want_pause = self._paused_writing or len(self._pending) >= self.settings.max_inflight
+        want_pause = (
+            self._paused_writing or len(self._pending) >= self.settings.max_inflight or self._job is not None
+        )
         if want_pause and not self._paused_reading:
             self._paused_reading = True
             self.stats.backpressure_pauses += 1
@@ -415,7 +503,7 @@ class Session(asyncio.Protocol):
             self.transport.write(ev.reply)
         self._close_after_response()
 
-    def _protocol_error(self, exc: ProtocolError) -> None:
+    def _protocol_error(self, exc: ProtocolViolation) -> None:
         self.stats.protocol_errors += 1
         self._errlog.warning(
             "conn.protocol_error",
@@ -519,7 +607,7 @@ class Session(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport.pause_reading()
-        if self._pending:
+        if self._pending or self._job is not None or self._backlog:
             self._drained = asyncio.get_running_loop().create_future()
             self._flush_acks()
             await self._drained

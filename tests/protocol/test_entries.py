@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from forwardd.model import INVALID_REASONS, decode_entries
+from forwardd.model import INVALID_REASONS, decode_entries, entry_problem
 from forwardd.protocol import entries as entries_mod
 from forwardd.protocol.entries import NATIVE, sample, scan_entries, scan_entries_py
 
 RECV = 1_700_000_000_000_000_000
 T = 1_700_000_000
+BAD_KEY = bytes.fromhex("92 00 81 80 00")  # [0, {{}: 0}]
 
 
 def test_the_extension_is_built() -> None:
@@ -128,10 +129,18 @@ def test_native_scan_equals_the_reference_and_decode_entries(items: list[bytes],
         cut = {"slice_bytes": data.draw(st.integers(0, 40)), "slice_entries": data.draw(st.integers(0, 4))}
     ref = scan_entries_py(blob, **cut)
     assert scan_entries(blob, **cut) == ref
-    count, good_end, broken, invalid, *_ = ref
+    count, good_end, broken, invalid, *_, slices = ref
     assert (count, good_end, broken) == (len(items), len(blob), False)
     events, dropped = decode_entries(blob, RECV)
     assert (invalid, len(events)) == (dropped, count - invalid)
+    if slices is not None:  # the slices hold the valid entries, all of them, within their bounds
+        pieces = [slice_data(blob, piece) for piece in slices]
+        assert b"".join(pieces) == b"".join(item for item in items if not entry_problem(item))
+        expected = [(piece[0], len(p), False, 0) for p, piece in zip(pieces, slices, strict=True)]
+        assert [scan_entries(p)[:4] for p in pieces] == expected
+        for piece, data_ in zip(slices, pieces, strict=True):
+            assert piece[0] <= cut["slice_entries"] or not cut["slice_entries"]
+            assert len(data_) <= cut["slice_bytes"] or not cut["slice_bytes"] or piece[0] == 1
 
 
 @settings(max_examples=1500, deadline=None)
@@ -192,15 +201,32 @@ def test_reasons(entry: bytes, reason: str) -> None:
 
 def test_slices_bound_bytes_and_entries() -> None:
     entry = pack([T, {"k": "v" * 10}])
-    blob = entry * 10
     n = len(entry)
-    assert scan_entries(blob, slice_entries=4)[8] == [(4 * n, 4), (8 * n, 4), (len(blob), 2)]
-    assert scan_entries(blob, slice_bytes=3 * len(entry))[8] == [
-        (3 * len(entry), 3), (6 * len(entry), 3), (9 * len(entry), 3), (len(blob), 1),
+    blob = entry * 10
+    assert scan_entries(blob, slice_entries=4)[8] == [(4, 0, 4 * n), (4, 4 * n, 8 * n), (2, 8 * n, 10 * n)]
+    assert scan_entries(blob, slice_bytes=3 * n)[8] == [
+        (3, 0, 3 * n), (3, 3 * n, 6 * n), (3, 6 * n, 9 * n), (1, 9 * n, 10 * n),
     ]  # fmt: skip
-    assert scan_entries(blob, slice_bytes=1)[8] == [((i + 1) * len(entry), 1) for i in range(10)]
+    assert scan_entries(blob, slice_bytes=1)[8] == [(1, i * n, (i + 1) * n) for i in range(10)]
     assert scan_entries(blob)[8] is None
     assert scan_entries(b"", slice_entries=4)[8] == []
+
+
+def test_slices_leave_the_invalid_entries_out() -> None:
+    good = pack([T, {"k": "v"}])
+    n, m = len(good), len(BAD_KEY)
+    blob = good + BAD_KEY + good + good + BAD_KEY + BAD_KEY + good
+    runs = (0, n, n + m, 3 * n + m, 3 * n + 3 * m, 4 * n + 3 * m)
+    assert scan_entries(blob, slice_entries=10)[8] == [(4, *runs)]
+    assert scan_entries(blob, slice_entries=2)[8] == [
+        (2, 0, n, n + m, 2 * n + m), (2, 2 * n + m, 3 * n + m, 3 * n + 3 * m, 4 * n + 3 * m),
+    ]  # fmt: skip
+    assert scan_entries(BAD_KEY * 3, slice_entries=2)[8] == []
+
+
+def slice_data(blob: bytes, piece: tuple[int, ...]) -> bytes:
+    """The entries of one slice: its runs, glued."""
+    return b"".join(blob[piece[k] : piece[k + 1]] for k in range(1, len(piece), 2))
 
 
 def test_sample_is_hex_and_bounded() -> None:
@@ -217,8 +243,6 @@ def test_the_module_uses_the_native_scan() -> None:
 
 from forwardd.protocol import EntriesReceived, ServerConnection, encode  # noqa: E402
 
-BAD_KEY = bytes.fromhex("92 00 81 80 00")  # [0, {{}: 0}]
-
 
 @pytest.mark.parametrize("compressed", [None, "gzip", "zstd"])
 def test_packed_forward_reports_the_entries_decoding_will_drop(compressed: str | None) -> None:
@@ -226,12 +250,13 @@ def test_packed_forward_reports_the_entries_decoding_will_drop(compressed: str |
     payload = good + BAD_KEY + pack([-5, {}]) + good + b"\xc1"
     (ev,) = ServerConnection().receive_data(encode.packed_forward("t", payload, compressed=compressed))
     assert isinstance(ev, EntriesReceived)
-    assert ev.chunk.count == 4
     assert ev.invalid is not None
     assert (ev.invalid.count, ev.invalid.bad_times, ev.invalid.reason) == (3, 1, "unhashable_key")
     assert ev.invalid.sample == BAD_KEY.hex(" ")
-    events = ev.chunk.events()
-    assert (len(events), ev.chunk.invalid) == (2, 1 + 2)  # the broken tail, then what decoding dropped
+    # They are left out here, counted as decoding would have counted them (with the broken tail).
+    assert (ev.chunk.entries, ev.chunk.count, ev.chunk.invalid) == (good + good, 2, 3)
+    assert len(ev.chunk.events()) == 2
+    assert ev.chunk.invalid == 3
 
 
 def test_a_broken_tail_alone_is_reported() -> None:
@@ -249,6 +274,7 @@ def test_forward_and_message_modes_report_them_too() -> None:
     assert [(e.chunk.tag, e.invalid.count, e.invalid.reason) for e in evs if e.invalid] == [
         ("t", 1, "bad_time"), ("m", 1, "bad_time"), ("m", 1, "unhashable_key"),
     ]  # fmt: skip
+    assert [(e.chunk.count, e.chunk.invalid, e.requests) for e in evs] == [(1, 1, 1), (1, 1, 2), (0, 1, 1)]
 
 
 def test_good_chunks_carry_no_report() -> None:

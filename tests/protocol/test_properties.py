@@ -270,7 +270,7 @@ def test_single_message_shortcut_judges_one_read_as_the_general_path(
 
 def test_single_message_shortcut_is_taken_for_docker_requests() -> None:
     """The shortcut must really run for what docker sends, or the property above proves nothing: it
-    skips the Unpackers, so their offsets move only through the shortcut's bookkeeping."""
+    skips the framer, so the framer's offsets move only through the shortcut's bookkeeping."""
     rec = {"container_id": "c" * 64, "container_name": "/app", "source": "stdout", "log": "hello"}
     conn = ServerConnection(clock_ns=lambda: RECV)
     dec = conn.decoder
@@ -279,10 +279,10 @@ def test_single_message_shortcut_is_taken_for_docker_requests() -> None:
         (ev,) = conn.receive_data(f)
         assert isinstance(ev, EntriesReceived)
         assert ev.ack == b"\x81\xa3ack" + msgpack.packb(f"id{frames_.index(f)}")
-    assert dec._framer.tell() == 0  # never fed: all three went the short way
+    assert dec.framer.skipped_bytes == 0  # never fed: all three went the short way
     tail = message("docker.abc", event_time(NS), rec, chunk="last")
     assert conn.receive_data(tail[:5]) == []
     (ev,) = conn.receive_data(tail[5:])
     assert isinstance(ev, EntriesReceived)
     assert ev.chunk.count == 1
-    assert dec._framer.tell() == len(tail)  # a split request goes the general way, offsets intact
+    assert dec.framer.skipped_bytes == len(tail)  # a split request goes the general way, offsets intact
