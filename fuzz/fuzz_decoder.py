@@ -1,5 +1,6 @@
 """atheris target for the protocol core: ServerConnection must turn any byte stream, cut into any reads,
-into events or a ProtocolError, and every chunk it hands out must decode without raising.
+into events (a ProtocolViolation last if it breaks the protocol), and every chunk it hands out must decode
+without raising.
 
 Input layout (so that a corpus of real traffic is easy to seed): byte 0 holds flags, byte 1 seeds the
 read sizes, the rest is what the peer sends.
@@ -29,7 +30,7 @@ with atheris.instrument_imports():
         Heartbeat,
         Limits,
         PayloadReceived,
-        ProtocolError,
+        ProtocolViolation,
         Rejected,
         Security,
         ServerConnection,
@@ -92,14 +93,18 @@ def TestOneInput(data: bytes) -> None:
         if flags & 4:
             payload = PING + payload
     max_frame = conn.decoder.limits.max_frame_size
-    try:
-        for piece in reads(payload, seed):
-            for ev in conn.receive_data(piece):
+    broken = False
+    for piece in reads(payload, seed):
+        events = conn.receive_data(piece)
+        if broken:
+            assert events == [], events  # a broken stream reads nothing more
+        for i, ev in enumerate(events):
+            if type(ev) is ProtocolViolation:
+                assert i == len(events) - 1, events  # always the last event
+                broken = True
+            else:
                 check(ev)
-            assert conn.buffered <= max_frame, (conn.buffered, max_frame)
-    except ProtocolError as exc:
-        for ev in exc.events:
-            check(ev)
+        assert conn.buffered <= max_frame, (conn.buffered, max_frame)
 
 
 def main() -> None:

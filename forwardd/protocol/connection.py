@@ -12,7 +12,7 @@ from collections.abc import Callable
 import msgpack
 
 from forwardd.protocol.decoder import Decoder
-from forwardd.protocol.errors import FrameTooLarge, ProtocolError
+from forwardd.protocol.errors import ProtocolError
 from forwardd.protocol.events import (
     Event,
     HandshakeCompleted,
@@ -46,6 +46,7 @@ class ServerConnection:
         self._json_allowed = json_mode and security is None
         self._json: JsonFramer | None = None
         self._first = True
+        self._closed = False
         self._clock_ns = clock_ns
         self.handshake = ServerHandshake(security, peer_address) if security is not None else None
         self.established = self.handshake is None
@@ -68,7 +69,10 @@ class ServerConnection:
         return self._json is not None
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Events completed by ``data``; raises ProtocolError when the connection must be closed."""
+        """Events completed by ``data``. A :class:`ProtocolViolation`, always last, means the connection
+        must be closed (after handling the events before it)."""
+        if self._closed:
+            return []  # a violation or a failed handshake ended it: nothing more is read
         if self._first and data:
             self._first = False
             if self._json_allowed and data[:1] in (b"[", b"{"):
@@ -79,26 +83,29 @@ class ServerConnection:
         events = self.decoder.feed(data, self._clock_ns())
         if not self.established and events:
             events = self._handshake(events)
-        if events and type(events[-1]) is ProtocolViolation:
-            _raise_violation(events)
+        if events and type(events[-1]) in (ProtocolViolation, HandshakeFailed):
+            self._closed = True
         return events
 
     def _receive_json(self, data: bytes) -> list[Event]:
         assert self._json is not None
         values, error = self._json.feed(data)
+        violation = ProtocolViolation(error.reason, error.detail) if error is not None else None
         requests: list[bytes] = []
         for value in values:
             try:
                 requests.append(JsonFramer.to_msgpack(value))
             except ProtocolError as exc:
-                error = exc
+                violation = ProtocolViolation(exc.reason, exc.detail)
                 break
         events = self.decoder.feed(b"".join(requests), self._clock_ns()) if requests else []
         json_replies(events)
-        if error is not None and not (events and isinstance(events[-1], ProtocolViolation)):
-            # What came whole before the error is still handed on.
-            events.append(ProtocolViolation(error.reason, error.detail, error.reply))
-        return _raise_violation(events)
+        if violation is not None and not (events and type(events[-1]) is ProtocolViolation):
+            events.append(violation)  # what came whole before it is still handed on
+        if events and type(events[-1]) is ProtocolViolation:
+            self._closed = True
+            self._json = JsonFramer(self.decoder.limits.max_frame_size)  # what it held is worthless now
+        return events
 
     def _handshake(self, events: list[Event]) -> list[Event]:
         hs = self.handshake
@@ -130,18 +137,6 @@ class ServerConnection:
             self.username = username
             out.append(HandshakeCompleted(hostname, username, reply))
         return out
-
-
-def _raise_violation(events: list[Event]) -> list[Event]:
-    """The events, or the ProtocolError that ends them (carrying the events before it)."""
-    v = events[-1] if events else None
-    if type(v) is ProtocolViolation:
-        events.pop()
-        cls = FrameTooLarge if v.reason == "frame_too_large" else ProtocolError
-        exc = cls(v.reason, v.detail, reply=v.reply)
-        exc.events = events
-        raise exc
-    return events
 
 
 def _pong_failure(reason: str) -> bytes:

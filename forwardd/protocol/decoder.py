@@ -108,21 +108,26 @@ class Decoder:
                     return events
             rest: bytes | memoryview = data
             while True:
-                items, error, rest = framer.feed(rest)
+                items, violation, rest = framer.feed(rest)
                 if items:
                     try:
                         self._read(items, events)
-                    except ProtocolError as exc:
-                        error = exc  # earlier in the stream than a framing error in the same read
+                    except ProtocolError as exc:  # earlier in the stream than a framing error in this read
+                        violation = ProtocolViolation(exc.reason, exc.detail, exc.reply)
                 framer.consumed()
-                if error is not None:
-                    raise error
+                if violation is not None:
+                    return self._broke(events, violation)
                 if not rest:
                     return events
-        except ProtocolError as exc:
-            self._broken = True
-            events.append(ProtocolViolation(exc.reason, exc.detail, exc.reply))
-            return events
+        except ProtocolError as exc:  # from the Message shortcut: a tag over the limit
+            return self._broke(events, ProtocolViolation(exc.reason, exc.detail, exc.reply))
+
+    def _broke(self, events: list[Event], violation: ProtocolViolation) -> list[Event]:
+        """The stream is broken: ``violation`` is the last event; nothing more is read."""
+        self._broken = True
+        self.framer = Framer(self.limits)  # what it held is worthless now: let it go
+        events.append(violation)
+        return events
 
     # --- Message mode, one request per read ---------------------------------------------------------------
 

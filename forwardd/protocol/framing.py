@@ -24,6 +24,7 @@ import msgpack
 
 from forwardd.protocol.entries import frame_ends
 from forwardd.protocol.errors import FrameTooLarge, ProtocolError
+from forwardd.protocol.events import ProtocolViolation
 from forwardd.protocol.limits import Limits
 from forwardd.protocol.wire import ARRAY, BIN, STR, header
 
@@ -97,10 +98,16 @@ class Framer:
             return kept + len(self._stream.options)
         return self.fed - self.start
 
-    def feed(self, data: bytes | memoryview) -> tuple[list[int | Streamed], ProtocolError | None, memoryview]:
-        """Add bytes; return what they complete, the error that broke the stream if any (after those), and
-        the bytes not taken yet. The caller handles the frames, calls :meth:`consumed`, then feeds the rest:
-        the framer stops there when it switches to stream mode, which changes its buffer."""
+    def feed(
+        self, data: bytes | memoryview
+    ) -> tuple[list[int | Streamed], ProtocolViolation | None, memoryview]:
+        """Add bytes; return what they complete, how the stream broke if it did (after those), and the
+        bytes not taken yet. The caller handles the frames, calls :meth:`consumed`, then feeds the rest:
+        the framer stops there when it switches to stream mode, which changes its buffer.
+
+        The break is returned as plain data, never as the exception raised to find it: an exception kept in
+        a variable holds its traceback, whose frames hold the variable (a cycle keeping this framer and its
+        buffers alive until the cycle collector runs)."""
         items: list[int | Streamed] = []
         view = memoryview(data)
         try:
@@ -126,7 +133,7 @@ class Framer:
                     if partial >= limit:
                         raise FrameTooLarge("frame_too_large", f"frame over {limit} bytes")
         except ProtocolError as exc:
-            return items, exc, memoryview(b"")
+            return items, ProtocolViolation(exc.reason, exc.detail, exc.reply), memoryview(b"")
         if self.fed == self.start:
             self._skipper = None  # between frames it holds nothing worth keeping: let it go
         return items, None, view

@@ -32,7 +32,6 @@ from forwardd.protocol import (
     Heartbeat,
     Limits,
     PayloadReceived,
-    ProtocolError,
     ProtocolViolation,
     Rejected,
     Security,
@@ -135,8 +134,12 @@ class Session(asyncio.Protocol):
         #: A big request being finished in a worker thread, and the events read after it, which wait.
         self._job: asyncio.Future[list[Event]] | None = None
         self._backlog: list[Event] = []
-        self._transform = self._make_transform()
-        self._flush_cb = self._flush_acks_cb
+        s = settings
+        #: Whether chunks are changed per connection (tag, source address or hostname in the records).
+        self._transform = bool(s.tag or s.add_tag_prefix or s.source_address_key or s.source_hostname_key)
+        # Nothing here may refer back to the session (no bound method, closure or exception kept in an
+        # attribute): a closed session, and the buffers of its decoder, must go when it closes, not when the
+        # cycle collector runs (tests/server/test_memory.py holds this with the collector off).
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -172,6 +175,10 @@ class Session(asyncio.Protocol):
         self.stats.open_connections -= 1
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        if self._resolver is not None:
+            self._resolver.cancel()
+            self._resolver = None
         if self._bytes_in == 0 and exc is None:
             # Fluentd's transport heartbeat: connect, close, nothing said. Not worth a log line.
             self.stats.heartbeats += 1
@@ -194,13 +201,21 @@ class Session(asyncio.Protocol):
         for p in self._pending:
             if p.waiter is not None:
                 # Nobody will read the outcome now; a rejection at shutdown is expected, not an error.
+                # The waiter may outlive the connection (an output that is down): it must not keep the
+                # session alive with it.
+                p.waiter.remove_done_callback(self._flush_acks_cb)
                 p.waiter.add_done_callback(_retrieve)
         self._pending.clear()
         self._backlog = []
+        if self._job is not None:
+            self._job.remove_done_callback(self._job_done)  # its result is dropped: the client resends
+            self._job = None
         self.transport = None
+        self.conn = None  # the decoder and its buffers go now
         for fut in (self._drained, self._lost):
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        self._drained = self._lost = None
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -218,11 +233,8 @@ class Session(asyncio.Protocol):
             return
         self._bytes_in += len(data)
         self._last_activity = time.monotonic()
-        try:
-            events = conn.receive_data(data)
-        except ProtocolError as exc:
-            # Requests completed before the error in the same read are still handed on and acked.
-            events = [*exc.events, ProtocolViolation(exc.reason, exc.detail, exc.reply)]
+        # Requests completed before a violation in the same read are still handed on and acked.
+        events = conn.receive_data(data)
         self.stats.bytes += len(data)
         if self._job is not None or self._backlog:
             self._backlog += events  # they wait for the request before them
@@ -262,8 +274,8 @@ class Session(asyncio.Protocol):
                         if ev.ack is not None:
                             pending.append(_Pending(None, ev.ack, chunk.tag, 0, ev.acks))
                         continue
-                if self._transform is not None:
-                    chunk = self._transform(chunk)
+                if self._transform:
+                    chunk = self._transformed(chunk)
                 try:
                     waiter = self.ingest(chunk)
                 except ChunkRejected as exc:
@@ -360,8 +372,8 @@ class Session(asyncio.Protocol):
             w = p.waiter
             if w is not None:
                 if not w.done():
-                    w.remove_done_callback(self._flush_cb)
-                    w.add_done_callback(self._flush_cb)
+                    w.remove_done_callback(self._flush_acks_cb)
+                    w.add_done_callback(self._flush_acks_cb)
                     break
                 exc = w.exception() if not w.cancelled() else ChunkRejected("cancelled", permanent=False)
                 if exc is not None:
@@ -554,31 +566,20 @@ class Session(asyncio.Protocol):
 
     # --- per-connection record changes ----------------------------------------------------------------
 
-    def _make_transform(self) -> Callable[[Chunk], Chunk] | None:
+    def _transformed(self, chunk: Chunk) -> Chunk:
         s = self.settings
-        if (
-            s.tag is None
-            and s.add_tag_prefix is None
-            and not s.source_address_key
-            and not s.source_hostname_key
-        ):
-            return None
-
-        def transform(chunk: Chunk) -> Chunk:
-            if s.tag is not None:
-                chunk = chunk.with_tag(s.tag)
-            elif s.add_tag_prefix:
-                chunk = chunk.with_tag(f"{s.add_tag_prefix}.{chunk.tag}")
-            extra: dict[str, Any] = {}
-            if s.source_address_key:
-                extra[s.source_address_key] = self.peer_address or self.peer
-            if s.source_hostname_key:
-                extra[s.source_hostname_key] = self.peer_hostname or self.peer_address or self.peer
-            if extra:
-                chunk = chunk.map_records(lambda r: {**r, **extra})
-            return chunk
-
-        return transform
+        if s.tag is not None:
+            chunk = chunk.with_tag(s.tag)
+        elif s.add_tag_prefix:
+            chunk = chunk.with_tag(f"{s.add_tag_prefix}.{chunk.tag}")
+        extra: dict[str, Any] = {}
+        if s.source_address_key:
+            extra[s.source_address_key] = self.peer_address or self.peer
+        if s.source_hostname_key:
+            extra[s.source_hostname_key] = self.peer_hostname or self.peer_address or self.peer
+        if extra:
+            chunk = chunk.map_records(lambda r: {**r, **extra})
+        return chunk
 
     async def _resolve_hostname(self) -> None:
         if self.peer_address is None:

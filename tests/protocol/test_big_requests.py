@@ -20,7 +20,6 @@ from forwardd.protocol import (
     EntriesReceived,
     Limits,
     PayloadReceived,
-    ProtocolError,
     Rejected,
     ServerConnection,
     finish_payload,
@@ -28,6 +27,7 @@ from forwardd.protocol import (
 from forwardd.protocol.encode import forward, message, packed_forward
 
 from .test_properties import RECV, cuts_for, frames, outcome
+from .violations import split_off, violation
 
 T = 1_700_000_000
 
@@ -43,14 +43,12 @@ def run(data: bytes, cuts: list[int], limits: Limits | None = None) -> tuple[lis
     out: list[Any] = []
     jobs = 0
     bounds = [0, *sorted(set(cuts)), len(data)]
-    try:
-        for a, b in itertools.pairwise(bounds):
-            events = conn.receive_data(data[a:b])
-            jobs += sum(isinstance(e, PayloadReceived) for e in events)
-            out += [outcome(ev) for ev in finished(events)]
-    except ProtocolError as exc:
-        out += [outcome(ev) for ev in finished(exc.events)]
-        return out, exc.reason, jobs
+    for a, b in itertools.pairwise(bounds):
+        events, broke = split_off(conn.receive_data(data[a:b]))
+        jobs += sum(isinstance(e, PayloadReceived) for e in events)
+        out += [outcome(ev) for ev in finished(events)]
+        if broke is not None:
+            return out, broke.reason, jobs
     return out, None, jobs
 
 
@@ -132,9 +130,7 @@ def test_a_big_frame_with_a_bad_head_breaks_the_connection_at_once() -> None:
     """The head of a frame read in a worker thread is checked here, as it would be inline."""
     limits = Limits(inline_request_size=100)
     bad = msgpack.packb([1, [[T, {"pad": "x" * 200}]]])  # the tag is not a string
-    with pytest.raises(ProtocolError) as info:
-        ServerConnection(limits=limits).receive_data(bad)
-    assert info.value.reason == "bad_tag"
+    assert violation(ServerConnection(limits=limits).receive_data(bad)).reason == "bad_tag"
 
 
 def test_a_rejected_big_request_keeps_its_ack() -> None:

@@ -17,13 +17,14 @@ from forwardd.protocol import (
     HandshakeFailed,
     Heartbeat,
     Limits,
-    ProtocolError,
     Rejected,
     Security,
     ServerConnection,
 )
 from forwardd.protocol.encode import event_time, forward, message, packed_forward
 from forwardd.protocol.handshake import client_ping
+
+from .violations import split_off
 
 RECV = 1_700_000_000_000_000_000
 NS = 1_000_000_000
@@ -88,12 +89,12 @@ def run(data: bytes, cuts: list[int], limits: Limits | None = None) -> tuple[lis
     conn.decoder.merge_messages = False
     out: list[Any] = []
     bounds = [0, *sorted(set(cuts)), len(data)]
-    try:
-        for a, b in itertools.pairwise(bounds):
-            out += [outcome(ev) for ev in conn.receive_data(data[a:b])]
-    except ProtocolError as exc:
-        out += [outcome(ev) for ev in exc.events]
-        return out, exc.reason
+    for a, b in itertools.pairwise(bounds):
+        events, broke = split_off(conn.receive_data(data[a:b]))
+        out += [outcome(ev) for ev in events]
+        if broke is not None:
+            assert conn.receive_data(data[b:]) == []  # a broken stream reads nothing more
+            return out, broke.reason
     return out, None
 
 
@@ -152,10 +153,7 @@ def test_arbitrary_bytes_during_a_handshake(blob: bytes, prefix_ping: bool) -> N
     conn = ServerConnection(security=sec)
     helo = msgpack.unpackb(conn.initial_bytes(), raw=True)[1]
     data = (client_ping(helo, hostname="c", shared_key="k")[0] if prefix_ping else b"") + blob
-    try:
-        events = conn.receive_data(data)
-    except ProtocolError as exc:
-        events = exc.events
+    events, _ = split_off(conn.receive_data(data))
     if not prefix_ping:
         assert not any(isinstance(e, EntriesReceived) for e in events)
     for ev in events:
@@ -166,10 +164,8 @@ def test_arbitrary_bytes_during_a_handshake(blob: bytes, prefix_ping: bool) -> N
 @given(st.binary(max_size=200))
 def test_chunks_out_of_arbitrary_packed_payloads_decode_without_raising(payload: bytes) -> None:
     frame = packed_forward("t", payload)
-    try:
-        events = ServerConnection().receive_data(frame)
-    except ProtocolError:  # pragma: no cover - a bin payload always frames
-        raise AssertionError("a well-framed PackedForward is never a protocol error") from None
+    events, broke = split_off(ServerConnection().receive_data(frame))
+    assert broke is None, "a well-framed PackedForward is never a protocol error"
     (ev,) = events
     if isinstance(ev, EntriesReceived):
         evs, invalid = decode_entries(ev.chunk.entries, RECV)
@@ -221,12 +217,11 @@ def run_reads(
     conn.decoder.merge_messages = False
     conn.decoder.single_message_shortcut = shortcut
     out: list[Any] = []
-    try:
-        for r in reads:
-            out += [full_outcome(ev) for ev in conn.receive_data(r)]
-    except ProtocolError as exc:
-        out += [full_outcome(ev) for ev in exc.events]
-        return out, exc.reason
+    for r in reads:
+        events, broke = split_off(conn.receive_data(r))
+        out += [full_outcome(ev) for ev in events]
+        if broke is not None:
+            return out, broke.reason
     return out, None
 
 
