@@ -182,6 +182,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
             max_frame_size=lim.max_frame_size,
             max_decompressed_size=lim.max_decompressed_size,
             chunk_size_warn=lim.chunk_size_warn,
+            max_handshake_frame_size=lim.max_handshake_frame_size,
         ),
         security=security,
         max_inflight=lim.max_inflight,

@@ -267,6 +267,8 @@ class Limits(_Frozen):
     max_frame_size: Size = 64 * 1024**2
     max_decompressed_size: Size = 256 * 1024**2
     chunk_size_warn: Size = 16 * 1024**2
+    #: The frame limit before the handshake is done (security on): a PING is a few hundred bytes.
+    max_handshake_frame_size: Size = 64 * 1024
     max_connections: Count = 10000
     handshake_timeout: Duration = 10.0
     #: 0 = never close an idle connection.

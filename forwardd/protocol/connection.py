@@ -51,6 +51,9 @@ class ServerConnection:
         self.handshake = ServerHandshake(security, peer_address) if security is not None else None
         self.established = self.handshake is None
         self.decoder.expect_raw_frame = not self.established
+        if not self.established:  # an unauthenticated peer gets a PING's worth of frame, no more
+            limits = self.decoder.limits
+            self.decoder.framer.frame_limit = min(limits.max_handshake_frame_size, limits.max_frame_size)
         self.peer_hostname: str | None = None
         self.username: str | None = None
 

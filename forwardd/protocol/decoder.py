@@ -108,6 +108,7 @@ class Decoder:
                     return events
             rest: bytes | memoryview = data
             while True:
+                framer.one_frame = self.expect_raw_frame
                 items, violation, rest = framer.feed(rest)
                 if items:
                     try:
@@ -288,7 +289,9 @@ class Decoder:
                 raise ProtocolError("not_an_array", f"top-level value starts with 0x{first:02x}")
             if raw_next:
                 # The handshake's PING: handed over whole, once; the connection decides what it means.
+                # What follows it is framed under the full limit (if the PING is refused, it is dropped).
                 self.expect_raw_frame = raw_next = False
+                framer.frame_limit = self.limits.max_frame_size
                 wskip()
                 append(RawFrame(bytes(buf[frame_start - base : end - base])))
                 continue

@@ -77,8 +77,10 @@ class Framer:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        #: The limit on one frame; the connection lowers it until the handshake is done.
+        #: The limit on one frame; the decoder lowers it until the handshake's PING has come.
         self.frame_limit = limits.max_frame_size
+        #: Hand out one frame, then stop (the PING: what follows it is framed under the limit it lifts).
+        self.one_frame = False
         self.buf = bytearray()
         self.base = 0  # stream offset of buf[0]
         self.fed = 0  # stream offset of the end of what was fed
@@ -114,6 +116,8 @@ class Framer:
             while view:
                 if self._stream is not None:
                     view = self._feed_stream(view, items)
+                    if self.one_frame and items:
+                        return items, None, view
                     continue
                 # Never hand the skipper more of the current frame than the limit: a frame over it must
                 # not complete (and be accepted) just because it arrived in one read; it is the same
@@ -124,6 +128,8 @@ class Framer:
                 self.buf += piece
                 self.fed += len(piece)
                 self._frames(piece, items)
+                if self.one_frame and items:
+                    return items, None, self._give_back(items, view)
                 partial = self.fed - self.start
                 if partial:
                     if not self._looked and partial >= min(self.limits.stream_from, limit):
@@ -137,6 +143,17 @@ class Framer:
         if self.fed == self.start:
             self._skipper = None  # between frames it holds nothing worth keeping: let it go
         return items, None, view
+
+    def _give_back(self, items: list[int | Streamed], view: memoryview) -> memoryview:
+        """Keep the first frame of ``items`` only: the bytes after it are not taken (they come back)."""
+        end = items[0]
+        assert isinstance(end, int)
+        del items[1:]
+        rest = bytes(memoryview(self.buf)[end - self.base :]) + bytes(view)
+        del self.buf[end - self.base :]
+        self.fed = self.start = end
+        self._skipper = None
+        return memoryview(rest)
 
     def consumed(self) -> None:
         """The caller is done with the whole frames handed out: their bytes may go."""

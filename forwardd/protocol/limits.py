@@ -26,6 +26,8 @@ class Limits:
     ``inline_request_size``: a request bigger than this, on the wire or once decompressed, is finished
     (decompressed, framed, checked, cut) in a worker thread, not on the event loop that serves every
     connection; smaller ones stay inline, where a thread hop would cost more than the work.
+    ``max_handshake_frame_size``: the frame limit before the handshake is done (with security on). A PING
+    is a few hundred bytes; an unauthenticated peer gets no more than this, not the full frame limit.
     ``max_chunk_entries`` and ``max_chunk_bytes``: a request with more entries than this is cut into chunks
     of at most that many entries and bytes, so that the router, the filters, the buffers and the outputs
     do a bounded amount of work per chunk (a chunk costs them about 1-2 us per event on the loop).
@@ -40,3 +42,4 @@ class Limits:
     inline_request_size: int = 1 * MiB
     max_chunk_entries: int = 8192
     max_chunk_bytes: int = 4 * MiB
+    max_handshake_frame_size: int = 64 * 1024
