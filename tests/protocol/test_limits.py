@@ -4,6 +4,7 @@ buffers."""
 
 from __future__ import annotations
 
+import gzip
 import struct
 import time
 import tracemalloc
@@ -229,3 +230,46 @@ def test_size_reports_the_frame_bytes_for_the_warn_threshold() -> None:
     frames = [message("t", 1, {"k": "v"}), forward("t", [(1, {})]), packed_forward("t", [(1, {})])]
     events = ServerConnection().receive_data(b"".join(frames))
     assert [e.size for e in events] == [len(f) for f in frames]
+
+
+# --- what one frame costs -------------------------------------------------------------------------------
+
+_REC = msgpack.packb([msgpack.ExtType(0, struct.pack(">II", 1_700_000_000, 5)), {"log": "x" * 200}])
+
+
+def _received(frame: bytes) -> list[Any]:
+    """A frame fed as the session reads it (256 KiB at a time), big requests finished as it does."""
+    conn = ServerConnection()
+    events: list[Any] = []
+    for i in range(0, len(frame), 256 * 1024):
+        events += conn.receive_data(frame[i : i + 256 * 1024])
+    return finished(events)
+
+
+@pytest.mark.parametrize(
+    ("make", "size_of", "bound"),
+    [
+        (lambda: packed_forward("t", _REC * (16 * MiB // len(_REC)), chunk="c"), len, 2.2),
+        (lambda: forward("t", [(1, {"log": "x" * 200})] * (16 * MiB // 220), chunk="c"), len, 2.2),
+        (  # the bound is on what it decompresses to
+            lambda: packed_forward(
+                "t",
+                gzip.compress(_REC * (16 * MiB // len(_REC)), 1),
+                chunk="c",
+                options={"compressed": "gzip"},
+            ),
+            lambda frame: 16 * MiB,
+            2.2,
+        ),
+        # One 16 MiB string: the skipper Unpacker must hold it whole (it doubles its buffer to do so).
+        (lambda: message("t", 1, {"log": "x" * (16 * MiB)}, chunk="c"), len, 3.2),
+    ],
+    ids=["packed", "forward", "gzip-packed", "message"],
+)
+def test_one_frame_costs_about_twice_its_size_at_its_peak(make: Any, size_of: Any, bound: float) -> None:
+    """A frame near the limit cost 4-5x its size (the buffer, two Unpackers' copies, the payload): the
+    payload now streams into one buffer, and each copy is made once, into the chunks handed on."""
+    frame = make()
+    events, peak = peak_bytes(lambda: _received(frame))
+    assert all(isinstance(e, EntriesReceived) for e in events)
+    assert peak <= bound * size_of(frame), (peak / MiB, size_of(frame) / MiB)
