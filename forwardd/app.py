@@ -212,6 +212,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
         udp_heartbeat=src.udp_heartbeat and src.unix is None,
         tls=tls,
         max_connections=lim.max_connections,
+        max_buffered_bytes=lim.max_buffered_size,
         reuse_port=reuse_port,
     )
 

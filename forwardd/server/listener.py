@@ -14,9 +14,11 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
+from forwardd.server.budget import BufferBudget
 from forwardd.server.session import Session, SessionSettings
 from forwardd.server.stats import RateLimitedLog, SourceStats
 from forwardd.server.tls import TlsSettings, server_context
@@ -38,6 +40,9 @@ class ListenerSettings:
     udp_heartbeat: bool = True
     tls: TlsSettings | None = None
     max_connections: int = 10000
+    #: Bytes all connections may hold at once (incomplete frames, big requests being finished); beyond
+    #: it, those holding some stop reading until it falls. 0: no budget.
+    max_buffered_bytes: int = 256 * 1024 * 1024
     reuse_port: bool = False
     backlog: int = 1024
 
@@ -69,6 +74,7 @@ class ForwardListener:
         self._server: asyncio.base_events.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._errlog = RateLimitedLog()
+        self.budget = BufferBudget(settings.max_buffered_bytes, settings.name, self.stats, _log_at)
         self.port: int | None = None
         self.address: str | None = None
 
@@ -76,7 +82,9 @@ class ForwardListener:
         if len(self.sessions) >= self.settings.max_connections:
             self.stats.refused_connections += 1
             return _Refuse(self._errlog, self.settings.name, self.settings.max_connections)
-        s = Session(self.settings.session, self.ingest, self.stats, self.sessions.discard, self._errlog)
+        s = Session(
+            self.settings.session, self.ingest, self.stats, self.sessions.discard, self._errlog, self.budget
+        )
         self.sessions.add(s)
         return s
 
@@ -150,6 +158,10 @@ class ForwardListener:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.unix_path)
         log.info("listener.stopped", listener=self.settings.name, **self.stats.as_dict())
+
+
+def _log_at(level: str, event: str, **kw: Any) -> None:
+    getattr(log, level)(event, **kw)
 
 
 class _Refuse(asyncio.Protocol):

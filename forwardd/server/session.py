@@ -38,6 +38,7 @@ from forwardd.protocol import (
     ServerConnection,
     finish_payload,
 )
+from forwardd.server.budget import BufferBudget
 from forwardd.server.stats import RateLimitedLog, SourceStats
 from forwardd.sink import Ingest
 
@@ -107,6 +108,7 @@ class Session(asyncio.Protocol):
         stats: SourceStats,
         on_close: Callable[[Session], None],
         errlog: RateLimitedLog,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
@@ -133,7 +135,11 @@ class Session(asyncio.Protocol):
         self._lost: asyncio.Future[None] | None = None
         #: A big request being finished in a worker thread, and the events read after it, which wait.
         self._job: asyncio.Future[list[Event]] | None = None
+        self._job_bytes = 0
         self._backlog: list[Event] = []
+        #: The listener's budget of buffered bytes, and whether it asked this session to stop reading.
+        self._budget = budget
+        self._budget_wait = False
         s = settings
         #: Whether chunks are changed per connection (tag, source address or hostname in the records).
         self._transform = bool(s.tag or s.add_tag_prefix or s.source_address_key or s.source_hostname_key)
@@ -212,6 +218,9 @@ class Session(asyncio.Protocol):
             self._job = None
         self.transport = None
         self.conn = None  # the decoder and its buffers go now
+        self._job_bytes = 0
+        if self._budget is not None:
+            self._budget.release(self)
         for fut in (self._drained, self._lost):
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -238,8 +247,24 @@ class Session(asyncio.Protocol):
         self.stats.bytes += len(data)
         if self._job is not None or self._backlog:
             self._backlog += events  # they wait for the request before them
+        else:
+            self._handle(events)
+        self._account()
+
+    def _account(self) -> None:
+        """Tell the listener's budget what this connection holds now; it may ask it to stop reading."""
+        budget, conn = self._budget, self.conn
+        if budget is None or conn is None:
             return
-        self._handle(events)
+        wait = not budget.update(self, conn.buffered + self._job_bytes)
+        if wait != self._budget_wait:
+            self._budget_wait = wait
+            self._update_reading()
+
+    def budget_resumed(self) -> None:
+        """The listener's budget has room again."""
+        self._budget_wait = False
+        self._update_reading()
 
     def _handle(self, events: list[Event]) -> None:
         """Handle events in request order. A big request goes to a worker thread; the events after it
@@ -336,12 +361,14 @@ class Session(asyncio.Protocol):
 
     def _start_job(self, ev: PayloadReceived) -> None:
         self.stats.offloaded += 1
+        self._job_bytes = len(ev.data)
         self._job = asyncio.get_running_loop().run_in_executor(payload_executor(), finish_payload, ev)
         self._job.add_done_callback(self._job_done)
         self._update_reading()
 
     def _job_done(self, job: asyncio.Future[list[Event]]) -> None:
         self._job = None
+        self._job_bytes = 0
         backlog, self._backlog = self._backlog, []
         if self.transport is None:
             return  # the connection is gone: nothing of this request was acked, the client resends it
@@ -353,6 +380,7 @@ class Session(asyncio.Protocol):
         self._handle(events + backlog)
         if self._job is None and not self._backlog:
             self._flush_acks()
+        self._account()
 
     def eof_received(self) -> bool | None:
         # Half-close: the client is done sending but may still wait for acks.
@@ -437,7 +465,11 @@ class Session(asyncio.Protocol):
         if transport is None:
             return
         want_pause = (
-            self._paused_writing or len(self._pending) >= self.settings.max_inflight or self._job is not None
+            self._paused_writing
+            or len(self._pending) >= self.settings.max_inflight
+            or self._job is not None
+            or bool(self._backlog)  # a big request's chunks still being handed on
+            or self._budget_wait
         )
         if want_pause and not self._paused_reading:
             self._paused_reading = True

@@ -31,6 +31,7 @@ class SourceStats:
     protocol_errors: int = 0
     handshake_failures: int = 0
     backpressure_pauses: int = 0
+    budget_pauses: int = 0
     offloaded: int = 0
 
     def as_dict(self) -> dict[str, int]:
