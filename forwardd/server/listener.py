@@ -14,13 +14,13 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from forwardd.server.budget import BufferBudget
+from forwardd.server.logs import EdgeLog
 from forwardd.server.session import Session, SessionSettings
-from forwardd.server.stats import RateLimitedLog, SourceStats
+from forwardd.server.stats import SourceStats
 from forwardd.server.tls import TlsSettings, server_context
 from forwardd.sink import Ingest
 
@@ -73,17 +73,17 @@ class ForwardListener:
         self.sessions: set[Session] = set()
         self._server: asyncio.base_events.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._errlog = RateLimitedLog()
-        self.budget = BufferBudget(settings.max_buffered_bytes, settings.name, self.stats, _log_at)
+        self._log = EdgeLog(log)
+        self.budget = BufferBudget(settings.max_buffered_bytes, settings.name, self.stats, self._log.log)
         self.port: int | None = None
         self.address: str | None = None
 
     def _session(self) -> asyncio.Protocol:
         if len(self.sessions) >= self.settings.max_connections:
             self.stats.refused_connections += 1
-            return _Refuse(self._errlog, self.settings.name, self.settings.max_connections)
+            return _Refuse(self._log, self.settings.name, self.settings.max_connections)
         s = Session(
-            self.settings.session, self.ingest, self.stats, self.sessions.discard, self._errlog, self.budget
+            self.settings.session, self.ingest, self.stats, self.sessions.discard, self._log, self.budget
         )
         self.sessions.add(s)
         return s
@@ -104,8 +104,13 @@ class ForwardListener:
             )
             os.chmod(path, s.unix_mode)
             self.address = path
-            log.info(
-                "listener.started", listener=s.name, unix=path, mode=oct(s.unix_mode), tls=ssl_ctx is not None
+            self._log.log(
+                "info",
+                "listener.started",
+                listener=s.name,
+                unix=path,
+                mode=oct(s.unix_mode),
+                tls=ssl_ctx is not None,
             )
             return
         self._server = await loop.create_server(
@@ -127,7 +132,8 @@ class ForwardListener:
                 family=family,
                 reuse_port=s.reuse_port or None,
             )
-        log.info(
+        self._log.log(
+            "info",
             "listener.started",
             listener=s.name,
             bind=self.address,
@@ -157,23 +163,20 @@ class ForwardListener:
         if self.settings.unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.unix_path)
-        log.info("listener.stopped", listener=self.settings.name, **self.stats.as_dict())
-
-
-def _log_at(level: str, event: str, **kw: Any) -> None:
-    getattr(log, level)(event, **kw)
+        self._log.log("info", "listener.stopped", listener=self.settings.name, **self.stats.as_dict())
 
 
 class _Refuse(asyncio.Protocol):
     """Over the connection limit: close at once, say so in a (rate-limited) log line."""
 
-    def __init__(self, errlog: RateLimitedLog, listener: str, limit: int) -> None:
-        self._errlog = errlog
+    def __init__(self, edgelog: EdgeLog, listener: str, limit: int) -> None:
+        self._log = edgelog
         self._listener = listener
         self._limit = limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "conn.refused",
             listener=self._listener,
             peer=transport.get_extra_info("peername"),

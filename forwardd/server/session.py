@@ -20,8 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
 from forwardd.protocol import (
@@ -39,12 +37,11 @@ from forwardd.protocol import (
     finish_payload,
 )
 from forwardd.server.budget import BufferBudget
-from forwardd.server.stats import RateLimitedLog, SourceStats
+from forwardd.server.logs import EdgeLog
+from forwardd.server.stats import SourceStats
 from forwardd.sink import Ingest
 
 __all__ = ["Session", "SessionSettings"]
-
-log = structlog.get_logger("forwardd.server")
 
 _executor: ThreadPoolExecutor | None = None
 #: How much a session hands on per turn of the event loop: entry bytes, plus a weight per chunk. A big
@@ -107,14 +104,14 @@ class Session(asyncio.Protocol):
         ingest: Ingest,
         stats: SourceStats,
         on_close: Callable[[Session], None],
-        errlog: RateLimitedLog,
+        edgelog: EdgeLog,
         budget: BufferBudget | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.stats = stats
         self._on_close = on_close
-        self._errlog = errlog
+        self._log = edgelog
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.peer_address: str | None = None
@@ -152,6 +149,13 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport; they have its methods.
         self.transport = transport  # type: ignore[assignment]
+        if self._closing:
+            # The listener stopped between accepting this connection and now (drain() found no transport):
+            # close it, or nothing ever will.
+            self.stats.connections += 1
+            self.stats.open_connections += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and peername:
             self.peer_address = str(peername[0])
@@ -189,7 +193,8 @@ class Session(asyncio.Protocol):
             # Fluentd's transport heartbeat: connect, close, nothing said. Not worth a log line.
             self.stats.heartbeats += 1
         elif self.conn is not None and self.conn.buffered:
-            log.info(
+            self._log.log(
+                "info",
                 "conn.closed_mid_frame",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -198,7 +203,8 @@ class Session(asyncio.Protocol):
         unacked = sum(1 for p in self._pending if p.ack is not None)
         if unacked:
             # The chunks stay with the outputs; the client will resend them (at-least-once).
-            log.info(
+            self._log.log(
+                "info",
                 "conn.closed_with_unsent_acks",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -313,7 +319,8 @@ class Session(asyncio.Protocol):
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
                     pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
                 if ev.size > conn.decoder.limits.chunk_size_warn:
-                    log.warning(
+                    self._log.log(
+                        "warning",
                         "chunk.large",
                         listener=self.settings.listener,
                         peer=self.peer,
@@ -375,7 +382,13 @@ class Session(asyncio.Protocol):
         try:
             events = job.result()
         except Exception as exc:  # a bug in finishing it: the connection closes, the client resends
-            log.error("chunk.finish_failed", listener=self.settings.listener, peer=self.peer, error=repr(exc))
+            self._log.log(
+                "error",
+                "chunk.finish_failed",
+                listener=self.settings.listener,
+                peer=self.peer,
+                error=repr(exc),
+            )
             events = [ProtocolViolation("internal_error", repr(exc))]
         self._handle(events + backlog)
         if self._job is None and not self._backlog:
@@ -433,7 +446,8 @@ class Session(asyncio.Protocol):
         False after closing the connection (temporary: the client must resend)."""
         if isinstance(exc, ChunkRejected) and exc.permanent:
             self.stats.dropped_events += p.count
-            self._errlog.warning(
+            self._log.limited(
+                "warning",
                 "chunk.dropped",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -445,7 +459,8 @@ class Session(asyncio.Protocol):
                 self.transport.write(p.ack)
             return True
         reason = exc.reason if isinstance(exc, ChunkRejected) else repr(exc)
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "chunk.not_accepted",
             listener=self.settings.listener,
             peer=self.peer,
@@ -483,7 +498,8 @@ class Session(asyncio.Protocol):
 
     def _rejected(self, ev: Rejected) -> None:
         self.stats.rejected += 1
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "chunk.rejected",
             listener=self.settings.listener,
             peer=self.peer,
@@ -503,7 +519,8 @@ class Session(asyncio.Protocol):
         assert bad is not None
         self.stats.invalid_entries += bad.count
         self.stats.invalid_times += bad.bad_times
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "chunk.invalid_entries",
             listener=self.settings.listener,
             peer=self.peer,
@@ -530,7 +547,8 @@ class Session(asyncio.Protocol):
             self._timer = None
         if self.settings.idle_timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(self.settings.idle_timeout, self._idle_check)
-        log.debug(
+        self._log.log(
+            "debug",
             "handshake.ok",
             listener=self.settings.listener,
             peer=self.peer,
@@ -540,8 +558,8 @@ class Session(asyncio.Protocol):
 
     def _handshake_failed(self, ev: HandshakeFailed) -> None:
         self.stats.handshake_failures += 1
-        self._errlog.warning(
-            "handshake.failed", listener=self.settings.listener, peer=self.peer, reason=ev.reason
+        self._log.limited(
+            "warning", "handshake.failed", listener=self.settings.listener, peer=self.peer, reason=ev.reason
         )
         if self.transport is not None:
             self.transport.write(ev.reply)
@@ -549,7 +567,8 @@ class Session(asyncio.Protocol):
 
     def _protocol_error(self, exc: ProtocolViolation) -> None:
         self.stats.protocol_errors += 1
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "conn.protocol_error",
             listener=self.settings.listener,
             peer=self.peer,
@@ -577,7 +596,8 @@ class Session(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         if self.conn is not None and not self.conn.established and self.transport is not None:
-            self._errlog.warning(
+            self._log.limited(
+                "warning",
                 "handshake.timeout",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -591,7 +611,9 @@ class Session(asyncio.Protocol):
         idle = self.settings.idle_timeout
         quiet = time.monotonic() - self._last_activity
         if quiet >= idle and not self._pending:
-            log.info("conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle)
+            self._log.log(
+                "info", "conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle
+            )
             self.transport.close()
             return
         self._timer = asyncio.get_running_loop().call_later(max(idle - quiet, 0.05), self._idle_check)
