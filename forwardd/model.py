@@ -145,8 +145,8 @@ _BUILD: dict[str, Any] = {
 }
 
 #: Why an entry is invalid, as the edge's scan and the log lines name it (index = the scan's reason code).
-INVALID_REASONS = ("", "not_a_pair", "record_not_a_map", "bad_time", "unhashable_key", "bad_timestamp")
-_NOT_PAIR, _RECORD_NOT_MAP, _BAD_TIME, _UNHASHABLE_KEY, _BAD_TIMESTAMP = range(1, 6)
+INVALID_REASONS = ("", "not_a_pair", "record_not_a_map", "bad_time", "unhashable_key", "bad_ext")
+_NOT_PAIR, _RECORD_NOT_MAP, _BAD_TIME, _UNHASHABLE_KEY, _BAD_EXT = range(1, 6)
 
 
 def _judge(entry: Any, received_ns: int) -> Event | int:
@@ -178,8 +178,8 @@ def entry_problem(raw: bytes | memoryview) -> int:
         entry = msgpack.unpackb(raw, **_BUILD)
     except TypeError:
         return _UNHASHABLE_KEY
-    except ValueError:
-        return _BAD_TIMESTAMP
+    except ValueError:  # an ext msgpack cannot build (a Timestamp of a bad length, say)
+        return _BAD_EXT
     judged = _judge(entry, 1)
     return judged if type(judged) is int else 0
 

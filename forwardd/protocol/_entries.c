@@ -12,7 +12,8 @@
  *     1024 open ones (msgpack's StackError) is malformed, bytes that end inside a value are a truncated
  *     tail; either ends the scan (the tail is "broken");
  *   - an entry that frames is invalid when it cannot be built (an array or a map used as a map key, a
- *     msgpack Timestamp, ext -1, of a bad length or with nanoseconds over 999999999), when it is not a
+ *     msgpack Timestamp, ext -1, of a bad length or with nanoseconds over 999999999, an ext32 whose length
+ *     is 2^32-1), when it is not a
  *     2-array, when its record is not a map, or when its time has no known shape (see model._time_ns).
  * The input is untrusted: every read is bounds checked and nothing is allocated from a length header.
  */
@@ -26,7 +27,7 @@
 #define NOGIL_FROM (64 * 1024) /* scans of more bytes than this release the GIL */
 
 enum { OK = 0, TRUNCATED = 1, MALFORMED = 2, TOO_DEEP = 3 }; /* TOO_DEEP is malformed too */
-enum { R_NONE = 0, R_NOT_PAIR, R_RECORD_NOT_MAP, R_BAD_TIME, R_UNHASHABLE_KEY, R_BAD_TIMESTAMP };
+enum { R_NONE = 0, R_NOT_PAIR, R_RECORD_NOT_MAP, R_BAD_TIME, R_UNHASHABLE_KEY, R_BAD_EXT };
 
 static inline uint64_t be(const uint8_t *p, int n) {
     uint64_t x = 0;
@@ -172,12 +173,21 @@ ext_len:
     }
     n = be(p, hdr);
     p += hdr;
+    if (hdr == 4 && n == 0xffffffffULL) {
+        /* msgpack adds the type byte to the 32-bit length, which wraps to 0: it frames the header alone as
+         * a whole value, and cannot build it (ValueError). Framed the same here, so that both agree. */
+        if (*bad == R_NONE) {
+            *bad = R_BAD_EXT;
+        }
+        *pp = p;
+        return OK;
+    }
 ext:
     if ((uint64_t)(end - p) < n + 1) {
         return TRUNCATED;
     }
     if ((int8_t)p[0] == -1 && !timestamp_ok(p + 1, n) && *bad == R_NONE) {
-        *bad = R_BAD_TIMESTAMP;
+        *bad = R_BAD_EXT;
     }
     *pp = p + 1 + n;
     return OK;

@@ -124,16 +124,18 @@ def frame_ends_py(data: bytes | bytearray | memoryview, start: int, shift: int) 
     framer.feed(view)
     ends: list[int] = []
     base = shift + start
+    whole = 0  # where the last whole value ends (tell() moves into a value cut short)
     while True:
         try:
             framer.skip()
         except msgpack.OutOfData:
-            return ends, 0 if framer.tell() == len(view) else 1
+            return ends, 0 if whole == len(view) else 1
         except msgpack.StackError:
             return ends, 3
         except ValueError:
             return ends, 2
-        ends.append(base + framer.tell())
+        whole = framer.tell()
+        ends.append(base + whole)
 
 
 #: scan_entries(data, start=0, end=-1, max_entries=-1, slice_bytes=0, slice_entries=0) -> Scan

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ class ForwardListener:
         self._udp: asyncio.DatagramTransport | None = None
         self._log = EdgeLog(log)
         self.budget = BufferBudget(settings.max_buffered_bytes, settings.name, self.stats, self._log.log)
+        self._tls: ssl.SSLContext | None = None
+        self._flusher: asyncio.TimerHandle | None = None
         self.port: int | None = None
         self.address: str | None = None
 
@@ -83,25 +86,35 @@ class ForwardListener:
             self.stats.refused_connections += 1
             return _Refuse(self._log, self.settings.name, self.settings.max_connections)
         s = Session(
-            self.settings.session, self.ingest, self.stats, self.sessions.discard, self._log, self.budget
+            self.settings.session,
+            self.ingest,
+            self.stats,
+            self.sessions.discard,
+            self._log,
+            self.budget,
+            self._tls,
         )
         self.sessions.add(s)
         return s
 
+    def _flush_logs(self) -> None:
+        """Say how many per-connection lines were suppressed in the last period (none go unmentioned)."""
+        self._log.flush()
+        self._flusher = asyncio.get_running_loop().call_later(self._log.period, self._flush_logs)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._flusher = loop.call_later(self._log.period, self._flush_logs)
         s = self.settings
-        ssl_ctx = server_context(s.tls) if s.tls is not None else None
-        tls_timeout = s.session.handshake_timeout if ssl_ctx is not None else None
+        # TLS is not given to the server: each session does its handshake, so that a failed one is seen.
+        ssl_ctx = self._tls = server_context(s.tls) if s.tls is not None else None
         if s.unix_path is not None:
             path = s.unix_path
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)  # a stale socket from a previous run
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # noqa: ASYNC240
-            self._server = await loop.create_unix_server(
-                self._session, path, ssl=ssl_ctx, ssl_handshake_timeout=tls_timeout, backlog=s.backlog
-            )
+            self._server = await loop.create_unix_server(self._session, path, backlog=s.backlog)
             os.chmod(path, s.unix_mode)
             self.address = path
             self._log.log(
@@ -117,8 +130,6 @@ class ForwardListener:
             self._session,
             s.bind,
             s.port,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=tls_timeout,
             reuse_port=s.reuse_port or None,
             backlog=s.backlog,
         )
@@ -144,6 +155,9 @@ class ForwardListener:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; give sessions ``grace`` seconds to send the acks they owe; abort the rest."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._server is not None:
             self._server.close()
         if self._udp is not None:
@@ -163,6 +177,7 @@ class ForwardListener:
         if self.settings.unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.unix_path)
+        self._log.flush_all()
         self._log.log("info", "listener.stopped", listener=self.settings.name, **self.stats.as_dict())
 
 

@@ -17,6 +17,7 @@ something was lost.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -47,8 +48,15 @@ def safe(value: Any) -> Any:
 class EdgeLog:
     """Log lines for the edge (see the module docstring)."""
 
-    def __init__(self, logger: Any = None, period: float = 10.0, burst: int = 5) -> None:
+    def __init__(
+        self,
+        logger: Any = None,
+        period: float = 10.0,
+        burst: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = logger if logger is not None else structlog.get_logger("forwardd.server")
+        self._clock = clock
         self.period = period
         self.burst = burst
         self._windows: dict[str, list[Any]] = {}  # event -> [window start, lines, suppressed, level, context]
@@ -64,7 +72,7 @@ class EdgeLog:
 
     def limited(self, level: str, event: str, **kw: Any) -> None:
         """One line, unless ``burst`` lines of this event went out in the current period."""
-        now = time.monotonic()
+        now = self._clock()
         w = self._windows.get(event)
         if w is None or now - w[0] >= self.period:
             if w is not None and w[2]:
@@ -81,7 +89,7 @@ class EdgeLog:
 
     def flush(self) -> None:
         """Say how many lines were suppressed in windows that ended (or all, at stop) with no line since."""
-        now = time.monotonic()
+        now = self._clock()
         for event, w in list(self._windows.items()):
             if w[2] and now - w[0] >= self.period:
                 self.log(w[3], event, suppressed_since_last=w[2], listener=w[4], summary=True)

@@ -13,6 +13,7 @@ memory grows here and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from forwardd.protocol import (
 from forwardd.server.budget import BufferBudget
 from forwardd.server.logs import EdgeLog
 from forwardd.server.stats import SourceStats
+from forwardd.server.tls import handshake_failure, run_now
 from forwardd.sink import Ingest
 
 __all__ = ["Session", "SessionSettings"]
@@ -106,6 +108,7 @@ class Session(asyncio.Protocol):
         on_close: Callable[[Session], None],
         edgelog: EdgeLog,
         budget: BufferBudget | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
@@ -137,6 +140,10 @@ class Session(asyncio.Protocol):
         #: The listener's budget of buffered bytes, and whether it asked this session to stop reading.
         self._budget = budget
         self._budget_wait = False
+        #: TLS: the context, and the handshake in progress (the forward protocol begins after it).
+        self._tls = tls
+        self._tls_step: Callable[[], None] | None = None
+        self._tls_started = 0.0
         s = settings
         #: Whether chunks are changed per connection (tag, source address or hostname in the records).
         self._transform = bool(s.tag or s.add_tag_prefix or s.source_address_key or s.source_hostname_key)
@@ -149,11 +156,11 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport; they have its methods.
         self.transport = transport  # type: ignore[assignment]
+        self.stats.connections += 1
+        self.stats.open_connections += 1
         if self._closing:
             # The listener stopped between accepting this connection and now (drain() found no transport):
             # close it, or nothing ever will.
-            self.stats.connections += 1
-            self.stats.open_connections += 1
             transport.abort()  # type: ignore[attr-defined]
             return
         peername = transport.get_extra_info("peername")
@@ -162,6 +169,45 @@ class Session(asyncio.Protocol):
             self.peer = f"{peername[0]}:{peername[1]}"
         else:
             self.peer = f"unix:{transport.get_extra_info('sockname') or ''}"
+        if self._tls is not None:
+            # TLS is done here, not by the server: a handshake that fails or times out then surfaces as an
+            # exception we can log and count (asyncio and uvloop only log it at debug level). start_tls
+            # must take the transport over now: uvloop starts reading as soon as this method returns.
+            loop = asyncio.get_running_loop()
+            timeout = self.settings.handshake_timeout
+            self._tls_started = loop.time()
+            coro = loop.start_tls(
+                transport,  # type: ignore[arg-type]
+                self,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=timeout if timeout > 0 else None,
+            )
+            self._tls_step = run_now(coro, self._tls_done)
+            return
+        self._begin()
+
+    def _tls_done(self, secured: Any, failure: BaseException | None) -> None:
+        self._tls_step = None
+        alive = secured is not None and not secured.is_closing() and self.transport is not None
+        if alive and not self._closing:
+            self.transport = secured
+            self._begin()
+            return
+        if self.transport is not None:
+            self.transport.close()
+        if self._closing:
+            return  # the listener stops: not the peer's doing
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.handshake_timeout
+        event, reason = handshake_failure(failure, loop.time() - self._tls_started, timeout)
+        self.stats.tls_failures += 1
+        self._log.limited("warning", event, listener=self.settings.listener, peer=self.peer, reason=reason)
+
+    def _begin(self) -> None:
+        """The forward protocol begins (after the TLS handshake, if any)."""
+        transport = self.transport
+        assert transport is not None
         s = self.settings
         self.conn = ServerConnection(
             limits=s.limits, security=s.security, peer_address=self.peer_address, json_mode=s.json_mode
@@ -170,7 +216,7 @@ class Session(asyncio.Protocol):
             self.conn.decoder.merge_messages = False  # the fault counts requests one by one
         hello = self.conn.initial_bytes()
         if hello:
-            transport.write(hello)  # type: ignore[attr-defined]
+            transport.write(hello)
         loop = asyncio.get_running_loop()
         if s.security is not None and s.handshake_timeout > 0:
             self._timer = loop.call_later(s.handshake_timeout, self._handshake_timeout)
@@ -178,8 +224,6 @@ class Session(asyncio.Protocol):
             self._timer = loop.call_later(s.idle_timeout, self._idle_check)
         if s.source_hostname_key is not None and self.peer_address is not None:
             self._resolver = loop.create_task(self._resolve_hostname())
-        self.stats.connections += 1
-        self.stats.open_connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.open_connections -= 1
@@ -189,11 +233,13 @@ class Session(asyncio.Protocol):
         if self._resolver is not None:
             self._resolver.cancel()
             self._resolver = None
-        if self._bytes_in == 0 and exc is None:
+        if self.conn is None:
+            pass  # it never began (TLS handshake not done, listener stopping): said elsewhere
+        elif self._bytes_in == 0 and exc is None:
             # Fluentd's transport heartbeat: connect, close, nothing said. Not worth a log line.
             self.stats.heartbeats += 1
-        elif self.conn is not None and self.conn.buffered:
-            self._log.log(
+        elif self.conn.buffered:
+            self._log.limited(
                 "info",
                 "conn.closed_mid_frame",
                 listener=self.settings.listener,
@@ -203,7 +249,7 @@ class Session(asyncio.Protocol):
         unacked = sum(1 for p in self._pending if p.ack is not None)
         if unacked:
             # The chunks stay with the outputs; the client will resend them (at-least-once).
-            self._log.log(
+            self._log.limited(
                 "info",
                 "conn.closed_with_unsent_acks",
                 listener=self.settings.listener,
@@ -319,7 +365,7 @@ class Session(asyncio.Protocol):
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
                     pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
                 if ev.size > conn.decoder.limits.chunk_size_warn:
-                    self._log.log(
+                    self._log.limited(
                         "warning",
                         "chunk.large",
                         listener=self.settings.listener,
@@ -382,7 +428,7 @@ class Session(asyncio.Protocol):
         try:
             events = job.result()
         except Exception as exc:  # a bug in finishing it: the connection closes, the client resends
-            self._log.log(
+            self._log.limited(
                 "error",
                 "chunk.finish_failed",
                 listener=self.settings.listener,
@@ -611,7 +657,7 @@ class Session(asyncio.Protocol):
         idle = self.settings.idle_timeout
         quiet = time.monotonic() - self._last_activity
         if quiet >= idle and not self._pending:
-            self._log.log(
+            self._log.limited(
                 "info", "conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle
             )
             self.transport.close()

@@ -26,6 +26,7 @@ class SourceStats:
     dropped_events: int = 0
     protocol_errors: int = 0
     handshake_failures: int = 0
+    tls_failures: int = 0
     backpressure_pauses: int = 0
     budget_pauses: int = 0
     offloaded: int = 0

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from forwardd.model import INVALID_REASONS, decode_entries, entry_problem
 from forwardd.protocol import entries as entries_mod
-from forwardd.protocol.entries import NATIVE, sample, scan_entries, scan_entries_py
+from forwardd.protocol.entries import (
+    NATIVE,
+    frame_ends,
+    frame_ends_py,
+    sample,
+    scan_entries,
+    scan_entries_py,
+)
 
 RECV = 1_700_000_000_000_000_000
 T = 1_700_000_000
@@ -143,6 +150,13 @@ def test_native_scan_equals_the_reference_and_decode_entries(items: list[bytes],
             assert len(data_) <= cut["slice_bytes"] or not cut["slice_bytes"] or piece[0] == 1
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=120), st.integers(0, 5), st.integers(0, 1000))
+def test_native_framing_equals_the_reference(blob: bytes, start: int, shift: int) -> None:
+    start = min(start, len(blob))
+    assert frame_ends(blob, start, shift) == frame_ends_py(blob, start, shift)
+
+
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=120), st.integers(0, 5), st.integers(-1, 6))
 def test_native_scan_equals_the_reference_on_any_bytes(blob: bytes, start: int, max_entries: int) -> None:
@@ -185,8 +199,9 @@ def test_nesting_frames_as_far_as_msgpack_does(depth: int, empty: bool) -> None:
         (pack([[T, 1], {}]), "bad_time"),
         (bytes.fromhex("92 00 81 80 00"), "unhashable_key"),
         (bytes.fromhex("92 00 81 91 00 00"), "unhashable_key"),
-        (bytes.fromhex("92 00 81 a1 65 d4 ff 00"), "bad_timestamp"),
-        (b"\x92\x00\x81\xa1e" + _neg_ext(-1, struct.pack(">Q", 10**9 << 34)), "bad_timestamp"),
+        (bytes.fromhex("92 00 81 a1 65 d4 ff 00"), "bad_ext"),
+        (b"\x92\x00\x81\xa1e" + _neg_ext(-1, struct.pack(">Q", 10**9 << 34)), "bad_ext"),
+        (bytes.fromhex("92 00 81 a1 65 c9 ff ff ff ff"), "bad_ext"),  # msgpack frames it as 5 bytes
     ],
     ids=repr,
 )
