@@ -131,14 +131,14 @@ class ServerConnection:
                 ping = msgpack.unpackb(ev.data, raw=True)
             except (ValueError, msgpack.UnpackException):
                 ping = None
-            ok, reason, reply, hostname, username = hs.check_ping(ping)
-            if not ok:
-                out.append(HandshakeFailed(reason, reply))
+            verdict = hs.check_ping(ping)
+            if not verdict.ok:
+                out.append(HandshakeFailed(verdict.reason, verdict.reply))
                 return out
             self.established = True
-            self.peer_hostname = hostname
-            self.username = username
-            out.append(HandshakeCompleted(hostname, username, reply))
+            self.peer_hostname = verdict.hostname
+            self.username = verdict.username
+            out.append(HandshakeCompleted(verdict.hostname, verdict.username, verdict.reply))
         return out
 
 
