@@ -1,31 +1,66 @@
 """One server-side forward-protocol connection, sans I/O: bytes in, events out.
 
-The optional handshake comes first (as wsproto runs its handshake before framing): while it is pending,
-the only acceptable request is a PING; anything else earns a failure PONG and a close (spec item 40).
+Its state is explicit, as h11's is: :class:`ConnState`, moved only by the events it hands out, as
+:data:`TRANSITIONS` says. The optional handshake comes first (as wsproto runs its handshake before framing):
+while it is pending, the only acceptable request is a PING; anything else earns a failure PONG and a close
+(spec item 40). A protocol violation, or a refused PING, closes it: nothing more is read.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgpack
 
 from forwardd.protocol.decoder import Decoder
 from forwardd.protocol.errors import ProtocolError
 from forwardd.protocol.events import (
+    EntriesReceived,
     Event,
     HandshakeCompleted,
     HandshakeFailed,
     Heartbeat,
+    PayloadReceived,
     ProtocolViolation,
     RawFrame,
+    Rejected,
 )
 from forwardd.protocol.handshake import Security, ServerHandshake
 from forwardd.protocol.jsonmode import JsonFramer, json_replies
 from forwardd.protocol.limits import Limits
 
-__all__ = ["ServerConnection"]
+__all__ = ["ALLOWED", "TRANSITIONS", "ConnState", "ServerConnection"]
+
+
+class ConnState(enum.Enum):
+    """Where a connection stands."""
+
+    #: Security is on and the PING has not come: heartbeats may, anything else fails the handshake.
+    HANDSHAKE = "handshake"
+    #: Requests come and go.
+    ESTABLISHED = "established"
+    #: Broken (a protocol violation) or refused (a failed handshake): nothing more is read.
+    CLOSED = "closed"
+
+
+_H, _E, _C = ConnState.HANDSHAKE, ConnState.ESTABLISHED, ConnState.CLOSED
+
+#: (state, kind of event handed out) -> the state after it; any other event leaves the state as it is.
+TRANSITIONS: Mapping[tuple[ConnState, type], ConnState] = {
+    (_H, HandshakeCompleted): _E,
+    (_H, HandshakeFailed): _C,
+    (_H, ProtocolViolation): _C,
+    (_E, ProtocolViolation): _C,
+}
+
+#: The events that can come out in each state (checked as they do).
+ALLOWED: Mapping[ConnState, frozenset[type]] = {
+    _H: frozenset({HandshakeCompleted, HandshakeFailed, ProtocolViolation}),
+    _E: frozenset({EntriesReceived, Rejected, Heartbeat, PayloadReceived, ProtocolViolation}),
+    _C: frozenset(),
+}
 
 
 class ServerConnection:
@@ -46,16 +81,19 @@ class ServerConnection:
         self._json_allowed = json_mode and security is None
         self._json: JsonFramer | None = None
         self._first = True
-        self._closed = False
         self._clock_ns = clock_ns
         self.handshake = ServerHandshake(security, peer_address) if security is not None else None
-        self.established = self.handshake is None
-        self.decoder.expect_raw_frame = not self.established
-        if not self.established:  # an unauthenticated peer gets a PING's worth of frame, no more
+        self.state = ConnState.ESTABLISHED if self.handshake is None else ConnState.HANDSHAKE
+        if self.state is ConnState.HANDSHAKE:  # an unauthenticated peer gets a PING's worth of frame
+            self.decoder.expect_raw_frame = True
             limits = self.decoder.limits
             self.decoder.framer.frame_limit = min(limits.max_handshake_frame_size, limits.max_frame_size)
         self.peer_hostname: str | None = None
         self.username: str | None = None
+
+    @property
+    def established(self) -> bool:
+        return self.state is ConnState.ESTABLISHED
 
     def initial_bytes(self) -> bytes:
         """What the server says first: the HELO when security is on, else nothing."""
@@ -74,20 +112,23 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Events completed by ``data``. A :class:`ProtocolViolation`, always last, means the connection
         must be closed (after handling the events before it)."""
-        if self._closed:
-            return []  # a violation or a failed handshake ended it: nothing more is read
+        if self.state is ConnState.CLOSED:
+            return []
         if self._first and data:
             self._first = False
             if self._json_allowed and data[:1] in (b"[", b"{"):
                 self._json = JsonFramer(self.decoder.limits.max_frame_size)
                 self.decoder.json = True
         if self._json is not None:
-            return self._receive_json(data)
-        events = self.decoder.feed(data, self._clock_ns())
-        if not self.established and events:
+            events = self._receive_json(data)
+        else:
+            events = self.decoder.feed(data, self._clock_ns())
+        if self.state is ConnState.HANDSHAKE and events:
             events = self._handshake(events)
-        if events and type(events[-1]) in (ProtocolViolation, HandshakeFailed):
-            self._closed = True
+        for ev in events:  # the state follows what is handed out, as TRANSITIONS says
+            self.state = TRANSITIONS.get((self.state, type(ev)), self.state)
+        if self.state is ConnState.CLOSED:
+            self._release()
         return events
 
     def _receive_json(self, data: bytes) -> list[Event]:
@@ -105,19 +146,22 @@ class ServerConnection:
         json_replies(events)
         if violation is not None and not (events and type(events[-1]) is ProtocolViolation):
             events.append(violation)  # what came whole before it is still handed on
-        if events and type(events[-1]) is ProtocolViolation:
-            self._closed = True
-            self._json = JsonFramer(self.decoder.limits.max_frame_size)  # what it held is worthless now
         return events
 
+    def _release(self) -> None:
+        """Nothing more is read: what the decoders hold is worthless now."""
+        self.decoder = Decoder(self.decoder.limits)
+        if self._json is not None:
+            self._json = JsonFramer(self.decoder.limits.max_frame_size)
+
     def _handshake(self, events: list[Event]) -> list[Event]:
+        """The events of a read while the PING is awaited, as the handshake turns them: heartbeats are
+        dropped, the PING becomes HandshakeCompleted or HandshakeFailed, anything else before it fails the
+        handshake; what follows a good PING in the same read goes on as requests."""
         hs = self.handshake
         assert hs is not None
         out: list[Event] = []
         for i, ev in enumerate(events):
-            if self.established:
-                out.extend(events[i:])
-                break
             if isinstance(ev, Heartbeat):
                 continue
             if isinstance(ev, ProtocolViolation):
@@ -135,10 +179,11 @@ class ServerConnection:
             if not verdict.ok:
                 out.append(HandshakeFailed(verdict.reason, verdict.reply))
                 return out
-            self.established = True
             self.peer_hostname = verdict.hostname
             self.username = verdict.username
             out.append(HandshakeCompleted(verdict.hostname, verdict.username, verdict.reply))
+            out.extend(events[i + 1 :])
+            return out
         return out
 
 
