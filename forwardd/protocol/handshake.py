@@ -74,8 +74,6 @@ class Security:
     users: tuple[User, ...] = ()
     clients: tuple[ClientPolicy, ...] = ()
     deny_keepalive: bool = False
-    #: For the test server's fault injection: answer every PING with a failure PONG.
-    refuse_all: bool = False
     _users_by_name: dict[str, User] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,8 +142,6 @@ class ServerHandshake:
         except TypeError:
             return self._fail("PING message is malformed")
         sec = self.security
-        if sec.refuse_all:
-            return self._fail("refused by configuration")
         if self._policy is None and sec.clients and not sec.allow_anonymous_source:
             return self._fail(f"anonymous source host '{self.peer_address}' denied")
         key = _b(self._policy.shared_key if self._policy and self._policy.shared_key else sec.shared_key)

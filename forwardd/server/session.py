@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
@@ -78,8 +78,21 @@ class SessionSettings:
     add_tag_prefix: str | None = None
     source_address_key: str | None = None
     source_hostname_key: str | None = None
-    #: Test-server fault: close the connection after this many requests (after acking them).
-    close_after: int | None = None
+    #: forwardd.testing's faults for the clients under test; None in production.
+    hooks: SessionHooks | None = None
+
+
+class SessionHooks(Protocol):
+    """How the embedded test server injects faults (forwardd.testing.faults): the server and the protocol
+    core know nothing of them."""
+
+    def begun(self, conn: ServerConnection) -> None:
+        """A connection's protocol core, before it says anything: to adjust it (refuse its PING, say)."""
+        ...
+
+    def closes_after(self, requests: int) -> bool:
+        """Whether the connection closes, after acking what it owes, once it has taken ``requests``."""
+        ...
 
 
 class _Pending:
@@ -212,8 +225,8 @@ class Session(asyncio.Protocol):
         self.conn = ServerConnection(
             limits=s.limits, security=s.security, peer_address=self.peer_address, json_mode=s.json_mode
         )
-        if s.close_after is not None:
-            self.conn.decoder.merge_messages = False  # the fault counts requests one by one
+        if s.hooks is not None:
+            s.hooks.begun(self.conn)
         hello = self.conn.initial_bytes()
         if hello:
             transport.write(hello)
@@ -339,7 +352,8 @@ class Session(asyncio.Protocol):
                 spent += len(chunk.entries) + _CHUNK_WEIGHT
                 stats.chunks += ev.requests
                 self._requests += ev.requests
-                if self.settings.close_after is not None and self._requests >= self.settings.close_after:
+                hooks = self.settings.hooks
+                if hooks is not None and hooks.closes_after(self._requests):
                     self._draining = True
                     self._closing = True
                     if self.transport is not None:

@@ -199,11 +199,6 @@ def test_malformed_ping(frame: list[Any]) -> None:
     assert failure(conn.receive_data(msgpack.packb(frame))) == "PING message is malformed"
 
 
-def test_refuse_all_fault() -> None:
-    conn, helo = connect(Security(self_hostname="srv", shared_key=KEY, refuse_all=True))
-    assert failure(conn.receive_data(ping(helo))) == "refused by configuration"
-
-
 @pytest.mark.parametrize("salt_type", ["str", "bin"])
 @pytest.mark.parametrize("nonce_type", ["str", "bin"])
 def test_salts_and_nonces_of_raw_bytes_as_str_or_bin(salt_type: str, nonce_type: str) -> None:
