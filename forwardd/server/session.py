@@ -17,9 +17,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
@@ -29,88 +27,24 @@ from forwardd.protocol import (
     HandshakeCompleted,
     HandshakeFailed,
     Heartbeat,
-    Limits,
     PayloadReceived,
     ProtocolViolation,
     Rejected,
-    Security,
     ServerConnection,
-    finish_payload,
 )
+from forwardd.server.acks import AckFlow, Pending, retrieve
 from forwardd.server.budget import BufferBudget
 from forwardd.server.logs import EdgeLog
+from forwardd.server.offload import CHUNK_WEIGHT, TURN_BUDGET, Offload
+from forwardd.server.settings import SessionHooks, SessionSettings
 from forwardd.server.stats import SourceStats
 from forwardd.server.tls import handshake_failure, run_now
 from forwardd.sink import Ingest
 
-__all__ = ["Session", "SessionSettings"]
-
-_executor: ThreadPoolExecutor | None = None
-#: How much a session hands on per turn of the event loop: entry bytes, plus a weight per chunk. A big
-#: request's chunks (thousands, once finished) go on over several turns, other connections served between.
-_TURN_BUDGET = 1 << 20
-_CHUNK_WEIGHT = 64 * 1024
+__all__ = ["Session", "SessionHooks", "SessionSettings"]
 
 
-def payload_executor() -> ThreadPoolExecutor:
-    """The worker threads that finish big requests (decompression and the entry scan release the GIL):
-    two, for this class of machine; requests beyond that wait their turn, their connections not read."""
-    global _executor  # one pool per process, made on first use
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="forwardd-payload")
-    return _executor
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    """What a listener tells each of its sessions."""
-
-    listener: str
-    limits: Limits
-    security: Security | None = None
-    max_inflight: int = 64
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 0.0
-    deny_keepalive: bool = False
-    #: Fluentd's JSON convenience mode (a connection whose first byte is "[" or "{"); no handshake.
-    json_mode: bool = False
-    tag: str | None = None
-    add_tag_prefix: str | None = None
-    source_address_key: str | None = None
-    source_hostname_key: str | None = None
-    #: forwardd.testing's faults for the clients under test; None in production.
-    hooks: SessionHooks | None = None
-
-
-class SessionHooks(Protocol):
-    """How the embedded test server injects faults (forwardd.testing.faults): the server and the protocol
-    core know nothing of them."""
-
-    def begun(self, conn: ServerConnection) -> None:
-        """A connection's protocol core, before it says anything: to adjust it (refuse its PING, say)."""
-        ...
-
-    def closes_after(self, requests: int) -> bool:
-        """Whether the connection closes, after acking what it owes, once it has taken ``requests``."""
-        ...
-
-
-class _Pending:
-    """One request the client waits on: its acceptance and the ack to send when accepted."""
-
-    __slots__ = ("ack", "acks", "count", "tag", "waiter")
-
-    def __init__(
-        self, waiter: asyncio.Future[Any] | None, ack: bytes | None, tag: str, count: int, acks: int = 1
-    ) -> None:
-        self.waiter = waiter
-        self.ack = ack
-        self.tag = tag
-        self.count = count
-        self.acks = acks
-
-
-class Session(asyncio.Protocol):
+class Session(AckFlow, Offload, asyncio.Protocol):
     """A forward-protocol connection."""
 
     def __init__(
@@ -133,7 +67,7 @@ class Session(asyncio.Protocol):
         self.peer_address: str | None = None
         self.peer_hostname: str | None = None
         self.conn: ServerConnection | None = None
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Pending] = deque()
         self._paused_reading = False
         self._paused_writing = False
         self._closing = False
@@ -275,7 +209,7 @@ class Session(asyncio.Protocol):
                 # The waiter may outlive the connection (an output that is down): it must not keep the
                 # session alive with it.
                 p.waiter.remove_done_callback(self._flush_acks_cb)
-                p.waiter.add_done_callback(_retrieve)
+                p.waiter.add_done_callback(retrieve)
         self._pending.clear()
         self._backlog = []
         if self._job is not None:
@@ -344,12 +278,12 @@ class Session(asyncio.Protocol):
                 if self._draining:
                     break  # closing after a fault: what follows is not read, not acked, resent
                 chunk = ev.chunk
-                if spent >= _TURN_BUDGET:
+                if spent >= TURN_BUDGET:
                     self._backlog = events[i:]  # the rest in the next turns of the loop
                     asyncio.get_running_loop().call_soon(self._continue)
                     self._update_reading()
                     break
-                spent += len(chunk.entries) + _CHUNK_WEIGHT
+                spent += len(chunk.entries) + CHUNK_WEIGHT
                 stats.chunks += ev.requests
                 self._requests += ev.requests
                 hooks = self.settings.hooks
@@ -363,7 +297,7 @@ class Session(asyncio.Protocol):
                     self._invalid_entries(ev)
                     if not chunk.count:  # nothing in it could be delivered: acked and dropped (counted)
                         if ev.ack is not None:
-                            pending.append(_Pending(None, ev.ack, chunk.tag, 0, ev.acks))
+                            pending.append(Pending(None, ev.ack, chunk.tag, 0, ev.acks))
                         continue
                 if self._transform:
                     chunk = self._transformed(chunk)
@@ -374,10 +308,10 @@ class Session(asyncio.Protocol):
                     continue
                 if waiter is None:
                     if ev.ack is not None:
-                        pending.append(_Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks))
+                        pending.append(Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks))
                 else:
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
-                    pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
+                    pending.append(Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
                 if ev.size > conn.decoder.limits.chunk_size_warn:
                     self._log.limited(
                         "warning",
@@ -416,124 +350,12 @@ class Session(asyncio.Protocol):
             return False
         return bool(self.settings.deny_keepalive and events) or self._draining
 
-    def _continue(self) -> None:
-        if self.transport is None or self._job is not None:
-            return
-        backlog, self._backlog = self._backlog, []
-        self._handle(backlog)
-        if self._job is None and not self._backlog:
-            self._flush_acks()
-
-    # --- big requests -----------------------------------------------------------------------------------
-
-    def _start_job(self, ev: PayloadReceived) -> None:
-        self.stats.offloaded += 1
-        self._job_bytes = len(ev.data)
-        self._job = asyncio.get_running_loop().run_in_executor(payload_executor(), finish_payload, ev)
-        self._job.add_done_callback(self._job_done)
-        self._update_reading()
-
-    def _job_done(self, job: asyncio.Future[list[Event]]) -> None:
-        self._job = None
-        self._job_bytes = 0
-        backlog, self._backlog = self._backlog, []
-        if self.transport is None:
-            return  # the connection is gone: nothing of this request was acked, the client resends it
-        try:
-            events = job.result()
-        except Exception as exc:  # a bug in finishing it: the connection closes, the client resends
-            self._log.limited(
-                "error",
-                "chunk.finish_failed",
-                listener=self.settings.listener,
-                peer=self.peer,
-                error=repr(exc),
-            )
-            events = [ProtocolViolation("internal_error", repr(exc))]
-        self._handle(events + backlog)
-        if self._job is None and not self._backlog:
-            self._flush_acks()
-        self._account()
-
     def eof_received(self) -> bool | None:
         # Half-close: the client is done sending but may still wait for acks.
         if self._pending or self._job is not None or self._backlog:
             self._draining = True
             return True
         return None
-
-    # --- acks -----------------------------------------------------------------------------------------
-
-    def _flush_acks(self) -> None:
-        pending = self._pending
-        transport = self.transport
-        out: list[bytes] = []
-        while pending:
-            p = pending[0]
-            w = p.waiter
-            if w is not None:
-                if not w.done():
-                    w.remove_done_callback(self._flush_acks_cb)
-                    w.add_done_callback(self._flush_acks_cb)
-                    break
-                exc = w.exception() if not w.cancelled() else ChunkRejected("cancelled", permanent=False)
-                if exc is not None:
-                    if not self._owe_no_ack(p, exc):
-                        pending.clear()
-                        break
-                    pending.popleft()
-                    continue
-            pending.popleft()
-            if p.ack is not None:
-                out.append(p.ack)
-                self.stats.acks += p.acks
-        if out and transport is not None:
-            transport.write(b"".join(out) if len(out) > 1 else out[0])
-            self._responded = True
-        self._update_reading()
-        if not pending and transport is not None and self._job is None and not self._backlog:
-            if self._draining or (self.settings.deny_keepalive and self._responded):
-                self._close_after_response()
-            if self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-
-    def _flush_acks_cb(self, _fut: asyncio.Future[Any]) -> None:
-        if self.transport is not None:
-            self._flush_acks()
-
-    def _owe_no_ack(self, p: _Pending, exc: BaseException) -> bool:
-        """A chunk was not accepted. Returns True to go on with later acks (permanent: ack and drop),
-        False after closing the connection (temporary: the client must resend)."""
-        if isinstance(exc, ChunkRejected) and exc.permanent:
-            self.stats.dropped_events += p.count
-            self._log.limited(
-                "warning",
-                "chunk.dropped",
-                listener=self.settings.listener,
-                peer=self.peer,
-                tag=p.tag,
-                events=p.count,
-                reason=exc.reason,
-            )
-            if p.ack is not None and self.transport is not None:
-                self.transport.write(p.ack)
-            return True
-        reason = exc.reason if isinstance(exc, ChunkRejected) else repr(exc)
-        self._log.limited(
-            "warning",
-            "chunk.not_accepted",
-            listener=self.settings.listener,
-            peer=self.peer,
-            tag=p.tag,
-            events=p.count,
-            reason=reason,
-        )
-        self.stats.nacks += 1
-        if self.transport is not None:
-            # Vector's negative ack: a map without "ack", then close; the client resends elsewhere/later.
-            self.transport.write(b"\x80")
-            self._close_after_response()
-        return False
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -571,7 +393,7 @@ class Session(asyncio.Protocol):
         )
         if ev.ack is not None:
             # Acked and dropped: no retry can make it valid, and an unacked client resends forever.
-            self._pending.append(_Pending(None, ev.ack, ev.tag or "", 0))
+            self._pending.append(Pending(None, ev.ack, ev.tag or "", 0))
 
     def _invalid_entries(self, ev: EntriesReceived) -> None:
         """Entries that decoding will drop: counted and shown (with a sample) where the peer is known."""
@@ -591,13 +413,6 @@ class Session(asyncio.Protocol):
             reason=bad.reason,
             sample=bad.sample,
         )
-
-    def _rejected_by_pipeline(self, exc: ChunkRejected, tag: str, count: int, ack: bytes | None) -> None:
-        p = _Pending(None, ack, tag, count)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_exception(exc)
-        p.waiter = fut
-        self._pending.append(p)
 
     def _handshake_completed(self, ev: HandshakeCompleted) -> None:
         assert self.transport is not None
@@ -736,8 +551,3 @@ class Session(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
