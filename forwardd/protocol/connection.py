@@ -55,6 +55,10 @@ TRANSITIONS: Mapping[tuple[ConnState, type], ConnState] = {
     (_E, ProtocolViolation): _C,
 }
 
+#: TRANSITIONS by state, keyed by the kind of event alone (an Enum hashes in Python: too slow per event).
+_MOVES_IN_HANDSHAKE = {kind: to for (state, kind), to in TRANSITIONS.items() if state is _H}
+_MOVES_WHEN_ESTABLISHED = {kind: to for (state, kind), to in TRANSITIONS.items() if state is _E}
+
 #: The events that can come out in each state (checked as they do).
 ALLOWED: Mapping[ConnState, frozenset[type]] = {
     _H: frozenset({HandshakeCompleted, HandshakeFailed, ProtocolViolation}),
@@ -93,7 +97,7 @@ class ServerConnection:
 
     @property
     def established(self) -> bool:
-        return self.state is ConnState.ESTABLISHED
+        return self.state is _E
 
     def initial_bytes(self) -> bytes:
         """What the server says first: the HELO when security is on, else nothing."""
@@ -112,7 +116,8 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Events completed by ``data``. A :class:`ProtocolViolation`, always last, means the connection
         must be closed (after handling the events before it)."""
-        if self.state is ConnState.CLOSED:
+        state: ConnState = self.state
+        if state is _C:
             return []
         if self._first and data:
             self._first = False
@@ -123,12 +128,21 @@ class ServerConnection:
             events = self._receive_json(data)
         else:
             events = self.decoder.feed(data, self._clock_ns())
-        if self.state is ConnState.HANDSHAKE and events:
-            events = self._handshake(events)
-        for ev in events:  # the state follows what is handed out, as TRANSITIONS says
-            self.state = TRANSITIONS.get((self.state, type(ev)), self.state)
-        if self.state is ConnState.CLOSED:
-            self._release()
+        # The state follows what is handed out, as TRANSITIONS says. Once established, only a violation
+        # moves it, and a violation is always the last event: the last one is all there is to look at.
+        if state is _H:
+            if events:
+                events = self._handshake(events)
+            for ev in events:
+                state = (_MOVES_IN_HANDSHAKE if state is _H else _MOVES_WHEN_ESTABLISHED).get(type(ev), state)
+        elif events and type(events[-1]) in _MOVES_WHEN_ESTABLISHED:
+            state = _MOVES_WHEN_ESTABLISHED[type(events[-1])]
+        else:
+            return events
+        if state is not self.state:
+            self.state = state
+            if state is _C:
+                self._release()
         return events
 
     def _receive_json(self, data: bytes) -> list[Event]:

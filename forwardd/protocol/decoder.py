@@ -41,7 +41,7 @@ class Decoder(MessageReader):
         framer = self.framer
         try:
             if (
-                data[0] == 0x94  # [tag, time, record, options]
+                0x93 <= data[0] <= 0x94  # [tag, time, record] or [tag, time, record, options]
                 and framer.fed == framer.start  # no frame begun
                 and self.single_message_shortcut
                 and not self.expect_raw_frame

@@ -50,7 +50,7 @@ class EntriesReceived:
     mode: str
     size: int
     requests: int = 1
-    acks: int = 1
+    acks: int = 0
     invalid: InvalidEntries | None = None
 
 

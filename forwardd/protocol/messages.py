@@ -18,13 +18,38 @@ from forwardd.protocol.events import EntriesReceived, Event, Heartbeat, RawFrame
 from forwardd.protocol.limits import Limits
 from forwardd.protocol.options import read_options
 from forwardd.protocol.reading import TAG_CACHE_MAX, RequestReader, checked
-from forwardd.protocol.wire import ACK_PREFIX, ARRAY, EXT, INT, KIND, MAP, STR
+from forwardd.protocol.wire import ACK_PREFIX, ARRAY, EXT, FLOAT, INT, KIND, MAP, NIL, STR
 
 __all__ = ["MessageReader"]
 
 _WALKER_BUFFER = 16 * 1024
-#: One whole Message-mode request, its elements left as the bytes they came in (see _single_message).
+#: One whole Message-mode request, its elements left as the bytes they came in (see _single_message): with
+#: an option element, and without (what fluent-logger for Python sends).
 _DECODE_MESSAGE = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw, msgspec.Raw, msgspec.Raw]).decode
+_DECODE_MESSAGE3 = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw, msgspec.Raw]).decode
+#: An option map whose keys are all text (anything else is left to the general path).
+_DECODE_OPTIONS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw]).decode
+#: Option keys that change what a Message request means: the general path judges those.
+_MEANINGFUL = frozenset({"fluent_signal", "metadata", "compressed"})
+#: Whether a value of this kind (see wire.KIND) is a time on the fast paths (a v1.5 wrapped time is not).
+_TIME = tuple(k in (INT, EXT, FLOAT, NIL) for k in range(9))
+
+
+class _General(Exception):  # a signal to take the general path, not an error
+    """The options of a request need the general path."""
+
+
+def _option_ack(options: bytes | msgspec.Raw) -> bytes | None:
+    """The ack an option map asks for, or None; raises _General for anything the general path must judge
+    (a key that changes the request's meaning, a key that is not text, an option that is not a map)."""
+    try:
+        opts = _DECODE_OPTIONS(options)
+    except Exception:
+        raise _General from None
+    if not _MEANINGFUL.isdisjoint(opts):
+        raise _General
+    chunk = opts.get("chunk")
+    return None if chunk is None else ACK_PREFIX + bytes(chunk)
 
 
 class MessageReader(RequestReader):
@@ -50,24 +75,32 @@ class MessageReader(RequestReader):
         would (other option keys, float times, bad UTF-8 in the tag, deep nesting, trailing bytes) is
         left to that path, which gives the same result as before (a property test holds the two equal).
         """
+        n = len(data)
         try:
-            raw_tag, t, record, options = _DECODE_MESSAGE(data)
+            if data[0] == 0x94:
+                raw_tag, t, record, options = _DECODE_MESSAGE(data)
+                e = n - len(options)
+            else:  # [tag, time, record]
+                raw_tag, t, record = _DECODE_MESSAGE3(data)
+                e = n
         except Exception:  # whatever msgspec refuses, the general path judges
             return None
-        n = len(data)
-        e = n - len(options)
         s = e - len(record) - len(t)
         kinds = KIND
-        kind = kinds[data[s]]
-        if (kind != EXT and kind != INT) or kinds[data[e - len(record)]] != MAP:
+        if not _TIME[kinds[data[s]]] or kinds[data[e - len(record)]] != MAP:
             return None
-        ob = data[e]
-        if ob == 0x80 or ob == 0xC0:  # hot path: no tuple
-            ack: bytes | None = None
-        elif ob == 0x81 and data.startswith(b"\xa5chunk", e + 1):
-            ack = ACK_PREFIX + data[e + 7 :]
-        else:
-            return None
+        ack: bytes | None = None
+        if e < n:
+            ob = data[e]
+            if ob == 0x80 or ob == 0xC0:  # hot path: no option, no decoding
+                pass
+            elif ob == 0x81 and data.startswith(b"\xa5chunk", e + 1):
+                ack = ACK_PREFIX + data[e + 7 :]
+            else:
+                try:
+                    ack = _option_ack(options)
+                except _General:
+                    return None
         tag = self._tag_strs.get(raw_tag)
         if tag is None:
             raw = raw_tag.encode()
@@ -125,6 +158,7 @@ class MessageReader(RequestReader):
         buf = framer.buf
         base = framer.base
         kinds = KIND
+        is_time = _TIME
         tags = self._tags
         append = events.append
         merge = self.merge_messages
@@ -173,29 +207,35 @@ class MessageReader(RequestReader):
                 tag = self._tag(raw_tag)
             pos = wbase + wtell()
             kind = kinds[buf[pos - base]]
-            if n == 4 and (kind == EXT or kind == INT):  # noqa: SIM109 - hot path, no tuple
+            if (n == 4 or n == 3) and is_time[kind]:  # the hot path: no tuple built
                 wskip()
                 r = wbase + wtell()
                 if kinds[buf[r - base]] == MAP:
                     wskip()
                     e = wbase + wtell()
-                    ob = buf[e - base]
                     ack: bytes | None = None
-                    if ob == 0x80 or ob == 0xC0:
-                        wskip()
-                    elif ob == 0x81 and buf.startswith(b"\xa5chunk", e - base + 1):
-                        # {"chunk": id} is the frame's last element: the id runs to the frame's end.
-                        wskip()
-                        ack = ACK_PREFIX + buf[e - base + 7 : end - base]
-                    else:
-                        if group is not None:
-                            self._close_group(group, parts, acks)
-                            group = self._group = None
-                        options, chunk_raw = read_options(walker, buf, wbase - base, 1)
-                        events.extend(
-                            self._message(buf, base, tag, n, pos, kind, r, e, options, chunk_raw, size)
-                        )
-                        continue
+                    if n == 4:
+                        ob = buf[e - base]
+                        if ob == 0x80 or ob == 0xC0:
+                            wskip()
+                        elif ob == 0x81 and buf.startswith(b"\xa5chunk", e - base + 1):
+                            # {"chunk": id} is the frame's last element: the id runs to the frame's end.
+                            wskip()
+                            ack = ACK_PREFIX + buf[e - base + 7 : end - base]
+                        else:
+                            options, chunk_raw = read_options(walker, buf, wbase - base, 1)
+                            if options:  # a signal, metadata: what the request means changes
+                                if group is not None:
+                                    self._close_group(group, parts, acks)
+                                    group = self._group = None
+                                events.extend(
+                                    self._message(
+                                        buf, base, tag, n, pos, kind, r, e, options, chunk_raw, size
+                                    )
+                                )
+                                continue
+                            if chunk_raw is not None:  # {"chunk", "size"} in any order, say
+                                ack = ACK_PREFIX + chunk_raw
                     entry = b"\x92" + buf[pos - base : e - base]
                     if tag is group_tag and room and group is not None:
                         room -= 1

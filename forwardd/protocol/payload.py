@@ -108,7 +108,7 @@ def entries_events(
     else:
         chunk = Chunk(tag, b"", 0, received_ns)  # nothing valid: the request is still acked
     chunk.invalid = invalid + broken
-    events.append(EntriesReceived(chunk, ack, mode, size, invalid=report))
+    events.append(EntriesReceived(chunk, ack, mode, size, 1, 0 if ack is None else 1, report))
     return events
 
 

@@ -55,7 +55,7 @@ class RequestReader:
         self._tags[raw] = tag
         return tag
 
-    def _check_head(self, buf: bytearray, p: int) -> None:
+    def _check_head(self, buf: bytes | bytearray, p: int) -> None:
         """Raise what reading the frame at ``p`` would raise for its head (a big frame is read elsewhere,
         and must break the connection here just as a small one would)."""
         arr = header(buf, p)
@@ -72,6 +72,7 @@ class RequestReader:
     def read_frame(self, frame: bytes) -> list[Event]:
         """The events of one whole frame, read without an Unpacker (a big frame, in a worker thread: the
         values are skipped by the entry scan, which frees the GIL). Its head was checked already."""
+        self._check_head(frame, 0)
         walker = BufferWalker(frame)
         n = walker.read_array_header()
         tag = self._tag(walker.unpack())
@@ -160,7 +161,8 @@ class RequestReader:
             entry = b"".join((b"\x92", memoryview(buf)[pos - base : e - base]))  # one copy, not two
         else:
             entry = b"\x92" + buf[pos - base : e - base]
-        ev = EntriesReceived(Chunk(tag, entry, 1, self.received_ns), ack, "message", size)
+        chunk = Chunk(tag, entry, 1, self.received_ns)
+        ev = EntriesReceived(chunk, ack, "message", size, 1, 0 if ack is None else 1)
         return [checked(ev, entry) if invalid_entries(entry) else ev]
 
     def _packed(
