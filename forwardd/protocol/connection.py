@@ -71,6 +71,11 @@ class ServerConnection:
     """Feed it what the peer sent; it returns events. Replies to send are in the events (acks, PONGs)
     and in :meth:`initial_bytes` (the HELO)."""
 
+    __slots__ = (
+        "__weakref__", "_clock_ns", "_first", "_json", "_json_allowed", "decoder", "handshake",
+        "peer_hostname", "state", "username",
+    )  # fmt: skip
+
     def __init__(
         self,
         *,

@@ -23,6 +23,8 @@ class Decoder(MessageReader):
     """Turns a byte stream into :mod:`forwardd.protocol.events`. A stream that breaks the protocol ends
     with a :class:`ProtocolViolation`, after the events that came whole before it; then nothing more."""
 
+    __slots__ = ("_broken",)
+
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits)
         self._broken = False

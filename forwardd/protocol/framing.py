@@ -75,6 +75,11 @@ class _Stream:
 class Framer:
     """Whole frames out of a byte stream; see the module docstring."""
 
+    __slots__ = (
+        "__weakref__", "_looked", "_skip_base", "_skipper", "_stream", "base", "buf", "fed", "frame_limit",
+        "limits", "one_frame", "skipped_bytes", "start",
+    )  # fmt: skip
+
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         #: The limit on one frame; the decoder lowers it until the handshake's PING has come.

@@ -55,6 +55,8 @@ def _option_ack(options: bytes | msgspec.Raw) -> bytes | None:
 class MessageReader(RequestReader):
     """The Message-mode fast paths, on top of the general reading of requests."""
 
+    __slots__ = ("_group", "_tag_strs", "expect_raw_frame", "merge_messages", "single_message_shortcut")
+
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits)
         self._tag_strs: dict[str, str] = {}

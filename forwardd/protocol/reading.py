@@ -36,6 +36,9 @@ _BIG_RECORD = 64 * 1024
 class RequestReader:
     """The modes: Forward, (Compressed)PackedForward, Message in the general case, options and signals."""
 
+    # One per connection, thousands idle on an aggregator: slots keep them small.
+    __slots__ = ("__weakref__", "_tags", "framer", "json", "limits", "received_ns")
+
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self.framer = Framer(self.limits)

@@ -38,6 +38,8 @@ class Pending:
 class AckFlow:
     """The part of a session that writes its acks (a mixin of :class:`forwardd.server.session.Session`)."""
 
+    __slots__ = ()
+
     settings: SessionSettings
     stats: SourceStats
     transport: Any
@@ -81,7 +83,7 @@ class AckFlow:
                 self.stats.acks += p.acks
         if out and transport is not None:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
-            self._responded = True
+            self._responded = True  # type: ignore[misc]  # a slot of Session
         self._update_reading()
         if not pending and transport is not None and self._job is None and not self._backlog:
             if self._draining or (self.settings.deny_keepalive and self._responded):

@@ -40,6 +40,8 @@ def payload_executor() -> ThreadPoolExecutor:
 class Offload:
     """The part of a session that finishes big requests (a mixin of the session)."""
 
+    __slots__ = ()
+
     settings: SessionSettings
     stats: SourceStats
     transport: Any
@@ -64,22 +66,22 @@ class Offload:
     def _continue(self) -> None:
         if self.transport is None or self._job is not None:
             return
-        backlog, self._backlog = self._backlog, []
+        backlog, self._backlog = self._backlog, []  # type: ignore[misc]  # a slot of Session
         self._handle(backlog)
         if self._job is None and not self._backlog:
             self._flush_acks()
 
     def _start_job(self, ev: PayloadReceived) -> None:
         self.stats.offloaded += 1
-        self._job_bytes = len(ev.data)
-        self._job = asyncio.get_running_loop().run_in_executor(payload_executor(), finish_payload, ev)
+        self._job_bytes = len(ev.data)  # type: ignore[misc]  # a slot of Session
+        self._job = asyncio.get_running_loop().run_in_executor(payload_executor(), finish_payload, ev)  # type: ignore[misc]  # a slot of Session
         self._job.add_done_callback(self._job_done)
         self._update_reading()
 
     def _job_done(self, job: asyncio.Future[list[Event]]) -> None:
-        self._job = None
-        self._job_bytes = 0
-        backlog, self._backlog = self._backlog, []
+        self._job = None  # type: ignore[misc]  # a slot of Session
+        self._job_bytes = 0  # type: ignore[misc]  # a slot of Session
+        backlog, self._backlog = self._backlog, []  # type: ignore[misc]  # a slot of Session
         if self.transport is None:
             return  # the connection is gone: nothing of this request was acked, the client resends it
         try:
