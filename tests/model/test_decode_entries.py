@@ -388,13 +388,20 @@ def test_chunk_caches_its_plain_columns_and_shares_them_with_a_retagged_copy() -
 
 
 def _seconds(fn: Any) -> float:
+    """The best of three runs, the cycle collector off (its passes over every live object are noise here:
+    the test is about the decoder's own work)."""
+    import gc
     import time
 
     best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+    gc.disable()
+    try:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        gc.enable()
     return best
 
 
@@ -416,4 +423,4 @@ def test_decoding_is_linear_whatever_the_mix_of_good_and_bad_entries(mix: list[b
     t_small = _seconds(lambda: decode_entries(small, RECV))
     t_big = _seconds(lambda: decode_entries(big, RECV))
     assert t_big < 4.0
-    assert t_big < 20 * t_small  # 8x the entries: linear is ~8x, quadratic 64x
+    assert t_big < 30 * t_small  # 8x the entries: linear is ~8x, quadratic 64x
