@@ -50,11 +50,11 @@ class Session(AckFlow, Offload, asyncio.Protocol):
     # Thousands of them sit idle on an aggregator: slots keep each small (and their memory comes back
     # whole when they close, with less left scattered between the objects that stay).
     __slots__ = (
-        "__weakref__", "_backlog", "_budget", "_budget_wait", "_bytes_in", "_closing", "_drained",
-        "_draining", "_job", "_job_bytes", "_last_activity", "_log", "_lost", "_on_close", "_paused_reading",
-        "_paused_writing", "_pending", "_requests", "_resolver", "_responded", "_timer", "_tls",
-        "_tls_started", "_tls_step", "_transform", "conn", "ingest", "peer", "peer_address", "peer_hostname",
-        "settings", "stats", "transport",
+        "__weakref__", "_backlog", "_budget", "_budget_told", "_budget_wait", "_bytes_in", "_closing",
+        "_drained", "_draining", "_job", "_job_bytes", "_last_activity", "_log", "_lost", "_on_close",
+        "_paused_reading", "_paused_writing", "_pending", "_requests", "_resolver", "_responded", "_timer",
+        "_tls", "_tls_started", "_tls_step", "_transform", "conn", "ingest", "peer", "peer_address",
+        "peer_hostname", "settings", "stats", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -97,6 +97,7 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         #: The listener's budget of buffered bytes, and whether it asked this session to stop reading.
         self._budget = budget
         self._budget_wait = False
+        self._budget_told = 0
         #: TLS: the context, and the handshake in progress (the forward protocol begins after it).
         self._tls = tls
         self._tls_step: Callable[[], None] | None = None
@@ -265,7 +266,13 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         budget, conn = self._budget, self.conn
         if budget is None or conn is None:
             return
-        wait = not budget.update(self, conn.buffered + self._job_bytes)
+        framer = conn.decoder.framer
+        # Between frames (requests that came whole, nearly always) it holds nothing: no need to ask more.
+        held = self._job_bytes + (conn.buffered if framer.fed != framer.start or conn.json else 0)
+        if held == self._budget_told:
+            return  # nothing new to say (nearly always 0 and 0: requests that came whole)
+        self._budget_told = held
+        wait = not budget.update(self, held)
         if wait != self._budget_wait:
             self._budget_wait = wait
             self._update_reading()
@@ -278,10 +285,10 @@ class Session(AckFlow, Offload, asyncio.Protocol):
     def _handle(self, events: list[Event]) -> None:
         """Handle events in request order. A big request goes to a worker thread; the events after it
         wait in the backlog until its own events are handled (acks and chunks keep their order)."""
-        conn = self.conn
-        assert conn is not None
         stats = self.stats
         pending = self._pending
+        hooks = self.settings.hooks
+        warn_size = self.settings.limits.chunk_size_warn
         spent = 0
         for i, ev in enumerate(events):
             if type(ev) is EntriesReceived:
@@ -296,7 +303,6 @@ class Session(AckFlow, Offload, asyncio.Protocol):
                 spent += len(chunk.entries) + CHUNK_WEIGHT
                 stats.chunks += ev.requests
                 self._requests += ev.requests
-                hooks = self.settings.hooks
                 if hooks is not None and hooks.closes_after(self._requests):
                     self._draining = True
                     self._closing = True
@@ -322,7 +328,7 @@ class Session(AckFlow, Offload, asyncio.Protocol):
                 else:
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
                     pending.append(Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
-                if ev.size > conn.decoder.limits.chunk_size_warn:
+                if ev.size > warn_size:
                     self._log.limited(
                         "warning",
                         "chunk.large",
