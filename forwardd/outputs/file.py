@@ -32,7 +32,9 @@ started. If the current file is deleted or renamed behind our back, it is reopen
 
 Errors. ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP, EINVAL (the path itself cannot work) → PermanentError; every
 other OSError (ENOSPC, EIO, EACCES, EPERM, EROFS, EDQUOT, EMFILE, ...) → RetryableError. A record no encoder
-can represent → PermanentError. A failing symlink update is logged, never an error (the data is written).
+can represent (or an event time no path can hold) → UnprocessableError, before anything is written, so the
+delivery loop can isolate that event and dead-letter it alone. A failing symlink update is logged, never an
+error (the data is written).
 
 Open files. At most ``max_open_files`` stay open (least recently written closed first); ``clock`` (monotonic
 seconds) is injectable for ``rotate_interval`` tests. One writer per file: two outputs must not share paths.
@@ -56,7 +58,7 @@ from typing import Any
 import structlog
 import zstandard
 
-from forwardd.errors import DeliveryError, PermanentError, RetryableError
+from forwardd.errors import DeliveryError, PermanentError, RetryableError, UnprocessableError
 from forwardd.model import Chunk, Event, PlainEntries
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import JsonLines, make_encoder, make_plain_encoder, native_json_lines
@@ -712,8 +714,10 @@ class FileOutput(Output):
     async def write(self, chunk: Chunk) -> None:
         try:
             groups, count = self.encode(chunk)  # on the loop: the GIL would serialise it anyway
-        except (TypeError, ValueError, OverflowError) as e:  # a record no encoder can represent
-            raise PermanentError(f"cannot encode chunk of {chunk.tag!r}: {e}") from e
+        except DeliveryError:
+            raise
+        except Exception as e:  # a record no encoder or path can represent: the loop isolates it
+            raise UnprocessableError(f"cannot encode chunk of {chunk.tag!r}: {e}") from e
         if not groups:
             return
         async with self._lock:

@@ -18,27 +18,38 @@ function that returns one ``bytes`` for many events (the file output writes a ba
     a line stays a line.
 
 Values JSON cannot hold natively (records are decoded with ``surrogateescape``, so strings may carry
-undecodable bytes): ``bytes`` and invalid UTF-8 in strings become text with ``\\xNN`` escapes
+undecodable bytes): ``bytes`` and invalid UTF-8 in strings and keys become text with ``\\xNN`` escapes
 (``backslashreplace``; readable, and reversible unless the record itself contained such escapes), nested
 EventTime values become the same RFC 3339 string as the event time, other msgpack ext values become
-``{"ext": code, "data": base64}``, non-string keys become their JSON text, integers beyond 64 bits become
-strings. The common case pays nothing for this: orjson runs first and only a record it rejects is sanitised.
+``{"ext": code, "data": base64}``, non-string keys become their JSON text (``1``, ``null``, ``1.5``) or, for
+anything else (an ext value, an array), their Python text, integers beyond 64 bits become strings, NaN and
+infinities become ``null`` (JSON has no such numbers). The common case pays nothing for this: orjson runs
+first and only a record it rejects is sanitised.
+
+Errors. A record that cannot be encoded at all raises :class:`~forwardd.errors.UnprocessableError`, and
+nothing else does (every encoder here promises it; the delivery loop then isolates that event and
+dead-letters it alone): JSON of a value nested deeper than :data:`MAX_JSON_DEPTH` containers (orjson's
+limit), an event time ``gmtime`` cannot represent (past year 292 billion), and in the msgpack formats an
+integer beyond 64 bits, a map nested past msgpack's packer limit or a string holding surrogates that did
+not come from undecodable bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 import time
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from types import ModuleType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import msgpack
 import msgspec
 import orjson
 
+from forwardd.errors import UnprocessableError
 from forwardd.model import EVENT_TIME_EXT, Chunk, Event, EventTime, PlainEntries
 
 _jsonl: ModuleType | None
@@ -49,6 +60,7 @@ except ImportError:  # pragma: no cover - exercised only where the extension cou
 
 __all__ = [
     "FORMATS",
+    "MAX_JSON_DEPTH",
     "NATIVE",
     "Encoder",
     "JsonLines",
@@ -67,6 +79,7 @@ __all__ = [
     "native_json_lines",
     "plain_json_lines",
     "rfc3339_ns",
+    "unprocessable",
 ]
 
 _NS = 1_000_000_000
@@ -76,6 +89,33 @@ _U32 = 0xFFFFFFFF
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _ABSENT = object()  # a key no record holds
+
+#: The most containers a record may nest (the record's own map included) and still be written as JSON: orjson
+#: refuses deeper values, and the fallback does not recurse past it either (a Python recursion that deep
+#: would end in RecursionError, which used to escape and stop the output).
+MAX_JSON_DEPTH = 254
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def unprocessable(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Make ``fn`` raise nothing but :class:`UnprocessableError`: any exception while encoding (an odd
+    value, RecursionError, MemoryError on one huge record, a time out of range) is about the data, and the
+    delivery loop needs to know that, not the exception's type. A ``try`` costs nothing when nothing
+    raises."""
+
+    @functools.wraps(fn)
+    def encode(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except UnprocessableError:
+            raise
+        except Exception as exc:
+            raise UnprocessableError(f"cannot encode: {type(exc).__name__}: {exc}") from exc
+
+    return encode
+
 
 #: A batch encoder as the file output uses it: events of one tag → bytes.
 Encoder = Callable[[Sequence[Event], str], bytes]
@@ -119,20 +159,42 @@ def _key(k: Any) -> str:
         return _fix_str(k)
     if t is bytes:
         return k.decode("utf-8", "backslashreplace")  # type: ignore[no-any-return]
-    if k is None or t is bool or t is int or t is float:
+    if k is None or t is bool or (t is int and _INT_MIN <= k <= _INT_MAX) or t is float:
         return orjson.dumps(k).decode()
-    return str(k)
+    try:
+        return _fix_str(str(k))
+    except Exception:  # a key whose str() raises: only code-built records can hold one
+        return f"<{t.__name__}>"
 
 
-def _sanitise(obj: Any) -> Any:
-    """A copy of ``obj`` that orjson accepts; only called for the rare record it rejected."""
+def _too_deep() -> UnprocessableError:
+    return UnprocessableError(f"a value nests more than {MAX_JSON_DEPTH} containers: cannot be JSON")
+
+
+def _sanitise(obj: Any, room: int = MAX_JSON_DEPTH) -> Any:
+    """A copy of ``obj`` that orjson accepts; only called for the rare record it rejected.
+
+    ``room`` is how many more containers may nest here: past it the record cannot be JSON (orjson's own
+    limit) and UnprocessableError says so before Python's recursion limit is anywhere near (loops, not
+    comprehensions, so one frame per level).
+    """
     t = type(obj)
     if t is str:
         return _fix_str(obj)
     if t is dict:
-        return {_key(k): _sanitise(v) for k, v in obj.items()}
+        if room <= 0:
+            raise _too_deep()
+        d: dict[str, Any] = {}
+        for k, v in obj.items():
+            d[_key(k)] = _sanitise(v, room - 1)
+        return d
     if t is list or t is tuple:
-        return [_sanitise(v) for v in obj]
+        if room <= 0:
+            raise _too_deep()
+        out: list[Any] = []
+        for v in obj:
+            out.append(_sanitise(v, room - 1))
+        return out
     if t is int and not _INT_MIN <= obj <= _INT_MAX:
         return str(obj)
     return obj
@@ -141,8 +203,13 @@ def _sanitise(obj: Any) -> Any:
 def _dumps(obj: Any, option: int) -> bytes:
     try:
         return orjson.dumps(obj, default=_json_default, option=option)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError: surrogates, bytes keys, huge ints
-        return orjson.dumps(_sanitise(obj), default=_json_default, option=option)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError: surrogates, bytes keys, huge ints, depth
+        pass
+    clean = _sanitise(obj)
+    try:
+        return orjson.dumps(clean, default=_json_default, option=option)
+    except TypeError as exc:  # a value of a type no record decoded from msgpack holds
+        raise UnprocessableError(f"cannot encode a record as JSON: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- JSON
@@ -175,6 +242,7 @@ class JsonLines:
         self.count = runs[-1][2]
 
 
+@unprocessable
 def native_json_lines(
     chunk: Chunk, *, time_key: str | None = "time", tag_key: str | None = "tag"
 ) -> JsonLines | None:
@@ -212,6 +280,7 @@ def _tag_field(tag_key: str, tag: str) -> bytes:
     return _json_str(tag_key) + b":" + _json_str(tag)
 
 
+@unprocessable
 def plain_json_lines(
     plain: PlainEntries, tag: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
 ) -> bytes:
@@ -296,6 +365,7 @@ def _plain_json_dicts(plain: PlainEntries, tag: str, time_key: str | None, tag_k
     return _PLAIN_JSON.encode_lines(lines)
 
 
+@unprocessable
 def json_lines(
     events: Sequence[Event],
     tag: str,
@@ -353,6 +423,7 @@ def json_lines(
     return bytes(buf)
 
 
+@unprocessable
 def encode_json(
     event: Event,
     tag: str,
@@ -366,6 +437,7 @@ def encode_json(
     return line if newline else line[:-1]
 
 
+@unprocessable
 def encode_json_lines(chunk: Chunk, time_key: str | None = "time", tag_key: str | None = "tag") -> bytes:
     """Every event of ``chunk`` as JSON lines."""
     native = native_json_lines(chunk, time_key=time_key, tag_key=tag_key)
@@ -394,6 +466,7 @@ def _packer() -> msgpack.Packer:
 _ENTRY_HEAD = b"\x92\xd7" + bytes((EVENT_TIME_EXT,))
 
 
+@unprocessable
 def msgpack_entries(events: Sequence[Event]) -> bytes:
     """``[EventTime, record]`` per event, concatenated: PackedForward entries."""
     pack = _packer().pack
@@ -411,11 +484,13 @@ def msgpack_entries(events: Sequence[Event]) -> bytes:
     return bytes(buf)
 
 
+@unprocessable
 def encode_msgpack(event: Event, tag: str = "") -> bytes:
     """One event as ``[EventTime, record]``; ``tag`` is accepted for symmetry and not stored."""
     return msgpack_entries((event,))
 
 
+@unprocessable
 def encode_msgpack_entries(chunk: Chunk) -> bytes:
     return msgpack_entries(chunk.events())
 
@@ -435,6 +510,7 @@ def _fluentd_second(s: int, utc: bool) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f"{sign}{h:02d}:{m:02d}"
 
 
+@unprocessable
 def fluentd_lines(events: Sequence[Event], tag: str, *, utc: bool = True) -> bytes:
     """Fluentd ``out_file`` lines: ``time<TAB>tag<TAB>json``."""
     tag_b = b"\t" + _fix_str(tag).translate(_TAG_ESCAPES).encode() + b"\t"
@@ -451,10 +527,12 @@ def fluentd_lines(events: Sequence[Event], tag: str, *, utc: bool = True) -> byt
     return bytes(buf)
 
 
+@unprocessable
 def encode_fluentd_line(event: Event, tag: str, *, utc: bool = True) -> bytes:
     return fluentd_lines((event,), tag, utc=utc)
 
 
+@unprocessable
 def encode_fluentd_lines(chunk: Chunk, utc: bool = True) -> bytes:
     return fluentd_lines(chunk.events(), chunk.tag, utc=utc)
 

@@ -17,7 +17,7 @@ import pytest
 import zstandard
 from structlog.testing import capture_logs
 
-from forwardd.errors import PermanentError, RetryableError
+from forwardd.errors import PermanentError, RetryableError, UnprocessableError
 from forwardd.model import Chunk, Event, decode_entries
 from forwardd.outputs.file import FileOutput
 
@@ -305,11 +305,12 @@ async def test_failed_write_leaves_no_partial_line(tmp_path, file_size_limit):
     assert seqs(path.read_bytes()) == list(range(7))
 
 
-async def test_unencodable_record_is_permanent(tmp_path):
+async def test_unencodable_record_is_unprocessable_and_nothing_is_written(tmp_path):
+    """Not the destination's verdict but the data's: the delivery loop isolates the event (its tests)."""
     out = FileOutput(name="f", path=str(tmp_path / "a.log"))
     bad = Chunk("t", b"", 1, 0)
     bad._events = [Event(T0 * NS, {"x": object()})]  # what a buggy filter could hand on
-    with pytest.raises(PermanentError, match="cannot encode"):
+    with pytest.raises(UnprocessableError, match="cannot encode"):
         await out.write(bad)
     await out.stop()
     assert list(tmp_path.iterdir()) == []
