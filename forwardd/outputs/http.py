@@ -15,8 +15,13 @@ order. An event whose body alone exceeds ``max_bytes`` cannot ever be sent: the 
 Outcomes. 2xx is success. 408, 429, 5xx, connection failures, TLS failures and timeouts raise
 :class:`RetryableError` (``retry_after`` from a ``Retry-After`` header, in seconds or as an HTTP date);
 every other status (other 4xx, and 3xx: redirects are not followed, a POST body must not silently go
-elsewhere) raises :class:`PermanentError`. When a chunk needs several requests and one fails retryably, the
-whole chunk is written again later, so the batches that had succeeded are sent twice: at-least-once.
+elsewhere) raises :class:`PermanentError`. When a chunk needs several requests, each request's outcome is
+its own: a permanently refused request costs exactly its events (the next requests are still sent, then
+:class:`RecordsRejected` names the refused events), and a retryable failure stops the write with a
+:class:`PartialDelivery` whose ``unsent`` holds the events of that request and of the ones after it, so
+the delivery loop re-sends only those: events the endpoint accepted with a 2xx are neither sent again nor
+dead-lettered. (A request that timed out may still have been accepted: at-least-once.) A record the
+encoder cannot represent raises :class:`UnprocessableError` before any request is made.
 
 Endpoint placeholders. ``${tag}`` and ``${tag[N]}`` (dot parts; negative N counts from the end) are
 substituted per chunk, URL-quoted so a value can never add a ``/``, ``?``, ``#``, ``@`` or ``:`` to the URL
@@ -49,10 +54,17 @@ import aiohttp
 import msgpack
 import yarl
 
-from forwardd.errors import PermanentError, RecordsRejected, RetryableError
+from forwardd.errors import PartialDelivery, PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event, EventTime
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import json_lines, native_json_lines, plain_json_lines, rfc3339_ns
+from forwardd.outputs.formats import (
+    json_lines,
+    native_json_lines,
+    plain_json_lines,
+    rfc3339_ns,
+    unprocessable,
+)
+from forwardd.pieces import ranges_of, select_events
 
 if TYPE_CHECKING:
     from forwardd.config.schema import HttpOutput as HttpOutputSettings
@@ -211,6 +223,7 @@ def _msgpack_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} as msgpack")
 
 
+@unprocessable
 def encode_msgpack_maps(
     events: Sequence[Event], tag: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
 ) -> tuple[bytes, list[int]]:
@@ -528,20 +541,65 @@ class HttpOutput(Output):
         if ends is None:
             ends = _line_ends(items)
         batches, oversized = split_batches(ends, self.max_events, self.max_bytes, self._overhead)
-        view = memoryview(items)
-        for i, j in batches:
-            start = ends[i - 1] if i else 0
-            await self._send(url, self._body(view[start : ends[j - 1]], j - i), j - i)
         if oversized:
             _bump(self._stats.rejected, "oversize", len(oversized))
-            events = chunk.events()  # a plain chunk builds them only now, for the rejected few
-            rejected = Chunk.from_events(chunk.tag, [events[k] for k in oversized], chunk.received_ns)
+        view = memoryview(items)
+        refused: list[tuple[int, int]] = []  # event ranges of requests refused for good
+        first_refusal: PermanentError | None = None
+        delivered = 0
+        for b, (i, j) in enumerate(batches):
+            start = ends[i - 1] if i else 0
+            try:
+                await self._send(url, self._body(view[start : ends[j - 1]], j - i), j - i)
+            except PermanentError as exc:  # this request's events only; the next requests still go
+                refused.append((i, j))
+                first_refusal = first_refusal or exc
+                continue
+            except RetryableError as exc:
+                if not delivered and not refused and not oversized:
+                    raise  # nothing got through: the whole chunk is written again
+                rejection = self._rejection(chunk, n, ends, refused, first_refusal, oversized, delivered)
+                unsent = select_events(chunk, batches[b:], n)
+                rejected = rejection.rejected if rejection is not None else None
+                raise PartialDelivery(
+                    f"{delivered} of {n} events of tag {chunk.tag!r} delivered, "
+                    f"{rejected.count if rejected else 0} refused, {unsent.count} to send again: {exc}",
+                    delivered=delivered,
+                    rejected=rejected,
+                    rejection=rejection,
+                    unsent=unsent,
+                    cause=exc,
+                ) from exc
+            delivered += j - i
+        rejection = self._rejection(chunk, n, ends, refused, first_refusal, oversized, delivered)
+        if rejection is not None:
+            raise rejection
+
+    def _rejection(
+        self,
+        chunk: Chunk,
+        n: int,
+        ends: list[int],
+        refused: list[tuple[int, int]],
+        first_refusal: PermanentError | None,
+        oversized: list[int],
+        delivered: int,
+    ) -> RecordsRejected | None:
+        """The events of refused requests and oversized ones, in chunk order, with why."""
+        if not refused and not oversized:
+            return None
+        rejected = select_events(chunk, sorted(refused + ranges_of(oversized)), n)
+        why = []
+        if oversized:
             sizes = ", ".join(str(ends[k] - (ends[k - 1] if k else 0)) for k in oversized[:5])
-            raise RecordsRejected(
-                f"{len(oversized)} event(s) of tag {chunk.tag!r} exceed max_bytes {self.max_bytes} "
-                f"(sizes {sizes}); {n - len(oversized)} others were delivered",
-                rejected,
-            )
+            why.append(f"{len(oversized)} event(s) exceed max_bytes {self.max_bytes} (sizes {sizes})")
+        if first_refusal is not None:
+            why.append(f"{len(refused)} request(s) refused, e.g. {first_refusal}")
+        return RecordsRejected(
+            f"{rejected.count} event(s) of tag {chunk.tag!r} rejected: {'; '.join(why)}; "
+            f"{delivered} others were delivered",
+            rejected,
+        )
 
     async def _send(self, url: yarl.URL, body: bytes, count: int) -> None:
         session = self._session

@@ -12,18 +12,21 @@ How a chunk is written
     per-message callback only counts, and wakes the event loop once per chunk (``call_soon_threadsafe``).
     A full local queue (``BufferError``) waits for the poll thread to serve reports, then produces again.
 
-What write() raises (the :mod:`forwardd.outputs.base` contract, per chunk)
+What write() raises (the :mod:`forwardd.outputs.base` contract, per chunk; every message has its own
+delivery report, so every event has its own outcome)
     * returns: every event was acknowledged by the broker (with ``required_acks``).
-    * :class:`~forwardd.errors.RetryableError`: at least one message failed with a retryable error (broker
-      down, message timed out, leader moving, not enough replicas, local queue purged, a fatal idempotence
-      error). The whole chunk is written again later; messages that did get through are duplicated, which
-      at-least-once allows.
+    * :class:`~forwardd.errors.RetryableError`: no message got through, at least one failed retryably
+      (broker down, message timed out, leader moving, not enough replicas, local queue purged), or the
+      producer failed fatally or its reports did not come (then what happened is unknown): the whole chunk
+      is written again later, at-least-once.
+    * :class:`~forwardd.errors.PartialDelivery`: some messages were acknowledged and others failed
+      retryably: ``unsent`` holds only the failed ones (and those never produced), ``rejected`` those
+      refused for good, ``cause`` the RetryableError; the delivery loop re-sends only ``unsent``.
     * :class:`~forwardd.errors.RecordsRejected` (a ``PermanentError``) with ``rejected: Chunk``: every
       other event was delivered, and ``rejected`` holds only the events that can never be: larger than
       ``max_message_size`` (never sent), or refused by the broker for good (message too large, invalid
-      topic name, record invalid, not authorised). The delivery loop should dead-letter ``err.rejected``
-      when the attribute is present, else the whole chunk. Retryable failures win over rejections in the
-      same chunk (the rejected ones are rejected again on the next attempt).
+      topic name, record invalid, not authorised).
+    * :class:`~forwardd.errors.UnprocessableError`: a record the format cannot encode (nothing produced).
 
 Record format
     ``json`` (default): the JSON object of :func:`forwardd.outputs.formats.encode_json`: ``time`` (RFC 3339,
@@ -64,10 +67,11 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from forwardd.config import schema as cfg
-from forwardd.errors import RecordsRejected, RetryableError
+from forwardd.errors import PartialDelivery, RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event
 from forwardd.outputs.base import Output
-from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns
+from forwardd.outputs.formats import json_lines, plain_json_lines, rfc3339_ns, unprocessable
+from forwardd.pieces import ranges_of, select_events
 
 __all__ = ["KafkaOutput", "KafkaOutputStats", "is_permanent", "producer_config"]
 
@@ -178,7 +182,11 @@ def _key_bytes(v: Any) -> bytes | None:
     try:  # floats, booleans (as JSON spells them), lists and maps
         return orjson.dumps(v, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=repr)
     except TypeError:  # surrogates or huge integers: a key need not be pretty, only stable
+        pass
+    try:
         return repr(v).encode("utf-8", "backslashreplace")
+    except Exception:  # nested past repr's recursion limit: any stable key will do
+        return t.__name__.encode()
 
 
 class _Batch:
@@ -370,6 +378,7 @@ class KafkaOutput(Output):
 
     # --- encoding -----------------------------------------------------------------------------------------
 
+    @unprocessable
     def _encode(self, chunk: Chunk) -> tuple[list[dict[Any, Any]], list[bytes]]:
         """Each event's record and message value; a plain chunk's JSON values come from one bulk encode."""
         plain = chunk.plain_entries() if self.format == "json" else None
@@ -425,7 +434,8 @@ class KafkaOutput(Output):
         oversized: list[int] = []
         local_rejects: list[tuple[int, str]] = []
         sent_bytes = 0
-        abandoned = False
+        stopped_at: int | None = None  # the first event not produced when producing had to stop
+        stop_reason = ""
         try:
             for i, rec in enumerate(records):
                 value = values[i]
@@ -450,21 +460,22 @@ class KafkaOutput(Output):
                     except BufferError:
                         if batch.failed and not all(is_permanent(e) for e, _ in batch.failed):
                             # Already failing (broker gone): waiting out every queue-full of the chunk
-                            # would take message.timeout.ms each time. The retry rewrites the chunk.
-                            abandoned = True
+                            # would take message.timeout.ms each time. The rest is sent again later.
+                            stopped_at, stop_reason = i, "local queue full while messages fail"
                             break
                         await self._wait_for_space()
                         continue
                     except KafkaException as exc:
                         err = exc.args[0]
                         if not is_permanent(err):
-                            self._fail_retryable(f"produce failed: {err.name()}: {err.str()}")
+                            stopped_at, stop_reason = i, f"produce failed: {err.name()}: {err.str()}"
+                            break
                         local_rejects.append((i, f"{err.name()}: {err.str()}"))
                     else:
                         batch.produced += 1
                         sent_bytes += len(value)
                     break
-                if abandoned:
+                if stopped_at is not None:
                     break
         finally:
             batch.seal()  # messages already produced are still reported; a later write() does not wait
@@ -472,7 +483,7 @@ class KafkaOutput(Output):
             await asyncio.wait_for(asyncio.shield(batch.future), self._report_timeout)
         except TimeoutError:
             self._fail_retryable("delivery reports did not arrive in time")
-        self._settle(chunk, values, batch, oversized, local_rejects, sent_bytes)
+        self._settle(chunk, values, batch, oversized, local_rejects, sent_bytes, stopped_at, stop_reason)
 
     async def _wait_for_space(self) -> None:
         """The local queue is full: wait until the poll thread served some reports (or a short while)."""
@@ -501,43 +512,73 @@ class KafkaOutput(Output):
         oversized: list[int],
         local_rejects: list[tuple[int, str]],
         sent_bytes: int,
+        stopped_at: int | None,
+        stop_reason: str,
     ) -> None:
-        """Turn the reports of one write into the contract's outcome."""
-        retryable = [err for err, _ in batch.failed if not is_permanent(err)]
-        if retryable:
-            first = retryable[0]
-            self._fail_retryable(
-                f"{len(retryable)} of {batch.produced} messages failed, e.g. {first.name()}: {first.str()}"
-            )
+        """Turn the reports of one write into the contract's outcome: each event is delivered, rejected
+        for good, or unsent (failed retryably, or never produced); see the module doc."""
+        n = len(values)
         rejected = list(oversized) + [i for i, _ in local_rejects]
+        unsent: list[int] = [] if stopped_at is None else list(range(stopped_at, n))
         reasons = [f"{len(oversized)} larger than {self.max_message_size} bytes"] if oversized else []
         reasons += [why for _, why in local_rejects[:1]]
+        retry_reasons = [stop_reason] if stop_reason else []
         if batch.failed:
-            # Find the failed messages' events by value; equal values are equal events, any one will do.
+            # Find the failed messages' events by value among those produced; equal values are equal
+            # events, any one will do. Only a failure pays for this.
+            skip = set(rejected)
             by_value: dict[bytes, list[int]] = {}
-            for i, v in enumerate(values):
-                by_value.setdefault(v, []).append(i)
-            for _, fv in batch.failed:
-                idx = by_value.get(fv or b"")
-                if idx:
-                    rejected.append(idx.pop())
-                    sent_bytes -= len(fv or b"")
-            first = batch.failed[0][0]
-            reasons.append(f"{len(batch.failed)} refused by the broker, e.g. {first.name()}: {first.str()}")
+            for i in range(n if stopped_at is None else stopped_at):
+                if i not in skip:
+                    by_value.setdefault(values[i], []).append(i)
+            permanent = [(e, v) for e, v in batch.failed if is_permanent(e)]
+            retryable = [(e, v) for e, v in batch.failed if not is_permanent(e)]
+            for failed, into in ((permanent, rejected), (retryable, unsent)):
+                for _, fv in failed:
+                    idx = by_value.get(fv or b"")
+                    if idx:
+                        into.append(idx.pop())
+                        sent_bytes -= len(fv or b"")
+            if permanent:
+                e = permanent[0][0]
+                reasons.append(f"{len(permanent)} refused by the broker, e.g. {e.name()}: {e.str()}")
+            if retryable:
+                e = retryable[0][0]
+                retry_reasons.append(
+                    f"{len(retryable)} of {batch.produced} messages failed, e.g. {e.name()}: {e.str()}"
+                )
         delivered = batch.produced - len(batch.failed)
         self.stats.delivered_events += delivered
         self.stats.delivered_bytes += sent_bytes
+        rejection: RecordsRejected | None = None
         if rejected:
             rejected.sort()
             self.stats.rejected_events += len(rejected)
             self.stats.permanent_errors += 1
             why = "; ".join(reasons)
             self.stats.last_error = why
-            events = chunk.events()  # a plain chunk builds them only now, for the rejected few
-            raise RecordsRejected(
-                f"kafka output {self.name!r}: {len(rejected)} of {len(values)} events rejected ({why})",
-                Chunk.from_events(chunk.tag, [events[i] for i in rejected], chunk.received_ns),
+            rejection = RecordsRejected(
+                f"kafka output {self.name!r}: {len(rejected)} of {n} events rejected ({why})",
+                select_events(chunk, ranges_of(rejected), n),
             )
+        if unsent:
+            unsent.sort()
+            if not delivered and not rejected:
+                self._fail_retryable("; ".join(retry_reasons))  # nothing got through: all again
+            self.stats.retryable_errors += 1
+            cause = RetryableError(f"kafka output {self.name!r}: {'; '.join(retry_reasons)}")
+            self.stats.last_error = str(cause)
+            raise PartialDelivery(
+                f"kafka output {self.name!r}: {delivered} of {n} events delivered, {len(rejected)} "
+                f"rejected, {len(unsent)} to send again ({'; '.join(retry_reasons)})",
+                delivered=delivered,
+                rejected=rejection.rejected if rejection is not None else None,
+                rejection=rejection,
+                unsent=select_events(chunk, ranges_of(unsent), n),
+                cause=cause,
+            )
+        if rejection is not None:
+            raise rejection
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
