@@ -271,7 +271,9 @@ class Daemon:
             f for rs in labels.values() for r in rs for f in r.filters if isinstance(f, DockerPartial)
         ]
         self._journaled = [f for f in self._partials if f.journal is not None]
-        self.router = Router(labels, self.sinks, root_label=ROOT_LABEL)
+        self.router = Router(
+            labels, self.sinks, root_label=ROOT_LABEL, dead_letter_dir=str(storage / "dead-letter")
+        )
         if self.router.error_label is not None:
             # What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
             # they reject goes to the dead-letter folder rather than round in a loop).
@@ -303,7 +305,8 @@ class Daemon:
 
     def report(self) -> None:
         """Log every source's and every output's counters: events and bytes in and out, acks, errors,
-        retries, dead letters, queue size and delivery latency; and docker_partial's open lines."""
+        retries, dead letters, queue size and delivery latency; the router's (unmatched tags, filter
+        failures and where their events went); and docker_partial's open lines."""
         for listener in self.listeners:
             log.info("source.stats", listener=listener.settings.name, **listener.stats.as_dict())
         for name, sink in self.sinks.items():
@@ -312,6 +315,7 @@ class Daemon:
                 out = getattr(getattr(sink, "output", None), "stats", None)
                 extra = {"output_stats": _plain(out)} if out is not None else {}
                 log.info("output.stats", output=name, **stats.as_dict(), **extra)
+        log.info("router.stats", **_plain(self.router.stats))
         for f in self._partials:
             journal = f.journal
             log.info(

@@ -18,9 +18,16 @@ Acceptance follows the :mod:`forwardd.sink` contract: an entry returns ``None`` 
 synchronously, else one awaitable that resolves when all did: the sink's own when there is one and no
 error label to redirect to, else a coroutine (await it once, or close it). Failures:
 
-* a filter raising sends the chunk it was given to the error label (``@ERROR``) when there is one, else
-  drops it; either way it is counted and logged (``filter.failed``). A ChunkRejected from a filter (its
-  journal cannot take the chunk) is no bug: it reaches the session as a sink's rejection would;
+* a filter raising costs the events that make it raise, not the chunk: the filter is run again on halves
+  of the chunk it was given (its msgpack entries framed, not decoded), recursively, so the good events go
+  on through the route and the offending ones are isolated in O(k log n) calls (at most
+  ``FILTER_ISOLATION_BUDGET`` failing calls per chunk; past it a failing piece counts as offending whole).
+  Those go to the error label (``@ERROR``) when there is one, else to the dead-letter folder of the filter
+  (``<dead_letter_dir>/filter-<label>-route<N>-<filter>/``, written durably before the client's ack: an
+  ack means the events are safe; a failed write is a temporary rejection, so the client resends), else
+  (no folder configured) they are dropped. Counted and logged, rate-limited (``filter.failed``,
+  ``filter.dead_letter``). A ChunkRejected from a filter (its journal cannot take the chunk) is no bug: it
+  reaches the session as a sink's rejection would;
 * a sink rejecting permanently sends the chunk to the error label when there is one (the client is acked,
   as Fluentd does with ``@ERROR``), else the rejection reaches the session;
 * a temporary rejection always reaches the session, so the client resends;
@@ -36,6 +43,7 @@ Filters hand back new chunks and must not mutate the records of the chunk they w
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -45,8 +53,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from forwardd.buffer.delivery import write_dead_letter
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
+from forwardd.pieces import entry_ends, halves
 from forwardd.router.match import TagMatcher
 from forwardd.sink import Ingest, Sink
 
@@ -59,6 +69,8 @@ def _log() -> structlog.typing.FilteringBoundLogger:
 
 
 DEFAULT_CACHE_SIZE = 1024  # Fluentd's MATCH_CACHE_SIZE: tags per label whose decision is kept
+#: Failing filter calls one chunk may cost while its offending events are isolated (on the event loop).
+FILTER_ISOLATION_BUDGET = 64
 
 
 class RoutingError(ValueError):
@@ -139,7 +151,12 @@ class RouterStats:
 
     routed: int = 0
     unmatched: int = 0
+    #: Chunks on which a filter raised, and the events isolated as making it raise.
     filter_errors: int = 0
+    filter_failed_events: int = 0
+    #: Of those events: written to a filter's dead-letter folder, or dropped (no error label, no folder).
+    filter_dead_lettered: int = 0
+    filter_dropped: int = 0
     to_error_label: int = 0
     held_rejected: int = 0
 
@@ -190,8 +207,11 @@ class Router:
         root_label: str = "@ROOT",
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        dead_letter_dir: str | None = None,
     ) -> None:
         self.stats = RouterStats()
+        #: Where the events a filter fails on go when there is no error label (a folder per filter in it).
+        self.dead_letter_dir = dead_letter_dir
         self.root_label = root_label
         self._error: str | None = error_label if error_label in labels else None
         self._routes: dict[str, tuple[_Compiled, ...]] = {}
@@ -393,8 +413,7 @@ class Router:
                 except Exception as exc:
                     pending: list[Awaitable[None]] = []
                     errors: list[ChunkRejected] = []
-                    f = compiled.filters[pos]
-                    self._filter_failed(compiled, f, chunk, exc, pending, errors, in_error)
+                    self._filter_failed(compiled, pos, chunk, exc, pending, errors, in_error)
                     return self._finish(pending, errors)
                 if out is None:
                     return None
@@ -466,8 +485,8 @@ class Router:
             except ChunkRejected as exc:  # cannot take it now (a filter's journal): as a sink refusing it
                 errors.append(exc)
                 return
-            except Exception as exc:  # a filter's bug must not take the session down: route it to @ERROR
-                self._filter_failed(compiled, compiled.filters[pos], chunk, exc, pending, errors, in_error)
+            except Exception as exc:  # a filter's bug must not take the session down: isolate it
+                self._filter_failed(compiled, pos, chunk, exc, pending, errors, in_error)
                 return
             if isinstance(out, Held):
                 out = _unwrap(out, pending)
@@ -584,30 +603,119 @@ class Router:
     def _filter_failed(
         self,
         compiled: _Compiled,
-        f: Filter,
+        pos: int,
         chunk: Chunk,
         exc: Exception,
         pending: list[Awaitable[None]],
         errors: list[ChunkRejected],
         in_error: bool,
     ) -> None:
-        self.stats.filter_errors += 1
+        """Filter ``pos`` of ``compiled`` raised on ``chunk``: isolate the events that make it raise (see the
+        module doc), send the others on through the route, and those to @ERROR or a dead-letter folder."""
+        stats = self.stats
+        stats.filter_errors += 1
+        call = compiled.calls[pos]
+        bad: list[Chunk] = []
+        passed = 0
+        budget = FILTER_ISOLATION_BUDGET
+        cut = halves(chunk, entry_ends(chunk.entries)) if chunk.count > 1 else None
+        todo = [] if cut is None else [cut[1], cut[0]]  # a stack: the left half is tried first
+        if cut is None:
+            bad.append(chunk)
+        while todo:
+            piece, ends = todo.pop()
+            try:
+                out = call(piece)
+            except ChunkRejected as rej:  # its journal cannot take it now: as a sink refusing it
+                errors.append(rej)
+                continue
+            except Exception:
+                budget -= 1
+                cut = halves(piece, ends) if budget > 0 else None
+                if cut is None:
+                    bad.append(piece)
+                else:
+                    todo += [cut[1], cut[0]]
+                continue
+            passed += piece.count
+            self._after_filter(compiled, pos + 1, out, pending, errors, in_error)
+        failed = bad[0] if len(bad) == 1 else _concat(bad)
+        stats.filter_failed_events += failed.count
+        f = compiled.filters[pos]
+        name = getattr(f, "name", type(f).__name__)
         to_error = self._error is not None and not in_error
-        if _rate_limited(self.stats.filter_errors):
+        folder = None
+        if not to_error and self.dead_letter_dir is not None:
+            folder = os.path.join(self.dead_letter_dir, _folder_name(compiled, name))
+        if _rate_limited(stats.filter_errors):
             _log().error(
                 "filter.failed",
-                filter=getattr(f, "name", repr(f)),
+                filter=name,
                 tag=chunk.tag,
                 label=compiled.label,
                 route=compiled.index,
                 error=f"{type(exc).__name__}: {exc}",
+                events=failed.count,
+                passed=passed,
                 to_label=self._error if to_error else None,
-                count=self.stats.filter_errors,
+                dead_letter=folder,
+                count=stats.filter_errors,
             )
         if to_error:
             assert self._error is not None
-            self.stats.to_error_label += 1
-            self._deliver(self._error, chunk, pending, errors, True)
+            stats.to_error_label += 1
+            self._deliver(self._error, failed, pending, errors, True)
+        elif folder is not None:
+            meta = {
+                "reason": "filter_failed",
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+                "filter": name,
+                "label": compiled.label,
+                "route": compiled.index,
+            }
+            pending.append(self._filter_dead_letter(folder, name, failed, meta))
+        else:
+            stats.filter_dropped += failed.count
+
+    def _after_filter(
+        self,
+        compiled: _Compiled,
+        start: int,
+        out: FilterResult,
+        pending: list[Awaitable[None]],
+        errors: list[ChunkRejected],
+        in_error: bool,
+    ) -> None:
+        """What a filter returned, through the rest of its route from filter ``start``."""
+        if isinstance(out, Held):
+            out = _unwrap(out, pending)
+        if out is None:
+            return
+        for piece in out if isinstance(out, list) else (out,):
+            self._run(compiled, start, piece, pending, errors, in_error)
+
+    async def _filter_dead_letter(
+        self, folder: str, name: str, chunk: Chunk, meta: dict[str, object]
+    ) -> None:
+        """Write the events a filter failed on to its dead-letter folder before the client is acked; a
+        failed write refuses the chunk for now (no ack: the client resends, nothing is lost)."""
+        try:
+            path = await asyncio.to_thread(write_dead_letter, folder, name, chunk, meta)
+        except OSError as exc:
+            _log().error("filter.dead_letter_failed", filter=name, tag=chunk.tag, error=str(exc))
+            raise ChunkRejected(
+                f"cannot write the dead letter of filter {name}: {exc}", permanent=False
+            ) from None
+        self.stats.filter_dead_lettered += chunk.count
+        if _rate_limited(self.stats.filter_dead_lettered):
+            _log().warning(
+                "filter.dead_letter",
+                filter=name,
+                tag=chunk.tag,
+                count=chunk.count,
+                path=path,
+                dead_lettered=self.stats.filter_dead_lettered,
+            )
 
     def _note_unmatched(self, label: str, chunk: Chunk) -> None:
         self.stats.unmatched += 1
@@ -668,6 +776,20 @@ class Router:
             except ChunkRejected as exc:
                 self.stats.held_rejected += 1
                 _log().error("route.expired_rejected", reason=exc.reason, permanent=exc.permanent)
+
+
+def _concat(pieces: list[Chunk]) -> Chunk:
+    """Pieces of one chunk (same tag) as one chunk, entries in order."""
+    first = pieces[0]
+    return Chunk(
+        first.tag, b"".join(p.entries for p in pieces), sum(p.count for p in pieces), first.received_ns
+    )
+
+
+def _folder_name(compiled: _Compiled, name: str) -> str:
+    """A folder name of its own for one filter of one route: ``filter-root-route0-grep_0_``."""
+    raw = f"filter-{compiled.label.lstrip('@').lower()}-route{compiled.index}-{name}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 
 
 def _unwrap(held: Held, pending: list[Awaitable[None]]) -> Chunk | list[Chunk] | None:
