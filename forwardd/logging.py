@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 import structlog
 
-__all__ = ["configure_logging", "safe_text", "safe_value"]
+__all__ = ["MAX_TEXT", "configure_logging", "safe_text", "safe_value"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
