@@ -29,9 +29,10 @@ first and only a record it rejects is sanitised.
 Errors. A record that cannot be encoded at all raises :class:`~forwardd.errors.UnprocessableError`, and
 nothing else does (every encoder here promises it; the delivery loop then isolates that event and
 dead-letters it alone): JSON of a value nested deeper than :data:`MAX_JSON_DEPTH` containers (orjson's
-limit), an event time ``gmtime`` cannot represent (past year 292 billion), and in the msgpack formats an
-integer beyond 64 bits, a map nested past msgpack's packer limit or a string holding surrogates that did
-not come from undecodable bytes.
+limit), an event time ``gmtime`` cannot represent (about 6.7e16 seconds and more: past year two billion),
+and in the msgpack formats an integer beyond 64 bits, nesting past msgpack's packer limit or a string
+holding surrogates that did not come from undecodable bytes (the last two only in records built in code,
+not in records decoded from msgpack).
 """
 
 from __future__ import annotations
@@ -200,12 +201,16 @@ def _sanitise(obj: Any, room: int = MAX_JSON_DEPTH) -> Any:
     return obj
 
 
-def _dumps(obj: Any, option: int) -> bytes:
+def _dumps(obj: Any, option: int, drop: tuple[str | None, str | None] = (None, None)) -> bytes:
+    """orjson's text of ``obj``, sanitised if orjson refuses it; ``drop`` names keys of a record that the
+    injected time and tag replace (a bytes key ``b"time"`` only reads as ``"time"`` once sanitised)."""
     try:
         return orjson.dumps(obj, default=_json_default, option=option)
     except TypeError:  # orjson.JSONEncodeError is a TypeError: surrogates, bytes keys, huge ints, depth
         pass
     clean = _sanitise(obj)
+    if type(clean) is dict and (drop[0] in clean or drop[1] in clean):
+        clean = {k: v for k, v in clean.items() if k != drop[0] and k != drop[1]}
     try:
         return orjson.dumps(clean, default=_json_default, option=option)
     except TypeError as exc:  # a value of a type no record decoded from msgpack holds
@@ -405,7 +410,7 @@ def json_lines(
         try:
             body = dumps(rec, default=dflt, option=nl)
         except TypeError:
-            body = _dumps(rec, nl)
+            body = _dumps(rec, nl, (time_key, tag_key))
         if time_key is None:
             buf += static
         else:
