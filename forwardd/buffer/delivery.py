@@ -23,8 +23,8 @@ the pieces still to deliver, in order; the batch's chunks leave the queue only w
     the piece is cut in halves by framing its msgpack entries (no decoding) and each half is tried, left
     first, recursively: the events that fail are isolated in O(k log n) writes and dead-lettered one by
     one, all the others are delivered, in order. A RetryableError met while isolating backs off and
-    resumes with the pieces still left. ``ISOLATION_BUDGET`` bounds the failed writes spent on one batch;
-    past it, a piece that fails is dead-lettered whole.
+    resumes with the pieces still left. ``ISOLATION_BUDGET`` bounds the failed writes spent on one batch
+    (past it, a piece that fails is dead-lettered whole) and ``QUICK_RETRIES_PER_BATCH`` its quick waits.
 
 "Dead-lettered" means: to the ``@ERROR`` label's routes when the configuration has one, else to
 ``<storage>/dead-letter/<output>/`` (:func:`write_dead_letter`: the piece's entries as they came, and a
@@ -87,8 +87,11 @@ BATCH_MAX_BYTES = 4 * 1024 * 1024
 
 #: Attempts an unexpected exception (not a DeliveryError) gets on one piece before the piece is taken for
 #: data that cannot be processed; the waits between them start at UNEXPECTED_DELAY seconds and double.
+#: One batch gets at most QUICK_RETRIES_PER_BATCH such waits in all, so a batch of many events that all
+#: fail costs seconds, not minutes.
 UNEXPECTED_ATTEMPTS = 3
 UNEXPECTED_DELAY = 0.1
+QUICK_RETRIES_PER_BATCH = 16
 #: Failed writes one batch may spend isolating its bad events; past it a failing piece is parked whole.
 ISOLATION_BUDGET = 256
 #: The restart back-off of a crashed delivery loop, and the crashes one batch may cause before it is parked.
@@ -323,9 +326,7 @@ class BufferedSink:
                             continue  # the culprit is out of the way: go on at once
                         except Exception as park_exc:
                             with contextlib.suppress(Exception):
-                                log.error(
-                                    "delivery.park_failed", output=self.name, error=_describe(park_exc)
-                                )
+                                log.error("delivery.park_failed", output=self.name, error=_describe(park_exc))
                 await self._sleep(delay)
                 delay = min(delay * 2, CRASH_DELAY_MAX)
 
@@ -545,7 +546,12 @@ class BufferedSink:
                         exc_info=exc,
                     )
             splittable = piece.chunk.count > 1
-            if piece.failures < UNEXPECTED_ATTEMPTS and not (piece.isolated and splittable):
+            if (
+                piece.failures < UNEXPECTED_ATTEMPTS
+                and not (piece.isolated and splittable)
+                and work.quick > 0
+            ):
+                work.quick -= 1
                 return _QUICK
         if self._split(work, piece, exc):
             return _NEXT
@@ -686,13 +692,14 @@ class _Work:
     """One tag's part of a taken batch: its chunks (marked delivered once no piece is left), the merged
     chunk, and the pieces still to deliver, in order (at first, the whole merged chunk)."""
 
-    __slots__ = ("budget", "chunk", "crashes", "isolating", "pieces", "takens")
+    __slots__ = ("budget", "chunk", "crashes", "isolating", "pieces", "quick", "takens")
 
     def __init__(self, takens: list[Taken], chunk: Chunk) -> None:
         self.takens = takens
         self.chunk = chunk
         self.pieces: deque[_Piece] = deque((_Piece(chunk),))
         self.budget = ISOLATION_BUDGET
+        self.quick = QUICK_RETRIES_PER_BATCH
         self.isolating = False
         self.crashes = 0
 

@@ -20,7 +20,12 @@ from structlog.testing import capture_logs
 
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, read_dead_letter
 from forwardd.buffer.base import Taken
-from forwardd.buffer.delivery import CRASHES_PER_BATCH, ISOLATION_BUDGET, UNEXPECTED_ATTEMPTS
+from forwardd.buffer.delivery import (
+    CRASHES_PER_BATCH,
+    ISOLATION_BUDGET,
+    QUICK_RETRIES_PER_BATCH,
+    UNEXPECTED_ATTEMPTS,
+)
 from forwardd.errors import PartialDelivery, PermanentError, RetryableError, UnprocessableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
@@ -431,3 +436,22 @@ async def test_a_batch_that_keeps_crashing_the_loop_is_parked_and_the_queue_move
     [(chunk, sidecar)] = dead_letters(tmp_path / "dead")
     assert [e.record["seq"] for e in chunk.events()] == [0, 1]
     assert (sidecar["reason"], sidecar["error"]) == ("loop_crashed", "Escape: out of band")
+
+
+async def test_a_batch_whose_events_all_hit_a_bug_costs_seconds_not_minutes(
+    tmp_path: Path, sinks: list[BufferedSink]
+) -> None:
+    t = FakeTime()
+    out = BuggyOutput()
+    sink = mem_sink(out, tmp_path, sinks, t)
+    await sink.start()
+    records = numbered(2000)
+    for r in records:
+        r["boom"] = True
+    await submit_all(sink, [entries_chunk("app", records)])
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "the chunk")
+    assert len(t.sleeps) <= QUICK_RETRIES_PER_BATCH
+    assert sum(t.sleeps) <= QUICK_RETRIES_PER_BATCH * 0.2
+    assert out.calls <= 2 * ISOLATION_BUDGET + 1 + QUICK_RETRIES_PER_BATCH
+    dead = dead_letters(tmp_path / "dead")
+    assert sorted(e.record["seq"] for c, _ in dead for e in c.events()) == list(range(2000))
