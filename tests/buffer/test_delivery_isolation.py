@@ -402,6 +402,36 @@ async def test_a_crash_of_the_loop_is_logged_counted_and_the_loop_restarts_with_
     assert out2.delivered == [6]
 
 
+class CrashingTake(DiskQueue):
+    """A disk queue whose take_nowait raises once: the loop crashes holding a chunk it took with get()."""
+
+    crashes = 1
+
+    def take_nowait(self) -> Taken | None:
+        if self.crashes:
+            self.crashes -= 1
+            raise RuntimeError("bug while batching")
+        return super().take_nowait()
+
+
+async def test_a_chunk_taken_before_a_crash_is_delivered_by_the_restarted_loop(tmp_path: Path) -> None:
+    """A disk queue hands a taken chunk out only once per process (its read cursor moved past it; only the
+    ledger brings it back, at the next start): the restarted loop must deliver what it held."""
+    t = FakeTime()
+    out = BuggyOutput()
+    q = CrashingTake(str(tmp_path / "q"), fsync="never")
+    await q.start()
+    for k in range(2):
+        await asyncio.wait_for(q.submit(entries_chunk("app", numbered(2, start=2 * k))), TIMEOUT)
+    sink = BufferedSink("out", out, q, RetryPolicy(), str(tmp_path / "dead"), clock=t.clock, sleep=t.sleep)
+    await sink.output.start()
+    sink._task = asyncio.create_task(sink._supervise())  # get() takes chunk 1, batching crashes
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "both chunks, the one taken before the crash too")
+    assert out.delivered == [0, 1, 2, 3]
+    assert sink.stats.loop_crashes == 1
+    await sink.stop()
+
+
 class Escape(BaseException):
     """Not an Exception: what a careless output could raise, past every ``except Exception``."""
 
