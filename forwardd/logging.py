@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 __all__ = ["MAX_TEXT", "configure_logging", "safe_text", "safe_value"]
 
@@ -212,6 +213,10 @@ class _SafePrintLogger(structlog.PrintLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
+#: Tracebacks as dicts, without frame locals: they would copy record contents (and secrets) into log lines.
+_NO_LOCALS = ExceptionDictTransformer(show_locals=False, use_rich=False)
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -233,7 +238,7 @@ def configure_logging(
     ]
     if fmt == "json":
         chain += [
-            structlog.processors.dict_tracebacks,
+            structlog.processors.ExceptionRenderer(_NO_LOCALS),
             _sanitise,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]

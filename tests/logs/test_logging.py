@@ -280,3 +280,22 @@ def test_a_stream_that_cannot_be_written_loses_the_line_not_the_caller(stream: t
 def test_safe_value_is_plain_data_for_anything() -> None:
     value = safe_value({TAG: {b"k": [BadRepr(), {1, 2}, 2**65, -(2**64)]}, None: object})
     assert json.loads(json.dumps(value)) == value
+
+
+def test_tracebacks_carry_no_frame_locals() -> None:
+    """A traceback in a JSON line names frames, never their locals: those would copy record contents (and
+    secrets such as a shared key) into the log."""
+    s = Stream("utf-8")
+    configure_logging("info", "json", s.text, cache=False)
+
+    def deliver(record: dict[str, str]) -> None:
+        raise ValueError("cannot encode")
+
+    try:
+        deliver({"password": "hunter2-in-a-record"})
+    except ValueError:
+        structlog.get_logger("t").error("delivery.unexpected_error", exc_info=True)
+    [line] = s.lines()
+    parsed = json.loads(line)
+    assert parsed["exception"][0]["frames"], parsed
+    assert "hunter2-in-a-record" not in line
