@@ -20,16 +20,22 @@ Files (one directory per output)
     written while ``.open`` and renamed ``.sealed`` (after an fsync) once the next record would push it
     past ``max_segment_size`` (default 16 MiB); a record bigger than that gets a segment of its own.
     A segment is unlinked once every record in it is delivered. Under ``fsync: always`` an open segment
-    may end in zeros written ahead of small commits (the runway, see ``SegmentStore._extend_runway``):
+    may end in zeros written ahead of small commits (the runway, see ``SegmentWriter._extend_runway``):
     an fdatasync into blocks already written is faster than one that also journals a new file size.
     Sealing and a clean stop truncate the zeros; recovery cuts them off without calling them a torn tail.
 ``ledger.json``
     ``{"seq": 12, "offset": 4096}``: everything before byte ``offset`` of segment ``seq`` is delivered, and
-    so is every segment with a smaller sequence (recovery deletes any that a crash left behind). Replaced
-    atomically (write ``ledger.json.tmp`` + rename) after every delivery. It is not fsync'd each time: a
-    power loss may roll it back, which redelivers a few chunks (allowed by invariant 2) and loses nothing.
+    so is every segment with a smaller sequence (recovery deletes any that a crash left behind). Fixed
+    width, overwritten in place with one ``pwrite`` once per delivery round (a kill cannot tear it, and a
+    ``kill -9`` redelivers only what was in flight); replaced atomically (temp file, fsync, rename) at start
+    and at a clean stop. It is not fsync'd while running: a power loss may roll it back as far as the
+    position at start, which redelivers (allowed by invariant 2) and loses nothing.
 ``quarantine/``
     Damaged segments, moved aside for a human, after their readable undelivered records were copied out.
+
+Code: :mod:`~forwardd.buffer.segment` (framing, files), :mod:`~forwardd.buffer.recovery`,
+:mod:`~forwardd.buffer.writer`, :mod:`~forwardd.buffer.reader`, :mod:`~forwardd.buffer.ledger`, joined by
+:mod:`~forwardd.buffer.store`; this module adds the asyncio side (group commit, limits, back-pressure).
 
 Record framing (:mod:`forwardd.buffer.segment`): ``magic | length | crc32 | tag_len count received_ns tag
 entries``. The length and CRC find torn and flipped bytes; the magic lets recovery find the next good record

@@ -276,14 +276,14 @@ class DiskFull:
             finally:
                 os.close(fd)
         else:
-            real = store._pwritev
+            real = store.writer._pwritev
 
             def pwritev(fd: int, bufs: list[bytes], pos: int) -> int:
                 if self.failing:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 return real(fd, bufs, pos)
 
-            store._pwritev = pwritev  # type: ignore[method-assign]
+            store.writer._pwritev = pwritev  # type: ignore[method-assign]
             self.failing = True
 
     def free(self) -> None:

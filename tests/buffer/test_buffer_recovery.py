@@ -296,7 +296,7 @@ def test_large_commits_append_without_a_runway(tmp_path: Path) -> None:
 def test_a_runway_that_cannot_be_written_does_not_fail_the_commit(tmp_path: Path) -> None:
     """A full disk (injected: only the zeros' write fails) costs the runway, not the records."""
     store = open_always(tmp_path)
-    real = store._pwritev
+    real = store.writer._pwritev
     failed: list[int] = []
 
     def pwritev(fd: int, bufs: list[bytes], pos: int) -> int:
@@ -305,7 +305,7 @@ def test_a_runway_that_cannot_be_written_does_not_fail_the_commit(tmp_path: Path
             raise OSError(28, "No space left on device")
         return real(fd, bufs, pos)
 
-    store._pwritev = pwritev  # type: ignore[method-assign]
+    store.writer._pwritev = pwritev  # type: ignore[method-assign]
     res = store.write([chunk(0)])
     assert res.committed == 1
     store.publish(res)
