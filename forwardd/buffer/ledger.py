@@ -1,7 +1,8 @@
 """The delivery position of a disk queue on disk (``ledger.json``): where delivery resumes after a restart.
 
 Its own module because it is the one piece of the queue's state that is rewritten rather than appended,
-so how it is written decides what a crash costs: see :meth:`Ledger.write`.
+so how it is written and synced decides what a crash costs: a ``kill -9`` redelivers what was in flight
+(:meth:`Ledger.write`, after every delivery round), a power loss about a second more (:meth:`Ledger.sync`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Ledger:
         self.path = os.path.join(directory, LEDGER)
         self._fd: int | None = None
         self._failing = False
+        self._sync_failing = False
+        #: Successful :meth:`sync` calls (for tests and stats).
+        self.syncs = 0
 
     def read(self) -> tuple[int, int]:
         """(segment seq, offset) delivered so far; a missing or unreadable ledger means "nothing"."""
@@ -43,8 +47,9 @@ class Ledger:
             log.warning("buffer.ledger_unreadable", directory=self.directory, error=str(exc))
             return 0, 0
 
-    def write(self, seq: int, offset: int, *, durable: bool = False) -> None:
-        """Best effort: a ledger that cannot be written (disk full) only means redelivery after a crash.
+    def write(self, seq: int, offset: int, *, durable: bool = False) -> bool:
+        """Best effort (False when it failed): a ledger that cannot be written (disk full) only means
+        redelivery after a crash.
 
         This runs after every delivery round, on the event loop: a rename per delivery cost ~0.5 ms there.
         So the ledger has a fixed width and is overwritten in place with one small pwrite at offset 0,
@@ -64,10 +69,35 @@ class Ledger:
             if not self._failing:
                 self._failing = True
                 log.warning("buffer.ledger_write_failed", directory=self.directory, error=str(exc))
-            return
+            return False
         if self._failing:
             self._failing = False
             log.info("buffer.ledger_write_recovered", directory=self.directory)
+        return True
+
+    def sync(self) -> None:
+        """Make the last :meth:`write` durable (any thread; the queue calls it about once a second).
+
+        An fdatasync of the page that :meth:`write` overwrites: the file keeps its size and blocks, so it
+        flushes one data block and commits nothing to the filesystem journal (0.1 ms here; replacing the
+        file by a renamed copy took 0.5-2 ms and two journal commits). The content lies within the first
+        sector, which a disk writes whole or not at all, the assumption PostgreSQL makes for pg_control.
+        Best effort like :meth:`write`: a failure only widens what a power loss redelivers.
+        """
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            if not self._sync_failing:
+                self._sync_failing = True
+                log.warning("buffer.ledger_sync_failed", directory=self.directory, error=str(exc))
+            return
+        self.syncs += 1
+        if self._sync_failing:
+            self._sync_failing = False
+            log.info("buffer.ledger_sync_recovered", directory=self.directory)
 
     def reset(self, seq: int, offset: int) -> None:
         """Durably set the position, or raise: recovery relies on it before it moves segments."""

@@ -65,6 +65,7 @@ class SegmentReader:
         self._buf_start = 0
         self.queued_chunks = queued_chunks
         self.queued_bytes = queued_bytes
+        self._written: tuple[int, int] | None = None  # the position the ledger holds
 
     def publish(self, res: WriteResult) -> None:
         """Make what a write committed visible to the reader (loop thread)."""
@@ -207,9 +208,15 @@ class SegmentReader:
             self.write_ledger()
         return True
 
-    def write_ledger(self, *, durable: bool = False) -> None:
-        """Bring the ledger up to the ack cursor."""
-        self.ledger.write(self._segments[0].seq, self._ack_off, durable=durable)
+    def write_ledger(self, *, durable: bool = False) -> bool:
+        """Bring the ledger up to the ack cursor; whether that changed what it holds."""
+        pos = (self._segments[0].seq, self._ack_off)
+        if pos == self._written and not durable:
+            return False
+        if not self.ledger.write(*pos, durable=durable):
+            return False
+        self._written = pos
+        return True
 
     def _drop_finished(self) -> None:
         segs = self._segments

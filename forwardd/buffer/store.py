@@ -104,9 +104,13 @@ class SegmentStore:
         """Record ``t`` as done (see :meth:`SegmentReader.mark_delivered`); whether the cursor moved."""
         return self.reader.mark_delivered(t, ledger=ledger)
 
-    def write_ledger(self) -> None:
-        """Bring the ledger up to the cursor (see ``mark_delivered(ledger=False)``)."""
-        self.reader.write_ledger()
+    def write_ledger(self) -> bool:
+        """Bring the ledger up to the cursor (see ``mark_delivered(ledger=False)``); whether it moved."""
+        return self.reader.write_ledger()
+
+    def sync_ledger(self) -> None:
+        """Make the ledger's last write durable (any thread, never beside :meth:`close`)."""
+        self.ledger.sync()
 
     @property
     def queued_chunks(self) -> int:
