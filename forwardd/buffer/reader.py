@@ -66,12 +66,16 @@ class SegmentReader:
         self.queued_chunks = queued_chunks
         self.queued_bytes = queued_bytes
         self._written: tuple[int, int] | None = None  # the position the ledger holds
+        #: Committed bytes not yet taken (what the reader still has to go through).
+        self._untaken_bytes = queued_bytes
 
     def publish(self, res: WriteResult) -> None:
         """Make what a write committed visible to the reader (loop thread)."""
         for seg in res.created:
             self._segments.append(seg)
+        ahead = self._untaken_bytes  # committed bytes the reader has not reached, before these
         for seg, end, k in res.runs:
+            self._untaken_bytes += end - seg.end
             self.queued_bytes += end - seg.end
             self.queued_chunks += k
             seg.end = end
@@ -79,10 +83,13 @@ class SegmentReader:
         for seg, path in res.sealed:
             seg.path = path
             seg.sealed = True
+        # Only records the reader will reach within hot_max bytes are kept: behind a backlog (a restart,
+        # a slow output) they would sit in memory for as long as the backlog takes to drain.
         hot, room = self._hot, self.hot_max - self._hot_bytes
         for rec in res.records:
             size = rec[2] - rec[1]
-            if size > room:
+            ahead += size
+            if size > room or ahead > self.hot_max:
                 break  # the rest is read back from the file when its turn comes
             hot.append(rec)
             room -= size
@@ -96,8 +103,10 @@ class SegmentReader:
             found = s is seg
         return None
 
-    def _read(self, n: int) -> bytes | None:
-        """``n`` bytes at the read cursor from the read-ahead buffer, refilled with one pread."""
+    def _fill(self, n: int) -> int | None:
+        """Where ``n`` bytes at the read cursor start in the read-ahead buffer (refilled with one pread
+        when they are not all in it), or None if fewer are committed. Records are decoded straight from
+        the buffer: one copy of their entries, and at most ``READ_AHEAD`` (or one record) held."""
         seg = self._rseg
         assert seg is not None
         off = self._roff - self._buf_start
@@ -106,12 +115,13 @@ class SegmentReader:
             if avail < n:
                 return None
             want = min(max(READ_AHEAD, n), avail)
+            self._buf = b""  # let the old buffer go before the new one is read
             self._buf = os.pread(seg.fd, want, self._roff)
             self._buf_start = self._roff
             off = 0
             if len(self._buf) < n:
                 return None
-        return self._buf[off : off + n] if (off or n != len(self._buf)) else self._buf
+        return off
 
     def _advance_reader(self) -> Segment | None:
         """The segment holding the next committed record, moving the cursor across sealed segments."""
@@ -147,9 +157,9 @@ class SegmentReader:
         if hdr is None:
             return None
         length, count = hdr
-        rec = self._read(length)
-        assert rec is not None, "committed record shorter than its header says"
-        chunk, _ = decode_record(rec)
+        off = self._fill(length)
+        assert off is not None, "committed record shorter than its header says"
+        chunk, _ = decode_record(self._buf, off)
         return self._hand_out(chunk, seg, start, start + length, count)
 
     def drop_next(self) -> int | None:
@@ -167,10 +177,10 @@ class SegmentReader:
 
     def _header_at_cursor(self) -> tuple[int, int] | None:
         """(length, event count) of the committed record at the read cursor, None if there is none."""
-        head = self._read(FRAME_OVERHEAD)
-        if head is None:
+        off = self._fill(FRAME_OVERHEAD)
+        if off is None:
             return None
-        hdr = record_header(head, 0)
+        hdr = record_header(self._buf, off)
         assert hdr is not None, "a committed record has a valid header"
         return hdr
 
@@ -178,6 +188,7 @@ class SegmentReader:
         """Move the read cursor past the record at ``start`` and track it until it is marked delivered."""
         t = DiskTaken(chunk, seg, start, end, count)
         self._roff = end
+        self._untaken_bytes -= end - start
         self._taken.append(t)
         return t
 

@@ -15,7 +15,14 @@ import structlog
 
 from forwardd.buffer.base import FsyncPolicy
 from forwardd.buffer.ledger import Ledger
-from forwardd.buffer.segment import Segment, fsync_dir, parse_segment_name, scan, segment_name
+from forwardd.buffer.segment import (
+    SCAN_WINDOW,
+    Segment,
+    SegmentScanner,
+    fsync_dir,
+    parse_segment_name,
+    segment_name,
+)
 
 __all__ = ["QUARANTINE", "Recovered", "recover"]
 
@@ -109,86 +116,85 @@ class _Recovery:
     def _recover_segment(
         self, seq: int, state: str, path: str, ack_off: int
     ) -> tuple[Segment, int, int] | None:
-        """The verified segment, its ack offset and its undelivered record count; None if unusable."""
+        """The verified segment, its ack offset and its undelivered record count; None if unusable.
+
+        The segment is read a window at a time (:class:`SegmentScanner`), never whole: a restart over a
+        backlog of any size holds one window per segment being recovered.
+        """
         out = self.out
         fd = -1
         try:
             fd = os.open(path, os.O_RDWR)
-            data = _read_all(fd)
-            res = scan(data)
+            sc = _scanner(fd)
+            records, end, resume, queued = _walk(sc, ack_off)
             # Only the open segment can have a torn tail: a sealed one was fsync'd whole before its rename.
-            if res.bad_at is not None and res.torn and state == "open":
-                os.ftruncate(fd, res.bad_at)
-                if self.fsync != "never":
-                    os.fsync(fd)
+            if sc.bad_at is not None and sc.torn and state == "open":
                 # Zeros after the last record are the runway (or a write that never reached the disk):
                 # nothing to report. Anything else is a torn write.
-                torn = len(data.rstrip(b"\0")) - res.bad_at
+                torn = sc.content_end(sc.bad_at) - sc.bad_at
+                os.ftruncate(fd, sc.bad_at)
+                if self.fsync != "never":
+                    os.fsync(fd)
                 if torn > 0:
                     out.truncated_bytes += torn
-                    log.info("buffer.truncated", segment=path, at=res.bad_at, bytes=torn)
-            elif res.bad_at is not None:
+                    log.info("buffer.truncated", segment=path, at=sc.bad_at, bytes=torn)
+            elif sc.bad_at is not None:
+                path = self._salvage(seq, path, fd, ack_off, sc)
                 os.close(fd)
-                fd = -1
-                keep = [(s, e) for s, e, _ in res.spans if s >= ack_off]
-                path, fd = self._salvage(seq, path, data, keep, ack_off, res.lost_bytes, res.lost_records)
+                fd = os.open(path, os.O_RDWR)
                 out.quarantined += 1
-                res = scan(_read_all(fd))
-                ack_off = 0
-                state = "sealed"
+                records, end, _, queued = _walk(_scanner(fd), 0)
+                resume, state = 0, "sealed"
         except OSError as exc:
             if fd >= 0:
                 os.close(fd)
             self._quarantine(path, reason=str(exc), lost_bytes=None, lost_records=None, salvaged=0)
             out.quarantined += 1
             return None
-        bounds = [0, *(e for _, e, _ in res.spans)]
-        if ack_off not in bounds:
-            # Not a record boundary (cannot happen with a healthy ledger): redeliver from the one before.
-            ack_off = max(b for b in bounds if b <= ack_off)
-        end = bounds[-1]
-        queued = sum(1 for s, _, _ in res.spans if s >= ack_off)
-        seg = Segment(seq, path, fd, sealed=state == "sealed", end=end, records=len(res.spans))
-        return seg, ack_off, queued
+        seg = Segment(seq, path, fd, sealed=state == "sealed", end=end, records=records)
+        return seg, resume, queued
 
-    def _salvage(
-        self,
-        seq: int,
-        path: str,
-        data: bytes,
-        keep: list[tuple[int, int]],
-        ack_off: int,
-        lost_bytes: int,
-        lost_records: int,
-    ) -> tuple[str, int]:
+    def _salvage(self, seq: int, path: str, fd: int, ack_off: int, damaged: SegmentScanner) -> str:
         """Copy the undelivered good records of a damaged segment to a new file; quarantine the original.
 
         Order makes it crash-safe: the copy is durable before the original moves; a ``.salvage`` file found
         at startup is finished or redone by :meth:`_finish_salvage`; the ledger is reset to the copy's
         start before the copy takes the original's place (a crash in between redelivers, never skips).
+        Returns the copy's path: the segment's own name, sealed.
         """
         tmp = os.path.join(self.directory, f"{seq:08d}{_SALVAGE}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        kept = 0
         try:
-            with memoryview(data) as mv:
-                os.write(fd, b"".join(mv[s:e] for s, e in keep))
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+            sc = _scanner(fd)
+            pending: list[bytes] = []
+            size = 0
+            for start, end, _ in sc.records():
+                if start < ack_off:
+                    continue
+                pending.append(sc.record_bytes(start, end))
+                size += end - start
+                kept += 1
+                if size >= SCAN_WINDOW:
+                    _write_all(out, pending)
+                    pending, size = [], 0
+            _write_all(out, pending)
+            os.fsync(out)
+        finally:
+            os.close(out)
         if ack_off:
             self.ledger.reset(seq, 0)
         self._quarantine(
             path,
             reason="corrupt record",
-            lost_bytes=lost_bytes,
-            lost_records=lost_records,
-            salvaged=len(keep),
+            lost_bytes=damaged.lost_bytes,
+            lost_records=damaged.lost_records,
+            salvaged=kept,
         )
         new_path = os.path.join(self.directory, segment_name(seq, "sealed"))
         os.rename(tmp, new_path)
         fsync_dir(self.directory)
-        return new_path, fd
+        return new_path
 
     def _quarantine(
         self, path: str, *, reason: str, lost_bytes: int | None, lost_records: int | None, salvaged: int
@@ -214,14 +220,31 @@ class _Recovery:
         )
 
 
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    parts = []
-    off = 0
-    while off < size:
-        b = os.pread(fd, size - off, off)
-        if not b:
-            break
-        parts.append(b)
-        off += len(b)
-    return b"".join(parts)
+def _scanner(fd: int) -> SegmentScanner:
+    return SegmentScanner(lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size)
+
+
+def _walk(sc: SegmentScanner, ack_off: int) -> tuple[int, int, int, int]:
+    """Scan a segment: (records, end of the last good one, ack offset, undelivered records).
+
+    The ack offset is moved back to a record boundary if it is not one (cannot happen with a healthy
+    ledger): the record it falls into is delivered again.
+    """
+    records = end = queued = 0
+    boundary = 0
+    for _, e, _ in sc.records():
+        records += 1
+        end = e
+        if e <= ack_off:
+            boundary = e
+        else:
+            queued += 1
+    return records, end, boundary, queued
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
