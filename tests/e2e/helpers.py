@@ -84,6 +84,10 @@ class Proc:
         self.proc.stdout.close()
         return code
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Its exit code, once it has exited on its own."""
+        return self._reap(timeout)
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self._reap(10)
