@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import structlog
+
 from forwardd.buffer.base import FsyncPolicy
 from forwardd.buffer.segment import Segment, encode_prefix, fsync_dir, segment_name
 from forwardd.model import Chunk
@@ -25,6 +27,8 @@ __all__ = [
     "WriteError",
     "WriteResult",
 ]
+
+log = structlog.get_logger("forwardd.buffer")
 
 #: Big enough that rolling (an fsync of the directory) is rare, small enough that a delivered prefix
 #: is given back to the filesystem soon.
@@ -87,6 +91,7 @@ class SegmentWriter:
         self._need_roll = False
         self._unsynced = False
         self._committed_pos = 0
+        self._clash: str | None = None  # the segment name last found taken (reported once)
 
     def start(self, tail: Segment) -> None:
         """Append to ``tail`` from its end (recovery truncated an open segment to its last record)."""
@@ -94,9 +99,22 @@ class SegmentWriter:
         self._file_end = tail.end
 
     def create_segment(self) -> Segment:
+        """A new, empty open segment with the next sequence number.
+
+        Never over a file that exists (O_EXCL, not O_TRUNC): a segment by that name may hold acked records,
+        and a clash means a bug or a second writer in this directory (the storage lock exists to prevent
+        one). The write fails instead, with a ``buffer.segment_exists`` error, and is retried like any
+        failed write; nothing acked is lost, and a restart goes on after the highest sequence it finds.
+        """
         seq = self._next_seq
         path = os.path.join(self.directory, segment_name(seq, "open"))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if self._clash != path:
+                self._clash = path
+                log.error("buffer.segment_exists", segment=path, directory=self.directory)
+            raise
         try:
             if self.fsync != "never":
                 fsync_dir(self.directory)
