@@ -35,6 +35,10 @@ Files (one directory per output)
     it is never synced while running (the kernel writes it back within ~30 s).
 ``quarantine/``
     Damaged segments, moved aside for a human, after their readable undelivered records were copied out.
+``worker-<k>/``
+    With ``workers: N``, worker k's queue for the same output (worker 0's is the directory itself). One left
+    by a worker that no longer exists is adopted by a remaining one (:meth:`DiskQueue.adopt`,
+    :mod:`~forwardd.buffer.adoption`): delivered first, then removed.
 
 Code: :mod:`~forwardd.buffer.segment` (framing, files), :mod:`~forwardd.buffer.recovery`,
 :mod:`~forwardd.buffer.writer`, :mod:`~forwardd.buffer.reader`, :mod:`~forwardd.buffer.ledger`, joined by
@@ -132,6 +136,7 @@ from typing import TypeVar
 
 import structlog
 
+from forwardd.buffer.adoption import AdoptedQueues
 from forwardd.buffer.base import FsyncPolicy, Taken, WhenFull
 from forwardd.buffer.segment import frame_size
 from forwardd.buffer.store import DEFAULT_MAX_SEGMENT_SIZE, SegmentStore, WriteError, WriteResult
@@ -202,6 +207,9 @@ class DiskQueue:
         #: See _gather; an attribute so that tests can make the deadline irrelevant.
         self.gather_seconds = COMMIT_GATHER_SECONDS
         self._store: SegmentStore | None = None
+        #: Queues of workers that no longer exist, delivered before this one's (see adopt()).
+        self._adopted = AdoptedQueues(self.name, [], max_segment_size, fsync)
+        self._retiring: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[_Pending] = []
@@ -227,6 +235,15 @@ class DiskQueue:
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
+    def adopt(self, directories: list[str]) -> None:
+        """Deliver what the queues in ``directories`` hold before this queue's own (call before start).
+
+        For the queues of workers that no longer exist (:mod:`forwardd.buffer.adoption`): nothing is
+        written to them, their records count in ``queued_chunks`` but not against ``max_size``, and each
+        one's files are removed once it is delivered.
+        """
+        self._adopted.directories = list(directories)
+
     async def start(self) -> None:
         """Recover the directory (in the writer thread) and start committing."""
         self._loop = asyncio.get_running_loop()
@@ -236,13 +253,15 @@ class DiskQueue:
                 self.directory, max_segment_size=self.max_segment_size, fsync=self.fsync
             ),
         )
+        if self._adopted.directories:
+            await self._in_thread(self._adopted.open)
         self._accepting = True
         self._tasks.append(asyncio.create_task(self._commit_loop(), name=f"buffer-commit:{self.name}"))
         if self.fsync == "interval":
             self._tasks.append(asyncio.create_task(self._sync_loop(), name=f"buffer-sync:{self.name}"))
         if self.fsync != "never":
             self._tasks.append(asyncio.create_task(self._ledger_loop(), name=f"buffer-ledger:{self.name}"))
-        if self._store.queued_chunks:
+        if self._store.queued_chunks or self._adopted:
             self._readable.set()
 
     async def close(self) -> None:
@@ -262,13 +281,17 @@ class DiskQueue:
         self._tasks.clear()
         if self._ledger_job is not None:
             await asyncio.wait([self._ledger_job])  # its thread uses the ledger's descriptor
+        if self._retiring:
+            await asyncio.wait(self._retiring)
         store = self._store
         assert self._executor is not None
         self._closed = True  # store.close writes the ledger itself, durably
-        try:
-            await self._in_thread(store.close)
-        except OSError as exc:
-            log.error("buffer.close_failed", buffer=self.name, error=str(exc))
+        for st in [*self._adopted.stores, store]:
+            try:
+                await self._in_thread(st.close)
+            except OSError as exc:
+                log.error("buffer.close_failed", buffer=self.name, directory=st.directory, error=str(exc))
+        self._adopted.stores.clear()
         self._executor.shutdown(wait=True)
 
     def stop_accepting(self) -> None:
@@ -513,34 +536,73 @@ class DiskQueue:
 
     async def get(self) -> Taken:
         """The oldest committed chunk not yet taken; waits until there is one."""
-        store = self._store
-        assert store is not None, "start() first"
+        assert self._store is not None, "start() first"
         while True:
-            t = store.take()
+            t = self.take_nowait()
             if t is not None:
                 return t
             self._readable.clear()
             await self._readable.wait()
 
     def take_nowait(self) -> Taken | None:
-        return self._store.take() if self._store is not None else None
+        store = self._store
+        if store is None:
+            return None
+        if self._adopted:
+            t = self._adopted.take()
+            if t is not None:
+                return t
+        return store.take()
 
     def mark_delivered(self, taken: Taken) -> None:
         store = self._store
         assert store is not None
+        adopted = self._adopted.owner(taken) if self._adopted else None
         # The ledger is written once per loop iteration, not per chunk: a delivery round marks many
         # chunks, and each write is a syscall. A crash before it redelivers those chunks (invariant 2).
-        if store.mark_delivered(taken, ledger=False) and not self._ledger_due:
+        if (adopted or store).mark_delivered(taken, ledger=False) and not self._ledger_due:
             self._ledger_due = True
             assert self._loop is not None
             self._loop.call_soon(self._write_ledger)
+        if adopted is not None and adopted.queued_chunks == 0:
+            self._retire(adopted)
         if self._waiters:
             self._admit_waiters()
 
     def _write_ledger(self) -> None:
         self._ledger_due = False
-        if self._store is not None and not self._closed and self._store.write_ledger():
+        if self._store is None or self._closed:
+            return
+        moved = self._store.write_ledger()
+        if self._adopted:
+            moved = self._adopted.write_ledgers() or moved
+        if moved:
             self._ledger_moved.set()
+
+    def _retire(self, store: SegmentStore) -> None:
+        """An adopted queue is delivered: stop using it, then remove its files (after its ledger's sync)."""
+        self._adopted.stores.remove(store)
+
+        async def remove() -> None:
+            if self._ledger_job is not None:
+                await asyncio.wait([self._ledger_job])  # may be syncing this store's ledger
+            try:
+                await self._in_thread(lambda: self._adopted.remove(store))
+            except OSError as exc:
+                log.error(
+                    "buffer.adopted_remove_failed",
+                    buffer=self.name,
+                    directory=store.directory,
+                    error=str(exc),
+                )
+
+        task = asyncio.create_task(remove(), name=f"buffer-retire:{self.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _sync_ledgers(self, stores: list[SegmentStore]) -> None:
+        for store in stores:
+            store.sync_ledger()
 
     async def _ledger_loop(self) -> None:
         """Make the delivery position durable at most every ``ledger_sync_seconds`` while it moves.
@@ -560,18 +622,24 @@ class DiskQueue:
             if self._ledger_due:  # a round's write is still scheduled: write it now, so the sync covers it
                 self._write_ledger()
                 self._ledger_moved.clear()
-            self._ledger_job = loop.run_in_executor(None, store.sync_ledger)
+            self._ledger_job = loop.run_in_executor(None, self._sync_ledgers, [store, *self._adopted.stores])
             # Shielded: when close() cancels this task, the sync goes on and close() waits for it.
             await asyncio.shield(self._ledger_job)
             await asyncio.sleep(self.ledger_sync_seconds)
 
     @property
     def queued_chunks(self) -> int:
-        return self._store.queued_chunks if self._store is not None else 0
+        store = self._store
+        if store is None:
+            return 0
+        return store.queued_chunks + self._adopted.queued_chunks if self._adopted else store.queued_chunks
 
     @property
     def queued_bytes(self) -> int:
-        return self._store.queued_bytes if self._store is not None else 0
+        store = self._store
+        if store is None:
+            return 0
+        return store.queued_bytes + self._adopted.queued_bytes if self._adopted else store.queued_bytes
 
 
 def _reject(fut: asyncio.Future[None], reason: str) -> None:

@@ -29,16 +29,19 @@ HOT_MAX = 16 * 1024 * 1024
 
 
 class DiskTaken(Taken):
-    """A record handed out by the store; ``seg``/``start``/``end`` locate it for the ack cursor."""
+    """A record handed out by a reader (``owner``); ``seg``/``start``/``end`` locate it for the ack cursor."""
 
-    __slots__ = ("count", "end", "seg", "start")
+    __slots__ = ("count", "end", "owner", "seg", "start")
 
-    def __init__(self, chunk: Chunk, seg: Segment, start: int, end: int, count: int) -> None:
+    def __init__(
+        self, chunk: Chunk, seg: Segment, start: int, end: int, count: int, owner: SegmentReader
+    ) -> None:
         super().__init__(chunk)
         self.seg = seg
         self.start = start
         self.end = end
         self.count = count
+        self.owner = owner
 
 
 class SegmentReader:
@@ -186,7 +189,7 @@ class SegmentReader:
 
     def _hand_out(self, chunk: Chunk, seg: Segment, start: int, end: int, count: int) -> DiskTaken:
         """Move the read cursor past the record at ``start`` and track it until it is marked delivered."""
-        t = DiskTaken(chunk, seg, start, end, count)
+        t = DiskTaken(chunk, seg, start, end, count, self)
         self._roff = end
         self._untaken_bytes -= end - start
         self._taken.append(t)
