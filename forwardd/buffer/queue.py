@@ -28,11 +28,11 @@ Files (one directory per output)
     so is every segment with a smaller sequence (recovery deletes any that a crash left behind). Fixed
     width, overwritten in place with one ``pwrite`` once per delivery round, so a ``kill -9`` redelivers
     only what was in flight. That write reaches the page cache, not the disk: the ledger is also
-    fdatasync'd at most ``LEDGER_SYNC_SECONDS`` (1 s) after delivery moved it, on a thread of its own
-    (``DiskQueue._ledger_loop``), so a power loss redelivers about the last second of deliveries plus what
-    was in flight, never more (tests/e2e/test_power_loss.py measures it: ~0.6 s of traffic per cut). At
-    start and at a clean stop it is replaced atomically (temp file, fsync, rename). Under ``fsync: never``
-    it is never synced while running (the kernel writes it back within ~30 s).
+    fdatasync'd at most ``LEDGER_SYNC_SECONDS`` (1 s) after delivery moved it, on a worker thread
+    (:mod:`~forwardd.buffer.checkpoint`), so a power loss redelivers about the last second of deliveries
+    plus what was in flight, never more (tests/e2e/test_power_loss.py measures it: ~0.6 s of traffic per
+    cut). At start and at a clean stop it is replaced atomically (temp file, fsync, rename). Under
+    ``fsync: never`` it is never synced while running (the kernel writes it back within ~30 s).
 ``quarantine/``
     Damaged segments, moved aside for a human, after their readable undelivered records were copied out.
 ``worker-<k>/``
@@ -138,6 +138,7 @@ import structlog
 
 from forwardd.buffer.adoption import AdoptedQueues
 from forwardd.buffer.base import FsyncPolicy, Taken, WhenFull
+from forwardd.buffer.checkpoint import LedgerCheckpoints
 from forwardd.buffer.segment import frame_size
 from forwardd.buffer.store import DEFAULT_MAX_SEGMENT_SIZE, SegmentStore, WriteError, WriteResult
 from forwardd.errors import ChunkRejected
@@ -162,8 +163,6 @@ INLINE_MAX_SECONDS = 0.005
 COMMIT_GATHER_SECONDS = 0.0003
 #: Weight of the newest commit in the average commit time.
 _COST_WEIGHT = 0.2
-#: The longest the delivery position on disk lags behind delivery, as a power loss would find it.
-LEDGER_SYNC_SECONDS = 1.0
 
 
 class DiskQueue:
@@ -224,11 +223,8 @@ class DiskQueue:
         self._failing = False
         self._dropped_while_full = 0
         self._committing = 0
-        self._ledger_due = False
-        #: Set when the ledger moved; the ledger task makes it durable (see ``_ledger_loop``).
-        self._ledger_moved = asyncio.Event()
-        self._ledger_job: asyncio.Future[None] | None = None
-        self.ledger_sync_seconds = LEDGER_SYNC_SECONDS
+        #: Writes the ledgers once per delivery round and syncs them at most once a second.
+        self.checkpoints = LedgerCheckpoints(self._ledger_stores)
         self._closed = False
         self.dropped_events = 0
         self.commits = 0
@@ -260,7 +256,7 @@ class DiskQueue:
         if self.fsync == "interval":
             self._tasks.append(asyncio.create_task(self._sync_loop(), name=f"buffer-sync:{self.name}"))
         if self.fsync != "never":
-            self._tasks.append(asyncio.create_task(self._ledger_loop(), name=f"buffer-ledger:{self.name}"))
+            self._tasks.append(asyncio.create_task(self.checkpoints.run(), name=f"buffer-ledger:{self.name}"))
         if self._store.queued_chunks or self._adopted:
             self._readable.set()
 
@@ -279,8 +275,7 @@ class DiskQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._ledger_job is not None:
-            await asyncio.wait([self._ledger_job])  # its thread uses the ledger's descriptor
+        await self.checkpoints.wait_idle()  # its thread uses the ledgers' descriptors
         if self._retiring:
             await asyncio.wait(self._retiring)
         store = self._store
@@ -360,7 +355,7 @@ class DiskQueue:
             count = store.drop_next()
             if count is None:
                 return
-            self._ledger_moved.set()
+            self.checkpoints.kick()
             self.dropped_events += count
             self._dropped_while_full += count
             self._set_full(True)
@@ -560,32 +555,24 @@ class DiskQueue:
         adopted = self._adopted.owner(taken) if self._adopted else None
         # The ledger is written once per loop iteration, not per chunk: a delivery round marks many
         # chunks, and each write is a syscall. A crash before it redelivers those chunks (invariant 2).
-        if (adopted or store).mark_delivered(taken, ledger=False) and not self._ledger_due:
-            self._ledger_due = True
-            assert self._loop is not None
-            self._loop.call_soon(self._write_ledger)
+        if (adopted or store).mark_delivered(taken, ledger=False):
+            self.checkpoints.moved()
         if adopted is not None and adopted.queued_chunks == 0:
             self._retire(adopted)
         if self._waiters:
             self._admit_waiters()
 
-    def _write_ledger(self) -> None:
-        self._ledger_due = False
+    def _ledger_stores(self) -> list[SegmentStore]:
         if self._store is None or self._closed:
-            return
-        moved = self._store.write_ledger()
-        if self._adopted:
-            moved = self._adopted.write_ledgers() or moved
-        if moved:
-            self._ledger_moved.set()
+            return []
+        return [self._store, *self._adopted.stores] if self._adopted else [self._store]
 
     def _retire(self, store: SegmentStore) -> None:
         """An adopted queue is delivered: stop using it, then remove its files (after its ledger's sync)."""
         self._adopted.stores.remove(store)
 
         async def remove() -> None:
-            if self._ledger_job is not None:
-                await asyncio.wait([self._ledger_job])  # may be syncing this store's ledger
+            await self.checkpoints.wait_idle()  # may be syncing this store's ledger
             try:
                 await self._in_thread(lambda: self._adopted.remove(store))
             except OSError as exc:
@@ -599,33 +586,6 @@ class DiskQueue:
         task = asyncio.create_task(remove(), name=f"buffer-retire:{self.name}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-
-    def _sync_ledgers(self, stores: list[SegmentStore]) -> None:
-        for store in stores:
-            store.sync_ledger()
-
-    async def _ledger_loop(self) -> None:
-        """Make the delivery position durable at most every ``ledger_sync_seconds`` while it moves.
-
-        The per-round ledger write above survives a kill but not a power loss, and a ledger that a power
-        cut rolls back redelivers everything after it. An fdatasync of the ledger each second bounds that
-        to about a second of deliveries, at the cost of one small flush per second, on a thread of the
-        loop's default executor: neither the event loop nor the writer thread ever waits for it.
-        """
-        store = self._store
-        loop = self._loop
-        assert store is not None
-        assert loop is not None
-        while True:
-            await self._ledger_moved.wait()
-            self._ledger_moved.clear()
-            if self._ledger_due:  # a round's write is still scheduled: write it now, so the sync covers it
-                self._write_ledger()
-                self._ledger_moved.clear()
-            self._ledger_job = loop.run_in_executor(None, self._sync_ledgers, [store, *self._adopted.stores])
-            # Shielded: when close() cancels this task, the sync goes on and close() waits for it.
-            await asyncio.shield(self._ledger_job)
-            await asyncio.sleep(self.ledger_sync_seconds)
 
     @property
     def queued_chunks(self) -> int:

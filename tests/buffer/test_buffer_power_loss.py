@@ -35,8 +35,7 @@ async def abandon(q: DiskQueue) -> None:
     for task in q._tasks:
         task.cancel()
     await asyncio.gather(*q._tasks, return_exceptions=True)
-    if q._ledger_job is not None:
-        await asyncio.wait([q._ledger_job])
+    await q.checkpoints.wait_idle()
     assert q._executor is not None
     q._executor.shutdown(wait=True)
     assert q._store is not None
@@ -54,7 +53,7 @@ async def wait_until(cond: object, what: str) -> None:
 async def test_a_power_cut_redelivers_only_what_followed_the_last_ledger_sync(disk: PowerCutDisk) -> None:
     directory = disk.mount / "q"
     q = DiskQueue(str(directory), max_segment_size=16 * 1024)  # many segments: rolls and unlinks happen
-    q.ledger_sync_seconds = 3600.0  # one sync, at the first move; the cut below comes before the next
+    q.checkpoints.sync_seconds = 3600.0  # one sync, at the first move; the cut below comes before the next
     await q.start()
     store = q._store
     assert store is not None
@@ -82,7 +81,7 @@ async def test_a_power_cut_redelivers_only_what_followed_the_last_ledger_sync(di
 
 async def test_the_ledger_is_synced_about_once_a_second_not_per_delivery(tmp_path: Path) -> None:
     q = DiskQueue(str(tmp_path), max_segment_size=16 * 1024)
-    q.ledger_sync_seconds = 0.2
+    q.checkpoints.sync_seconds = 0.2
     await q.start()
     store = q._store
     assert store is not None
@@ -91,7 +90,9 @@ async def test_the_ledger_is_synced_about_once_a_second_not_per_delivery(tmp_pat
     for _ in range(2000):  # one delivery per loop iteration: 2000 ledger writes
         q.mark_delivered(await q.get())
         await asyncio.sleep(0)
-    await wait_until(lambda: not q._ledger_moved.is_set() and q._ledger_job and q._ledger_job.done(), "sync")
+    await wait_until(
+        lambda: not q.checkpoints._moved.is_set() and q.checkpoints.job and q.checkpoints.job.done(), "sync"
+    )
     elapsed = time.monotonic() - t0
     assert 1 <= store.ledger.syncs <= elapsed / 0.2 + 2
     await q.close()

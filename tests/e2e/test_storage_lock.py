@@ -38,7 +38,7 @@ def test_a_second_instance_on_the_same_storage_exits_with_a_clear_error(tmp_path
     (tmp_path / "b").mkdir()
     first_config = config(storage, tmp_path / "a.log", workers)
     first = Proc(first_config, tmp_path / "a")
-    first.wait_event("forwardd.ready")
+    first.wait_ready(workers)
     second = Proc(config(storage, tmp_path / "b.log", workers), tmp_path / "b")
     assert second.wait(30) == 2
     locked = second.wait_event("storage.locked")
@@ -54,5 +54,5 @@ def test_a_second_instance_on_the_same_storage_exits_with_a_clear_error(tmp_path
     assert [json.loads(x)["n"] for x in lines] == [1]
     # Once it is gone, the storage is free again.
     third = Proc(config(storage, tmp_path / "b.log", workers), tmp_path / "b")
-    third.wait_event("forwardd.ready")
+    third.wait_ready(workers)
     assert third.terminate() == 0

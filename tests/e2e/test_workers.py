@@ -68,14 +68,6 @@ def test_workers_refuse_a_source_they_cannot_share(tmp_path: Path) -> None:
     assert "needs a fixed TCP port" in r.stderr
 
 
-def wait_workers_ready(proc: Proc, n: int) -> None:
-    ready = [proc.wait_event("forwardd.ready")]
-    while len(ready) < n:
-        ready = [line for line in list(proc.lines) if line.get("event") == "forwardd.ready"]
-        if len(ready) < n:
-            proc.wait_next()
-
-
 @pytest.mark.slow
 def test_fewer_workers_after_a_restart_still_deliver_what_every_old_worker_queued(tmp_path: Path) -> None:
     """workers: 2 with a dead output leaves a backlog in each worker's queue (worker 1's in worker-1/);
@@ -99,7 +91,7 @@ def test_fewer_workers_after_a_restart_still_deliver_what_every_old_worker_queue
     }
     down = {"out": {"type": "http", "endpoint": f"http://127.0.0.1:{dead}/logs"}}
     proc = Proc({**base, "workers": 2, "outputs": down}, tmp_path)
-    wait_workers_ready(proc, 2)
+    proc.wait_ready(workers=2)
     sent = []
     # A connection each: SO_REUSEPORT spreads them over both workers (all 40 on one: odds 2^-39).
     for k in range(40):
