@@ -543,7 +543,7 @@ class DiskQueue:
         store = self._store
         if store is None:
             return None
-        if self._adopted:
+        if self._adopted.stores:  # the list, not the object: no Python-level __bool__ per take
             t = self._adopted.take()
             if t is not None:
                 return t
@@ -552,7 +552,7 @@ class DiskQueue:
     def mark_delivered(self, taken: Taken) -> None:
         store = self._store
         assert store is not None
-        adopted = self._adopted.owner(taken) if self._adopted else None
+        adopted = self._adopted.owner(taken) if self._adopted.stores else None
         # The ledger is written once per loop iteration, not per chunk: a delivery round marks many
         # chunks, and each write is a syscall. A crash before it redelivers those chunks (invariant 2).
         if (adopted or store).mark_delivered(taken, ledger=False):
