@@ -56,3 +56,11 @@ def test_a_second_instance_on_the_same_storage_exits_with_a_clear_error(tmp_path
     third = Proc(config(storage, tmp_path / "b.log", workers), tmp_path / "b")
     third.wait_ready(workers)
     assert third.terminate() == 0
+
+
+def test_a_storage_path_that_cannot_hold_the_lock_fails_at_once(tmp_path: Path) -> None:
+    storage = tmp_path / "data"
+    storage.write_text("a file where the storage directory should be")
+    proc = Proc(config(storage, tmp_path / "a.log", 1), tmp_path)
+    assert proc.wait(30) == 1
+    assert proc.wait_event("storage.unusable")["path"] == str(storage / "forwardd.lock")
