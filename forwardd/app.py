@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from forwardd.server.listener import ForwardListener, ListenerSettings
 from forwardd.server.session import SessionSettings
 from forwardd.server.tls import TlsSettings
 from forwardd.sink import Sink
+from forwardd.storage import adopted_dirs, worker_dir
 
 __all__ = ["Daemon", "build_filter", "build_output", "build_sink"]
 
@@ -82,8 +84,12 @@ def _worker_path(template: str, worker: int) -> str:
     return str(p.with_name(f"{p.stem}.worker{worker}{p.suffix}"))
 
 
-def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
-    """The buffer in front of an output: disk (durable, the default) or memory."""
+def build_sink(name: str, o: Any, storage: Path, worker: int = 0, workers: int = 1) -> Sink:
+    """The buffer in front of an output: disk (durable, the default) or memory.
+
+    Worker ``worker`` of ``workers`` keeps its queue in its own directory (:func:`worker_dir`) and also
+    drains the queues that workers beyond ``workers`` left behind in an earlier run (:func:`adopted_dirs`).
+    """
     output = build_output(name, o, worker)
     b = o.buffer
     r = b.retry
@@ -91,15 +97,20 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
         initial=r.initial, max=r.max, multiplier=r.multiplier, jitter=r.jitter,
         max_attempts=r.max_attempts, max_age=r.max_age,
     )  # fmt: skip
-    sub = Path(f"worker-{worker}") if worker else Path()
-    dead = Path(b.dead_letter_path or storage / "dead-letter" / name) / sub
+    dead_base = Path(b.dead_letter_path or storage / "dead-letter" / name)
+    dead = worker_dir(dead_base, worker)
+    for old in adopted_dirs(dead_base, worker, workers):  # parked for a human, never read: say where
+        log.info(
+            "dead_letter.left_by_old_worker", output=name, directory=str(old), files=len(os.listdir(old))
+        )
     batching = _batching(o)
     if b.type == "memory":
         return MemorySink(
             name, output, retry, str(dead), max_size=b.max_size, when_full=b.when_full, batching=batching
         )
+    base = Path(b.path or storage / "buffer" / name)
     queue = DiskQueue(
-        str(Path(b.path or storage / "buffer" / name) / sub),
+        str(worker_dir(base, worker)),
         name=name,
         max_size=b.max_size,
         max_segment_size=b.segment_size,
@@ -107,6 +118,7 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
         fsync_interval=b.fsync_interval,
         when_full=b.when_full,
     )
+    queue.adopt([str(d) for d in adopted_dirs(base, worker, workers)])
     return BufferedSink(name, output, queue, retry, str(dead), batching=batching)
 
 
@@ -250,15 +262,17 @@ class Daemon:
         self.reuse_port = reuse_port
         storage = Path(config.storage.path)
         self.sinks: dict[str, Sink] = {
-            name: build_sink(name, o, storage, worker) for name, o in config.outputs.items()
+            name: build_sink(name, o, storage, worker, config.workers) for name, o in config.outputs.items()
         }
         self.journals: list[PieceJournal] = []
 
         def journals_of(label: str) -> Callable[[int, int], PieceJournal]:
             def journal_for(route: int, index: int) -> PieceJournal:
                 name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
-                sub = Path(f"worker-{worker}") if worker else Path()
-                journal = PieceJournal(str(storage / "journal" / name / sub), name=name)
+                base = storage / "journal" / name
+                journal = PieceJournal(str(worker_dir(base, worker)), name=name)
+                # Pieces an old worker held are held again here; the rest of their lines comes here now.
+                journal.queue.adopt([str(d) for d in adopted_dirs(base, worker, config.workers)])
                 self.journals.append(journal)
                 return journal
 

@@ -1,7 +1,8 @@
 """``forwardd`` command line: ``run`` (the default), ``check-config``, ``version``.
 
 Exit codes: 0 success, 1 a runtime failure (a port in use, a worker that died), 2 a configuration or usage
-error, with every problem of the file printed at once.
+error, with every problem of the file printed at once, or a storage directory that another forwardd holds
+(``storage.locked``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Literal
 from forwardd import __version__
 from forwardd.config import Config, ConfigError, default_config, load_config
 from forwardd.logging import configure_logging
+from forwardd.storage import StorageLock, StorageLocked
 
 __all__ = ["main"]
 
@@ -202,8 +204,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
-        return _run_workers(config)
-    return _run_worker(config, 0, reuse_port=False)
+    # Before any worker exists: they inherit the lock, which then lasts as long as the last of them.
+    lock = StorageLock(config.storage.path)
+    try:
+        lock.acquire()
+    except StorageLocked as exc:
+        import structlog
+
+        structlog.get_logger("forwardd").error("storage.locked", path=exc.path, pid=exc.pid, error=str(exc))
+        return EXIT_CONFIG
+    except OSError as exc:
+        import structlog
+
+        structlog.get_logger("forwardd").error("storage.unusable", path=lock.path, error=str(exc))
+        return EXIT_FAILURE
+    try:
+        if config.workers > 1:
+            return _run_workers(config)
+        return _run_worker(config, 0, reuse_port=False)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":  # pragma: no cover
