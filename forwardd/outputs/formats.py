@@ -29,10 +29,10 @@ first and only a record it rejects is sanitised.
 Errors. A record that cannot be encoded at all raises :class:`~forwardd.errors.UnprocessableError`, and
 nothing else does (every encoder here promises it; the delivery loop then isolates that event and
 dead-letters it alone): JSON of a value nested deeper than :data:`MAX_JSON_DEPTH` containers (orjson's
-limit; an ext value counts as one, being written as a map), an event time ``gmtime`` cannot represent (about 6.7e16 seconds and more: past year two billion),
-and in the msgpack formats an integer beyond 64 bits, nesting past msgpack's packer limit or a string
-holding surrogates that did not come from undecodable bytes (the last two only in records built in code,
-not in records decoded from msgpack).
+limit; an ext value counts as one, being written as a map), an event time ``gmtime`` cannot represent
+(about 6.7e16 seconds and more: past year two billion), and in the msgpack formats an integer beyond 64
+bits, nesting past msgpack's packer limit or a string holding surrogates that did not come from undecodable
+bytes (the last two only in records built in code, not in records decoded from msgpack).
 """
 
 from __future__ import annotations
