@@ -1,18 +1,9 @@
 """Tag routing: Fluentd tag patterns (:mod:`.match`) and the per-chunk router (:mod:`.router`)."""
 
 from forwardd.router.match import PatternError, TagMatcher, compile_pattern, escape_tag
-from forwardd.router.router import (
-    Filter,
-    FilterResult,
-    Route,
-    Router,
-    RouterStats,
-    RoutingError,
-)
+from forwardd.router.router import Route, Router, RouterStats, RoutingError
 
 __all__ = [
-    "Filter",
-    "FilterResult",
     "PatternError",
     "Route",
     "Router",

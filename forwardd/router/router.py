@@ -49,18 +49,19 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import FunctionType, MethodType
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from forwardd.buffer.delivery import write_dead_letter
 from forwardd.errors import ChunkRejected
+from forwardd.filters.base import Filter, FilterResult, Held, StatefulFilter
 from forwardd.model import Chunk
 from forwardd.pieces import entry_ends, halves
 from forwardd.router.match import TagMatcher
 from forwardd.sink import Ingest, Sink
 
-__all__ = ["Filter", "FilterResult", "Held", "Route", "Router", "RouterStats", "RoutingError"]
+__all__ = ["Route", "Router", "RouterStats", "RoutingError"]
 
 
 def _log() -> structlog.typing.FilteringBoundLogger:
@@ -77,29 +78,6 @@ class RoutingError(ValueError):
     """The routing configuration cannot work (unknown label or output, a relabel cycle)."""
 
 
-class Held:
-    """What a filter that keeps state on disk returns instead of a plain result (docker_partial's journal).
-
-    ``result`` goes on as the plain result would. ``commit``, when set, must resolve before the chunk that
-    was given to the filter counts as accepted (the client's ack waits for it: the filter's own journal).
-    ``on_accepted``, when set, is called once everything this call led to has been accepted by the sinks
-    (or refused for good, when the client is acked anyway), and not at all after a temporary refusal (the
-    client resends): the filter may then forget what it kept for it.
-    """
-
-    __slots__ = ("commit", "on_accepted", "result")
-
-    def __init__(
-        self,
-        result: Chunk | list[Chunk] | None,
-        commit: Awaitable[None] | None = None,
-        on_accepted: Callable[[], None] | None = None,
-    ) -> None:
-        self.result = result
-        self.commit = commit
-        self.on_accepted = on_accepted
-
-
 class _OnAccepted(Awaitable[None]):
     """A callback riding in a ``pending`` list: :meth:`Router._finish` takes it out and runs it once all the
     rest is in. (Awaiting it, which nothing should do, returns at once.)"""
@@ -111,26 +89,6 @@ class _OnAccepted(Awaitable[None]):
 
     def __await__(self) -> Generator[Any, None, None]:
         yield from ()
-
-
-#: What a filter returns: the chunk to pass on (maybe re-tagged), several chunks (a tag rewrite that split
-#: the events among tags), None when nothing is left or everything is held, or that wrapped in a Held.
-FilterResult = Chunk | list[Chunk] | Held | None
-
-
-class Filter(Protocol):
-    """A per-chunk transform (the same shape as :class:`forwardd.filters.Filter`).
-
-    Each chunk it returns goes through the rest of its route; a list fans out to that same rest.
-
-    A filter that holds pieces (docker partial lines) may also define ``expire(now: float) -> list[Chunk]``
-    for pieces held too long and ``drain() -> list[Chunk]`` for shutdown; what they return goes through
-    the rest of the filter's route.
-    """
-
-    name: str
-
-    def __call__(self, chunk: Chunk, /) -> FilterResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,14 +252,20 @@ class Router:
         post.reverse()
         return post
 
-    def _stateful_filters(self) -> list[tuple[_Compiled, int, Filter]]:
-        """Filters with expire/drain, upstream first, so a drain sees what upstream drains released."""
-        held: list[tuple[_Compiled, int, Filter]] = []
+    @property
+    def stateful(self) -> tuple[StatefulFilter, ...]:
+        """The filters that hold events across calls, upstream first: the daemon starts, stops and reports
+        them (each appears once: see the constructor)."""
+        return tuple(f for _, _, f in self._held)
+
+    def _stateful_filters(self) -> list[tuple[_Compiled, int, StatefulFilter]]:
+        """Stateful filters, upstream first, so a drain sees what upstream drains released."""
+        held: list[tuple[_Compiled, int, StatefulFilter]] = []
         seen: dict[int, tuple[str, int]] = {}
         for label in self._order:
             for compiled in self._routes[label]:
                 for pos, f in enumerate(compiled.filters):
-                    if not (hasattr(f, "expire") or hasattr(f, "drain")):
+                    if not isinstance(f, StatefulFilter):
                         continue
                     if id(f) in seen:
                         raise RoutingError(
@@ -727,24 +691,20 @@ class Router:
 
     def expire(self, now: float) -> Awaitable[None] | None:
         """Pass on what filters have held too long; the result resolves when the sinks have it."""
-        return self._release("expire", (now,))
+        return self._release("expire", now)
 
     def drain(self) -> Awaitable[None] | None:
         """Pass on everything filters hold (at shutdown, before the sinks stop), upstream filters first."""
-        return self._release("drain", ())
+        return self._release("drain", None)
 
-    def _release(self, hook: str, args: tuple[float, ...]) -> Awaitable[None] | None:
+    def _release(self, hook: str, now: float | None) -> Awaitable[None] | None:
         pending: list[Awaitable[None]] = []
         errors: list[ChunkRejected] = []
         for compiled, pos, f in self._held:
-            fn = getattr(f, hook, None)
-            if fn is None:
-                continue
             in_error = compiled.label == self._error
             try:
-                released = fn(*args)
-                if isinstance(released, Held):
-                    released = _unwrap(released, pending) or []
+                got = f.drain() if now is None else f.expire(now)
+                released = _unwrap(got, pending) if isinstance(got, Held) else got
             except Exception as exc:
                 self.stats.filter_errors += 1
                 _log().error(
@@ -757,8 +717,9 @@ class Router:
                     count=self.stats.filter_errors,
                 )
                 continue
-            for chunk in released:
-                self._run(compiled, pos + 1, chunk, pending, errors, in_error)
+            for chunk in released if isinstance(released, list) else (released,):
+                if chunk is not None:
+                    self._run(compiled, pos + 1, chunk, pending, errors, in_error)
         return self._finish(pending, errors)
 
     async def run_expiry(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
