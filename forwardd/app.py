@@ -26,7 +26,7 @@ from forwardd.filters.base import Journal
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
-from forwardd.router import Route, Router, compile_pattern
+from forwardd.router import ROOT_LABEL, Route, Router, compile_pattern
 from forwardd.server.listener import ForwardListener, ListenerSettings
 from forwardd.server.session import SessionSettings
 from forwardd.server.tls import TlsSettings
@@ -36,8 +36,6 @@ from forwardd.storage import adopted_dirs, worker_dir
 __all__ = ["Daemon", "build_filter", "build_output", "build_sink"]
 
 log = structlog.get_logger("forwardd")
-
-ROOT_LABEL = "@ROOT"
 
 
 def _path(p: Path | str | None) -> str | None:

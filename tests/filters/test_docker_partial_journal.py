@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from forwardd.buffer.journal import PieceJournal
 from forwardd.filters import DockerPartial, StatefulFilter
+from forwardd.router import Route, Router
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import Route, Router
 from tests.router.fakes import FutureSink, RecordingSink
 
 from .helpers import make_chunk, records

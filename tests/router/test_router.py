@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 
 from forwardd.errors import ChunkRejected
 from forwardd.filters.base import Filter, Held
+from forwardd.router import Route, Router, RoutingError
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import Route, Router, RoutingError
 
 from .fakes import (
     Boom,
