@@ -155,8 +155,10 @@ def build_routes(routes: Any, journal_for: Callable[[int, int], Journal] | None 
     for ri, r in enumerate(routes):
         filters = []
         for fi, f in enumerate(r.filters):
-            wanted = journal_for is not None and getattr(f, "journal", False)
-            filters.append(build_filter(f, fi, journal_for(ri, fi) if journal_for and wanted else None))
+            journal = None
+            if journal_for is not None and getattr(f, "journal", False):
+                journal = journal_for(ri, fi)
+            filters.append(build_filter(f, fi, journal))
         built.append(
             Route(
                 matcher=compile_pattern(r.match),
