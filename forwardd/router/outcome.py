@@ -72,20 +72,20 @@ class Outcome:
 
     def result(self) -> Awaitable[None] | None:
         """What the entry returns (see the module doc); raises a synchronous refusal when nothing waits."""
-        waits, refusals, callbacks = self.waits or [], self.refusals or [], self.callbacks
-        if callbacks:
-            if not waits and not refusals:
+        waits, refusals, callbacks = self.waits, self.refusals, self.callbacks
+        if callbacks is not None:
+            if waits is None and refusals is None:
                 for cb in callbacks:
                     cb()
                 return None
-            return _gather_then(waits, refusals, callbacks)
-        if not waits:
-            if refusals:
+            return _gather_then(waits or [], refusals or [], callbacks)
+        if waits is None:
+            if refusals is not None:
                 raise combine(refusals)
             return None
-        if len(waits) == 1 and not refusals:
+        if refusals is None and len(waits) == 1:
             return waits[0]
-        return _gather(waits, refusals)
+        return _gather(waits, refusals or [])
 
 
 async def _gather_then(
