@@ -20,13 +20,13 @@ from typing import Any
 import structlog
 
 from forwardd.buffer import Batching, BufferedSink, DiskQueue, MemorySink, RetryPolicy
+from forwardd.buffer.journal import PieceJournal
 from forwardd.config import schema as cfg
-from forwardd.filters import DockerPartial
-from forwardd.filters.journal import PieceJournal
+from forwardd.filters.base import Journal
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
-from forwardd.router import Route, Router, compile_pattern
+from forwardd.router import ROOT_LABEL, Route, Router, compile_pattern
 from forwardd.server.listener import ForwardListener, ListenerSettings
 from forwardd.server.session import SessionSettings
 from forwardd.server.tls import TlsSettings
@@ -36,8 +36,6 @@ from forwardd.storage import adopted_dirs, worker_dir
 __all__ = ["Daemon", "build_filter", "build_output", "build_sink"]
 
 log = structlog.get_logger("forwardd")
-
-ROOT_LABEL = "@ROOT"
 
 
 def _path(p: Path | str | None) -> str | None:
@@ -140,25 +138,27 @@ _FILTERS = {
 }
 
 
-def build_filter(f: Any, index: int) -> Any:
-    """A filter object for one configured filter; the settings model maps itself to the constructor."""
+def build_filter(f: Any, index: int, journal: Journal | None = None) -> Any:
+    """A filter object for one configured filter; the settings model maps itself to the constructor, and
+    a filter configured with ``journal: true`` is handed ``journal`` when there is one."""
     from forwardd import filters
 
     cls = getattr(filters, _FILTERS[f.type])
-    return cls(name=f"{f.type}[{index}]", **f.to_kwargs())
+    extra = {"journal": journal} if journal is not None else {}
+    return cls(name=f"{f.type}[{index}]", **f.to_kwargs(), **extra)
 
 
-def build_routes(routes: Any, journal_for: Callable[[int, int], PieceJournal] | None = None) -> list[Route]:
+def build_routes(routes: Any, journal_for: Callable[[int, int], Journal] | None = None) -> list[Route]:
     """Routes from their configuration; ``journal_for(route, filter)`` gives each filter configured with
     ``journal: true`` its journal (none when not given: tests and ``check-config``)."""
     built = []
     for ri, r in enumerate(routes):
         filters = []
         for fi, f in enumerate(r.filters):
-            flt = build_filter(f, fi)
+            journal = None
             if journal_for is not None and getattr(f, "journal", False):
-                flt.journal = journal_for(ri, fi)
-            filters.append(flt)
+                journal = journal_for(ri, fi)
+            filters.append(build_filter(f, fi, journal))
         built.append(
             Route(
                 matcher=compile_pattern(r.match),
@@ -264,16 +264,14 @@ class Daemon:
         self.sinks: dict[str, Sink] = {
             name: build_sink(name, o, storage, worker, config.workers) for name, o in config.outputs.items()
         }
-        self.journals: list[PieceJournal] = []
 
-        def journals_of(label: str) -> Callable[[int, int], PieceJournal]:
-            def journal_for(route: int, index: int) -> PieceJournal:
+        def journals_of(label: str) -> Callable[[int, int], Journal]:
+            def journal_for(route: int, index: int) -> Journal:
                 name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
                 base = storage / "journal" / name
                 journal = PieceJournal(str(worker_dir(base, worker)), name=name)
                 # Pieces an old worker held are held again here; the rest of their lines comes here now.
                 journal.queue.adopt([str(d) for d in adopted_dirs(base, worker, config.workers)])
-                self.journals.append(journal)
                 return journal
 
             return journal_for
@@ -281,10 +279,6 @@ class Daemon:
         labels: dict[str, list[Route]] = {ROOT_LABEL: build_routes(config.routes, journals_of(ROOT_LABEL))}
         for label, routes in config.labels.items():
             labels[label] = build_routes(routes, journals_of(label))
-        self._partials = [
-            f for rs in labels.values() for r in rs for f in r.filters if isinstance(f, DockerPartial)
-        ]
-        self._journaled = [f for f in self._partials if f.journal is not None]
         self.router = Router(
             labels, self.sinks, root_label=ROOT_LABEL, dead_letter_dir=str(storage / "dead-letter")
         )
@@ -310,8 +304,8 @@ class Daemon:
             await sink.start()
             self._started.append(sink)
             log.debug("output.started", output=name)
-        for f in self._journaled:  # pieces held before a stop or a crash are held again
-            await f.start_journal()
+        for f in self.router.stateful:  # what they held before a stop or a crash is held again
+            await f.start()
         self._expiry = asyncio.create_task(self.router.run_expiry(1.0), name="router-expiry")
         self._stats_task = asyncio.create_task(self._report_loop(), name="stats")
         for listener in self.listeners:
@@ -320,7 +314,7 @@ class Daemon:
     def report(self) -> None:
         """Log every source's and every output's counters: events and bytes in and out, acks, errors,
         retries, dead letters, queue size and delivery latency; the router's (unmatched tags, filter
-        failures and where their events went); and docker_partial's open lines."""
+        failures and where their events went); and each stateful filter's (docker_partial's open lines)."""
         for listener in self.listeners:
             log.info("source.stats", listener=listener.settings.name, **listener.stats.as_dict())
         for name, sink in self.sinks.items():
@@ -330,17 +324,8 @@ class Daemon:
                 extra = {"output_stats": _plain(out)} if out is not None else {}
                 log.info("output.stats", output=name, **stats.as_dict(), **extra)
         log.info("router.stats", **_plain(self.router.stats))
-        for f in self._partials:
-            journal = f.journal
-            log.info(
-                "filter.stats",
-                filter=f.name,
-                open_lines=f.pending,
-                duplicates=f.duplicates,
-                incomplete=f.incomplete,
-                journal=journal.name if journal is not None else None,
-                journaled_chunks=journal.queue.queued_chunks if journal is not None else 0,
-            )
+        for f in self.router.stateful:
+            log.info("filter.stats", filter=f.name, **f.stats())
 
     async def _report_loop(self) -> None:
         trim = _malloc_trim()
@@ -366,12 +351,11 @@ class Daemon:
         if drained is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(drained, grace)
-        for journal in self.journals:
-            if journal.started:
-                try:
-                    await journal.close()
-                except Exception as exc:
-                    log.error("journal.close_failed", journal=journal.name, error=repr(exc))
+        for f in self.router.stateful:  # after the drain was accepted: what they keep on disk is closed
+            try:
+                await f.stop()
+            except Exception as exc:  # one filter failing to close must not keep the outputs open
+                log.error("filter.stop_failed", filter=f.name, error=repr(exc))
         for sink in reversed(self._started):
             try:
                 await sink.stop()

@@ -2,7 +2,7 @@
 ``forwardd.protocol.errors``), a retryable delivery error, a permanent delivery error, data forwardd cannot
 process (:class:`UnprocessableError`), or a configuration error. Anything else is a bug, and is handled as
 data that cannot be processed once a few quick attempts have failed: it costs the events that cause it,
-never an output (see :mod:`forwardd.buffer.delivery` and :mod:`forwardd.router.router`)."""
+never an output (see :mod:`forwardd.buffer.delivery` and :mod:`forwardd.router.isolation`)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from forwardd.buffer import DiskQueue
+from forwardd.buffer.journal import PieceJournal
 from forwardd.buffer.segment import frame_size
 from forwardd.buffer.store import SegmentStore
-from forwardd.filters.journal import PieceJournal
 from forwardd.model import Chunk
 
 TIMEOUT = 5.0
@@ -103,10 +103,10 @@ async def test_a_journal_holds_again_what_an_old_workers_journal_held(tmp_path: 
     journal = PieceJournal(str(own))
     journal.queue.adopt([str(old)])
     recovered = await journal.start()
-    assert [c.count for c, _ in recovered] == [101, 102]
+    assert [c.count for _, c in recovered] == [101, 102]
     entry, committed = journal.append(chunk(7))  # a new piece goes to this worker's own journal
     await asyncio.wait_for(committed, TIMEOUT)
-    for _, e in recovered:
+    for e, _ in recovered:
         journal.release(e)
     journal.release(entry)
     await journal.close()

@@ -27,8 +27,8 @@ from forwardd.filters import Grep
 from forwardd.logging import MAX_TEXT, _Guarded, configure_logging, safe_value
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
+from forwardd.router import Route, Router
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import Route, Router
 from tests.buffer.test_buffer_delivery import FakeTime
 from tests.router.fakes import RecordingSink
 

@@ -22,8 +22,8 @@ from forwardd.errors import ChunkRejected
 from forwardd.filters import Grep
 from forwardd.model import Chunk
 from forwardd.pieces import entry_ends
+from forwardd.router import FILTER_ISOLATION_BUDGET, Route, Router
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import FILTER_ISOLATION_BUDGET, Route, Router
 
 from .fakes import Mark, RecordingSink, records
 
