@@ -39,7 +39,7 @@ from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter,
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
 from forwardd.model import Chunk
-from forwardd.outputs.base import Output
+from forwardd.outputs.base import Output, StatValue
 from forwardd.sink import Ingest
 
 # read_dead_letter, write_dead_letter: still importable from here, where they were (the router imports one).
@@ -107,7 +107,7 @@ class SinkStats:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, StatValue]:
         return {f: getattr(self, f) for f in self.__slots__}
 
 

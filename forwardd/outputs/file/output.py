@@ -20,15 +20,27 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from forwardd.errors import DeliveryError, UnprocessableError
 from forwardd.model import Chunk
-from forwardd.outputs.base import Output
+from forwardd.outputs.base import Output, StatValue
 from forwardd.outputs.file.paths import PathTemplate
 from forwardd.outputs.file.segments import EXTENSIONS, Disk
 from forwardd.outputs.formats import make_encoder, make_plain_encoder, native_json_lines
 
-__all__ = ["FileOutput"]
+__all__ = ["FileOutput", "FileStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    """Events and bytes (before compression) written since start."""
+
+    events: int = 0
+    bytes: int = 0
+
+    def as_dict(self) -> dict[str, StatValue]:
+        return {"events": self.events, "bytes": self.bytes}
 
 
 class FileOutput(Output):
@@ -81,6 +93,10 @@ class FileOutput(Output):
         #: Events and bytes (before compression) written so far; for metrics and tests.
         self.events_written = 0
         self.bytes_written = 0
+
+    @property
+    def stats(self) -> FileStats:
+        return FileStats(self.events_written, self.bytes_written)
 
     @property
     def root(self) -> str:

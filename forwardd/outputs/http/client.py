@@ -27,6 +27,7 @@ import aiohttp
 import yarl
 
 from forwardd.errors import PermanentError, RetryableError
+from forwardd.outputs.base import StatValue
 
 __all__ = ["Client", "HttpStats", "parse_retry_after", "ssl_context"]
 
@@ -52,6 +53,21 @@ class HttpStats:
 
     def copy(self) -> HttpStats:
         return HttpStats(self.events, self.bytes, self.requests, dict(self.retries), dict(self.rejected))
+
+    def as_dict(self) -> dict[str, StatValue]:
+        """Flat: ``retries`` and ``rejected`` are totals, ``retries.503``, ``rejected.oversize`` ... the
+        parts of them by reason."""
+        out: dict[str, StatValue] = {
+            "events": self.events,
+            "bytes": self.bytes,
+            "requests": self.requests,
+            "retries": sum(self.retries.values()),
+            "rejected": sum(self.rejected.values()),
+        }
+        for name, counts in (("retries", self.retries), ("rejected", self.rejected)):
+            for why, n in sorted(counts.items()):
+                out[f"{name}.{why}"] = n
+        return out
 
     def retry(self, why: str) -> None:
         self.retries[why] = self.retries.get(why, 0) + 1

@@ -20,11 +20,13 @@ Every message has its own delivery report, so every event has its own outcome (t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NoReturn
 
 from forwardd.errors import PartialDelivery, RecordsRejected, RetryableError
 from forwardd.model import Chunk
+from forwardd.outputs.base import StatValue
 from forwardd.outputs.kafka.producer import Reports, is_permanent
 from forwardd.pieces import ranges_of, select_events
 
@@ -41,6 +43,12 @@ class KafkaOutputStats:
     retryable_errors: int = 0
     permanent_errors: int = 0
     last_error: str | None = None
+
+    def copy(self) -> KafkaOutputStats:
+        return dataclasses.replace(self)
+
+    def as_dict(self) -> dict[str, StatValue]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def fail_retryable(name: str, stats: KafkaOutputStats, why: str) -> NoReturn:

@@ -87,7 +87,7 @@ class KafkaOutput(Output):
         timeout_ms = self.config.get("message.timeout.ms", self.config.get("delivery.timeout.ms", 300_000))
         #: librdkafka reports every message within message.timeout.ms; this is only a guard against a bug.
         self._report_timeout = float(timeout_ms) / 1000 + 30.0
-        self.stats = KafkaOutputStats()
+        self._stats = KafkaOutputStats()
         self._client = KafkaClient(name, self.config)
 
     @classmethod
@@ -110,6 +110,10 @@ class KafkaOutput(Output):
             sasl=s.sasl,
             options=s.options,
         )
+
+    @property
+    def stats(self) -> KafkaOutputStats:
+        return self._stats.copy()
 
     @property
     def _producer(self) -> Producer | None:
@@ -184,7 +188,7 @@ class KafkaOutput(Output):
                             break
                         await client.wait_for_space()
                         if client.fatal is not None:
-                            fail_retryable(self.name, self.stats, f"fatal producer error: {client.fatal}")
+                            fail_retryable(self.name, self._stats, f"fatal producer error: {client.fatal}")
                         continue
                     except KafkaException as exc:
                         err = exc.args[0]
@@ -203,10 +207,10 @@ class KafkaOutput(Output):
         try:
             await asyncio.wait_for(asyncio.shield(reports.future), self._report_timeout)
         except TimeoutError:
-            fail_retryable(self.name, self.stats, "delivery reports did not arrive in time")
+            fail_retryable(self.name, self._stats, "delivery reports did not arrive in time")
         settle(
             self.name,
-            self.stats,
+            self._stats,
             limit,
             chunk,
             values,
