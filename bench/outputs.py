@@ -8,6 +8,11 @@ The file output runs twice: as configured (the C transcoder writes the JSON line
 entries) and with that transcoder turned off (msgspec decodes the records into columns and encodes them),
 which is what the transcoder is measured against. Repetitions are interleaved and the table shows medians.
 
+The process imports the daemon's modules (forwardd.app, with the configuration layer) before it measures,
+as the daemon has them loaded: without them the heap is small enough that glibc hands the memory of each
+freed request body or file batch back to the OS and faults it in again for the next one, which cost the
+HTTP and file outputs 40-45% here (same code; MALLOC_TRIM_THRESHOLD_ set high gives the speed back too).
+
     python -m bench.outputs [--chunks 100] [--reps 3]
 """
 
@@ -27,6 +32,7 @@ from pathlib import Path
 from bench.http_bench import serve
 from bench.kafka_bench import free_port
 from bench.records import EVENTS_PER_CHUNK, T0, docker_entries
+from forwardd import app  # noqa: F401 - what the daemon's process holds; see the note in main()
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from forwardd.outputs.file import FileOutput

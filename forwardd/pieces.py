@@ -6,6 +6,11 @@ saying which of their events a destination refused (one HTTP request of several,
 piece holds exactly the bytes the client sent (v1.5 metadata and odd time shapes included), so what goes
 to the dead-letter folder can be replayed as it came. All of this runs only when something failed: the
 path where everything succeeds never frames anything.
+
+It sits beside :mod:`forwardd.model`, not in one of the packages that use it: it knows only chunks and
+msgpack framing, and its users are the buffer, the router and the outputs, which must not import each
+other's packages for it (the buffer already imports the outputs' contract, so a ``buffer.pieces`` used by
+the outputs would make the two packages depend on each other).
 """
 
 from __future__ import annotations

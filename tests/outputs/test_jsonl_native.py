@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from forwardd.errors import UnprocessableError
 from forwardd.model import Chunk, pack_event_time
-from forwardd.outputs import formats
 from forwardd.outputs.formats import NATIVE, native_json_lines, plain_json_lines
+from forwardd.outputs.formats import json as formats
 
 RECEIVED = 1_600_000_000_000_000_042
 T0 = 1_700_000_000

@@ -1,21 +1,14 @@
-"""Record encoders shared by the file, Kafka and HTTP outputs.
+"""The ``json`` format: JSON lines, ``{"time":"2024-01-02T03:04:05.123456789Z","tag":"docker.web",...record}``
+and a newline, for the file output and as the bodies of HTTP requests and Kafka messages.
 
-Three formats, each as a per-event function (Kafka and HTTP send one message per event) and a per-batch
-function that returns one ``bytes`` for many events (the file output writes a batch with one syscall):
+The event time goes under ``time_key`` as RFC 3339 UTC with always nine fraction digits (fixed width, so
+lines sort as text and nothing is lost), the tag under ``tag_key``; either key can be ``None`` to leave it
+out. Both come first; if the record already has that key, the injected value wins (as Fluentd's
+``<inject>``).
 
-``json`` (JSON lines)
-    ``{"time":"2024-01-02T03:04:05.123456789Z","tag":"docker.web",...record}`` and a newline. The event time
-    goes under ``time_key`` as RFC 3339 UTC with always nine fraction digits (fixed width, so lines sort as
-    text and nothing is lost), the tag under ``tag_key``; either key can be ``None`` to leave it out. Both
-    come first; if the record already has that key, the injected value wins (as Fluentd's ``<inject>``).
-``msgpack``
-    ``[EventTime, record]`` per event: the PackedForward entry shape, so a file of them is exactly the
-    ``entries`` of a forward message and can be replayed. The tag is not stored (put ``${tag}`` in the path);
-    v1.5 per-event metadata is not written.
-``fluentd``
-    Fluentd ``out_file``'s default ``time<TAB>tag<TAB>json`` line, time as ``2024-01-02T03:04:05+00:00``
-    (whole seconds, as Fluentd writes it) in UTC or local time. Tabs and newlines in the tag are escaped so
-    a line stays a line.
+Three ways to the same text, fastest first: :func:`native_json_lines` (the C transcoder,
+``forwardd/outputs/_jsonl.c``, straight from a plain chunk's msgpack bytes), :func:`plain_json_lines`
+(msgspec over a plain chunk's decoded columns), :func:`json_lines` (orjson over decoded events, any record).
 
 Values JSON cannot hold natively (records are decoded with ``surrogateescape``, so strings may carry
 undecodable bytes): ``bytes`` and invalid UTF-8 in strings and keys become text with ``\\xNN`` escapes
@@ -24,34 +17,26 @@ EventTime values become the same RFC 3339 string as the event time, other msgpac
 ``{"ext": code, "data": base64}``, non-string keys become their JSON text (``1``, ``null``, ``1.5``) or, for
 anything else (an ext value, an array), their Python text, integers beyond 64 bits become strings, NaN and
 infinities become ``null`` (JSON has no such numbers). The common case pays nothing for this: orjson runs
-first and only a record it rejects is sanitised.
-
-Errors. A record that cannot be encoded at all raises :class:`~forwardd.errors.UnprocessableError`, and
-nothing else does (every encoder here promises it; the delivery loop then isolates that event and
-dead-letters it alone): JSON of a value nested deeper than :data:`MAX_JSON_DEPTH` containers (orjson's
-limit; an ext value counts as one, being written as a map), an event time ``gmtime`` cannot represent
-(about 6.7e16 seconds and more: past year two billion), and in the msgpack formats an integer beyond 64
-bits, nesting past msgpack's packer limit or a string holding surrogates that did not come from undecodable
-bytes (the last two only in records built in code, not in records decoded from msgpack).
+first and only a record it rejects is sanitised. A value nested deeper than :data:`MAX_JSON_DEPTH`
+containers (orjson's limit; an ext value counts as one, being written as a map) cannot be JSON:
+UnprocessableError.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
-import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import repeat
 from types import ModuleType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import msgpack
 import msgspec
 import orjson
 
 from forwardd.errors import UnprocessableError
-from forwardd.model import EVENT_TIME_EXT, Chunk, Event, EventTime, PlainEntries
+from forwardd.model import Chunk, Event, EventTime, PlainEntries
+from forwardd.outputs.formats.common import NS, fix_str, rfc3339_ns, second_utc, unprocessable
 
 _jsonl: ModuleType | None
 try:  # the C transcoder (forwardd/outputs/_jsonl.c); optional at build time, see native_json_lines
@@ -60,33 +45,18 @@ except ImportError:  # pragma: no cover - exercised only where the extension cou
     _jsonl = None
 
 __all__ = [
-    "FORMATS",
     "MAX_JSON_DEPTH",
     "NATIVE",
-    "Encoder",
     "JsonLines",
-    "PlainEncoder",
-    "encode_fluentd_line",
-    "encode_fluentd_lines",
     "encode_json",
     "encode_json_lines",
-    "encode_msgpack",
-    "encode_msgpack_entries",
-    "fluentd_lines",
     "json_lines",
-    "make_encoder",
-    "make_plain_encoder",
-    "msgpack_entries",
     "native_json_lines",
     "plain_json_lines",
-    "rfc3339_ns",
-    "unprocessable",
+    "to_json",
 ]
 
-_NS = 1_000_000_000
 _NL = orjson.OPT_APPEND_NEWLINE
-_II = struct.Struct(">II")
-_U32 = 0xFFFFFFFF
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _ABSENT = object()  # a key no record holds
@@ -95,51 +65,6 @@ _ABSENT = object()  # a key no record holds
 #: refuses deeper values, and the fallback does not recurse past it either (a Python recursion that deep
 #: would end in RecursionError, which used to escape and stop the output).
 MAX_JSON_DEPTH = 254
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def unprocessable(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Make ``fn`` raise nothing but :class:`UnprocessableError`: any exception while encoding (an odd
-    value, RecursionError, MemoryError on one huge record, a time out of range) is about the data, and the
-    delivery loop needs to know that, not the exception's type. A ``try`` costs nothing when nothing
-    raises."""
-
-    @functools.wraps(fn)
-    def encode(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return fn(*args, **kwargs)
-        except UnprocessableError:
-            raise
-        except Exception as exc:
-            raise UnprocessableError(f"cannot encode: {type(exc).__name__}: {exc}") from exc
-
-    return encode
-
-
-#: A batch encoder as the file output uses it: events of one tag → bytes.
-Encoder = Callable[[Sequence[Event], str], bytes]
-#: The same for a plain chunk's columns (:meth:`Chunk.plain_entries`), where a format has a faster way.
-PlainEncoder = Callable[[PlainEntries, str], bytes]
-
-
-def _second_utc(s: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
-
-
-def rfc3339_ns(ns: int) -> str:
-    """``2024-01-02T03:04:05.123456789Z``: the one time text of the JSON format."""
-    s, n = divmod(ns, _NS)
-    return f"{_second_utc(s)}.{n:09d}Z"
-
-
-def _fix_str(s: str) -> str:
-    """Valid UTF-8 text for a string holding surrogates: undecodable bytes shown as ``\\xNN``."""
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that did not come from surrogateescape
-        return s.encode("utf-8", "backslashreplace").decode("ascii")
 
 
 def _json_default(obj: Any) -> Any:
@@ -157,13 +82,13 @@ def _json_default(obj: Any) -> Any:
 def _key(k: Any) -> str:
     t = type(k)
     if t is str:
-        return _fix_str(k)
+        return fix_str(k)
     if t is bytes:
         return k.decode("utf-8", "backslashreplace")  # type: ignore[no-any-return]
     if k is None or t is bool or (t is int and _INT_MIN <= k <= _INT_MAX) or t is float:
         return orjson.dumps(k).decode()
     try:
-        return _fix_str(str(k))
+        return fix_str(str(k))
     except Exception:  # a key whose str() raises: only code-built records can hold one
         return f"<{t.__name__}>"
 
@@ -181,7 +106,7 @@ def _sanitise(obj: Any, room: int = MAX_JSON_DEPTH) -> Any:
     """
     t = type(obj)
     if t is str:
-        return _fix_str(obj)
+        return fix_str(obj)
     if t is dict:
         if room <= 0:
             raise _too_deep()
@@ -201,7 +126,7 @@ def _sanitise(obj: Any, room: int = MAX_JSON_DEPTH) -> Any:
     return obj
 
 
-def _dumps(obj: Any, option: int, drop: tuple[str | None, str | None] = (None, None)) -> bytes:
+def to_json(obj: Any, option: int, drop: tuple[str | None, str | None] = (None, None)) -> bytes:
     """orjson's text of ``obj``, sanitised if orjson refuses it; ``drop`` names keys of a record that the
     injected time and tag replace (a bytes key ``b"time"`` only reads as ``"time"`` once sanitised)."""
     try:
@@ -274,7 +199,7 @@ def _json_str(text: str) -> bytes:
     try:
         return _PLAIN_JSON.encode(text)
     except UnicodeEncodeError:
-        return _PLAIN_JSON.encode(_fix_str(text))
+        return _PLAIN_JSON.encode(fix_str(text))
 
 
 def _utf8(key: str) -> bytes:
@@ -303,7 +228,7 @@ def plain_json_lines(
     if (time_key is None and tag_key is None) or not records:
         return _PLAIN_JSON.encode_lines(records)
     if not tag.isascii():  # a tag that was not UTF-8 holds surrogates: written as the general path does
-        tag = _fix_str(tag)
+        tag = fix_str(tag)
     if time_key is not None and time_key == tag_key:  # both in one key: the general path's rules
         return json_lines(plain.events(), tag, time_key=time_key, tag_key=tag_key)
     if {} in records or any(
@@ -318,9 +243,9 @@ def plain_json_lines(
         seconds = plain.seconds
         lo, hi = min(seconds), max(seconds)
         if lo == hi:  # one second for the whole batch (the usual case): only the fractions vary
-            fields.append(enc(time_key) + b':"' + _esc(_second_utc(lo).encode()) + b'.%09dZ"')
+            fields.append(enc(time_key) + b':"' + _esc(second_utc(lo).encode()) + b'.%09dZ"')
         else:
-            heads = {s: _second_utc(s).encode() + b"." for s in set(seconds)}
+            heads = {s: second_utc(s).encode() + b"." for s in set(seconds)}
             fields.append(enc(time_key) + b':"%b%09dZ"')
             columns.append(list(map(heads.__getitem__, seconds)))
         columns.append(plain.nanos)
@@ -351,13 +276,13 @@ def _plain_json_dicts(plain: PlainEntries, tag: str, time_key: str | None, tag_k
             d[tag_key] = tag
             append(d)
         return _PLAIN_JSON.encode_lines(lines)
-    ns_ = _NS
+    ns_ = NS
     last_s = -1
     head = ""
     for s, n, rec in zip(plain.seconds, plain.nanos, plain.records, strict=True):
         if s != last_s:
             last_s = s
-            head = _second_utc(s) + "."
+            head = second_utc(s) + "."
         tv = head + str(n + ns_)[1:] + "Z"  # n < 1e9: "1" and nine digits, the "1" cut off
         if tag_key is None:
             d = {time_key: tv, **rec}
@@ -386,13 +311,13 @@ def json_lines(
     """
     tag_part = b""
     if tag_key is not None:
-        tag_part = _dumps(tag_key, 0) + b":" + _dumps(tag, 0)
+        tag_part = to_json(tag_key, 0) + b":" + to_json(tag, 0)
     buf = bytearray()
     if time_key is None and not tag_part:
         for ev in events:  # into one buffer: a list of orjson results is slow to free (heap trimming)
-            buf += _dumps(ev.record, _NL)
+            buf += to_json(ev.record, _NL)
         return bytes(buf)
-    tk = b"{" + _dumps(time_key, 0) + b':"' if time_key is not None else b""
+    tk = b"{" + to_json(time_key, 0) + b':"' if time_key is not None else b""
     mid = b'Z",' + tag_part if tag_part else b'Z"'
     static = b"{" + tag_part
     dumps = orjson.dumps
@@ -410,14 +335,14 @@ def json_lines(
         try:
             body = dumps(rec, default=dflt, option=nl)
         except TypeError:
-            body = _dumps(rec, nl, (time_key, tag_key))
+            body = to_json(rec, nl, (time_key, tag_key))
         if time_key is None:
             buf += static
         else:
-            s, n = divmod(ev.time_ns, _NS)
+            s, n = divmod(ev.time_ns, NS)
             if s != last_s:
                 last_s = s
-                head = tk + _second_utc(s).encode() + b"."
+                head = tk + second_utc(s).encode() + b"."
             buf += b"%b%09d%b" % (head, n, mid)
         if len(body) == 3:  # b"{}\n": an empty record adds nothing after the injected keys
             buf += b"}\n"
@@ -452,119 +377,3 @@ def encode_json_lines(chunk: Chunk, time_key: str | None = "time", tag_key: str 
     if plain is not None:
         return plain_json_lines(plain, chunk.tag, time_key=time_key, tag_key=tag_key)
     return json_lines(chunk.events(), chunk.tag, time_key=time_key, tag_key=tag_key)
-
-
-# ------------------------------------------------------------------------------------------- msgpack
-
-
-def _msgpack_default(obj: Any) -> Any:
-    if type(obj) is EventTime:
-        return obj.to_ext()
-    raise TypeError(f"cannot encode {type(obj).__name__} as msgpack")
-
-
-def _packer() -> msgpack.Packer:
-    return msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_msgpack_default)
-
-
-#: A 2-array header followed by the fixext8 EventTime type bytes.
-_ENTRY_HEAD = b"\x92\xd7" + bytes((EVENT_TIME_EXT,))
-
-
-@unprocessable
-def msgpack_entries(events: Sequence[Event]) -> bytes:
-    """``[EventTime, record]`` per event, concatenated: PackedForward entries."""
-    pack = _packer().pack
-    buf = bytearray()
-    ii = _II.pack
-    for ev in events:
-        s, n = divmod(ev.time_ns, _NS)
-        if s <= _U32:
-            buf += _ENTRY_HEAD
-            buf += ii(s, n)
-        else:  # past 2106: EventTime cannot hold it; whole seconds as an integer still can
-            buf += b"\x92"
-            buf += pack(s)
-        buf += pack(ev.record)
-    return bytes(buf)
-
-
-@unprocessable
-def encode_msgpack(event: Event, tag: str = "") -> bytes:
-    """One event as ``[EventTime, record]``; ``tag`` is accepted for symmetry and not stored."""
-    return msgpack_entries((event,))
-
-
-@unprocessable
-def encode_msgpack_entries(chunk: Chunk) -> bytes:
-    return msgpack_entries(chunk.events())
-
-
-# ------------------------------------------------------------------------------------------- fluentd
-
-_TAG_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _fluentd_second(s: int, utc: bool) -> str:
-    if utc:
-        return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(s))
-    tm = time.localtime(s)
-    off = tm.tm_gmtoff // 60
-    sign = "+" if off >= 0 else "-"
-    h, m = divmod(abs(off), 60)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f"{sign}{h:02d}:{m:02d}"
-
-
-@unprocessable
-def fluentd_lines(events: Sequence[Event], tag: str, *, utc: bool = True) -> bytes:
-    """Fluentd ``out_file`` lines: ``time<TAB>tag<TAB>json``."""
-    tag_b = b"\t" + _fix_str(tag).translate(_TAG_ESCAPES).encode() + b"\t"
-    buf = bytearray()
-    last_s = -1
-    stamp = b""
-    for ev in events:
-        s = ev.time_ns // _NS
-        if s != last_s:
-            last_s = s
-            stamp = _fluentd_second(s, utc).encode() + tag_b
-        buf += stamp
-        buf += _dumps(ev.record, _NL)
-    return bytes(buf)
-
-
-@unprocessable
-def encode_fluentd_line(event: Event, tag: str, *, utc: bool = True) -> bytes:
-    return fluentd_lines((event,), tag, utc=utc)
-
-
-@unprocessable
-def encode_fluentd_lines(chunk: Chunk, utc: bool = True) -> bytes:
-    return fluentd_lines(chunk.events(), chunk.tag, utc=utc)
-
-
-# ------------------------------------------------------------------------------------------ selection
-
-
-def make_plain_encoder(
-    fmt: str, *, time_key: str | None = "time", tag_key: str | None = "tag"
-) -> PlainEncoder | None:
-    """The faster batch encoder for plain chunks, for the formats that have one (JSON lines)."""
-    if fmt == "json":
-        return lambda plain, tag: plain_json_lines(plain, tag, time_key=time_key, tag_key=tag_key)
-    return None
-
-
-FORMATS = ("json", "msgpack", "fluentd")
-
-
-def make_encoder(
-    fmt: str, *, time_key: str | None = "time", tag_key: str | None = "tag", utc: bool = True
-) -> Encoder:
-    """The batch encoder for a format name; raises ValueError for an unknown one."""
-    if fmt == "json":
-        return lambda events, tag: json_lines(events, tag, time_key=time_key, tag_key=tag_key)
-    if fmt == "msgpack":
-        return lambda events, tag: msgpack_entries(events)
-    if fmt == "fluentd":
-        return lambda events, tag: fluentd_lines(events, tag, utc=utc)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
