@@ -214,6 +214,19 @@ async def test_file_removed_or_renamed_behind_our_back_is_reopened(tmp_path):
     assert seqs(path.read_bytes()) == [2]
 
 
+async def test_folder_removed_behind_our_back_is_made_again(tmp_path):
+    """A clean-up job removes a tag's folder while forwardd runs: the next write makes it again. (The
+    output remembered the folder as existing and failed every later write with ENOENT, retried for days.)"""
+    out = FileOutput(name="f", path=str(tmp_path / "logs" / "${tag}" / "day.log"))
+    await out.write(chunk(0, 1))
+    shutil.rmtree(tmp_path / "logs" / "app")
+    await out.write(chunk(1, 2))
+    shutil.rmtree(tmp_path / "logs")
+    await out.write(chunk(3, 1))
+    await out.stop()
+    assert read_plain(all_files(tmp_path / "logs")) == [3]
+
+
 async def test_msgpack_and_fluentd_formats(tmp_path):
     mp = FileOutput(name="m", path=str(tmp_path / "a.mpk"), format="msgpack")
     fd = FileOutput(name="f", path=str(tmp_path / "a.txt"), format="fluentd")

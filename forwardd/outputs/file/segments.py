@@ -154,8 +154,10 @@ class Disk:
 
     def _create(self, seg: Segment, index: int) -> None:
         """Open a new segment file at the first free index >= ``index``."""
-        self._makedirs(os.path.dirname(seg.base))
+        folder = os.path.dirname(seg.base)
+        self._makedirs(folder)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        remade = False
         while True:
             path = self.seg_path(seg.base, index)
             try:
@@ -163,6 +165,14 @@ class Disk:
                 break
             except FileExistsError:
                 index += 1
+            except FileNotFoundError:
+                # The folder was removed behind our back (a clean-up job, an operator): the cache of
+                # folders known to exist is wrong, and trusting it would fail every write from now on.
+                if remade:
+                    raise
+                remade = True
+                self._known_dirs.clear()
+                self._makedirs(folder)
         self._fsync_dir(os.path.dirname(path))
         seg.index, seg.path, seg.fd, seg.size = index, path, fd, 0
         seg.ino = os.fstat(fd).st_ino

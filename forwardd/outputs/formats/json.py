@@ -13,7 +13,8 @@ Three ways to the same text, fastest first: :func:`native_json_lines` (the C tra
 Values JSON cannot hold natively (records are decoded with ``surrogateescape``, so strings may carry
 undecodable bytes): ``bytes`` and invalid UTF-8 in strings and keys become text with ``\\xNN`` escapes
 (``backslashreplace``; readable, and reversible unless the record itself contained such escapes), nested
-EventTime values become the same RFC 3339 string as the event time, other msgpack ext values become
+EventTime values and msgpack Timestamps (ext -1) become the same RFC 3339 string as the event time (a
+Timestamp outside gmtime's range keeps its bytes, as below), other msgpack ext values become
 ``{"ext": code, "data": base64}``, non-string keys become their JSON text (``1``, ``null``, ``1.5``) or, for
 anything else (an ext value, an array), their Python text, integers beyond 64 bits become strings, NaN and
 infinities become ``null`` (JSON has no such numbers). The common case pays nothing for this: orjson runs
@@ -76,6 +77,11 @@ def _json_default(obj: Any) -> Any:
         return rfc3339_ns(obj.to_ns())
     if t is msgpack.ExtType:
         return {"ext": obj.code, "data": base64.b64encode(obj.data).decode("ascii")}
+    if t is msgpack.Timestamp:  # msgpack's own timestamp (ext -1), which the unpacker builds itself
+        try:
+            return rfc3339_ns(obj.to_unix_nano())
+        except (OverflowError, OSError, ValueError):  # outside what gmtime can write: keep its bytes
+            return {"ext": -1, "data": base64.b64encode(obj.to_bytes()).decode("ascii")}
     raise TypeError(f"cannot encode {t.__name__} as JSON")
 
 
