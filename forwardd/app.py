@@ -137,6 +137,7 @@ _FILTERS = {
     "parser": "Parser",
     "tag_rewrite": "TagRewrite",
     "docker_partial": "DockerPartial",
+    "docker_swarm": "DockerSwarm",
 }
 
 

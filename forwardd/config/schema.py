@@ -398,8 +398,39 @@ class DockerPartialFilter(_Frozen):
         }
 
 
+class DockerSwarmFilter(_Frozen):
+    """Swarm's identity of a line (service, task, slot or node) from docker's record; see DockerSwarm."""
+
+    type: Literal["docker_swarm"]
+    #: Field names to write; null leaves that field out.
+    service_key: str | None = "service"
+    task_key: str | None = "task"
+    slot_key: str | None = "slot"
+    node_key: str | None = "node"
+    #: Replace a field the record already has (off: keep the record's own value).
+    overwrite: bool = False
+    #: Drop the com.docker.swarm.* labels once read.
+    remove_labels: bool = False
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`forwardd.filters.DockerSwarm` (add ``name``)."""
+        return {
+            "service_key": self.service_key,
+            "task_key": self.task_key,
+            "slot_key": self.slot_key,
+            "node_key": self.node_key,
+            "overwrite": self.overwrite,
+            "remove_labels": self.remove_labels,
+        }
+
+
 Filter = Annotated[
-    GrepFilter | RecordModifyFilter | ParserFilter | TagRewriteFilter | DockerPartialFilter,
+    GrepFilter
+    | RecordModifyFilter
+    | ParserFilter
+    | TagRewriteFilter
+    | DockerPartialFilter
+    | DockerSwarmFilter,
     Field(discriminator="type"),
 ]
 
@@ -732,6 +763,7 @@ _FILTER_CLASSES = {
     "parser": "Parser",
     "tag_rewrite": "TagRewrite",
     "docker_partial": "DockerPartial",
+    "docker_swarm": "DockerSwarm",
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from forwardd.filters.docker_partial import DockerPartial
+from forwardd.filters.docker_swarm import DockerSwarm
 from forwardd.filters.grep import Grep
 from forwardd.filters.parser import Parser
 from forwardd.filters.record_modify import RecordModify
@@ -27,6 +28,7 @@ from forwardd.model import Chunk
 
 __all__ = [
     "DockerPartial",
+    "DockerSwarm",
     "Filter",
     "FilterResult",
     "Grep",
