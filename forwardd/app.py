@@ -75,6 +75,10 @@ def build_output(name: str, o: Any, worker: int = 0) -> Output:
         from forwardd.outputs.http import HttpOutput  # type: ignore[import-not-found,unused-ignore]
 
         return HttpOutput.from_settings(name, o)  # type: ignore[no-any-return,unused-ignore]
+    if o.type == "forward":
+        from forwardd.outputs.forward import ForwardOutput
+
+        return ForwardOutput.from_settings(name, o)
     raise ValueError(f"output {name!r}: unknown type {o.type!r}")
 
 
