@@ -113,6 +113,7 @@ class ForwardStats:
     resent_events: int = 0
     #: Writes that moved on from an endpoint that failed to another one.
     failovers: int = 0
+    #: Connections opened for writes (heartbeat probes not included).
     connects: int = 0
     #: Connection failures by stage: connect, tls, handshake, refused, send_timeout, ack_timeout, lost,
     #: protocol.
@@ -330,7 +331,7 @@ class ForwardOutput(Output):
     # --- health -----------------------------------------------------------------------------------------
 
     async def _probe_connect(self, ep: Endpoint) -> None:
-        conn = await self._open(ep)
+        conn = await self._open(ep, count=False)
         await conn.close()
 
     def _heartbeat(self, ep: Endpoint, ok: bool, why: str) -> None:
@@ -371,7 +372,7 @@ class ForwardOutput(Output):
 
     # --- connections ------------------------------------------------------------------------------------
 
-    async def _open(self, ep: Endpoint) -> Connection:
+    async def _open(self, ep: Endpoint, *, count: bool = True) -> Connection:
         conn = await Connection.open(
             ep.address,
             ep.port,
@@ -380,7 +381,8 @@ class ForwardOutput(Output):
             security=self.security,
             timeout=self.connect_timeout,
         )
-        self._stats.connects += 1
+        if count:  # heartbeat probes are counted as heartbeats
+            self._stats.connects += 1
         return conn
 
     async def _checkout(self, ep: Endpoint) -> tuple[Connection, bool]:

@@ -134,6 +134,7 @@ async def test_heartbeats_take_an_idle_server_down_and_bring_it_back(kind: str) 
     opts = {"heartbeat_type": kind, "heartbeat_interval": 0.03, "hard_timeout": 0.2, "recover_wait": 0.1}
     async with started(output([server(srv.port)], **opts)) as out:
         await wait_until(lambda: out.stats.heartbeats >= 3, what="heartbeats")
+        assert out.stats.connects == 0, "probes are counted as heartbeats, not as connections for writes"
         assert out.stats.heartbeat_failures == 0
         assert out.stats.servers[key] == "up"
         with capture_logs() as logs:
