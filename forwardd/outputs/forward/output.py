@@ -418,16 +418,15 @@ class ForwardOutput(Output):
         tried: list[Endpoint] = []
         last: ConnectionFailed | None = None
         progress_retries = 0
+        moving = False  # the last endpoint failed: the next one is a failover
         while pending:
             ep = await self._pick(tried)
             if ep is None:
                 break
-            if last is not None:
+            if moving:
                 self._stats.failovers += 1
-            try:
-                progressed, failure = await self._attempt(ep, chunk.tag, pending)
-            except asyncio.CancelledError:
-                raise
+                moving = False
+            progressed, failure = await self._attempt(ep, chunk.tag, pending)
             pending = [m for m in pending if not m.done]
             if failure is None:
                 self._succeeded(ep)
@@ -441,6 +440,7 @@ class ForwardOutput(Output):
                 continue
             self._failed(ep, failure)
             tried.append(ep)
+            moving = True
         if not pending:
             return
         self._raise(chunk, messages, pending, last)
