@@ -17,6 +17,10 @@ Senders, against each receiver, repetitions interleaved:
     the same with 16,000-event chunks (~3.9 MB): what the delivery loop hands over when a backlog has
     built up (it merges committed chunks of a tag up to 4 MiB); each write is four pipelined 1 MiB
     requests.
+``out-1ev``
+    2,000 writes of one event each: the worst case of many tags (docker's default tag is per container;
+    the delivery loop writes one tag's events at a time and waits for their ack), so this is the number
+    of acked round trips per second.
 ``out-1k-zstd`` / ``out-1k-gzip``
     1000-event chunks compressed (not against the baseline receiver, which only frames plain entries).
 
@@ -48,6 +52,7 @@ from bench.ingest import DEFAULT_COMMANDS, FORWARDD_BUFFER_CONFIG, FORWARDD_CONF
 from bench.records import EVENTS_PER_CHUNK, T0, docker_entries
 from forwardd.model import Chunk
 from forwardd.outputs.forward import ForwardOutput, ServerSpec
+from forwardd.pieces import entry_ends
 
 CONFIGS = {"baseline": "", "forwardd": FORWARDD_CONFIG, "forwardd-buffer": FORWARDD_BUFFER_CONFIG}
 COMMANDS = {
@@ -55,7 +60,7 @@ COMMANDS = {
     "forwardd": DEFAULT_COMMANDS["forwardd"],
     "forwardd-buffer": DEFAULT_COMMANDS["forwardd"],
 }
-SENDERS = ["loadgen", "out-1k", "out-16k", "out-1k-zstd", "out-1k-gzip"]
+SENDERS = ["loadgen", "out-1k", "out-16k", "out-1ev", "out-1k-zstd", "out-1k-gzip"]
 
 
 @dataclass(slots=True)
@@ -116,6 +121,29 @@ async def _output_run(
         await out.stop()
 
 
+async def _single_events_run(port: int, entries: list[bytes], n: int) -> tuple[int, int, float]:
+    server = ServerSpec("127.0.0.1", port)
+    out = ForwardOutput(name="bench", servers=[server], heartbeat_type="none")
+    await out.start()
+    try:
+        ends = entry_ends(entries[0])
+        singles = [entries[0][a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        chunks = [Chunk(f"docker.c{i % 50}", singles[i % len(singles)], 1, T0) for i in range(n)]
+        await out.write(chunks[0])
+        t = time.perf_counter()
+        for c in chunks:
+            await out.write(c)
+        return n, sum(len(c.entries) for c in chunks), time.perf_counter() - t
+    finally:
+        await out.stop()
+
+
+def run_single_events(target: Target, entries: list[bytes], n: int) -> Result:
+    cpu0, rcpu0 = _self_cpu(), _tree_cpu(target.pid)
+    events, nbytes, seconds = uvloop.run(_single_events_run(target.port, entries, n))
+    return Result(events, nbytes, seconds, _self_cpu() - cpu0, _tree_cpu(target.pid) - rcpu0)
+
+
 def run_output(target: Target, entries: list[bytes], per_write: int, compress: str) -> Result:
     cpu0, rcpu0 = _self_cpu(), _tree_cpu(target.pid)
     # On uvloop, as the daemon runs its outputs.
@@ -156,6 +184,7 @@ def main() -> None:
         "loadgen": lambda t: run_loadgen(t, chunks * EVENTS_PER_CHUNK),
         "out-1k": lambda t: run_output(t, entries, EVENTS_PER_CHUNK, "none"),
         "out-16k": lambda t: run_output(t, entries, 16 * EVENTS_PER_CHUNK, "none"),
+        "out-1ev": lambda t: run_single_events(t, entries, 2000),
         "out-1k-zstd": lambda t: run_output(t, entries, EVENTS_PER_CHUNK, "zstd"),
         "out-1k-gzip": lambda t: run_output(t, entries, EVENTS_PER_CHUNK, "gzip"),
     }
@@ -191,7 +220,7 @@ def main() -> None:
             rcpu = statistics.median(100 * r.receiver_cpu / r.seconds for r in rs)
             if s == "loadgen":
                 base = rate
-            vs = f"{rate / base:.2f}x" if base and s != "loadgen" else ""
+            vs = f"{rate / base:.2f}x" if base and s not in ("loadgen", "out-1ev") else ""
             row = f"| {t.name:15} | {s:12} | {rate:>9,.0f} | {mbs:5.1f} | {scpu:9.0f}% | {rcpu:11.0f}% "
             print(row + f"| {vs:>10} |")
 
