@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from forwardd.protocol import encode
-from forwardd.testing.client import ForwardClient
+from forwardd.testing.client import AckError, ForwardClient
 from tests.e2e.helpers import Proc
 from tests.outputs.forward.helpers import check_delivery
 
@@ -182,3 +182,40 @@ def test_agent_killed_and_its_aggregator_down_loses_nothing(cluster: Cluster) ->
     assert agent2.terminate() == 0
     got = sorted(int(x["seq"]) for x in read_lines(tmp / "agg"))
     assert set(got) == set(range(2000))
+
+
+def test_no_receiver_fills_the_buffer_then_holds_the_client_back(cluster: Cluster) -> None:
+    """With the aggregator down the agent acks into its disk buffer until the buffer is full; then the
+    client's acks stop (back-pressure, nothing dropped). The aggregator comes back: the withheld ack
+    comes, and every event the client sent arrives."""
+    tmp = cluster.tmp
+    agg = cluster.start(aggregator_config(tmp / "agg"), "agg")
+    port = agg.port()
+    agg.kill()
+    cfg = agent_config(tmp / "agent", [port])
+    cfg["outputs"]["aggregators"]["buffer"].update({"max_size": "512KiB", "segment_size": "64KiB"})
+    agent = cluster.start(cfg, "agent")
+    sent = 0
+    with ForwardClient(port=agent.port(), timeout=30) as client:
+        held = None
+        while held is None:
+            t = encode.event_time(time.time_ns())
+            chunk = encode.new_chunk_id()
+            entries = [(t, swarm_record(s)) for s in range(sent, sent + 50)]
+            client.send(encode.packed_forward("swarm.web", entries, chunk=chunk))
+            sent += 50
+            try:
+                reply = client.read_value(timeout=1.5)
+            except AckError:
+                held = chunk
+            else:
+                assert reply == {"ack": chunk}
+            assert sent < 100_000, "the buffer never filled"
+        assert sent > 1000, "the buffer took a good part before holding back"
+        again = aggregator_config(tmp / "agg")
+        again["sources"][0]["port"] = port
+        cluster.start(again, "agg")
+        client.expect_ack(held)  # the withheld ack, once the buffer drained
+    wait_for_lines([tmp / "agg"], sent)
+    assert agent.terminate() == 0
+    assert {int(x["seq"]) for x in read_lines(tmp / "agg")} == set(range(sent))
