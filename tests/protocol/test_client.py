@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from typing import Any
 
 import msgpack
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from forwardd.model import EVENT_TIME_EXT, decode_entries, pack_event_time
 from forwardd.protocol import EntriesReceived, HandshakeCompleted, Security, ServerConnection, User
 from forwardd.protocol.client import (
+    HEARTBEAT,
     Acked,
     ClientConnection,
     ClientProtocolError,
@@ -33,7 +35,7 @@ from forwardd.protocol.client import (
     new_chunk_id,
     wire_entries,
 )
-from tests.protocol.wire import fluent_bit_capture, fluentd_capture
+from tests.protocol.wire import FLUENTD, fluent_bit_capture, fluentd_capture
 
 NS = 1_000_000_000
 FLUENTD_SECURITY = ClientSecurity("fluentd-client", "secret-key")
@@ -121,6 +123,13 @@ def test_gzip_request_has_fluentds_shape() -> None:
             assert list(o_opts) == list(opts), "option keys in Fluentd's order"
             assert gzip.decompress(o_payload) == entries
             assert ours[ours.index(o_payload) - 5] == 0xDB, "str32 payload, as Fluentd"
+
+
+def test_udp_heartbeat_is_fluentds_datagram() -> None:
+    text = (FLUENTD / "hb-udp.txt").read_text()
+    sent = re.findall(r"^\+[\d.]+s c2s \S+ \d+\): hex (\S+)$", text, re.M)
+    assert len(sent) >= 3
+    assert {bytes.fromhex(h) for h in sent} == {HEARTBEAT}
 
 
 # --- golden: Fluent Bit 4.2.8 -------------------------------------------------------------------------

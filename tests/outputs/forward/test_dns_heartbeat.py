@@ -186,3 +186,23 @@ async def test_stop_ends_the_probes() -> None:
         beats = out.stats.heartbeats
         await asyncio.sleep(0.1)  # several intervals: nothing may run any more
         assert out.stats.heartbeats == beats
+
+
+async def test_transport_probe_is_an_empty_connection_as_fluentds() -> None:
+    """Fluentd's heartbeat_type transport opens a connection and closes it without a byte (the
+    hb-transport capture: "no payload either way"); without a handshake ours does the same."""
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read())  # until the client closes
+        writer.close()
+
+    listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        opts = {"heartbeat_type": "transport", "heartbeat_interval": 0.03}
+        async with started(output([server(port)], **opts)):
+            await wait_until(lambda: len(received) >= 3, what="three probes")
+        assert set(received[:3]) == {b""}
+    finally:
+        listening.close()
