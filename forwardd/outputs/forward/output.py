@@ -128,6 +128,20 @@ class ForwardStats:
     #: Each endpoint's state: "up" or "down (reason)".
     servers: dict[str, str] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, int | float | str | None]:
+        """Flat, for reports and metrics: ``failures`` is their total, ``failures.connect`` ... the parts,
+        ``servers.<server>`` each endpoint's state, ``servers_up`` how many are up."""
+        out: dict[str, int | float | str | None] = {
+            f: getattr(self, f) for f in self.__slots__ if f not in ("failures", "servers")
+        }
+        out["failures"] = sum(self.failures.values())
+        for kind, n in sorted(self.failures.items()):
+            out[f"failures.{kind}"] = n
+        out["servers_up"] = sum(1 for state in self.servers.values() if state == "up")
+        for key, state in self.servers.items():
+            out[f"servers.{key}"] = state
+        return out
+
 
 class _Message:
     """One request of a write: entries ``start:end`` of the chunk (``count`` of them), and what goes on

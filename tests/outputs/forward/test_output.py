@@ -267,6 +267,11 @@ async def test_failover_to_the_other_server_within_one_write() -> None:
         assert seqs(b.events) == list(range(10, 20)) + list(range(20, 60))
         assert out.stats.failovers == 1
         assert out.stats.failures == {"connect": 1}
+        flat = out.stats.as_dict()
+        assert flat["failures"] == flat["failures.connect"] == 1
+        assert flat["servers_up"] == 1
+        assert str(flat[f"servers.127.0.0.1:{a.port}"]).startswith("down (connect")
+        assert all(v is None or isinstance(v, int | float | str) for v in flat.values())
         assert [x["event"] for x in logs] == ["forward.server_down"]
         assert logs[0]["server"] == f"127.0.0.1:{a.port}"
 
