@@ -35,8 +35,8 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from os import PathLike
+from typing import Literal
 
 import structlog
 
@@ -46,11 +46,9 @@ from forwardd.outputs.base import Output
 from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
 from forwardd.outputs.forward.connection import Connection, ConnectionFailed
 from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
+from forwardd.outputs.forward.settings import ForwardSettings
 from forwardd.pieces import entry_ends
 from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat, compress_entries, wire_entries
-
-if TYPE_CHECKING:
-    from forwardd.config.schema import ForwardOutput as ForwardOutputSettings
 
 __all__ = ["ForwardOutput", "ForwardStats", "Resolver", "client_tls_context", "system_resolver"]
 
@@ -223,7 +221,7 @@ class ForwardOutput(Output):
         self._started = False
 
     @classmethod
-    def from_settings(cls, name: str, s: ForwardOutputSettings) -> ForwardOutput:
+    def from_settings(cls, name: str, s: ForwardSettings) -> ForwardOutput:
         """The output for one ``type: forward`` entry of the configuration."""
         ctx = None
         if s.tls is not None:
@@ -600,7 +598,7 @@ class ForwardOutput(Output):
         return any(m.done for m in batch), failure
 
 
-def _path(p: Path | None) -> str | None:
+def _path(p: PathLike[str] | str | None) -> str | None:
     return None if p is None else str(p)
 
 
