@@ -73,6 +73,10 @@ def build_output(name: str, o: Any, worker: int = 0) -> Output:
         from forwardd.outputs.http import HttpOutput  # type: ignore[import-not-found,unused-ignore]
 
         return HttpOutput.from_settings(name, o)  # type: ignore[no-any-return,unused-ignore]
+    if o.type == "forward":
+        from forwardd.outputs.forward import ForwardOutput
+
+        return ForwardOutput.from_settings(name, o)
     raise ValueError(f"output {name!r}: unknown type {o.type!r}")
 
 
@@ -135,6 +139,7 @@ _FILTERS = {
     "parser": "Parser",
     "tag_rewrite": "TagRewrite",
     "docker_partial": "DockerPartial",
+    "docker_swarm": "DockerSwarm",
 }
 
 
