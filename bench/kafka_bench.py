@@ -2,7 +2,7 @@
 
 Produces N ~250-byte JSON records with acks=all to a fresh topic per run and prints msgs/s and MB/s (of
 values), the median of ``--reps`` runs. Every run waits for every delivery report: a record counts only once
-the broker acknowledged it. Starts its own broker (../shared/kafka/start-broker.sh) unless ``--bootstrap``
+the broker acknowledged it. Starts its own broker (scripts/kafka/start-broker.sh) unless ``--bootstrap``
 is given.
 
     python bench/kafka_bench.py [--n 200000] [--reps 3] [--modes confluent,aiokafka-batch,...]
@@ -33,7 +33,7 @@ import orjson
 
 from forwardd.model import Chunk, pack_event_time
 
-SHARED = Path(os.environ.get("FORWARDD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+KAFKA_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "kafka"
 T0 = 1_700_000_000 * 10**9
 _topic_seq = itertools.count()
 
@@ -207,7 +207,7 @@ def main() -> None:
     port = free_port()
     bootstrap = args.bootstrap
     if bootstrap is None:
-        start = SHARED / "kafka" / "start-broker.sh"
+        start = KAFKA_SCRIPTS / "start-broker.sh"
         bootstrap = subprocess.run(
             [str(start), str(port), state], check=True, capture_output=True, text=True
         ).stdout.strip()
@@ -228,7 +228,7 @@ def main() -> None:
         if args.bootstrap is None:
             # A wide COLUMNS: stop-broker.sh matches `ps -o args=`, which ps may cut at 80 columns.
             env = dict(os.environ, COLUMNS="4096")
-            subprocess.run([str(SHARED / "kafka" / "stop-broker.sh"), str(port), state], check=False, env=env)
+            subprocess.run([str(KAFKA_SCRIPTS / "stop-broker.sh"), str(port), state], check=False, env=env)
 
 
 if __name__ == "__main__":

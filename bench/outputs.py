@@ -3,10 +3,15 @@
 Each output gets the same 1000-event chunks of docker-shaped records, one ``write()`` at a time as the
 buffer's delivery loop calls it, so each figure includes decoding the chunk, encoding the records and
 delivering them: fsync'd JSON lines; Kafka messages acknowledged by the real broker (acks=all, the Tansu
-broker of ../shared/kafka, started here); NDJSON POSTs answered by a discard server in a child process.
+broker of scripts/kafka, started here); NDJSON POSTs answered by a discard server in a child process.
 The file output runs twice: as configured (the C transcoder writes the JSON lines straight from the
 entries) and with that transcoder turned off (msgspec decodes the records into columns and encodes them),
 which is what the transcoder is measured against. Repetitions are interleaved and the table shows medians.
+
+The process imports the daemon's modules (forwardd.app, with the configuration layer) before it measures,
+as the daemon has them loaded: without them the heap is small enough that glibc hands the memory of each
+freed request body or file batch back to the OS and faults it in again for the next one, which cost the
+HTTP and file outputs 40-45% here (same code; MALLOC_TRIM_THRESHOLD_ set high gives the speed back too).
 
     python -m bench.outputs [--chunks 100] [--reps 3]
 """
@@ -27,13 +32,14 @@ from pathlib import Path
 from bench.http_bench import serve
 from bench.kafka_bench import free_port
 from bench.records import EVENTS_PER_CHUNK, T0, docker_entries
+from forwardd import app  # noqa: F401 - what the daemon's process holds; see the note in main()
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from forwardd.outputs.file import FileOutput
 from forwardd.outputs.http import HttpOutput
 from forwardd.outputs.kafka import KafkaOutput
 
-SHARED = Path(os.environ.get("FORWARDD_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+KAFKA_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "kafka"
 
 
 def python_path_file(out: FileOutput) -> FileOutput:
@@ -68,7 +74,7 @@ def main() -> None:
     kport = free_port()
     env = dict(os.environ, COLUMNS="4096")  # stop-broker.sh reads `ps` output, cut at 80 columns otherwise
     broker = subprocess.run(
-        [str(SHARED / "kafka" / "start-broker.sh"), str(kport), str(work / "kafka")],
+        [str(KAFKA_SCRIPTS / "start-broker.sh"), str(kport), str(work / "kafka")],
         capture_output=True, text=True, check=True, env=env,
     ).stdout.strip()  # fmt: skip
     parent, child = multiprocessing.Pipe()
@@ -103,7 +109,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.join(5)
-        subprocess.run([str(SHARED / "kafka" / "stop-broker.sh"), str(kport), str(work / "kafka")],
+        subprocess.run([str(KAFKA_SCRIPTS / "stop-broker.sh"), str(kport), str(work / "kafka")],
                        capture_output=True, check=False, env=env)  # fmt: skip
         subprocess.run(["rm", "-rf", str(work)], check=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -19,23 +20,22 @@ from typing import Any
 import structlog
 
 from forwardd.buffer import Batching, BufferedSink, DiskQueue, MemorySink, RetryPolicy
+from forwardd.buffer.journal import PieceJournal
 from forwardd.config import schema as cfg
-from forwardd.filters import DockerPartial
-from forwardd.filters.journal import PieceJournal
+from forwardd.filters.base import Journal
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
-from forwardd.router import Route, Router, compile_pattern
+from forwardd.router import ROOT_LABEL, Route, Router, compile_pattern
 from forwardd.server.listener import ForwardListener, ListenerSettings
 from forwardd.server.session import SessionSettings
 from forwardd.server.tls import TlsSettings
 from forwardd.sink import Sink
+from forwardd.storage import adopted_dirs, worker_dir
 
 __all__ = ["Daemon", "build_filter", "build_output", "build_sink"]
 
 log = structlog.get_logger("forwardd")
-
-ROOT_LABEL = "@ROOT"
 
 
 def _path(p: Path | str | None) -> str | None:
@@ -73,6 +73,10 @@ def build_output(name: str, o: Any, worker: int = 0) -> Output:
         from forwardd.outputs.http import HttpOutput  # type: ignore[import-not-found,unused-ignore]
 
         return HttpOutput.from_settings(name, o)  # type: ignore[no-any-return,unused-ignore]
+    if o.type == "forward":
+        from forwardd.outputs.forward import ForwardOutput
+
+        return ForwardOutput.from_settings(name, o)
     raise ValueError(f"output {name!r}: unknown type {o.type!r}")
 
 
@@ -82,8 +86,12 @@ def _worker_path(template: str, worker: int) -> str:
     return str(p.with_name(f"{p.stem}.worker{worker}{p.suffix}"))
 
 
-def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
-    """The buffer in front of an output: disk (durable, the default) or memory."""
+def build_sink(name: str, o: Any, storage: Path, worker: int = 0, workers: int = 1) -> Sink:
+    """The buffer in front of an output: disk (durable, the default) or memory.
+
+    Worker ``worker`` of ``workers`` keeps its queue in its own directory (:func:`worker_dir`) and also
+    drains the queues that workers beyond ``workers`` left behind in an earlier run (:func:`adopted_dirs`).
+    """
     output = build_output(name, o, worker)
     b = o.buffer
     r = b.retry
@@ -91,15 +99,20 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
         initial=r.initial, max=r.max, multiplier=r.multiplier, jitter=r.jitter,
         max_attempts=r.max_attempts, max_age=r.max_age,
     )  # fmt: skip
-    sub = Path(f"worker-{worker}") if worker else Path()
-    dead = Path(b.dead_letter_path or storage / "dead-letter" / name) / sub
+    dead_base = Path(b.dead_letter_path or storage / "dead-letter" / name)
+    dead = worker_dir(dead_base, worker)
+    for old in adopted_dirs(dead_base, worker, workers):  # parked for a human, never read: say where
+        log.info(
+            "dead_letter.left_by_old_worker", output=name, directory=str(old), files=len(os.listdir(old))
+        )
     batching = _batching(o)
     if b.type == "memory":
         return MemorySink(
             name, output, retry, str(dead), max_size=b.max_size, when_full=b.when_full, batching=batching
         )
+    base = Path(b.path or storage / "buffer" / name)
     queue = DiskQueue(
-        str(Path(b.path or storage / "buffer" / name) / sub),
+        str(worker_dir(base, worker)),
         name=name,
         max_size=b.max_size,
         max_segment_size=b.segment_size,
@@ -107,6 +120,7 @@ def build_sink(name: str, o: Any, storage: Path, worker: int = 0) -> Sink:
         fsync_interval=b.fsync_interval,
         when_full=b.when_full,
     )
+    queue.adopt([str(d) for d in adopted_dirs(base, worker, workers)])
     return BufferedSink(name, output, queue, retry, str(dead), batching=batching)
 
 
@@ -125,28 +139,31 @@ _FILTERS = {
     "parser": "Parser",
     "tag_rewrite": "TagRewrite",
     "docker_partial": "DockerPartial",
+    "docker_swarm": "DockerSwarm",
 }
 
 
-def build_filter(f: Any, index: int) -> Any:
-    """A filter object for one configured filter; the settings model maps itself to the constructor."""
+def build_filter(f: Any, index: int, journal: Journal | None = None) -> Any:
+    """A filter object for one configured filter; the settings model maps itself to the constructor, and
+    a filter configured with ``journal: true`` is handed ``journal`` when there is one."""
     from forwardd import filters
 
     cls = getattr(filters, _FILTERS[f.type])
-    return cls(name=f"{f.type}[{index}]", **f.to_kwargs())
+    extra = {"journal": journal} if journal is not None else {}
+    return cls(name=f"{f.type}[{index}]", **f.to_kwargs(), **extra)
 
 
-def build_routes(routes: Any, journal_for: Callable[[int, int], PieceJournal] | None = None) -> list[Route]:
+def build_routes(routes: Any, journal_for: Callable[[int, int], Journal] | None = None) -> list[Route]:
     """Routes from their configuration; ``journal_for(route, filter)`` gives each filter configured with
     ``journal: true`` its journal (none when not given: tests and ``check-config``)."""
     built = []
     for ri, r in enumerate(routes):
         filters = []
         for fi, f in enumerate(r.filters):
-            flt = build_filter(f, fi)
+            journal = None
             if journal_for is not None and getattr(f, "journal", False):
-                flt.journal = journal_for(ri, fi)
-            filters.append(flt)
+                journal = journal_for(ri, fi)
+            filters.append(build_filter(f, fi, journal))
         built.append(
             Route(
                 matcher=compile_pattern(r.match),
@@ -252,16 +269,16 @@ class Daemon:
         self.reuse_port = reuse_port
         storage = Path(config.storage.path)
         self.sinks: dict[str, Sink] = {
-            name: build_sink(name, o, storage, worker) for name, o in config.outputs.items()
+            name: build_sink(name, o, storage, worker, config.workers) for name, o in config.outputs.items()
         }
-        self.journals: list[PieceJournal] = []
 
-        def journals_of(label: str) -> Callable[[int, int], PieceJournal]:
-            def journal_for(route: int, index: int) -> PieceJournal:
+        def journals_of(label: str) -> Callable[[int, int], Journal]:
+            def journal_for(route: int, index: int) -> Journal:
                 name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
-                sub = Path(f"worker-{worker}") if worker else Path()
-                journal = PieceJournal(str(storage / "journal" / name / sub), name=name)
-                self.journals.append(journal)
+                base = storage / "journal" / name
+                journal = PieceJournal(str(worker_dir(base, worker)), name=name)
+                # Pieces an old worker held are held again here; the rest of their lines comes here now.
+                journal.queue.adopt([str(d) for d in adopted_dirs(base, worker, config.workers)])
                 return journal
 
             return journal_for
@@ -269,11 +286,9 @@ class Daemon:
         labels: dict[str, list[Route]] = {ROOT_LABEL: build_routes(config.routes, journals_of(ROOT_LABEL))}
         for label, routes in config.labels.items():
             labels[label] = build_routes(routes, journals_of(label))
-        self._partials = [
-            f for rs in labels.values() for r in rs for f in r.filters if isinstance(f, DockerPartial)
-        ]
-        self._journaled = [f for f in self._partials if f.journal is not None]
-        self.router = Router(labels, self.sinks, root_label=ROOT_LABEL)
+        self.router = Router(
+            labels, self.sinks, root_label=ROOT_LABEL, dead_letter_dir=str(storage / "dead-letter")
+        )
         if self.router.error_label is not None:
             # What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
             # they reject goes to the dead-letter folder rather than round in a loop).
@@ -296,8 +311,8 @@ class Daemon:
             await sink.start()
             self._started.append(sink)
             log.debug("output.started", output=name)
-        for f in self._journaled:  # pieces held before a stop or a crash are held again
-            await f.start_journal()
+        for f in self.router.stateful:  # what they held before a stop or a crash is held again
+            await f.start()
         self._expiry = asyncio.create_task(self.router.run_expiry(1.0), name="router-expiry")
         self._stats_task = asyncio.create_task(self._report_loop(), name="stats")
         for listener in self.listeners:
@@ -305,7 +320,8 @@ class Daemon:
 
     def report(self) -> None:
         """Log every source's and every output's counters: events and bytes in and out, acks, errors,
-        retries, dead letters, queue size and delivery latency; and docker_partial's open lines."""
+        retries, dead letters, queue size and delivery latency; the router's (unmatched tags, filter
+        failures and where their events went); and each stateful filter's (docker_partial's open lines)."""
         for listener in self.listeners:
             log.info("source.stats", listener=listener.settings.name, **listener.stats.as_dict())
         for name, sink in self.sinks.items():
@@ -314,17 +330,9 @@ class Daemon:
                 out = getattr(getattr(sink, "output", None), "stats", None)
                 extra = {"output_stats": _plain(out)} if out is not None else {}
                 log.info("output.stats", output=name, **stats.as_dict(), **extra)
-        for f in self._partials:
-            journal = f.journal
-            log.info(
-                "filter.stats",
-                filter=f.name,
-                open_lines=f.pending,
-                duplicates=f.duplicates,
-                incomplete=f.incomplete,
-                journal=journal.name if journal is not None else None,
-                journaled_chunks=journal.queue.queued_chunks if journal is not None else 0,
-            )
+        log.info("router.stats", **_plain(self.router.stats))
+        for f in self.router.stateful:
+            log.info("filter.stats", filter=f.name, **f.stats())
 
     async def _report_loop(self) -> None:
         trim = _malloc_trim()
@@ -350,12 +358,11 @@ class Daemon:
         if drained is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(drained, grace)
-        for journal in self.journals:
-            if journal.started:
-                try:
-                    await journal.close()
-                except Exception as exc:
-                    log.error("journal.close_failed", journal=journal.name, error=repr(exc))
+        for f in self.router.stateful:  # after the drain was accepted: what they keep on disk is closed
+            try:
+                await f.stop()
+            except Exception as exc:  # one filter failing to close must not keep the outputs open
+                log.error("filter.stop_failed", filter=f.name, error=repr(exc))
         for sink in reversed(self._started):
             try:
                 await sink.stop()

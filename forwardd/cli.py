@@ -1,7 +1,8 @@
 """``forwardd`` command line: ``run`` (the default), ``check-config``, ``version``.
 
 Exit codes: 0 success, 1 a runtime failure (a port in use, a worker that died), 2 a configuration or usage
-error, with every problem of the file printed at once.
+error, with every problem of the file printed at once, or a storage directory that another forwardd holds
+(``storage.locked``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from forwardd import __version__
 from forwardd.config import Config, ConfigError, default_config, load_config
 from forwardd.logging import configure_logging
+from forwardd.storage import StorageLock, StorageLocked
 
 __all__ = ["main"]
 
@@ -24,20 +27,90 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
+#: Which options each command reads. An option given to a command that does not read it is refused: a
+#: silent default in its place is how a configuration checked one way gets run another way.
+_USES = {
+    "run": {"config", "log_level", "log_format"},
+    "check-config": {"config"},
+    "version": set(),
+}
+_LOG_FORMATS: dict[str, Literal["auto", "json", "console"]] = {
+    "auto": "auto",
+    "json": "json",
+    "console": "console",
+}
+_FLAGS = {"config": "-c/--config", "log_level": "--log-level", "log_format": "--log-format"}
+
+
+class UsageError(Exception):
+    """A command line that cannot mean one thing (exit code 2)."""
+
+
+def _add_common(q: argparse.ArgumentParser, *, prefix: str) -> None:
+    """The options accepted before and after the command, under separate names (``top_config`` and
+    ``config``), so that neither can silently overwrite the other; :func:`_resolve` merges them. After the
+    command they default to SUPPRESS: absent means absent, not None."""
+    dflt = None if prefix else argparse.SUPPRESS
+    q.add_argument(
+        "-c",
+        "--config",
+        dest=f"{prefix}config",
+        default=dflt,
+        help="YAML configuration file (default: built-in configuration)",
+    )
+    q.add_argument(
+        "--log-level",
+        dest=f"{prefix}log_level",
+        choices=["debug", "info", "warning", "error"],
+        default=dflt,
+        help="override log.level",
+    )
+    q.add_argument(
+        "--log-format",
+        dest=f"{prefix}log_format",
+        choices=["auto", "json", "console"],
+        default=dflt,
+        help="override log.format",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="forwardd", description="A durable Fluentd forward-protocol receiver.")
-    sub = p.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the receiver (the default command)")
-    for q in (p, run):
-        q.add_argument("-c", "--config", help="YAML configuration file (default: built-in configuration)")
-        q.add_argument(
-            "--log-level", choices=["debug", "info", "warning", "error"], help="override log.level"
-        )
-        q.add_argument("--log-format", choices=["auto", "json", "console"], help="override log.format")
+    p = argparse.ArgumentParser(
+        prog="forwardd",
+        description="A durable Fluentd forward-protocol receiver.",
+        epilog="Options may be given before or after the command: `forwardd -c F check-config` and "
+        "`forwardd check-config -c F` (or `forwardd check-config F`) mean the same.",
+    )
+    _add_common(p, prefix="top_")
+    sub = p.add_subparsers(dest="command", metavar="{run,check-config,version}")
+    _add_common(sub.add_parser("run", help="run the receiver (the default command)"), prefix="")
     check = sub.add_parser("check-config", help="validate a configuration and print its routes")
-    check.add_argument("config", nargs="?", help="YAML configuration file (default: built-in)")
-    sub.add_parser("version", help="print the version")
+    _add_common(check, prefix="")
+    check.add_argument("path", nargs="?", default=None, help="YAML configuration file (same as -c)")
+    _add_common(sub.add_parser("version", help="print the version"), prefix="")
     return p
+
+
+def _resolve(argv: Sequence[str] | None) -> tuple[str, dict[str, str | None]]:
+    """The command and its options, merged from before and after the command name; UsageError when two
+    values conflict or an option is given to a command that does not read it."""
+    ns = vars(_parser().parse_args(argv))
+    command: str = ns.get("command") or "run"
+    values: dict[str, str | None] = {}
+    for key, flag in _FLAGS.items():
+        before, after = ns.get(f"top_{key}"), ns.get(key)
+        if before is not None and after is not None and before != after:
+            raise UsageError(f"{flag} given twice with different values: {before!r} and {after!r}")
+        values[key] = after if after is not None else before
+    path = ns.get("path")
+    if path is not None:
+        if values["config"] is not None and values["config"] != path:
+            raise UsageError(f"two configuration files given: {values['config']!r} and {path!r}")
+        values["config"] = path
+    unused = [_FLAGS[k] for k, v in values.items() if v is not None and k not in _USES[command]]
+    if unused:
+        raise UsageError(f"{', '.join(unused)} not used by `forwardd {command}`")
+    return command, values
 
 
 def _load(path: str | None) -> Config:
@@ -98,8 +171,12 @@ def _run_workers(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = args.command or "run"
+    try:
+        command, opts = _resolve(argv)
+    except UsageError as exc:
+        _parser().print_usage(sys.stderr)
+        print(f"forwardd: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if command == "version":
         from forwardd.outputs.formats import NATIVE
         from forwardd.protocol.entries import NATIVE as NATIVE_SCAN
@@ -110,20 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         native = f"native json lines: {yes[NATIVE]}, native entry scan: {yes[NATIVE_SCAN]}"
         print(f"forwardd {__version__} ({native})")
         return EXIT_OK
-    if command == "check-config":
-        try:
-            config = _load(args.config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return EXIT_CONFIG
-        print(config.describe())
-        return EXIT_OK
     try:
-        config = _load(args.config)
+        config = _load(opts["config"])
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    if command == "check-config":
+        print(config.describe())
+        return EXIT_OK
+    configure_logging(
+        opts["log_level"] or config.log.level, _LOG_FORMATS[opts["log_format"] or config.log.format]
+    )
     if config.workers > 1:
         shared = [s.name for s in config.sources if s.unix is not None or s.port == 0]
         if shared:
@@ -134,8 +208,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
-        return _run_workers(config)
-    return _run_worker(config, 0, reuse_port=False)
+    # Before any worker exists: they inherit the lock, which then lasts as long as the last of them.
+    lock = StorageLock(config.storage.path)
+    try:
+        lock.acquire()
+    except StorageLocked as exc:
+        import structlog
+
+        structlog.get_logger("forwardd").error("storage.locked", path=exc.path, pid=exc.pid, error=str(exc))
+        return EXIT_CONFIG
+    except OSError as exc:
+        import structlog
+
+        structlog.get_logger("forwardd").error("storage.unusable", path=lock.path, error=str(exc))
+        return EXIT_FAILURE
+    try:
+        if config.workers > 1:
+            return _run_workers(config)
+        return _run_worker(config, 0, reuse_port=False)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":  # pragma: no cover

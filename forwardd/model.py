@@ -353,13 +353,17 @@ def _decode_one_by_one(
 
 
 def pack_entries(events: Iterable[Event]) -> tuple[bytes, int]:
-    """Encode events as PackedForward entries (EventTime times); returns the bytes and the count."""
+    """Encode events as PackedForward entries (EventTime times); returns the bytes and the count.
+
+    EventTime holds 32-bit seconds: a time past 2106 (which clients may send as integer seconds) is written
+    as integer seconds, as it came, instead of failing the filter that re-encodes it."""
     packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_default)
     pack = packer.pack
     parts: list[bytes] = []
     n = 0
     for ev in events:
-        t = msgpack.ExtType(EVENT_TIME_EXT, _II.pack(*divmod(ev.time_ns, _NS)))
+        sec, nsec = divmod(ev.time_ns, _NS)
+        t: Any = msgpack.ExtType(EVENT_TIME_EXT, _II.pack(sec, nsec)) if 0 <= sec <= 0xFFFFFFFF else sec
         parts.append(pack([t if ev.meta is None else [t, ev.meta], ev.record]))
         n += 1
     return b"".join(parts), n

@@ -1,17 +1,30 @@
-"""The one delivery loop shared by every output: take the oldest chunk, write it, retry it, or dead-letter it.
+"""The one delivery loop shared by every output: take the oldest chunks, hand them to the output, and let
+them leave the queue once every event is delivered or dead-lettered.
 
-Outputs own no retries and no queues (:mod:`forwardd.outputs.base`). This loop does, one chunk at a time:
-a chunk that keeps failing is retried with back-off (:class:`RetryPolicy`), then moved to the dead-letter
-folder alone, so one poison chunk never takes healthy ones with it (Fluentd purges the whole queue when
-retries run out; we do not). Time is injected (``clock``, ``sleep``, ``rand``) so tests run in no wall time.
+Outputs own no retries and no queues (:mod:`forwardd.outputs.base`). This loop does. It takes what is
+committed (held up to :class:`Batching`'s ``max_wait`` to let a batch grow, then merged per tag into one
+chunk each, see :meth:`BufferedSink._batch`) and gives each such :class:`~forwardd.buffer.isolation.Work`
+to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by piece: retries with back-off,
+partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
+The batch's chunks leave the queue only when no piece is left. "Dead-lettered" means: to the ``@ERROR``
+label's routes when the configuration has one, else to ``<storage>/dead-letter/<output>/``
+(:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything while writes succeed: the hot path
+hands the batch to the output and marks its chunks.
+
+The delivery task itself cannot die silently: an exception escaping the loop (a bug here, in a queue, in a
+log processor) is logged as ``delivery.loop_crashed`` with its traceback, counted (``loop_crashes``), and the
+loop starts again after a short back-off with the batch it was delivering, whose chunks it still holds
+(a disk queue does not hand a taken chunk out twice in one process, so the loop keeps them; after a
+process restart they are delivered again from the ledger). A batch that crashes the loop
+``CRASHES_PER_BATCH`` times is parked in the dead-letter folder so the rest of the queue moves.
+
+Time is injected (``clock``, ``sleep``, ``rand``) so tests run in no wall time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 import random
 import sys
 import time
@@ -19,22 +32,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
 import structlog
 
 from forwardd.buffer.base import ChunkQueue, Taken
+from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
+from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
-from forwardd.buffer.segment import decode_record, encode_prefix, fsync_dir
-from forwardd.errors import PermanentError, RetryableError
 from forwardd.model import Chunk
-from forwardd.outputs.base import Output
+from forwardd.outputs.base import Output, StatValue
 from forwardd.sink import Ingest
 
+# read_dead_letter, write_dead_letter: still importable from here, where they were (the router imports one).
 __all__ = ["Batching", "BufferedSink", "SinkStats", "read_dead_letter", "write_dead_letter"]
 
 log = structlog.get_logger("forwardd.delivery")
-
-_seq = itertools.count()
 
 #: How many recent deliveries the latency percentiles are computed over.
 LATENCY_WINDOW = 1024
@@ -42,6 +53,11 @@ LATENCY_WINDOW = 1024
 #: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
 BATCH_MAX_CHUNKS = 4096
 BATCH_MAX_BYTES = 4 * 1024 * 1024
+
+#: The restart back-off of a crashed delivery loop, and the crashes one batch may cause before it is parked.
+CRASH_DELAY = 0.1
+CRASH_DELAY_MAX = 5.0
+CRASHES_PER_BATCH = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +91,23 @@ class SinkStats:
     delivered_events: int = 0
     delivered_bytes: int = 0
     retries: int = 0
+    #: Dead-letter files written, and the events in them.
     dead_lettered: int = 0
+    dead_lettered_events: int = 0
     to_error_label: int = 0
     dropped: int = 0
+    #: Writes that raised something no output should (not a DeliveryError): bugs, or data nobody checked.
+    unexpected_errors: int = 0
+    #: Batches whose failing events were isolated by splitting them.
+    isolations: int = 0
+    #: Crashes of the delivery loop itself (each logged as delivery.loop_crashed, then restarted).
+    loop_crashes: int = 0
     last_error: str | None = None
     #: Receive-to-delivery latency of the last deliveries (up to LATENCY_WINDOW chunks), in ms.
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, StatValue]:
         return {f: getattr(self, f) for f in self.__slots__}
 
 
@@ -121,26 +145,39 @@ class BufferedSink:
         self.dead_letter_dir = dead_letter_dir
         self.stop_timeout = stop_timeout
         self.drain_timeout = drain_timeout
-        self._backing_off = False
-        self._progress = asyncio.Event()
         self._clock = clock
         self._sleep = sleep
-        self._rand = rand
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._delivered_events = 0
+        self._dead = DeadLetters(name, dead_letter_dir, max_delay=self.retry_policy.max, sleep=sleep)
+        #: Writes one batch at a time and owns the flags stop and drain watch (idle, backing_off, progress).
+        self._deliverer = Deliverer(
+            name, output, self.retry_policy, self._dead, clock=clock, sleep=sleep, rand=rand
+        )
         self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
-        self._delivered_bytes = 0
-        self._retries = 0
-        self._dead_lettered = 0
-        self._dropped = 0
-        self._last_error: str | None = None
-        #: Where chunks this output rejects for good go before the dead-letter folder: the router's entry
-        #: for the @ERROR label, set by the daemon when the configuration has one (see _dead_letter).
-        self.error_route: Ingest | None = None
-        self._to_error_label = 0
+        self._crashes = 0
+        #: What the loop has taken and not finished, kept here so that a restart after a crash goes on
+        #: with it: chunks taken for the next batch, and the batch's per-tag works still to deliver.
+        self._gathered: list[Taken] = []
+        self._works: deque[Work] = deque()
+
+    @property
+    def error_route(self) -> Ingest | None:
+        """Where chunks this output rejects for good go before the dead-letter folder: the router's entry
+        for the @ERROR label, set by the daemon when the configuration has one."""
+        return self._dead.error_route
+
+    @error_route.setter
+    def error_route(self, route: Ingest | None) -> None:
+        self._dead.error_route = route
+
+    @property
+    def _last_error(self) -> str | None:
+        """The text of the last failed write (the report's ``last_error``)."""
+        return self._deliverer.last_error
+
+    @_last_error.setter
+    def _last_error(self, text: str | None) -> None:
+        self._deliverer.last_error = text
 
     def submit(self, chunk: Chunk) -> Awaitable[None] | None:
         return self.queue.submit(chunk)
@@ -148,7 +185,7 @@ class BufferedSink:
     async def start(self) -> None:
         await self.queue.start()
         await self.output.start()
-        self._task = asyncio.create_task(self._run(), name=f"delivery:{self.name}")
+        self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
 
     async def _drain(self) -> None:
         """Deliver what is queued before stopping, while the output keeps succeeding."""
@@ -159,24 +196,26 @@ class BufferedSink:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout
-        while (q.queued_chunks or q.pending_chunks) and not self._backing_off:
-            self._progress.clear()
+        deliverer = self._deliverer
+        while (q.queued_chunks or q.pending_chunks) and not deliverer.backing_off:
+            deliverer.progress.clear()
             try:
-                await asyncio.wait_for(self._progress.wait(), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(deliverer.progress.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 log.warning("delivery.drain_timeout", output=self.name, queued_chunks=q.queued_chunks)
                 return
 
     async def stop(self) -> None:
-        if self._stopping:
+        deliverer = self._deliverer
+        if deliverer.stopping:
             return
         await self._drain()
-        self._stopping = True
+        deliverer.stopping = True
         task = self._task
         if task is not None:
-            if not self._idle.is_set():
+            if not deliverer.idle.is_set():
                 try:
-                    await asyncio.wait_for(self._idle.wait(), self.stop_timeout)
+                    await asyncio.wait_for(deliverer.idle.wait(), self.stop_timeout)
                 except TimeoutError:
                     log.warning("delivery.stop_timeout", output=self.name, timeout=self.stop_timeout)
             task.cancel()
@@ -190,6 +229,8 @@ class BufferedSink:
     @property
     def stats(self) -> SinkStats:
         q = self.queue
+        d = self._deliverer
+        dead = self._dead
         lat = sorted(self._latencies)
         p50 = round(lat[len(lat) // 2] / 1e6, 2) if lat else None
         p99 = round(lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6, 2) if lat else None
@@ -198,42 +239,110 @@ class BufferedSink:
             latency_p99_ms=p99,
             queued_chunks=q.queued_chunks,
             queued_bytes=q.queued_bytes,
-            delivered_events=self._delivered_events,
-            delivered_bytes=self._delivered_bytes,
-            retries=self._retries,
-            dead_lettered=self._dead_lettered,
-            to_error_label=self._to_error_label,
-            dropped=self._dropped + q.dropped_events,
-            last_error=self._last_error,
+            delivered_events=d.delivered_events,
+            delivered_bytes=d.delivered_bytes,
+            retries=d.retries,
+            dead_lettered=dead.files,
+            dead_lettered_events=dead.events,
+            to_error_label=dead.to_error_label,
+            dropped=dead.dropped + q.dropped_events,
+            unexpected_errors=d.unexpected,
+            isolations=d.isolations,
+            loop_crashes=self._crashes,
+            last_error=d.last_error,
         )
 
-    async def _run(self) -> None:
-        batching = self.batching
-        while not self._stopping:
-            first = await self.queue.get()
-            takens = [first]
-            size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
-            if batching.max_wait > 0:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + batching.max_wait
-                enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
-                while (
-                    size < enough
-                    and events < batching.max_events
-                    and len(takens) < BATCH_MAX_CHUNKS
-                    and not self._hurry.is_set()
-                ):
-                    t = await self._next_within(deadline - loop.time())
-                    if t is None:
-                        break
-                    takens.append(t)
-                    size, events = self._take_ready(
-                        takens, size + len(t.chunk.entries), events + t.chunk.count
+    # --- the loop and its supervisor ------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Run the loop; if it crashes, say so, count it, and run it again (see the module doc)."""
+        delay = CRASH_DELAY
+        last_crash = -1e18
+        while True:
+            try:
+                await self._run()
+                return
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # an output may raise anything; the loop must outlive it
+                self._deliverer.idle.set()
+                self._crashes += 1
+                now = self._clock()
+                if now - last_crash > 60.0:
+                    delay = CRASH_DELAY
+                last_crash = now
+                work = self._works[0] if self._works else None
+                with contextlib.suppress(Exception):
+                    log.error(
+                        "delivery.loop_crashed",
+                        output=self.name,
+                        error=describe(exc),
+                        crashes=self._crashes,
+                        tag=work.chunk.tag if work is not None else None,
+                        restart_in=delay,
+                        exc_info=exc,
                     )
-            for group, chunk in self._batch(takens):
-                if self._stopping:
-                    break  # the rest stays queued and is delivered after the restart
-                await self._deliver(group, chunk)
+                if self._deliverer.stopping:
+                    return
+                if work is not None:
+                    work.crashes += 1
+                    if work.crashes >= CRASHES_PER_BATCH:
+                        try:
+                            await self._park(work, exc)
+                            delay = CRASH_DELAY
+                            continue  # the culprit is out of the way: go on at once
+                        except Exception as park_exc:
+                            with contextlib.suppress(Exception):
+                                log.error("delivery.park_failed", output=self.name, error=describe(park_exc))
+                await self._sleep(delay)
+                delay = min(delay * 2, CRASH_DELAY_MAX)
+
+    async def _run(self) -> None:
+        deliverer = self._deliverer
+        while not deliverer.stopping:
+            if not self._works:
+                if not self._gathered:
+                    await self._gather()
+                self._works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
+                self._gathered = []
+            works = self._works
+            while works:
+                if deliverer.stopping:
+                    return  # the rest stays queued and is delivered after the restart
+                work = works[0]
+                await deliverer.deliver(work)
+                if work.pieces:
+                    return  # stopping in the middle of it
+                for taken in work.takens:
+                    self.queue.mark_delivered(taken)
+                self._latencies.append(time.time_ns() - work.chunk.received_ns)
+                deliverer.backing_off = False
+                deliverer.progress.set()
+                works.popleft()
+
+    async def _gather(self) -> None:
+        """Take the next batch into ``self._gathered``: what is committed now, or held to grow for up to
+        ``Batching.max_wait``."""
+        batching = self.batching
+        takens = self._gathered
+        first = await self.queue.get()
+        takens.append(first)
+        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
+        if batching.max_wait > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + batching.max_wait
+            enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
+            while (
+                size < enough
+                and events < batching.max_events
+                and len(takens) < BATCH_MAX_CHUNKS
+                and not self._hurry.is_set()
+            ):
+                t = await self._next_within(deadline - loop.time())
+                if t is None:
+                    break
+                takens.append(t)
+                size, events = self._take_ready(takens, size + len(t.chunk.entries), events + t.chunk.count)
 
     async def _next_within(self, timeout: float) -> Taken | None:
         """The next committed chunk if one comes within ``timeout`` and before a stop, else None."""
@@ -283,162 +392,18 @@ class BufferedSink:
             groups.setdefault(t.chunk.tag, []).append(t)
         return [(ts, _merge(ts)) for ts in groups.values()]
 
-    async def _deliver(self, takens: list[Taken], chunk: Chunk) -> None:
-        policy = self.retry_policy
-        first = self._clock()
-        attempts = 0
-        while True:
-            attempts += 1
-            retry_after: float | None = None
-            self._idle.clear()
-            try:
-                await self.output.write(chunk)
-            except RetryableError as exc:
-                err: Exception = exc
-                retry_after = exc.retry_after
-            except PermanentError as exc:
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                await self._dead_letter(takens, chunk, "permanent_error", exc, attempts)
-                return
-            except Exception as exc:
-                # The contract says outputs raise only the two above; anything else is a bug in an output.
-                # Retrying it keeps the chunk (a transient bug loses nothing); max_attempts still applies.
-                log.error("delivery.unexpected_error", output=self.name, tag=chunk.tag, exc_info=True)
-                err = exc
-            else:
-                for taken in takens:
-                    self.queue.mark_delivered(taken)
-                self._latencies.append(time.time_ns() - chunk.received_ns)
-                self._delivered_events += chunk.count
-                self._delivered_bytes += len(chunk.entries)
-                self._backing_off = False
-                self._progress.set()
-                return
-            finally:
-                self._idle.set()
-            self._last_error = f"{type(err).__name__}: {err}"
-            if self._stopping:
-                return
-            if policy.exhausted(attempts, self._clock() - first):
-                await self._dead_letter(takens, chunk, "retries_exhausted", err, attempts)
-                return
-            delay = policy.delay(attempts, retry_after, self._rand)
-            self._retries += 1
-            log.warning(
-                "delivery.retry",
-                output=self.name,
-                tag=chunk.tag,
-                count=chunk.count,
-                attempt=attempts,
-                delay=round(delay, 3),
-                retry_after=retry_after,
-                error=str(err),
-            )
-            self._backing_off = True
-            self._progress.set()
-            try:
-                await self._sleep(delay)
-            finally:
-                self._backing_off = False
-
-    async def _to_error_route(self, chunk: Chunk, meta: dict[str, object]) -> bool:
-        """Hand ``chunk`` to the @ERROR label's routes; True once they have committed it (only then may it
-        leave this queue), False if they refused it (the dead-letter folder takes it then)."""
-        assert self.error_route is not None
-        try:
-            accepted = self.error_route(chunk)
-            if accepted is not None:
-                await accepted
-        except Exception as exc:  # a refusal of any kind: the dead-letter folder is the fallback
-            log.error("delivery.error_label_failed", output=self.name, tag=chunk.tag, error=repr(exc))
-            return False
-        self._to_error_label += chunk.count
-        log.warning("delivery.to_error_label", output=self.name, tag=chunk.tag, count=chunk.count, **meta)
-        return True
-
-    async def _dead_letter(
-        self, takens: list[Taken], chunk: Chunk, reason: str, err: Exception, attempts: int
-    ) -> None:
-        """Park ``chunk`` (made of ``takens``) in the dead-letter folder, then forget them; retried until the
-        write works.
-
-        When the output delivered part of the chunk (``err.rejected``), only the rejected events are parked.
-        """
-        rejected = getattr(err, "rejected", None)
-        if isinstance(rejected, Chunk):
-            self._delivered_events += max(chunk.count - rejected.count, 0)
-            chunk = rejected
-        meta = {"reason": reason, "error": f"{type(err).__name__}: {err}", "attempts": attempts}
-        if self.error_route is not None and await self._to_error_route(chunk, meta):
-            for taken in takens:
-                self.queue.mark_delivered(taken)
-            self._progress.set()
-            return
-        if self.dead_letter_dir is None:
-            log.error("delivery.dropped", output=self.name, tag=chunk.tag, count=chunk.count, **meta)
-            self._dropped += chunk.count
-            for taken in takens:
-                self.queue.mark_delivered(taken)
-            self._progress.set()
-            return
-        delay = min(1.0, self.retry_policy.max)
-        failing = False
-        while True:
-            try:
-                path = await asyncio.to_thread(
-                    write_dead_letter, self.dead_letter_dir, self.name, chunk, meta
-                )
-                break
-            except OSError as exc:
-                if not failing:
-                    failing = True
-                    log.error("delivery.dead_letter_failed", output=self.name, error=str(exc))
-                await self._sleep(delay)
-                delay = min(delay * 2, self.retry_policy.max)
-        log.warning(
-            "delivery.dead_letter", output=self.name, tag=chunk.tag, count=chunk.count, path=path, **meta
-        )
-        self._dead_lettered += 1
-        for taken in takens:
+    async def _park(self, work: Work, exc: BaseException) -> None:
+        """The batch crashed the loop again and again: its pieces go to the dead-letter folder as they are
+        (no @ERROR route, no isolation: either may be what crashes), so the rest of the queue moves."""
+        meta: dict[str, object] = {"reason": "loop_crashed", "error": describe(exc), "attempts": work.crashes}
+        for piece in list(work.pieces):
+            await self._dead.park(piece.chunk, meta)
+            work.pieces.popleft()
+        for taken in work.takens:
             self.queue.mark_delivered(taken)
-        self._progress.set()
-
-
-def write_dead_letter(directory: str, output: str, chunk: Chunk, meta: dict[str, object]) -> str:
-    """Write ``chunk`` (one framed record, as in a segment) and a ``.json`` sidecar; the chunk's path."""
-    os.makedirs(directory, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in output)
-    base = os.path.join(directory, f"{time.time_ns()}-{os.getpid()}-{next(_seq)}-{safe}")
-    sidecar = {
-        **meta,
-        "output": output,
-        "tag": chunk.tag,
-        "count": chunk.count,
-        "bytes": len(chunk.entries),
-        "received_ns": chunk.received_ns,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    for path, parts in (
-        (base + ".chunk", (encode_prefix(chunk), chunk.entries)),
-        (base + ".json", (orjson.dumps(sidecar, option=orjson.OPT_INDENT_2),)),
-    ):
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            if os.writev(fd, parts) != sum(len(p) for p in parts):
-                raise OSError(28, "short write (disk full?)", path)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(path + ".tmp", path)
-    fsync_dir(directory)
-    return base + ".chunk"
-
-
-def read_dead_letter(path: str) -> Chunk:
-    """The chunk of a dead-letter ``.chunk`` file (to inspect or replay it)."""
-    with open(path, "rb") as f:
-        chunk, _ = decode_record(f.read())
-    return chunk
+        self._works.popleft()
+        self._deliverer.progress.set()
+        log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
 
 
 def _merge(takens: list[Taken]) -> Chunk:

@@ -15,6 +15,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from forwardd.model import Chunk
@@ -22,8 +23,10 @@ from forwardd.model import Chunk
 __all__ = [
     "FRAME_OVERHEAD",
     "MAGIC",
+    "SCAN_WINDOW",
     "ScanResult",
     "Segment",
+    "SegmentScanner",
     "atomic_write",
     "decode_record",
     "encode_prefix",
@@ -90,22 +93,141 @@ def record_header(buf: bytes | memoryview, offset: int) -> tuple[int, int] | Non
     return _FRAME.size + blen, count
 
 
-def _valid_at(buf: bytes, offset: int) -> int:
-    """Length of a valid record at ``offset``, or 0."""
-    size = len(buf)
-    if size - offset < FRAME_OVERHEAD:
-        return 0
-    magic, blen, crc = _FRAME.unpack_from(buf, offset)
-    end: int = offset + _FRAME.size + blen
-    if magic != MAGIC or blen < _BODY.size or end > size:
-        return 0
-    tag_len = _BODY.unpack_from(buf, offset + _FRAME.size)[0]
-    if _BODY.size + tag_len > blen:
-        return 0
-    with memoryview(buf) as mv:
-        if zlib.crc32(mv[offset + _FRAME.size : end]) != crc:
+#: Bytes a scan reads at a time (more only for a record that is bigger): recovery's memory, whatever the
+#: size of the segment or of the backlog.
+SCAN_WINDOW = 1024 * 1024
+
+
+class SegmentScanner:
+    """Verifies the records of a segment, reading it a window at a time, resynchronising on the magic.
+
+    ``read(offset, n)`` returns up to ``n`` bytes of the segment at ``offset`` (a ``pread``); at most one
+    window (or one record, if bigger) is held at once. :meth:`records` yields the valid records; once it is
+    exhausted, ``bad_at`` is the offset of the first invalid byte (None: the whole file is valid) and
+    ``torn`` says that no valid record follows it (a write cut short by a crash, safe to truncate); otherwise
+    ``lost_bytes`` / ``lost_records`` estimate what the damage cost.
+    """
+
+    def __init__(self, read: Callable[[int, int], bytes], size: int, window: int = SCAN_WINDOW) -> None:
+        self._read = read
+        self.size = size
+        self.window = window
+        self._buf = b""
+        self._base = 0
+        self.bad_at: int | None = None
+        self.torn = True
+        self.lost_bytes = 0
+        self.lost_records = 0
+
+    def _load(self, offset: int, n: int) -> bool:
+        """Make the window cover ``[offset, offset + n)``; False if the file is shorter."""
+        base = self._base
+        if base <= offset and offset + n <= base + len(self._buf):
+            return True
+        want = min(max(n, self.window), self.size - offset)
+        if want < n:
+            return False
+        self._buf = self._read(offset, want)
+        self._base = offset
+        return len(self._buf) >= n
+
+    def _valid_at(self, offset: int) -> int:
+        """Length of a valid record at ``offset``, or 0."""
+        if not self._load(offset, FRAME_OVERHEAD):
             return 0
-    return end - offset
+        buf, rel = self._buf, offset - self._base
+        magic, blen, crc = _FRAME.unpack_from(buf, rel)
+        end: int = offset + _FRAME.size + blen
+        if magic != MAGIC or blen < _BODY.size or end > self.size:
+            return 0
+        tag_len = _BODY.unpack_from(buf, rel + _FRAME.size)[0]
+        if _BODY.size + tag_len > blen:
+            return 0
+        body = offset + _FRAME.size
+        if end - offset > self.window:
+            # Bigger than a window (or a corrupt length that claims so): checked piece by piece, so that
+            # a damaged length field cannot make the scan load the rest of the segment at once.
+            value = 0
+            for at in range(body, end, self.window):
+                piece = self._read(at, min(self.window, end - at))
+                if not piece:
+                    return 0
+                value = zlib.crc32(piece, value)
+            return end - offset if value == crc else 0
+        if not self._load(offset, end - offset):
+            return 0
+        rel = body - self._base
+        with memoryview(self._buf) as mv:
+            if zlib.crc32(mv[rel : rel + blen]) != crc:
+                return 0
+        return end - offset
+
+    def _find(self, offset: int) -> int:
+        """Offset of the next magic at or after ``offset``, or -1."""
+        overlap = len(MAGIC) - 1
+        while offset < self.size:
+            self._load(offset, min(len(MAGIC), self.size - offset))
+            rel = self._buf.find(MAGIC, offset - self._base)
+            if rel != -1:
+                return self._base + rel
+            end = self._base + len(self._buf)
+            if end >= self.size:
+                return -1
+            offset = max(end - overlap, offset + 1)
+        return -1
+
+    def _count(self, start: int, end: int) -> int:
+        """Magics in ``[start, end)``: about how many records a damaged stretch held."""
+        n = 0
+        off = start
+        while (off := self._find(off)) != -1 and off < end:
+            n += 1
+            off += 1
+        return n
+
+    def records(self) -> Iterator[tuple[int, int, int]]:
+        """(start, end, event count) of every valid record, in order."""
+        off = 0
+        size = self.size
+        while off < size:
+            n = self._valid_at(off)
+            if n:
+                count = _BODY.unpack_from(self._buf, off - self._base + _FRAME.size)[1]
+                yield off, off + n, count
+                off += n
+                continue
+            # Damage: look for the next offset where a whole valid record starts.
+            if self.bad_at is None:
+                self.bad_at = off
+            nxt = self._find(off + 1)
+            while nxt != -1 and not self._valid_at(nxt):
+                nxt = self._find(nxt + 1)
+            if nxt == -1:
+                self.lost_bytes += size - off
+                return
+            self.torn = False
+            self.lost_bytes += nxt - off
+            # Each record starts with the magic; the damaged one may have lost its own.
+            self.lost_records += max(1, self._count(off, nxt))
+            off = nxt
+
+    def record_bytes(self, start: int, end: int) -> bytes:
+        """The bytes of a record :meth:`records` yielded."""
+        rel = start - self._base
+        if rel >= 0 and end - self._base <= len(self._buf):
+            return self._buf[rel : rel + end - start]
+        return self._read(start, end - start)
+
+    def content_end(self, start: int) -> int:
+        """Offset just past the last byte that is not zero, at or after ``start`` (``start`` if none)."""
+        end = self.size
+        while end > start:
+            off = max(start, end - self.window)
+            data = self._read(off, end - off).rstrip(b"\0")
+            if data:
+                return off + len(data)
+            end = off
+        return start
 
 
 @dataclass(slots=True)
@@ -126,33 +248,10 @@ class ScanResult:
 
 
 def scan(buf: bytes) -> ScanResult:
-    """Verify every record of a segment's bytes, resynchronising on the magic after damage."""
-    res = ScanResult(size=len(buf))
-    spans = res.spans
-    off = 0
-    size = len(buf)
-    while off < size:
-        n = _valid_at(buf, off)
-        if n:
-            count = _BODY.unpack_from(buf, off + _FRAME.size)[1]
-            spans.append((off, off + n, count))
-            off += n
-            continue
-        # Damage: look for the next offset where a whole valid record starts.
-        if res.bad_at is None:
-            res.bad_at = off
-        nxt = buf.find(MAGIC, off + 1)
-        while nxt != -1 and not _valid_at(buf, nxt):
-            nxt = buf.find(MAGIC, nxt + 1)
-        if nxt == -1:
-            res.lost_bytes += size - off
-            break
-        res.torn = False
-        res.lost_bytes += nxt - off
-        # Each record starts with the magic; the damaged one may have lost its own.
-        res.lost_records += max(1, buf.count(MAGIC, off, nxt))
-        off = nxt
-    return res
+    """Verify every record of a segment's bytes (all in memory: for tests and small files)."""
+    sc = SegmentScanner(lambda off, n: buf[off : off + n], len(buf))
+    spans = list(sc.records())
+    return ScanResult(len(buf), spans, sc.bad_at, sc.torn, sc.lost_bytes, sc.lost_records)
 
 
 @dataclass(slots=True, eq=False)

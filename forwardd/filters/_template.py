@@ -73,10 +73,16 @@ _time_cache: list[Any] = [None, ""]
 
 
 def format_time(ns: int) -> str:
-    """ISO 8601 UTC with nanoseconds; the second's text is cached because events of a chunk share it."""
+    """ISO 8601 UTC with nanoseconds; the second's text is cached because events of a chunk share it.
+
+    A time gmtime cannot write (a client's integer seconds far past year 9999) is written as its seconds,
+    so that one odd client time costs nothing but its own text."""
     s, frac = divmod(ns, 1_000_000_000)
     if _time_cache[0] != s:
-        _time_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        try:
+            _time_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+        except (OverflowError, OSError, ValueError):
+            return f"{s}.{frac:09d}"
         _time_cache[0] = s
     return f"{_time_cache[1]}.{frac:09d}Z"
 

@@ -23,26 +23,26 @@ Timed-out and evicted lines of other tags are handed out by :meth:`DockerPartial
 
 Acks: the pieces held here have already been acked to docker. Docker waits for each ack before it sends
 the next piece, so holding an ack until the line completes would deadlock the driver. So that an acked
-piece survives a crash, the daemon gives the filter a :class:`~forwardd.filters.journal.PieceJournal`
-(``journal: true``, the default): every chunk of pieces is committed to it before its ack, a journal entry
-is released once all the lines it holds pieces of were emitted and accepted by the sinks, and on start
-the pieces still in it are held again, so a line cut by a restart completes when docker sends the rest.
-At shutdown the open lines then stay in the journal instead of being flushed as fragments. Without a
-journal (``journal: false``, or the filter used on its own) held pieces live only in memory.
+piece survives a crash, the daemon gives the filter a :class:`~forwardd.filters.base.Journal`
+(``journal: true``, the default; a disk queue under ``<storage>/journal/``): once :meth:`DockerPartial.start`
+has recovered it, every chunk of pieces is committed to it before its ack, a journal entry is released once
+all the lines it holds pieces of were emitted and accepted by the sinks, and on start the pieces still in
+it are held again, so a line cut by a restart completes when docker sends the rest. At shutdown the open
+lines then stay in the journal instead of being flushed as fragments. Without a journal (``journal:
+false``, or the filter used on its own) held pieces live only in memory.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
-from forwardd.filters.journal import JournalEntry, PieceJournal
+from forwardd.filters.base import Held, Journal, Released
 from forwardd.model import Chunk, Event
-from forwardd.router.router import Held
 
 __all__ = ["DockerPartial"]
 
@@ -86,7 +86,7 @@ class _Line:
         self.last: int | None = None
         self.next_ord = 1  # old format: ordinals are given in arrival order
         self.segmented = False
-        self.entries: list[JournalEntry] = []  # journal entries holding pieces of this line
+        self.entries: list[int] = []  # journal entries holding pieces of this line
 
     def complete(self) -> bool:
         last = self.last
@@ -101,7 +101,7 @@ def _nbytes(s: str) -> int:
 
 
 class DockerPartial:
-    """Reassemble docker's partial messages; stateful (see :meth:`expire`, :meth:`drain`)."""
+    """Reassemble docker's partial messages; a :class:`~forwardd.filters.base.StatefulFilter`."""
 
     def __init__(
         self,
@@ -111,6 +111,7 @@ class DockerPartial:
         max_size: int = 1 << 20,
         max_pending: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        journal: Journal | None = None,
     ) -> None:
         if type(flush_timeout) not in (int, float) or not flush_timeout > 0:
             raise ValueError(f"docker_partial flush_timeout must be > 0 seconds, got {flush_timeout!r}")
@@ -127,12 +128,14 @@ class DockerPartial:
         self._legacy_tags: dict[str, int] = {}  # tags with open old-format lines: their plain records matter
         self._ready: list[tuple[str, Event]] = []  # evicted lines of other tags, for the next expire()
         self._ready_lines: list[_Line] = []  # their lines, released from the journal once that is accepted
-        #: Set (and started) by the daemon: pieces held here are then committed to it before their ack.
-        self.journal: PieceJournal | None = None
+        #: Where pieces are committed before their ack, once :meth:`start` has recovered it.
+        self.journal = journal
+        self._journaling = False  # between start() and stop()
+        self._entry_lines: dict[int, int] = {}  # journal entry -> its lines not yet released
         self._closed: list[_Line] = []  # lines emitted by the call in progress (journal bookkeeping)
         self._touched: dict[_Key, _Line] = {}  # lines that took a piece in the call in progress
         self._absorbed: list[Event] = []  # the pieces taken in the call in progress
-        self._replaying: JournalEntry | None = None
+        self._replaying = False
         #: Pieces received twice and dropped.
         self.duplicates = 0
         #: Events emitted as fragments (timeout, eviction, size cap, drain).
@@ -150,7 +153,7 @@ class DockerPartial:
             return chunk
         self._closed, self._touched, self._absorbed = [], {}, []  # this call's journal bookkeeping
         journal = self.journal
-        if journal is None or not journal.started:
+        if journal is None or not self._journaling:
             return self._process(chunk)
         result = self._process(chunk)
         closed, touched, absorbed = self._closed, self._touched, self._absorbed
@@ -158,9 +161,7 @@ class DockerPartial:
         commit = None
         if absorbed:
             entry, commit = journal.append(Chunk.from_events(tag, absorbed, chunk.received_ns))
-            for line in touched.values():
-                line.entries.append(entry)
-                entry.open_lines += 1
+            self._hold_entry(entry, touched.values())
         if not closed and commit is None:
             return result
         return Held(result, commit, (lambda: self._release(closed)) if closed else None)
@@ -170,28 +171,41 @@ class DockerPartial:
         journal = self.journal
         if journal is None:
             return
+        counts = self._entry_lines
         for line in lines:
             for entry in line.entries:
-                entry.open_lines -= 1
-                if entry.open_lines <= 0:
+                left = counts.pop(entry, 0) - 1
+                if left > 0:
+                    counts[entry] = left
+                else:
                     journal.release(entry)
             line.entries = []
 
-    async def start_journal(self) -> None:
-        """Recover the journal and hold again the pieces it kept (what a crash or a stop left open)."""
+    def _hold_entry(self, entry: int, lines: Iterable[_Line]) -> None:
+        """``entry`` holds pieces of ``lines``: it stays in the journal until all of them are released."""
+        n = 0
+        for line in lines:
+            line.entries.append(entry)
+            n += 1
+        if n:
+            self._entry_lines[entry] = self._entry_lines.get(entry, 0) + n
+
+    async def start(self) -> None:
+        """Recover the journal and hold again the pieces it kept (what a crash or a stop left open);
+        from now on held pieces are committed to it before their ack."""
         journal = self.journal
-        if journal is None:
+        if journal is None or self._journaling:
             return
-        for chunk, entry in await journal.start():
-            self._replaying = entry
+        recovered = await journal.start()
+        self._journaling = True
+        for entry, chunk in recovered:
+            self._replaying = True
             self._closed, self._touched, self._absorbed = [], {}, []
             try:
                 result = self._process(chunk)
             finally:
-                self._replaying = None
-            for line in self._touched.values():
-                line.entries.append(entry)
-                entry.open_lines += 1
+                self._replaying = False
+            self._hold_entry(entry, self._touched.values())
             if result is not None:  # lines the replay completed: emitted at the next expire()
                 self._ready.extend((result.tag, ev) for ev in result.events())
             self._ready_lines.extend(self._closed)
@@ -200,6 +214,25 @@ class DockerPartial:
             self._closed, self._touched, self._absorbed = [], {}, []
         if self._open:
             log.info("docker_partial.recovered", filter=self.name, open_lines=len(self._open))
+
+    async def stop(self) -> None:
+        """Close the journal (after :meth:`drain`'s lines were accepted); open lines stay in it."""
+        journal = self.journal
+        if journal is None or not self._journaling:
+            return
+        self._journaling = False
+        await journal.close()
+
+    def stats(self) -> dict[str, object]:
+        """Open lines, dropped duplicates, fragments emitted, and what the journal keeps for a restart."""
+        journal = self.journal
+        return {
+            "open_lines": len(self._open),
+            "duplicates": self.duplicates,
+            "incomplete": self.incomplete,
+            "journal": journal.name if journal is not None else None,
+            "journaled_chunks": journal.held if journal is not None else 0,
+        }
 
     def _process(self, chunk: Chunk) -> Chunk | None:
         tag = chunk.tag
@@ -248,7 +281,7 @@ class DockerPartial:
             return chunk
         return chunk.replace_events(out) if out else None
 
-    def expire(self, now: float) -> list[Chunk] | Held:
+    def expire(self, now: float) -> Released:
         """Emit lines held for ``flush_timeout`` or longer, and lines evicted since the last call."""
         emitted, self._ready = self._ready, []
         self._closed, ready_lines, self._ready_lines = [], self._ready_lines, []
@@ -260,17 +293,17 @@ class DockerPartial:
             self._close(key, None, None, emitted)
         return self._emit(emitted, ready_lines)
 
-    def drain(self) -> list[Chunk] | Held:
+    def drain(self) -> Released:
         """At shutdown: give back everything held, as fragments. With a journal, open lines stay in it
         instead, to be completed after the restart; only lines already emitted are handed on."""
         emitted, self._ready = self._ready, []
         self._closed, ready_lines, self._ready_lines = [], self._ready_lines, []
-        if self.journal is None or not self.journal.started:
+        if not self._journaling:
             while self._open:
                 self._close(next(iter(self._open)), None, None, emitted)
         return self._emit(emitted, ready_lines)
 
-    def _emit(self, emitted: list[tuple[str, Event]], ready_lines: list[_Line]) -> list[Chunk] | Held:
+    def _emit(self, emitted: list[tuple[str, Event]], ready_lines: list[_Line]) -> Released:
         chunks = _chunks(emitted)
         lines = ready_lines + self._closed
         self._closed = []
@@ -326,7 +359,7 @@ class DockerPartial:
             return
         if ev.record.get("partial_message") == "true":  # a piece (not an old-format line's last record)
             self._touched[line.key] = line
-            if self._replaying is None:
+            if not self._replaying:
                 self._absorbed.append(ev)
         line.next_ord = ordinal + 1
         if line.head is None or ordinal < line.head_ord:

@@ -5,15 +5,31 @@ returns (the whole chunk is delivered), or raises :class:`~forwardd.errors.Retry
 of it may have been delivered; the same chunk will be written again later, so outputs are at-least-once) or
 :class:`~forwardd.errors.PermanentError` (the chunk goes to the dead-letter folder). Outputs own no retry
 loops and no queues: the buffer does.
+
+An output that keeps counters of its own (requests, retries by status, broker errors) exposes them as
+:attr:`Output.stats`, an object with ``as_dict()`` of plain values, so that a report or a metrics endpoint
+reads every output the same way.
 """
 
 from __future__ import annotations
 
 import abc
+from typing import Protocol
 
 from forwardd.model import Chunk
 
-__all__ = ["Output"]
+__all__ = ["Output", "OutputStats", "StatValue"]
+
+#: What a counter exports as: numbers, a text (the last error), or None (not known yet).
+StatValue = int | float | str | None
+
+
+class OutputStats(Protocol):
+    """Counters of one component, exported in one flat shape."""
+
+    def as_dict(self) -> dict[str, StatValue]:
+        """Every counter by name: plain values only, no nesting, a fresh dict each call."""
+        ...
 
 
 class Output(abc.ABC):
@@ -31,3 +47,8 @@ class Output(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Flush and close; called once after the last write."""
+
+    @property
+    def stats(self) -> OutputStats | None:
+        """A snapshot of the output's own counters; None for an output that keeps none."""
+        return None

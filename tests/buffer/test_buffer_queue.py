@@ -276,14 +276,14 @@ class DiskFull:
             finally:
                 os.close(fd)
         else:
-            real = store._pwritev
+            real = store.writer._pwritev
 
             def pwritev(fd: int, bufs: list[bytes], pos: int) -> int:
                 if self.failing:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 return real(fd, bufs, pos)
 
-            store._pwritev = pwritev  # type: ignore[method-assign]
+            store.writer._pwritev = pwritev  # type: ignore[method-assign]
             self.failing = True
 
     def free(self) -> None:
@@ -422,4 +422,27 @@ async def test_records_behind_drop_oldest_are_not_served_from_memory(tmp_path: P
         q.mark_delivered(t)
     assert got == [3, 4, 5]
     assert q.dropped_events == 0 + 1 + 2
+    await q.close()
+
+
+async def test_records_committed_behind_a_backlog_are_not_held_in_memory(tmp_path: Path) -> None:
+    """Only what the reader reaches within hot_max bytes is kept in memory: behind a backlog (a restart,
+    a slow output) new records would wait there for as long as the backlog takes (issue 18)."""
+    q = DiskQueue(str(tmp_path), max_segment_size=64 * 1024)
+    await q.start()
+    store = q._store
+    assert store is not None
+    store.hot_max = 10 * frame_size(chunk(0))
+    await asyncio.gather(*(q.submit(chunk(i)) for i in range(30)))
+    assert [r[3].count for r in store.reader._hot] == list(range(10))
+    got = []
+    for _ in range(25):
+        t = await q.get()
+        got.append(t.chunk.count)
+        q.mark_delivered(t)
+    await asyncio.gather(*(q.submit(chunk(i)) for i in range(30, 33)))  # 5 + 3 ahead of the reader: kept
+    assert [r[3].count for r in store.reader._hot] == [30, 31, 32]
+    while (t := q.take_nowait()) is not None:
+        got.append(t.chunk.count)
+    assert got == list(range(33))
     await q.close()

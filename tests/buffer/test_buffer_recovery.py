@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from forwardd.buffer.segment import MAGIC, frame_size
-from forwardd.buffer.store import SegmentStore
+from forwardd.buffer.segment import MAGIC, encode_prefix, frame_size
+from forwardd.buffer.store import SegmentStore, WriteError
 from forwardd.model import Chunk
 
 SEG = 1000
@@ -125,6 +125,31 @@ def test_interrupted_salvage_is_redone_or_finished(tmp_path: Path) -> None:
     second.rename(salvage)
     assert tags(drain(tmp_path)) == tags(chunks)
     assert not salvage.exists()
+
+
+def test_a_segment_name_that_exists_is_never_truncated(tmp_path: Path) -> None:
+    """A clash (a bug, or a second writer the storage lock failed to stop) must not destroy the file: the
+    write fails and is retried like a full disk, and a restart delivers both (issue 17: O_TRUNC did)."""
+    store = SegmentStore.open(str(tmp_path), max_segment_size=SEG, fsync="never")
+    theirs = [chunk(20 + i) for i in range(3)]
+    taken = tmp_path / "00000001.open"  # where our writer rolls to next, already holding records
+    taken.write_bytes(b"".join(encode_prefix(c) + c.entries for c in theirs))
+    before = taken.read_bytes()
+    ours = [chunk(i) for i in range(PER_SEG + 1)]  # the last one rolls to segment 1
+    with capture_logs() as logs:
+        with pytest.raises(WriteError) as info:
+            store.write(ours)
+        with pytest.raises(WriteError) as again:
+            store.write(ours[PER_SEG:])  # retried: still refused, reported once
+    assert isinstance(info.value.cause, FileExistsError)
+    assert isinstance(again.value.cause, FileExistsError)
+    assert info.value.result.committed == PER_SEG  # what fitted before the roll stays committed
+    clashes = [e for e in logs if e["event"] == "buffer.segment_exists"]
+    assert [(e["segment"], e["log_level"]) for e in clashes] == [(str(taken), "error")]
+    assert taken.read_bytes() == before
+    store.publish(info.value.result)
+    store.close()
+    assert tags(drain(tmp_path)) == tags(ours[:PER_SEG] + theirs)
 
 
 def test_unreadable_ledger_means_redelivery_not_loss(tmp_path: Path) -> None:
@@ -296,7 +321,7 @@ def test_large_commits_append_without_a_runway(tmp_path: Path) -> None:
 def test_a_runway_that_cannot_be_written_does_not_fail_the_commit(tmp_path: Path) -> None:
     """A full disk (injected: only the zeros' write fails) costs the runway, not the records."""
     store = open_always(tmp_path)
-    real = store._pwritev
+    real = store.writer._pwritev
     failed: list[int] = []
 
     def pwritev(fd: int, bufs: list[bytes], pos: int) -> int:
@@ -305,7 +330,7 @@ def test_a_runway_that_cannot_be_written_does_not_fail_the_commit(tmp_path: Path
             raise OSError(28, "No space left on device")
         return real(fd, bufs, pos)
 
-    store._pwritev = pwritev  # type: ignore[method-assign]
+    store.writer._pwritev = pwritev  # type: ignore[method-assign]
     res = store.write([chunk(0)])
     assert res.committed == 1
     store.publish(res)

@@ -1,4 +1,4 @@
-"""The real Docker engine (Debian's docker.io, started by ../shared/docker/realdocker.sh) for tests of what
+"""The real Docker engine (Debian's docker.io, started by scripts/docker/realdocker.sh) for tests of what
 `docker run --log-driver=fluentd` sends. One dockerd per test session, stopped at the end."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.conftest import DOCKER_SCRIPT
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Docker:
 
 @pytest.fixture(scope="session")
 def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
-    script = SHARED / "docker" / "realdocker.sh"
+    script = DOCKER_SCRIPT
     assert shutil.which("dockerd"), "dockerd is not installed (scripts/test installs docker.io)"
     dk = tmp_path_factory.mktemp("dockerd")
     env = dict(os.environ, DK=str(dk), WAIT_S="120")

@@ -73,6 +73,15 @@ class Proc:
             if len(self.lines) == n:
                 raise AssertionError("no new log line; output:\n" + "\n".join(self.raw[-30:]))
 
+    def wait_ready(self, workers: int = 1) -> None:
+        """Wait until every worker logged ``forwardd.ready`` (a signal before that kills a worker)."""
+        ready = [self.wait_event("forwardd.ready")]
+        while len(ready) < workers:
+            with self._cond:
+                ready = [line for line in self.lines if line.get("event") == "forwardd.ready"]
+            if len(ready) < workers:
+                self.wait_next()
+
     def port(self) -> int:
         ready = self.wait_event("forwardd.ready")
         return int(ready["listeners"][0].rsplit(":", 1)[1])
@@ -83,6 +92,10 @@ class Proc:
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         return code
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Its exit code, once it has exited on its own."""
+        return self._reap(timeout)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from forwardd.filters import DockerPartial, StatefulFilter
 from forwardd.model import Chunk
-from tests.conftest import SHARED
+from tests.conftest import WIRE_SAMPLES
 
 from .helpers import make_chunk, records
 
-SAMPLES = SHARED / "wire-samples" / "clients"
+SAMPLES = WIRE_SAMPLES / "clients"
 CID = "c" * 64
 
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwardd.filters import DockerPartial
-from forwardd.filters.journal import PieceJournal
+from forwardd.buffer.journal import PieceJournal
+from forwardd.filters import DockerPartial, StatefulFilter
+from forwardd.router import Route, Router
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import Route, Router
 from tests.router.fakes import FutureSink, RecordingSink
 
 from .helpers import make_chunk, records
@@ -35,24 +35,22 @@ class Rig:
     def __init__(self, folder: Path, sink: RecordingSink) -> None:
         self.folder = folder
         self.sink = sink
-        self.filter = DockerPartial(flush_timeout=5.0)
-        self.filter.journal = PieceJournal(str(folder))
+        self.journal = PieceJournal(str(folder))
+        self.filter = DockerPartial(flush_timeout=5.0, journal=self.journal)
         self.router = Router(
             {"@ROOT": [Route(compile_pattern("**"), (self.filter,), ("out",))]}, {"out": sink}
         )
         self.ingest = self.router.entry()
 
     async def start(self) -> None:
-        await self.filter.start_journal()
+        await self.filter.start()
 
     @property
     def journaled(self) -> int:
-        assert self.filter.journal is not None
-        return self.filter.journal.queue.queued_chunks
+        return self.journal.queue.queued_chunks
 
     async def close(self) -> None:
-        assert self.filter.journal is not None
-        await self.filter.journal.close()
+        await self.filter.stop()
 
 
 @pytest.fixture
@@ -130,9 +128,7 @@ async def test_entries_leave_the_journal_only_once_the_sink_accepted_the_line(tm
         await r.close()
 
 
-async def test_a_stop_keeps_open_lines_in_the_journal_instead_of_flushing_fragments(
-    rig: Rig, tmp_path: Path
-) -> None:
+async def test_a_stop_keeps_open_lines_in_the_journal_instead_of_flushing_fragments(rig: Rig) -> None:
     await accepted(rig.ingest(make_chunk("docker.web", [piece("p1", 1, False, "kept")])))
     await accepted(rig.router.drain())
     assert rig.sink.chunks == []
@@ -144,7 +140,6 @@ async def test_a_stop_keeps_open_lines_in_the_journal_instead_of_flushing_fragme
         assert [x["log"] for c in again.sink.chunks for x in records(c)] == ["kept+rest"]
     finally:
         await again.close()
-    rig.filter.journal = PieceJournal(str(tmp_path / "unused"))  # the fixture closes what it owns
 
 
 async def test_an_expired_line_is_released_after_its_fragment_is_accepted(rig: Rig) -> None:
@@ -154,6 +149,19 @@ async def test_an_expired_line_is_released_after_its_fragment_is_accepted(rig: R
     assert (frag["log"], frag["partial_incomplete"]) == ("alone", "true")
     await asyncio.sleep(0)
     assert rig.journaled == 0
+
+
+async def test_its_stats_say_what_the_journal_keeps_for_a_restart(rig: Rig) -> None:
+    assert isinstance(rig.filter, StatefulFilter)  # what the daemon starts, stops and reports it by
+    await accepted(rig.ingest(make_chunk("docker.web", [piece("p1", 1, False, "kept")])))
+    await accepted(rig.ingest(make_chunk("docker.web", [piece("p1", 1, False, "kept")])))  # resent
+    assert rig.filter.stats() == {
+        "open_lines": 1,
+        "duplicates": 1,
+        "incomplete": 0,
+        "journal": "journal",
+        "journaled_chunks": 1,
+    }
 
 
 async def test_without_a_journal_nothing_changes(tmp_path: Path) -> None:

@@ -384,6 +384,17 @@ def test_chunk_caches_its_plain_columns_and_shares_them_with_a_retagged_copy() -
     assert not Chunk.from_events("a", chunk.events(), RECV).plain  # re-encoded by a filter: general path
 
 
+@pytest.mark.parametrize("seconds", [2**32, 2**33 + 5, 2**62])
+def test_events_past_2106_re_encode_as_integer_seconds(seconds: int) -> None:
+    """EventTime holds 32-bit seconds; a filter that re-encodes an event sent with integer seconds past
+    2106 must not fail on it (it raised struct.error): the time is kept as whole seconds."""
+    chunk = Chunk("t", msgpack.packb([seconds, {"a": 1}]), 1, 1)
+    again = chunk.replace_events(chunk.events())
+    [event] = again.events()
+    assert event.time_ns == seconds * 1_000_000_000
+    assert event.record == {"a": 1}
+
+
 # --- cost ---------------------------------------------------------------------------------------------------
 
 

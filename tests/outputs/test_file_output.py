@@ -17,7 +17,7 @@ import pytest
 import zstandard
 from structlog.testing import capture_logs
 
-from forwardd.errors import PermanentError, RetryableError
+from forwardd.errors import PermanentError, RetryableError, UnprocessableError
 from forwardd.model import Chunk, Event, decode_entries
 from forwardd.outputs.file import FileOutput
 
@@ -214,6 +214,19 @@ async def test_file_removed_or_renamed_behind_our_back_is_reopened(tmp_path):
     assert seqs(path.read_bytes()) == [2]
 
 
+async def test_folder_removed_behind_our_back_is_made_again(tmp_path):
+    """A clean-up job removes a tag's folder while forwardd runs: the next write makes it again. (The
+    output remembered the folder as existing and failed every later write with ENOENT, retried for days.)"""
+    out = FileOutput(name="f", path=str(tmp_path / "logs" / "${tag}" / "day.log"))
+    await out.write(chunk(0, 1))
+    shutil.rmtree(tmp_path / "logs" / "app")
+    await out.write(chunk(1, 2))
+    shutil.rmtree(tmp_path / "logs")
+    await out.write(chunk(3, 1))
+    await out.stop()
+    assert read_plain(all_files(tmp_path / "logs")) == [3]
+
+
 async def test_msgpack_and_fluentd_formats(tmp_path):
     mp = FileOutput(name="m", path=str(tmp_path / "a.mpk"), format="msgpack")
     fd = FileOutput(name="f", path=str(tmp_path / "a.txt"), format="fluentd")
@@ -305,11 +318,12 @@ async def test_failed_write_leaves_no_partial_line(tmp_path, file_size_limit):
     assert seqs(path.read_bytes()) == list(range(7))
 
 
-async def test_unencodable_record_is_permanent(tmp_path):
+async def test_unencodable_record_is_unprocessable_and_nothing_is_written(tmp_path):
+    """Not the destination's verdict but the data's: the delivery loop isolates the event (its tests)."""
     out = FileOutput(name="f", path=str(tmp_path / "a.log"))
     bad = Chunk("t", b"", 1, 0)
     bad._events = [Event(T0 * NS, {"x": object()})]  # what a buggy filter could hand on
-    with pytest.raises(PermanentError, match="cannot encode"):
+    with pytest.raises(UnprocessableError, match="cannot encode"):
         await out.write(bad)
     await out.stop()
     assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -337,3 +338,26 @@ def test_a_chunk_with_bin_values_is_not_plain_and_keeps_its_text_form():
     assert not chunk.plain
     assert make_plain_encoder("msgpack") is None
     assert make_plain_encoder("fluentd") is None
+
+
+@pytest.mark.parametrize(
+    ("ext", "expected"),
+    [
+        (b"\xd6\xff\x00\x00\x00\x01", "1970-01-01T00:00:01.000000000Z"),  # timestamp 32
+        (b"\xd7\xff" + (5 << 34 | 1_700_000_000).to_bytes(8, "big"), "2023-11-14T22:13:20.000000005Z"),
+    ],
+)
+def test_a_msgpack_timestamp_in_a_record_is_rfc3339_text(ext: bytes, expected: str) -> None:
+    """msgpack's own timestamp (ext -1) is valid in a record; it was refused as 'not JSON serializable'
+    and the event dead-lettered."""
+    chunk = Chunk("app", b"\x92\x01\x81\xa1t" + ext, 1, 1)
+    [line] = encode_json_lines(chunk).splitlines()
+    assert json.loads(line)["t"] == expected
+
+
+def test_a_msgpack_timestamp_gmtime_cannot_write_keeps_its_bytes() -> None:
+    raw = b"\xc7\x0c\xff" + (0).to_bytes(4, "big") + (2**62).to_bytes(8, "big")  # timestamp 96, year ~1e11
+    [line] = encode_json_lines(Chunk("app", b"\x92\x01\x81\xa1t" + raw, 1, 1)).splitlines()
+    value = json.loads(line)["t"]
+    assert value["ext"] == -1
+    assert base64.b64decode(value["data"]) == raw[3:]

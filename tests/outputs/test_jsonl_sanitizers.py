@@ -29,7 +29,7 @@ sys.modules["forwardd.outputs._jsonl"] = module
 
 import msgpack
 from forwardd.model import Chunk
-from forwardd.outputs import formats
+from forwardd.outputs.formats import json as formats
 assert formats._jsonl is module
 
 rnd = random.Random(int(sys.argv[2]))

@@ -1,5 +1,5 @@
 """Runs fuzz/fuzz_decoder.py (atheris) for a bounded time, seeded with the real client traffic of
-../shared/wire-samples, and fails on any crash it finds (an exception other than ProtocolError, a chunk
+tests/data/wire-samples, and fails on any crash it finds (an exception other than ProtocolError, a chunk
 that does not decode, a buffer over the frame limit, or a memory blow-up past -rss_limit_mb)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Golden tests from real client traffic (../shared/wire-samples): every capture is fed to our protocol
+"""Golden tests from real client traffic (tests/data/wire-samples): every capture is fed to our protocol
 core, as the client's reads came and one byte at a time; the events must be the ones the capture lists
 and our acks/PONGs the reference receiver's bytes, byte for byte.
 

@@ -266,7 +266,9 @@ def test_single_message_shortcut_changes_nothing(stream: list[bytes], data: st.D
         else:
             reads.append(bytes(frame))
     limits = data.draw(st.sampled_from([None, Limits(max_frame_size=120, max_tag_size=6)]))
-    assert run_reads(reads, True, limits) == run_reads(reads, False, limits)
+    # Compared as text: a record may hold NaN, which is never equal to itself (the entry bytes, also in
+    # the outcome, are what must match byte for byte).
+    assert repr(run_reads(reads, True, limits)) == repr(run_reads(reads, False, limits))
 
 
 @settings(max_examples=500, deadline=None)
@@ -282,7 +284,9 @@ def test_single_message_shortcut_judges_one_read_as_the_general_path(
     after = message("next", 1, {"k": "v"}, chunk="n")
     reads = [bytes(blob), after[:3], after[3:]]  # the second request goes the general way
     limits = data.draw(st.sampled_from([None, Limits(max_tag_size=6)]))
-    assert run_reads(reads, True, limits) == run_reads(reads, False, limits)
+    # Compared as text: a record may hold NaN, which is never equal to itself (the entry bytes, also in
+    # the outcome, are what must match byte for byte).
+    assert repr(run_reads(reads, True, limits)) == repr(run_reads(reads, False, limits))
 
 
 def test_single_message_shortcut_is_taken_for_docker_requests() -> None:

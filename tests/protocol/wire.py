@@ -1,4 +1,4 @@
-"""Readers for the captured client traffic in ../shared/wire-samples (see its README.md).
+"""Readers for the captured client traffic in tests/data/wire-samples (see its README.md).
 
 Each capture becomes a list of :class:`Conn`: the client's bytes cut into messages, the reference
 receiver's replies cut into messages, and the events the capture says came out. The golden tests feed
@@ -17,12 +17,12 @@ from typing import Any
 
 import msgpack
 
-from tests.conftest import SHARED
+from tests.conftest import WIRE_SAMPLES
 
-SAMPLES = SHARED / "wire-samples"
+SAMPLES = WIRE_SAMPLES
 if not SAMPLES.is_dir():
     # Fail loudly: parametrised tests over an empty folder would otherwise be skipped, not run.
-    raise RuntimeError(f"wire samples not found at {SAMPLES} (../shared, or set FORWARDD_SHARED)")
+    raise RuntimeError(f"wire samples not found at {SAMPLES}")
 CLIENTS = SAMPLES / "clients"
 FLUENTD = SAMPLES / "fluentd-1.18"
 FLUENT_BIT = SAMPLES / "fluent-bit-4.2.8"

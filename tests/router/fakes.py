@@ -108,7 +108,8 @@ class Boom:
 
 
 class Holder:
-    """Holds every chunk (like a partial-line joiner) until it is older than ``ttl`` or drained."""
+    """Holds every chunk (like a partial-line joiner) until it is older than ``ttl`` or drained: a
+    :class:`~forwardd.filters.base.StatefulFilter` with nothing on disk."""
 
     def __init__(self, name: str = "holder", ttl: float = 5.0) -> None:
         self.name = name
@@ -129,6 +130,15 @@ class Holder:
         out = [c for _, c in self.held]
         self.held = []
         return out
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, object]:
+        return {"held": len(self.held)}
 
 
 def records(sink: RecordingSink) -> list[dict[object, object]]:

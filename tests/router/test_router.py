@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from forwardd.errors import ChunkRejected
+from forwardd.filters.base import Filter, Held
+from forwardd.router import Route, Router, RoutingError
 from forwardd.router.match import compile_pattern
-from forwardd.router.router import Filter, Held, Route, Router, RoutingError
 
 from .fakes import (
     Boom,
@@ -627,6 +628,19 @@ async def test_run_expiry_counts_what_a_sink_refused() -> None:
     assert router.stats.held_rejected == 1
 
 
+def test_the_stateful_filters_are_listed_once_each_upstream_first() -> None:
+    """What the daemon starts, stops and reports: found by the protocol, not by the filter's type."""
+    first, second, plain = Holder("first"), Holder("second"), Mark("plain")
+    router = Router(
+        {
+            "@B": [route("**", filters=[plain, second])],
+            "@ROOT": [route("**", filters=[first], relabel="@B")],
+        },
+        {},
+    )
+    assert router.stateful == (first, second)
+
+
 def test_a_stateful_filter_used_twice_is_refused() -> None:
     holder = Holder()
     with pytest.raises(RoutingError, match="appears twice"):
@@ -672,6 +686,18 @@ class Journaling:
 
     def expire(self, now: float):  # type: ignore[no-untyped-def]
         return Held([chunk("app.late")], None, lambda: self.accepted.append("late"))
+
+    def drain(self) -> list:  # type: ignore[type-arg]
+        return []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, object]:
+        return {}
 
 
 async def test_held_commit_gates_acceptance_and_the_callback_follows_the_sinks() -> None:

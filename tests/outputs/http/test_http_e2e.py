@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from forwardd.buffer.delivery import read_dead_letter
+from forwardd.buffer.dead_letter import read_dead_letter
 from forwardd.testing import ForwardClient
 from forwardd.testing.daemon import run_daemon
 

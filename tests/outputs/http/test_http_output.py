@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forwardd.config import parse_config
-from forwardd.errors import PermanentError, RecordsRejected, RetryableError
+from forwardd.errors import PartialDelivery, PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Event
 from forwardd.outputs.formats import rfc3339_ns
 from forwardd.outputs.http import (
@@ -261,17 +261,24 @@ async def test_connection_refused_is_retryable(make_output) -> None:
         await out.write(make_chunk("a", records(1)))
 
 
-async def test_partial_failure_retries_whole_chunk(http_server: Recorder, make_output) -> None:
-    """Batch 1 accepted, batch 2 refused: the chunk is retried whole, so batch 1 arrives twice."""
+async def test_partial_failure_resends_only_what_was_not_accepted(http_server: Recorder, make_output) -> None:
+    """Batch 1 accepted, batch 2 failed retryably: only batch 2 is to be sent again (issue 18 item 3; this
+    test used to assert that batch 1 arrived twice)."""
     out = make_output(http_server.url, max_events=5)
-    http_server.script.extend([Reply(200), Reply(503)])
+    http_server.script.extend([Reply(200), Reply(503, headers={"Retry-After": "3"})])
     recs = records(10)
     chunk = make_chunk("a", recs)
-    with pytest.raises(RetryableError):
+    with pytest.raises(PartialDelivery) as info:
         await out.write(chunk)
-    await out.write(chunk)
+    err = info.value
+    assert isinstance(err.cause, RetryableError)
+    assert err.cause.retry_after == 3.0
+    assert (err.delivered, err.rejected) == (5, None)
+    assert err.unsent is not None
+    assert err.unsent.entries == chunk.entries[len(make_chunk("a", recs[:5]).entries) :]  # sliced, as sent
+    await out.write(err.unsent)
     seqs = [e["seq"] for e in http_server.events()]
-    assert seqs == [0, 1, 2, 3, 4] * 2 + [5, 6, 7, 8, 9]
+    assert seqs == list(range(10))
 
 
 async def test_connection_is_reused_across_writes(http_server: Recorder, make_output) -> None:

@@ -1,4 +1,4 @@
-"""A real Kafka-protocol broker (Tansu, ../shared/kafka) for the Kafka output tests, and a reader for it.
+"""A real Kafka-protocol broker (Tansu, scripts/kafka) for the Kafka output tests, and a reader for it.
 
 Tansu keeps everything in memory, so "the broker comes back" means starting it again on the same port. Its
 end offsets are wrong after multi-record batches: the reader assigns every partition from the earliest
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-SHARED = Path(os.environ.get("FORWARDD_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
+from tests.conftest import KAFKA_SCRIPTS
 
 
 def free_port() -> int:
@@ -39,7 +39,7 @@ class Broker:
 
     def start(self) -> None:
         out = subprocess.run(
-            [str(SHARED / "kafka" / "start-broker.sh"), str(self.port), str(self.state_dir)],
+            [str(KAFKA_SCRIPTS / "start-broker.sh"), str(self.port), str(self.state_dir)],
             check=True, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert out.stdout.strip() == self.bootstrap, out.stderr
@@ -56,7 +56,7 @@ class Broker:
         # stop-broker.sh checks the pid's command line with `ps -o args=`, which ps cuts at 80 columns
         # when it sees no terminal (as under pytest), cutting off the port: ask for a wide one.
         subprocess.run(
-            [str(SHARED / "kafka" / "stop-broker.sh"), str(self.port), str(self.state_dir)],
+            [str(KAFKA_SCRIPTS / "stop-broker.sh"), str(self.port), str(self.state_dir)],
             check=True, capture_output=True, timeout=30, env=dict(os.environ, COLUMNS="4096"),
         )  # fmt: skip
         if pid is not None:
@@ -117,7 +117,7 @@ def consume(
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """The broker shared by every test that does not stop it; tests isolate themselves by topic."""
-    assert (SHARED / "kafka" / "start-broker.sh").is_file(), f"no broker scripts under {SHARED}"
+    assert (KAFKA_SCRIPTS / "start-broker.sh").is_file(), f"no broker scripts under {KAFKA_SCRIPTS}"
     broker = Broker(tmp_path_factory.mktemp("kafka-broker"))
     broker.start()
     yield broker

@@ -1,0 +1,380 @@
+"""The file output's disk side: segment files, rotation, compression, torn tails and the symlink.
+
+Segments and rotation. A resolved path P is the first segment; rotation continues in ``P.1``, ``P.2``, ...
+(before the compression extension: ``app.log.1.gz``). Rotation happens before a write when the segment is
+not empty and the write would take it past ``rotate_max_size`` bytes (on disk, so compressed size), or when
+the segment was opened ``rotate_interval`` seconds ago or more. A single write larger than the limit still
+goes whole into one fresh segment. Time-based names (``%Y%m%d%H``) rotate by themselves. On the first write to
+a path in a process, the highest existing segment is continued if it is plain text ending in a newline;
+a plain file whose last line is torn (a crash mid-write) is first cut back to its last whole line (that
+write's chunk is redelivered by the buffer). A compressed one is never continued: a new segment is
+started. If the current file is deleted or renamed behind our back, it is reopened.
+
+Whole lines only. A group's data is appended with one ``write`` call; if the write fails part-way (ENOSPC,
+EFBIG) the file is truncated back to where it was, and if even that fails the file is abandoned and the
+next write starts a new segment. With ``gzip``/``zstd`` each write appends one complete gzip member / zstd
+frame, so a file is always a valid multi-member/multi-frame stream (``gzip -dc``, ``zstd -dc`` read it
+whole).
+
+Errors. ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP, EINVAL (the path itself cannot work) → PermanentError; every
+other OSError (ENOSPC, EIO, EACCES, EPERM, EROFS, EDQUOT, EMFILE, ...) → RetryableError. A failing symlink
+update is logged, never an error (the data is written).
+
+Open files. At most ``max_open`` stay open (least recently written closed first); ``clock`` (monotonic
+seconds) is injectable for ``rotate_interval`` tests. Everything here runs in one worker thread per output.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import zstandard
+
+from forwardd.errors import DeliveryError, PermanentError, RetryableError
+
+__all__ = ["EXTENSIONS", "Disk", "Segment", "classify"]
+
+_log = structlog.get_logger("forwardd.outputs.file")
+
+#: The file name extension of each compression.
+EXTENSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+_PERMANENT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL})
+
+
+@dataclass(slots=True, eq=False)
+class Segment:
+    """The current file of one resolved path."""
+
+    base: str
+    index: int
+    path: str
+    fd: int = -1
+    size: int = 0
+    ino: int = 0
+    opened_at: float = 0.0
+    dirty: bool = False
+    broken: bool = False  # a failed write could not be undone: never append to this file again
+
+
+def classify(e: OSError, what: str) -> DeliveryError:
+    cls = PermanentError if e.errno in _PERMANENT_ERRNOS else RetryableError
+    err = cls(f"{what}: {e.strerror or e} [{errno.errorcode.get(e.errno or 0, e.errno)}]")
+    err.__cause__ = e
+    return err
+
+
+class Disk:
+    """Everything that touches the file system; used from one worker thread only."""
+
+    def __init__(
+        self,
+        *,
+        compress: str,
+        level: int | None,
+        max_size: int | None,
+        interval: float | None,
+        symlink: str | None,
+        fsync: bool,
+        max_open: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ext = EXTENSIONS[compress]
+        self.compress = compress
+        self.level = level
+        self.max_size = max_size
+        self.interval = interval
+        self.symlink = os.path.abspath(symlink) if symlink else None
+        self.fsync = fsync
+        self.max_open = max_open
+        self.clock = clock
+        self.segments: OrderedDict[str, Segment] = OrderedDict()
+        self.link_target: str | None = None
+        self._zstd: zstandard.ZstdCompressor | None = None
+        self._known_dirs: set[str] = set()
+
+    # -- naming
+
+    def seg_path(self, base: str, index: int) -> str:
+        if index == 0:
+            return base
+        stem = base[: len(base) - len(self.ext)] if self.ext else base
+        return f"{stem}.{index}{self.ext}"
+
+    def _existing_indices(self, base: str) -> list[int]:
+        folder, name = os.path.split(base)
+        stem = name[: len(name) - len(self.ext)] if self.ext else name
+        pattern = re.compile(re.escape(stem) + r"\.([1-9][0-9]*)" + re.escape(self.ext))
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        found = [int(m.group(1)) for n in names if (m := pattern.fullmatch(n))]
+        if name in names:
+            found.append(0)
+        return found
+
+    # -- opening
+
+    def _makedirs(self, folder: str) -> None:
+        """Create missing folders, fsyncing each parent so the new entries survive a power cut."""
+        if folder in self._known_dirs:
+            return
+        missing: list[str] = []
+        d = folder
+        while not os.path.isdir(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                if not os.path.isdir(d):  # a regular file where a folder must be
+                    raise NotADirectoryError(errno.ENOTDIR, "not a folder", d) from None
+                continue
+            self._fsync_dir(os.path.dirname(d))
+        if len(self._known_dirs) > 10_000:
+            self._known_dirs.clear()
+        self._known_dirs.add(folder)
+
+    def _fsync_dir(self, folder: str) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _create(self, seg: Segment, index: int) -> None:
+        """Open a new segment file at the first free index >= ``index``."""
+        folder = os.path.dirname(seg.base)
+        self._makedirs(folder)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        remade = False
+        while True:
+            path = self.seg_path(seg.base, index)
+            try:
+                fd = os.open(path, flags, 0o644)
+                break
+            except FileExistsError:
+                index += 1
+            except FileNotFoundError:
+                # The folder was removed behind our back (a clean-up job, an operator): the cache of
+                # folders known to exist is wrong, and trusting it would fail every write from now on.
+                if remade:
+                    raise
+                remade = True
+                self._known_dirs.clear()
+                self._makedirs(folder)
+        self._fsync_dir(os.path.dirname(path))
+        seg.index, seg.path, seg.fd, seg.size = index, path, fd, 0
+        seg.ino = os.fstat(fd).st_ino
+        seg.opened_at = self.clock()
+        seg.broken = False
+
+    def _reopen(self, seg: Segment) -> None:
+        """Open the segment's file again to append (after an error or an idle close)."""
+        try:
+            fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._create(seg, seg.index)
+            return
+        st = os.fstat(fd)
+        seg.fd, seg.size, seg.ino = fd, st.st_size, st.st_ino
+
+    def _first_open(self, base: str) -> Segment:
+        seg = Segment(base, 0, base)
+        indices = self._existing_indices(base)
+        if not indices:
+            self._create(seg, 0)
+            return seg
+        last = max(indices)
+        seg.index, seg.path = last, self.seg_path(base, last)
+        if not self.ext and self._trim_torn_tail(seg.path):
+            self._reopen(seg)
+            seg.opened_at = self.clock()
+        else:
+            self._create(seg, last + 1)
+        return seg
+
+    @staticmethod
+    def _trim_torn_tail(path: str) -> bool:
+        """Make a plain file end with a whole line; False if it cannot be read or cut (start a new one).
+
+        A kill during a large write() can leave part of it on disk (the kernel stops between pages). That
+        write's chunk was never marked delivered, so the buffer writes it again; the torn bytes are cut
+        off here so that no reader ever sees a partial line.
+        """
+        try:
+            with open(path, "r+b") as f:
+                size = f.seek(0, os.SEEK_END)
+                end = size
+                while end > 0:
+                    start = max(0, end - 65536)
+                    f.seek(start)
+                    nl = f.read(end - start).rfind(b"\n")
+                    if nl >= 0:
+                        end = start + nl + 1
+                        break
+                    end = start
+                if end < size:
+                    f.truncate(end)
+                    os.fsync(f.fileno())
+                    _log.warning("file.torn_tail_removed", path=path, bytes=size - end)
+                return True
+        except OSError:
+            return False
+
+    def _segment(self, base: str) -> Segment:
+        seg = self.segments.get(base)
+        if seg is None:
+            seg = self._first_open(base)
+            self.segments[base] = seg
+        else:
+            self.segments.move_to_end(base)
+            if seg.broken:
+                self._create(seg, seg.index + 1)
+            elif seg.fd < 0:
+                self._reopen(seg)
+            elif not self._same_file(seg):
+                self._close(seg)
+                self._reopen(seg)
+        return seg
+
+    @staticmethod
+    def _same_file(seg: Segment) -> bool:
+        """False when the file was renamed or deleted behind our back (external rotation)."""
+        try:
+            return os.stat(seg.path).st_ino == seg.ino
+        except FileNotFoundError:
+            return False
+
+    def _close(self, seg: Segment) -> None:
+        if seg.fd < 0:
+            return
+        try:
+            if seg.dirty and self.fsync:
+                os.fsync(seg.fd)
+            seg.dirty = False
+        finally:
+            fd, seg.fd = seg.fd, -1
+            os.close(fd)
+
+    # -- writing
+
+    def _encode(self, data: bytes) -> bytes:
+        if self.compress == "gzip":
+            return zlib.compress(data, 6 if self.level is None else self.level, wbits=31)
+        if self.compress == "zstd":
+            if self._zstd is None:
+                self._zstd = zstandard.ZstdCompressor(level=3 if self.level is None else self.level)
+            return self._zstd.compress(data)
+        return data
+
+    def _append(self, seg: Segment, data: bytes) -> None:
+        """Write all of ``data`` at the end, or leave the file as it was (or mark it broken)."""
+        old = seg.size
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(seg.fd, view)
+                view = view[n:]
+        except OSError:
+            if len(view) < len(data):  # part of it went in: cut it off again
+                try:
+                    os.ftruncate(seg.fd, old)
+                except OSError:
+                    seg.broken = True
+            fd, seg.fd = seg.fd, -1
+            seg.dirty = False
+            os.close(fd)
+            raise
+        seg.size = old + len(data)
+        seg.dirty = True
+
+    def write(self, groups: list[tuple[str, bytes]]) -> None:
+        """Append each group's data to its path's current segment, rotating first if due; then fsync."""
+        touched: list[Segment] = []
+        last: Segment | None = None
+        try:
+            for base, raw in groups:
+                data = self._encode(raw)
+                what = base
+                try:
+                    seg = self._segment(base)
+                    what = seg.path
+                    if seg.size and self._due(seg, len(data)):
+                        self._close(seg)
+                        self._create(seg, seg.index + 1)
+                        what = seg.path
+                    self._append(seg, data)
+                except OSError as e:
+                    raise classify(e, f"cannot write {what}") from e
+                if seg not in touched:
+                    touched.append(seg)
+                last = seg
+            for seg in touched:
+                if seg.dirty and seg.fd >= 0 and self.fsync:
+                    try:
+                        os.fsync(seg.fd)
+                    except OSError as e:
+                        seg.broken = True  # after a failed fsync the page cache state is unknown
+                        raise classify(e, f"cannot fsync {seg.path}") from e
+                seg.dirty = False
+        finally:
+            self._trim_open(exclude=touched)
+        if last is not None and self.symlink:
+            self._point_symlink(last.path)
+
+    def _due(self, seg: Segment, nbytes: int) -> bool:
+        if self.max_size is not None and seg.size + nbytes > self.max_size:
+            return True
+        return self.interval is not None and self.clock() - seg.opened_at >= self.interval
+
+    def _trim_open(self, exclude: list[Segment]) -> None:
+        """Close the least recently used files beyond ``max_open`` (their state is kept)."""
+        open_segs = [s for s in self.segments.values() if s.fd >= 0]
+        for seg in open_segs[: max(0, len(open_segs) - self.max_open)]:
+            if seg not in exclude:
+                try:
+                    self._close(seg)
+                except OSError:
+                    seg.broken = True
+        while len(self.segments) > self.max_open * 64:  # forget long-idle paths (hourly names pile up)
+            _, seg = self.segments.popitem(last=False)
+            if seg.fd >= 0:
+                self._close(seg)
+
+    def _point_symlink(self, target: str) -> None:
+        """Make the symlink name the current file; a failure is logged, never a delivery error."""
+        if target == self.link_target or self.symlink is None:
+            return
+        tmp = f"{self.symlink}.tmp{os.getpid()}"
+        try:
+            self._makedirs(os.path.dirname(self.symlink))
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            os.symlink(target, tmp)
+            os.replace(tmp, self.symlink)
+            self.link_target = target
+        except OSError as e:
+            _log.warning("file.symlink_failed", symlink=self.symlink, target=target, error=str(e))
+
+    def close_all(self) -> None:
+        err: OSError | None = None
+        for seg in self.segments.values():
+            try:
+                self._close(seg)
+            except OSError as e:
+                err = e
+        if err is not None:
+            raise classify(err, "cannot close")

@@ -1,0 +1,195 @@
+"""The HTTP output: each chunk is POSTed (or PUT/PATCHed) to an endpoint in one or more batched requests.
+
+How the parts fit: :mod:`.endpoint` resolves the URL for the chunk's tag (and refuses hosts not allowed);
+:mod:`.bodies` encodes the chunk's events once, in the configured format; a chunk that fits one request
+goes as one body, else :mod:`.batches` cuts it into requests, each with its own outcome; :mod:`.client`
+sends each body and classifies the response. ``compress: gzip`` gzips each body (``Content-Encoding:
+gzip``). Requests of one output go one at a time, in order, over kept-alive connections.
+
+What :meth:`HttpOutput.write` raises follows the :mod:`forwardd.outputs.base` contract: RetryableError when
+nothing got through, PartialDelivery when some requests did and one failed retryably, RecordsRejected
+naming exactly the refused events when requests were refused for good (or events are larger than
+``max_bytes`` on their own), PermanentError for the whole chunk when its endpoint cannot be resolved or is
+not allowed, and UnprocessableError (before any request) for a record the encoder cannot represent.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import aiohttp
+import yarl
+
+from forwardd.model import Chunk, Event
+from forwardd.outputs.base import Output
+from forwardd.outputs.http.batches import send_in_requests, split_batches
+from forwardd.outputs.http.bodies import CONTENT_TYPES, Bodies, Format, line_ends
+from forwardd.outputs.http.client import Client, HttpStats, ssl_context
+from forwardd.outputs.http.endpoint import Endpoint
+from forwardd.outputs.http.settings import HttpSettings
+
+__all__ = ["HttpOutput"]
+
+_USER_AGENT = "forwardd/0.1"
+
+
+class HttpOutput(Output):
+    """Sends chunks to an HTTP endpoint; see the module docstring for bodies, batching and errors."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        endpoint: str,
+        method: str = "POST",
+        headers: Mapping[str, str] | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        bearer_token: str | None = None,
+        format: Format = "ndjson",
+        compress: Literal["none", "gzip"] = "none",
+        max_events: int = 1000,
+        max_bytes: int = 1024**2,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        verify: bool = True,
+        connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        allowed_hosts: Sequence[str] = (),
+        time_key: str | None = "time",
+        tag_key: str | None = "tag",
+        gzip_level: int = 1,
+    ) -> None:
+        if format not in CONTENT_TYPES:
+            raise ValueError(f"unknown format {format!r}; expected one of {', '.join(CONTENT_TYPES)}")
+        if compress not in ("none", "gzip"):
+            raise ValueError(f"unknown compression {compress!r}; expected none or gzip")
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("max_events and max_bytes must be at least 1")
+        if basic_auth is not None and bearer_token is not None:
+            raise ValueError("set either basic_auth or bearer_token, not both")
+        if bool(cert_file) != bool(key_file):
+            raise ValueError("cert_file and key_file go together")
+        self.name = name
+        self.endpoint = endpoint
+        self.method = method.upper()
+        self.format = format
+        self.compress = compress
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.time_key = time_key
+        self.tag_key = tag_key
+        self.gzip_level = gzip_level
+        self._endpoint = Endpoint(endpoint, allowed_hosts)
+        self.allowed_hosts = self._endpoint.allowed_hosts
+        self._bodies = Bodies(format, time_key, tag_key)
+
+        hdrs = {"User-Agent": _USER_AGENT, "Content-Type": CONTENT_TYPES[format]}
+        if basic_auth is not None:
+            user, password = basic_auth
+            if ":" in user:
+                raise ValueError("a basic auth username cannot contain ':' (RFC 7617)")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            hdrs["Authorization"] = f"Basic {token}"  # UTF-8, as RFC 7617 recommends
+        elif bearer_token is not None:
+            hdrs["Authorization"] = f"Bearer {bearer_token}"
+        # Configured headers win, Authorization included: the operator knows the endpoint.
+        for k, v in (headers or {}).items():
+            for existing in [e for e in hdrs if e.lower() == k.lower()]:
+                del hdrs[existing]
+            hdrs[k] = v
+        if compress == "gzip":
+            hdrs["Content-Encoding"] = "gzip"
+        self._headers = hdrs
+        self._stats = HttpStats()
+        self._client = Client(
+            method=self.method,
+            headers=hdrs,
+            ssl=ssl_context(ca_file, cert_file, key_file, verify),
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=connect_timeout),
+            gzip_level=gzip_level if compress == "gzip" else None,
+            stats=self._stats,
+        )
+
+    @classmethod
+    def from_settings(cls, name: str, settings: HttpSettings) -> HttpOutput:
+        """The output for one ``type: http`` entry of the configuration."""
+        auth = settings.auth
+        tls = settings.tls
+        return cls(
+            name=name,
+            endpoint=settings.endpoint,
+            method=settings.method,
+            headers=dict(settings.headers),
+            basic_auth=(
+                (auth.basic.username, auth.basic.password) if auth is not None and auth.basic else None
+            ),
+            bearer_token=auth.bearer if auth is not None else None,
+            format=settings.format,
+            compress=settings.compress,
+            max_events=settings.batch.max_events,
+            max_bytes=settings.batch.max_bytes,
+            ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
+            cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
+            key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
+            verify=tls.verify if tls is not None else True,
+            connect_timeout=settings.timeout.connect,
+            timeout=settings.timeout.total,
+            allowed_hosts=settings.allowed_hosts,
+        )
+
+    def endpoint_for(self, tag: str) -> yarl.URL:
+        """The URL a chunk of ``tag`` goes to (see :mod:`.endpoint`)."""
+        return self._endpoint.url_for(tag)
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._client.start()
+
+    async def stop(self) -> None:
+        await self._client.stop()
+
+    @property
+    def stats(self) -> HttpStats:
+        return self._stats.copy()
+
+    # --- write ------------------------------------------------------------------------------------------
+
+    def _overhead(self, n: int) -> int:
+        return self._bodies.overhead(n)
+
+    def _encode(self, events: Sequence[Event], tag: str) -> tuple[bytes, list[int] | None]:
+        return self._bodies.encode(events, tag)
+
+    def _body(self, items: bytes | memoryview, n: int) -> bytes:
+        return self._bodies.body(items, n)
+
+    async def write(self, chunk: Chunk) -> None:
+        url = self._endpoint.url_for(chunk.tag)  # before any work: a forbidden host is rejected outright
+        bodies = self._bodies
+        n, items, ends = bodies.items(chunk)
+        if n == 0:
+            return
+        send = self._client.send
+        if n <= self.max_events and len(items) + bodies.overhead(n) <= self.max_bytes:
+            await send(url, bodies.body(items, n), n)
+            return
+        if ends is None:
+            ends = line_ends(items)
+        batches, oversized = split_batches(ends, self.max_events, self.max_bytes, bodies.overhead)
+        if oversized:
+            self._stats.reject("oversize", len(oversized))
+        await send_in_requests(
+            chunk,
+            n,
+            items,
+            ends,
+            batches,
+            oversized,
+            send=lambda body, count: send(url, body, count),
+            body=bodies.body,
+            max_bytes=self.max_bytes,
+        )

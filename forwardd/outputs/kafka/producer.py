@@ -1,0 +1,247 @@
+"""The Kafka output's librdkafka producer: its configuration, the thread that serves its delivery reports,
+its client-level errors, and the bookkeeping of one write's reports.
+
+Why librdkafka: it is the only Python client here whose idempotent producer works against every broker we
+test with, it reports every message's fate, speaks every codec and TLS/SASL, and out-produces aiokafka's
+per-record ``send()`` several times over (numbers and reasons: bench/kafka_bench.py and the docs).
+
+Reports are served by a poll thread that owns ``Producer.poll``; the per-message callback only counts
+(:class:`Reports`), and wakes the event loop once per write (``call_soon_threadsafe``). A fatal error
+(idempotence state lost) poisons the producer: :class:`KafkaClient` replaces it before the next write.
+
+librdkafka settings made here (``options`` override any of them): ``message.timeout.ms`` 30 s (the buffer
+retries; a write must not hang for librdkafka's 5 minutes while the broker is down), ``linger.ms`` 1 (one
+chunk is in flight at a time, so waiting for more messages only adds latency), ``message.max.bytes`` large
+enough for ``max_message_size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from forwardd.outputs.kafka.settings import SaslLogin, TlsFiles
+
+__all__ = ["KafkaClient", "Reports", "is_permanent", "producer_config"]
+
+log = structlog.get_logger("forwardd.outputs.kafka")
+
+#: Errors that trying again cannot fix, for the one message they concern. Everything else is retryable:
+#: an error we do not know keeps the chunk in the buffer, where retries are bounded and end in dead-letter.
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.TOPIC_EXCEPTION,  # invalid topic name
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError._INVALID_ARG,
+        KafkaError._BAD_MSG,
+    }
+)
+
+# log_level 2: librdkafka's own error lines repeat what error_cb reports (which is throttled here).
+_DEFAULTS: dict[str, Any] = {"message.timeout.ms": 30_000, "linger.ms": 1, "log_level": 2}
+#: Seconds between two log lines for the same client-level error code (a down broker repeats every second).
+_ERROR_LOG_INTERVAL = 30.0
+
+
+def is_permanent(err: KafkaError) -> bool:
+    """Whether a message that failed with ``err`` can never be delivered as it is."""
+    return err.code() in _PERMANENT and not err.retriable()
+
+
+def producer_config(
+    brokers: Sequence[str],
+    *,
+    compression: str = "none",
+    required_acks: str = "all",
+    idempotent: bool = False,
+    max_message_size: int = 1024**2,
+    tls: TlsFiles | None = None,
+    sasl: SaslLogin | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The librdkafka configuration for these settings (without callbacks); ``options`` win."""
+    if idempotent and required_acks != "all":
+        raise ValueError("idempotent: true needs required_acks: all (the idempotent producer requires it)")
+    conf: dict[str, Any] = dict(_DEFAULTS)
+    conf.update(
+        {
+            "bootstrap.servers": ",".join(brokers),
+            "acks": "-1" if required_acks == "all" else required_acks,
+            "compression.type": compression,
+            "enable.idempotence": idempotent,
+            # The broker-side default (1 MB) is what most clusters keep; never refuse locally what we allow.
+            "message.max.bytes": max(1_000_000, max_message_size + 64 * 1024),
+        }
+    )
+    if tls is not None:
+        if tls.ca_file is not None:
+            conf["ssl.ca.location"] = str(tls.ca_file)
+        if tls.cert_file is not None:
+            conf["ssl.certificate.location"] = str(tls.cert_file)
+        if tls.key_file is not None:
+            conf["ssl.key.location"] = str(tls.key_file)
+        if not tls.verify:
+            conf["enable.ssl.certificate.verification"] = False
+            conf["ssl.endpoint.identification.algorithm"] = "none"
+    if sasl is not None:
+        conf["sasl.mechanism"] = sasl.mechanism
+        conf["sasl.username"] = sasl.username
+        conf["sasl.password"] = sasl.password
+    conf["security.protocol"] = {
+        (False, False): "plaintext",
+        (True, False): "ssl",
+        (False, True): "sasl_plaintext",
+        (True, True): "sasl_ssl",
+    }[(tls is not None, sasl is not None)]
+    if options:
+        conf.update(options)
+    return conf
+
+
+class Reports:
+    """The delivery reports of one write(). Only the poll thread calls :meth:`on_delivery`; the loop thread
+    sets ``produced`` then ``sealed``. Each side writes before it reads, so one of them sees the last report
+    and wakes the loop (possibly both: finishing is idempotent)."""
+
+    __slots__ = ("done", "failed", "future", "loop", "produced", "sealed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.produced = 0
+        self.sealed = False
+        self.done = 0
+        self.failed: list[tuple[KafkaError, bytes | None]] = []
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.failed.append((err, msg.value()))
+        self.done += 1
+        if self.sealed and self.done == self.produced:
+            self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def seal(self) -> None:
+        self.sealed = True
+        if self.done == self.produced:
+            self._finish()
+
+
+class KafkaClient:
+    """One output's producer and the thread that serves its reports; replaced after a fatal error."""
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        self.name = name
+        self.config = config
+        self.producer: Producer | None = None
+        #: Text of a fatal error of the current producer (it must be replaced), and of the last error.
+        self.fatal: str | None = None
+        self.last_error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._logged: dict[int, float] = {}
+        self._space: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> None:
+        """A producer and the thread that serves its reports; nothing connects until the first produce."""
+        self._loop = asyncio.get_running_loop()
+        conf = dict(self.config)
+        conf["error_cb"] = self._on_error
+        conf["logger"] = logging.getLogger(f"forwardd.outputs.kafka.{self.name}")
+        try:
+            self.producer = Producer(conf)
+        except KafkaException as exc:
+            raise ValueError(f"kafka output {self.name!r}: {exc.args[0].str()}") from None
+        self.fatal = None
+        self._running = True
+        self._thread = threading.Thread(
+            target=self._poll_loop, args=(self.producer,), name=f"kafka-poll:{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    async def reopen(self) -> None:
+        """A fresh producer in place of a poisoned (or closed) one."""
+        await self.close(0)
+        self.open()
+
+    def _poll_loop(self, producer: Producer) -> None:
+        while self._running:
+            if producer.poll(0.1) and self._space is not None:
+                self._wake_space()
+
+    def _wake_space(self) -> None:
+        fut, loop = self._space, self._loop
+        if fut is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    def _on_error(self, err: KafkaError) -> None:
+        """Client-level errors (poll thread): connection trouble is retried by librdkafka and shows up as
+        message timeouts; a fatal one (idempotence state lost) means this producer must be replaced."""
+        self.last_error = err.str()
+        if err.fatal():
+            self.fatal = err.str()
+            log.error("kafka.fatal", output=self.name, error=err.str())
+        else:
+            now = time.monotonic()
+            if now - self._logged.get(err.code(), -_ERROR_LOG_INTERVAL) >= _ERROR_LOG_INTERVAL:
+                self._logged[err.code()] = now
+                log.warning("kafka.client_error", output=self.name, error=err.str(), code=err.name())
+
+    async def wait_for_space(self) -> None:
+        """The local queue is full: wait until the poll thread served some reports (or a short while)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._space = fut
+        try:
+            await asyncio.wait_for(fut, 0.5)
+        except TimeoutError:
+            pass
+        finally:
+            self._space = None
+
+    async def close(self, flush_timeout: float) -> None:
+        producer, thread = self.producer, self._thread
+        self.producer = self._thread = None
+        self._running = False
+        if producer is None:
+            return
+
+        def finish() -> None:
+            if thread is not None:
+                thread.join()
+            # What does not get out now stays in the disk buffer and is written again after a restart.
+            producer.flush(flush_timeout)
+            producer.purge()
+            producer.poll(0)
+            producer.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, finish)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
