@@ -51,10 +51,10 @@ class Session(AckFlow, Offload, asyncio.Protocol):
     # whole when they close, with less left scattered between the objects that stay).
     __slots__ = (
         "__weakref__", "_backlog", "_budget", "_budget_told", "_budget_wait", "_bytes_in", "_closing",
-        "_drained", "_draining", "_job", "_job_bytes", "_last_activity", "_log", "_lost", "_on_close",
-        "_paused_reading", "_paused_writing", "_pending", "_requests", "_resolver", "_responded", "_timer",
-        "_tls", "_tls_started", "_tls_step", "_transform", "conn", "ingest", "peer", "peer_address",
-        "peer_hostname", "settings", "stats", "transport",
+        "_drained", "_draining", "_early", "_job", "_job_bytes", "_last_activity", "_log", "_lost",
+        "_on_close", "_paused_reading", "_paused_writing", "_pending", "_requests", "_resolver",
+        "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "conn", "ingest", "peer",
+        "peer_address", "peer_hostname", "settings", "stats", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -102,6 +102,7 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         self._tls = tls
         self._tls_step: Callable[[], None] | None = None
         self._tls_started = 0.0
+        self._early = b""  # what the TLS layer handed over before the forward protocol began
         s = settings
         #: Whether chunks are changed per connection (tag, source address or hostname in the records).
         self._transform = bool(s.tag or s.add_tag_prefix or s.source_address_key or s.source_hostname_key)
@@ -151,6 +152,9 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         if alive and not self._closing:
             self.transport = secured
             self._begin()
+            if self._early:
+                early, self._early = self._early, b""
+                self.data_received(early)
             return
         if self.transport is not None:
             self.transport.close()
@@ -249,6 +253,10 @@ class Session(AckFlow, Offload, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None or self._closing:
+            if self._tls_step is not None and not self._closing:
+                # A TLS 1.3 client sends its first request right after its Finished: the TLS layer hands
+                # it over in the same read that completes the handshake, before _tls_done has run.
+                self._early += data
             return
         self._bytes_in += len(data)
         self._last_activity = time.monotonic()

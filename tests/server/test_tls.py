@@ -81,6 +81,7 @@ def test_client_auth_without_ca_is_a_configuration_error(ca, tmp_path):
 import socket  # noqa: E402
 import time  # noqa: E402
 
+import msgpack  # noqa: E402
 from structlog.testing import capture_logs  # noqa: E402
 
 from forwardd.protocol import encode  # noqa: E402
@@ -160,3 +161,36 @@ def test_many_failed_handshakes_are_counted_but_their_lines_rate_limited(serve, 
     lines = _lines(logs, "tls.handshake_failed")
     assert 1 <= len([e for e in lines if not e.get("summary")]) <= 5
     assert sum(1 if not e.get("summary") else e["suppressed_since_last"] for e in lines) == 20
+
+
+def test_a_request_in_the_same_flight_as_the_client_s_finished_is_read(serve, ca, tmp_path):
+    """A TLS 1.3 client may send its first request with its Finished message: the TLS layer hands it to
+    the session in the read that completes the handshake, before the forward protocol has begun there. It
+    was dropped, and the client waited for an ack that never came (the forward output did)."""
+    served = serve(listener_kw={"tls": tls_settings(ca, tmp_path)})
+    ctx = client_context(ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(encode.message("flight", 1, {"n": 1}, chunk="f1"))
+        raw.sendall(outgoing.read())  # the client's Finished and the request, in one write
+        unpacker = msgpack.Unpacker(raw=False)
+        while True:
+            try:
+                unpacker.feed(tls.read(4096))
+                break
+            except ssl.SSLWantReadError:
+                data = raw.recv(65536)
+                assert data, "the server closed the connection"
+                incoming.write(data)
+        assert next(unpacker) == {"ack": "f1"}
+    assert served.sink is not None
+    assert [e.tag for e in served.sink.events] == ["flight"]
