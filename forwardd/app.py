@@ -199,6 +199,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
             max_frame_size=lim.max_frame_size,
             max_decompressed_size=lim.max_decompressed_size,
             chunk_size_warn=lim.chunk_size_warn,
+            max_handshake_frame_size=lim.max_handshake_frame_size,
         ),
         security=security,
         max_inflight=lim.max_inflight,
@@ -228,6 +229,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
         udp_heartbeat=src.udp_heartbeat and src.unix is None,
         tls=tls,
         max_connections=lim.max_connections,
+        max_buffered_bytes=lim.max_buffered_size,
         reuse_port=reuse_port,
     )
 

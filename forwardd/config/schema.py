@@ -269,7 +269,12 @@ class Limits(_Frozen):
     max_frame_size: Size = 64 * 1024**2
     max_decompressed_size: Size = 256 * 1024**2
     chunk_size_warn: Size = 16 * 1024**2
+    #: The frame limit before the handshake is done (security on): a PING is a few hundred bytes.
+    max_handshake_frame_size: Size = 64 * 1024
     max_connections: Count = 10000
+    #: Bytes all connections of the source may hold at once (frames not yet whole, big requests being
+    #: finished); beyond it, connections holding some stop reading until it falls. 0 = no budget.
+    max_buffered_size: Size = 256 * 1024**2
     handshake_timeout: Duration = 10.0
     #: 0 = never close an idle connection.
     idle_timeout: Duration = 0.0
