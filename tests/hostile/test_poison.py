@@ -6,7 +6,8 @@ The issue's example is a Message whose tag is not UTF-8 and whose record nests 6
 encoding raised RecursionError, the delivery loop's log line raised on the tag, the loop died silently; with
 a UTF-8 tag the chunk was retried for 72 hours at the head of the queue). Its relatives here: other depths
 and container kinds, a PackedForward whose poison entry sits between good ones, non-string keys (bin, None,
-float) with NaN and infinities, a msgpack timestamp past year 9999, 64-bit edge integers and ext values.
+float) with NaN and infinities, a msgpack timestamp past year 9999, 64-bit edge integers and ext values, and
+a plain record whose event time (2**62 s) time.gmtime() refuses with OSError.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def poison_requests() -> list[tuple[str, bytes, list[int]]]:
     )
     edges = {"poison": 6, "big": 2**64 - 1, "small": -(2**63), "ext": mp.Ext(42, b"x"), "a": mp.Deep(1000)}
     p.append(("p6", mp.forward(b"poison.\xff", [mp.entry(NOW, edges), _good(6)], chunk="p6"), [6]))
+    # A plain record, a UTF-8 tag, and a time gmtime() cannot take (OSError EOVERFLOW, for path and JSON).
+    p.append(("p7", mp.message("poison.time", 2**62, {"poison": 7}, chunk="p7"), []))
     return p
 
 
@@ -101,7 +104,7 @@ def test_acked_poison_costs_only_itself_also_after_a_restart(tmp_path: Path) -> 
         assert sorted(found) == goods, "the good events sharing a chunk with a poison, each exactly once"
         lines = d.wait_lines("delivery.dead_letter", n=1)
         assert all(line.get("output") == "files" and "tag" in line for line in lines)
-        assert _poison_ids(dead_letters(dead)) == {1, 2, 3, 4, 5, 6}
+        assert _poison_ids(dead_letters(dead)) == {1, 2, 3, 4, 5, 6, 7}
         assert not [r for r in read_records(out) if "poison" in r], "a poison record was written"
         d.wait_rss_back(before)
         stats = d.stop()
@@ -119,4 +122,4 @@ def test_acked_poison_costs_only_itself_also_after_a_restart(tmp_path: Path) -> 
         assert set(numbers(read_records(out / "steady"))) >= set(s.acked) | set(s2.acked)
         stats = d2.stop()
         assert stats["output:files"]["queued_chunks"] == 0
-        assert _poison_ids(dead_letters(dead)) == {1, 2, 3, 4, 5, 6}, "dead letters kept, none added"
+        assert _poison_ids(dead_letters(dead)) == {1, 2, 3, 4, 5, 6, 7}, "dead letters kept, none added"

@@ -126,6 +126,7 @@ POISONS: list[tuple[str, Any, Any, Any]] = [
     ("timestamp-past-9999", b"\xed\xa0\x80", NOW, {"t": mp.Ext(-1, bytes(4) + (2**62).to_bytes(8, "big"))}),
     ("bad-keys-and-nan", b"\xff", NOW, mp.Map(((mp.BadStr(b"\xff"), float("nan")), (None, float("inf"))))),
     ("time-past-2106", "app.time", 2**33, {"log": '{"level": "x"}', "msg": "a=1"}),
+    ("time-2**62", "app.time", 2**62, {"a": 1}),  # gmtime() raises OSError(EOVERFLOW) for it
 ]
 
 
