@@ -4,6 +4,7 @@ its own events, and every log line renders. See harness.py for what is checked w
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import time
@@ -231,8 +232,13 @@ def _decode_seconds(n: int, runs: int) -> float:
 
 def test_decoding_invalid_entries_costs_linear_time() -> None:
     """Bounded work per chunk (item 3): each entry that fails to decode must not cost a copy of the rest
-    of the chunk. Four times the entries may cost at most 20 times as long: linear is 4x (measured up to
-    9x with cache effects, hence the margin); the quadratic decoder takes about 60x."""
-    small, big = _decode_seconds(1_000, 5), _decode_seconds(4_000, 3)
-    took = f"{small * 1000:.1f} ms for 1000 entries, {big * 1000:.1f} ms for 4000"
-    assert big <= 20 * max(small, 0.0005), took
+    of the chunk. Eight times the entries may cost at most 30 times as long: a linear decoder measured 6-8x;
+    the quadratic one 74x after other tests had warmed the heap (no page faults on its copies) and 147x in a
+    fresh process."""
+    gc.disable()  # a full collection of what earlier tests left alive would land in one run or the other
+    try:
+        small, big = _decode_seconds(1_000, 5), _decode_seconds(8_000, 2)
+    finally:
+        gc.enable()
+    took = f"{small * 1000:.1f} ms for 1000 entries, {big * 1000:.1f} ms for 8000"
+    assert big <= 30 * max(small, 0.0005), took
