@@ -239,6 +239,10 @@ class Framer:
         payload_start = self.base + p + payload[2]
         payload_end = payload_start + payload[1]
         discard = payload_end - self.start > self.frame_limit
+        if discard and self.one_frame:
+            # A frame awaited whole (the handshake's PING) has nothing to ack: streaming it past would
+            # only let an unauthenticated peer keep the connection busy for the size it announced.
+            raise FrameTooLarge("frame_too_large", f"frame over {self.frame_limit} bytes")
         self._stream = _Stream(raw_tag, self.start, payload_start, payload_end, arr[1] - 2, discard)
         self._skipper = None  # it holds a copy of what it was fed: no more of that
 
