@@ -137,7 +137,6 @@ from typing import TypeVar
 import structlog
 
 from forwardd.buffer.adoption import AdoptedQueues
-from forwardd.buffer.aiosync import AioSync
 from forwardd.buffer.base import FsyncPolicy, Taken, WhenFull
 from forwardd.buffer.checkpoint import LedgerCheckpoints
 from forwardd.buffer.segment import frame_size
@@ -206,12 +205,6 @@ class DiskQueue:
         self._last_batch = 0
         #: See _gather; an attribute so that tests can make the deadline irrelevant.
         self.gather_seconds = COMMIT_GATHER_SECONDS
-        #: fdatasync off the loop (Linux AIO), for inline commits under "always"; None: synced inline.
-        self._aio: AioSync | None = None
-        #: Whether a lone chunk (and a lone one before it) syncs inline even with AIO: one stop-and-wait
-        #: client gains the ~0.1 ms that waking for the AIO completion costs, and nobody waits behind it.
-        self.inline_lone = True
-        self.async_commits = 0
         self._store: SegmentStore | None = None
         #: Queues of workers that no longer exist, delivered before this one's (see adopt()).
         self._adopted = AdoptedQueues(self.name, [], max_segment_size, fsync)
@@ -258,8 +251,6 @@ class DiskQueue:
         )
         if self._adopted.directories:
             await self._in_thread(self._adopted.open)
-        if self.fsync == "always":
-            self._aio = AioSync.open(self._loop)
         self._accepting = True
         self._tasks.append(asyncio.create_task(self._commit_loop(), name=f"buffer-commit:{self.name}"))
         if self.fsync == "interval":
@@ -289,9 +280,6 @@ class DiskQueue:
             await asyncio.wait(self._retiring)
         store = self._store
         assert self._executor is not None
-        if self._aio is not None:
-            self._aio.close()  # after the commit task: no sync is in flight
-            self._aio = None
         self._closed = True  # store.close writes the ledger itself, durably
         for st in [*self._adopted.stores, store]:
             try:
@@ -487,28 +475,11 @@ class DiskQueue:
             and sum(p[2] for p in batch) <= self.inline_commit_max
         ):
             self.inline_commits += 1
-            aio = self._aio
-            if aio is None or (self.inline_lone and len(batch) == 1 and self._last_batch <= 1):
-                t0 = time.perf_counter()
-                try:
-                    return store.write(chunks)
-                finally:
-                    self._note_commit(time.perf_counter() - t0)
-            # Written here, synced by the kernel while the loop reads on: what arrives meanwhile is the
-            # next batch, committed as soon as this sync ends (the disk is never idle while work waits).
             t0 = time.perf_counter()
             try:
-                res = store.write(chunks, sync=False)
+                return store.write(chunks)
             finally:
                 self._note_commit(time.perf_counter() - t0)
-            if res.sync_fd >= 0:
-                self.async_commits += 1
-                try:
-                    await aio.fdatasync(res.sync_fd)
-                except OSError as exc:
-                    raise store.sync_failed(res, exc) from exc
-                store.synced(res)
-            return res
 
         def timed() -> WriteResult:
             t0 = time.perf_counter()

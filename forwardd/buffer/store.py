@@ -78,18 +78,9 @@ class SegmentStore:
 
     # Writer side (writer thread, or inline on the loop thread; never both at once).
 
-    def write(self, chunks: Sequence[Chunk], sync: bool = True) -> WriteResult:
-        """Append ``chunks`` and commit them per the fsync policy. Raises WriteError.
-
-        ``sync=False`` under "always": the caller fdatasyncs ``res.sync_fd`` and then calls :meth:`synced`
-        (or :meth:`sync_failed`) before anything else is written."""
-        return self.writer.write(chunks, sync)
-
-    def synced(self, res: WriteResult) -> None:
-        self.writer.synced(res)
-
-    def sync_failed(self, res: WriteResult, cause: OSError) -> WriteError:
-        return self.writer.sync_failed(res, cause)
+    def write(self, chunks: Sequence[Chunk]) -> WriteResult:
+        """Append ``chunks`` and commit them per the fsync policy. Raises WriteError."""
+        return self.writer.write(chunks)
 
     def sync(self) -> None:
         """fsync the current segment ("interval" policy)."""

@@ -56,10 +56,6 @@ class WriteResult:
     created: list[Segment] = field(default_factory=list)
     #: Every record written, in order: segment, start, end and the chunk itself (see the reader's hot cache).
     records: list[tuple[Segment, int, int, Chunk]] = field(default_factory=list)
-    #: ``write(sync=False)`` under "always": the descriptor whose fdatasync commits the batch, and the
-    #: position it commits up to (then :meth:`SegmentWriter.synced` or :meth:`SegmentWriter.sync_failed`).
-    sync_fd: int = -1
-    sync_pos: int = 0
 
 
 class WriteError(Exception):
@@ -151,14 +147,11 @@ class SegmentWriter:
         self._need_roll = False
         res.created.append(seg)
 
-    def write(self, chunks: Sequence[Chunk], sync: bool = True) -> WriteResult:
+    def write(self, chunks: Sequence[Chunk]) -> WriteResult:
         """Append ``chunks`` and commit them per the fsync policy. Raises WriteError.
 
         Runs of records go to the current segment with one pwritev each; a record that would overflow a
-        non-empty segment rolls to the next one. "always" ends with one fdatasync for the whole batch, or,
-        with ``sync=False``, leaves it to the caller: ``res.sync_fd`` is to be fdatasync'd (the queue does
-        it without blocking the loop), then :meth:`synced` makes the batch committed. Nothing else may be
-        written in between.
+        non-empty segment rolls to the next one. "always" ends with one fdatasync for the whole batch.
         """
         res = WriteResult()
         always = self.fsync == "always"
@@ -201,10 +194,6 @@ class SegmentWriter:
             if always and self._committed_pos < self._wpos:
                 if self._file_end - self._wpos < RUNWAY_LOW and self._wpos - start_pos <= RUNWAY_BATCH_MAX:
                     self._extend_runway()
-                if not sync:
-                    res.sync_fd, res.sync_pos = self._current.fd, self._wpos  # type: ignore[union-attr]
-                    res.committed = n
-                    return res
                 os.fdatasync(self._current.fd)  # type: ignore[union-attr]
                 self._committed_pos = self._wpos
         except OSError as exc:
@@ -212,16 +201,6 @@ class SegmentWriter:
             raise WriteError(res, exc) from exc
         res.committed = n
         return res
-
-    def synced(self, res: WriteResult) -> None:
-        """The fdatasync that ``write(sync=False)`` left to the caller succeeded: the batch is committed."""
-        if res.sync_fd >= 0:
-            self._committed_pos = max(self._committed_pos, res.sync_pos)
-
-    def sync_failed(self, res: WriteResult, cause: OSError) -> WriteError:
-        """That fdatasync failed: undo the batch as a failed write would (see :meth:`_rollback`)."""
-        self._rollback(res)
-        return WriteError(res, cause)
 
     def _extend_runway(self) -> None:
         """Write zeros ahead of the write position, to be flushed by the commit's fdatasync.

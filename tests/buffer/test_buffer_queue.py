@@ -72,9 +72,9 @@ async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_
     threads: list[int] = []
     real_write = store.write
 
-    def spied_write(chunks: list[Chunk], sync: bool = True):
+    def spied_write(chunks: list[Chunk]):
         threads.append(threading.get_ident())
-        return real_write(chunks, sync)
+        return real_write(chunks)
 
     store.write = spied_write  # type: ignore[method-assign]
     small = [queue.submit(chunk(i)) for i in range(40)]  # 40 x ~250 B: one inline commit
