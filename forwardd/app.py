@@ -3,7 +3,9 @@
 Start order is outputs (their buffers recover from disk first), then the router, then the listeners, so
 that nothing is accepted before there is somewhere safe to put it. Stop order is the reverse, as uvicorn
 does it: listeners stop accepting and send the acks they owe, the router gives back what filters hold,
-then each sink finishes its current write and closes its queue. A second signal aborts.
+then each sink finishes its current write and closes its queue, all within one deadline
+(``shutdown_timeout``, :mod:`forwardd.lifecycle`). A second signal aborts a single process; a worker
+only logs it (see :meth:`Daemon.run`).
 """
 
 from __future__ import annotations
