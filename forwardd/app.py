@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from forwardd.buffer import Batching, BufferedSink, DiskQueue, MemorySink, Retry
 from forwardd.buffer.journal import PieceJournal
 from forwardd.config import schema as cfg
 from forwardd.filters.base import Journal
+from forwardd.ops.attach import attach as attach_ops
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
@@ -263,7 +265,10 @@ class Daemon:
         worker: int = 0,
         reuse_port: bool = False,
         stats_interval: float = STATS_INTERVAL,
+        ops_channel: socket.socket | None = None,
     ) -> None:
+        """``ops_channel``: with ``workers: N``, this worker's pipe to the parent, which serves the
+        operators' endpoint (:mod:`forwardd.ops`)."""
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
@@ -305,8 +310,10 @@ class Daemon:
         self._stats_task: asyncio.Task[None] | None = None
         self.stats_interval = stats_interval
         self._started: list[Sink] = []
+        self.ops = attach_ops(self, ops_channel)
 
     async def start(self) -> None:
+        await self.ops.start()  # first: /health answers while buffers recover, /ready says 503 until ready
         for name, sink in self.sinks.items():
             await sink.start()
             self._started.append(sink)
@@ -369,6 +376,7 @@ class Daemon:
             except Exception as exc:  # one output failing to close must not keep the others open
                 log.error("output.stop_failed", output=sink.name, error=repr(exc))
         self.report()
+        await self.ops.stop()
         # Let the callbacks of what the sinks rejected while closing run (sessions consume those
         # outcomes) before the loop goes away.
         await asyncio.sleep(0)

@@ -11,9 +11,12 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Literal
+
+import structlog
 
 from forwardd import __version__
 from forwardd.config import Config, ConfigError, default_config, load_config
@@ -125,7 +128,7 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
+def _run_worker(config: Config, worker: int, reuse_port: bool, ops: socket.socket | None = None) -> int:
     from forwardd.app import Daemon
 
     _install_loop_policy()
@@ -134,7 +137,7 @@ def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
     # each group commit. 0.5 ms keeps the loop's throughput and the commit latency both.
     sys.setswitchinterval(0.0005)
     try:
-        asyncio.run(Daemon(config, worker=worker, reuse_port=reuse_port).run())
+        asyncio.run(Daemon(config, worker=worker, reuse_port=reuse_port, ops_channel=ops).run())
     except OSError as exc:
         import structlog
 
@@ -145,13 +148,25 @@ def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
 
 def _run_workers(config: Config) -> int:
     """Fork ``workers`` processes sharing each port through SO_REUSEPORT; forward signals to them."""
+    from forwardd.ops.workers import WorkerChannels
+
+    try:  # the operators' endpoint, served by this process for every worker
+        channels = WorkerChannels.for_config(config)
+    except OSError as exc:
+        structlog.get_logger("forwardd").error("forwardd.failed", error=f"http_server: {exc}")
+        return EXIT_FAILURE
     children: list[int] = []
     for i in range(config.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - exercised through the e2e test in a subprocess
-            code = _run_worker(config, i, reuse_port=True)
+            code = _run_worker(config, i, reuse_port=True, ops=channels.child(i) if channels else None)
             os._exit(code)
         children.append(pid)
+    if channels:
+        try:
+            channels.serve()
+        except Exception as exc:  # the workers run on; only the endpoint is missing, and says why
+            structlog.get_logger("forwardd").error("http_server.failed", error=repr(exc))
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:
@@ -163,10 +178,14 @@ def _run_workers(config: Config) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = EXIT_OK
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            code = EXIT_FAILURE
+    try:
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                code = EXIT_FAILURE
+    finally:
+        if channels:
+            channels.close()
     return code
 
 
