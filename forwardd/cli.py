@@ -1,4 +1,4 @@
-"""``forwardd`` command line: ``run`` (the default), ``check-config``, ``version``.
+"""``forwardd`` command line: ``run`` (the default), ``check-config``, ``top``, ``version``.
 
 Exit codes: 0 success, 1 a runtime failure (a port in use, a worker that died), 2 a configuration or usage
 error, with every problem of the file printed at once, or a storage directory that another forwardd holds
@@ -36,6 +36,7 @@ _USES = {
     "run": {"config", "log_level", "log_format"},
     "check-config": {"config"},
     "version": set(),
+    "top": {"config"},
 }
 _LOG_FORMATS: dict[str, Literal["auto", "json", "console"]] = {
     "auto": "auto",
@@ -85,12 +86,22 @@ def _parser() -> argparse.ArgumentParser:
         "`forwardd check-config -c F` (or `forwardd check-config F`) mean the same.",
     )
     _add_common(p, prefix="top_")
-    sub = p.add_subparsers(dest="command", metavar="{run,check-config,version}")
+    sub = p.add_subparsers(dest="command", metavar="{run,check-config,top,version}")
     _add_common(sub.add_parser("run", help="run the receiver (the default command)"), prefix="")
     check = sub.add_parser("check-config", help="validate a configuration and print its routes")
     _add_common(check, prefix="")
     check.add_argument("path", nargs="?", default=None, help="YAML configuration file (same as -c)")
     _add_common(sub.add_parser("version", help="print the version"), prefix="")
+    top = sub.add_parser(
+        "top",
+        help="live view of a running forwardd (its http_server's /status)",
+        description="Rates per source, output and tag, queue depth and the oldest queued age, read from "
+        "the http_server endpoint: the one configured in -c FILE, or --url (default http://127.0.0.1:24220).",
+    )
+    _add_common(top, prefix="")
+    top.add_argument("--url", default=None, help="the endpoint, e.g. http://127.0.0.1:24220 (not with -c)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame (rates over one interval) and exit")
     return p
 
 
@@ -189,6 +200,31 @@ def _run_workers(config: Config) -> int:
     return code
 
 
+def _top(argv: Sequence[str] | None, config: Config | None) -> int:
+    """``forwardd top``: the endpoint from -c FILE's http_server, or --url, never both (exit 2)."""
+    from forwardd.ops.top import endpoint_url, run_top
+
+    ns = _parser().parse_args(argv)
+    url: str | None = ns.url
+    if config is not None:
+        if url is not None:
+            print(
+                "forwardd: error: give either -c/--config or --url to `forwardd top`, not both",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if config.http_server is None:
+            print(
+                "forwardd: error: the configuration has no http_server to read (see README)", file=sys.stderr
+            )
+            return EXIT_CONFIG
+        url = endpoint_url(config.http_server.bind, config.http_server.port)
+    if ns.interval <= 0:
+        print("forwardd: error: --interval must be above 0", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_top(url or "http://127.0.0.1:24220", interval=ns.interval, once=ns.once)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, opts = _resolve(argv)
@@ -206,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         native = f"native json lines: {yes[NATIVE]}, native entry scan: {yes[NATIVE_SCAN]}"
         print(f"forwardd {__version__} ({native})")
         return EXIT_OK
+    if command == "top" and not opts["config"]:
+        return _top(argv, None)
     try:
         config = _load(opts["config"])
     except ConfigError as exc:
@@ -214,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check-config":
         print(config.describe())
         return EXIT_OK
+    if command == "top":
+        return _top(argv, config if opts["config"] else None)
     configure_logging(
         opts["log_level"] or config.log.level, _LOG_FORMATS[opts["log_format"] or config.log.format]
     )

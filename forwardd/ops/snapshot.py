@@ -207,6 +207,11 @@ def merge(snapshots: Iterable[Snapshot | None], workers: Sequence[int] | None = 
                 "ready": snap["ready"],
                 "reasons": snap["reasons"],
                 "uptime_seconds": round(now - snap["started"], 3),
+                # Enough to see how SO_REUSEPORT spreads the load; the rest is summed below.
+                "open_connections": sum(x["open_connections"] for x in snap["sources"].values()),
+                "events": sum(x["events"] for x in snap["sources"].values()),
+                "delivered_events": sum(x.get("delivered_events", 0) for x in snap["outputs"].values()),
+                "queued_bytes": sum(x.get("queued_bytes", 0) for x in snap["outputs"].values()),
             }
         )
         reasons += [f"worker {snap['worker']}: {r}" if prefix else r for r in snap["reasons"]]
