@@ -49,7 +49,8 @@ class LatencyHistogram:
 
 
 class TagCounts:
-    """Events per tag, at most ``limit`` tags (least recently counted evicted into OTHER_TAGS)."""
+    """Events per tag: at most ``limit`` entries and OTHER_TAGS, where the least recently counted tags are
+    folded when a new one comes (no event is lost from the total)."""
 
     __slots__ = ("counts", "limit")
 

@@ -102,8 +102,10 @@ def proc_factory() -> Iterator[Callable[..., Proc]]:
         return p
 
     yield make
-    for p in procs:
+    for p in procs:  # after a failure: the workers too, or they would outlive the test holding its ports
         if p.proc.poll() is None:
+            for child in psutil.Process(p.proc.pid).children(recursive=True):
+                child.kill()
             p.kill()
 
 
