@@ -16,6 +16,7 @@ import ctypes
 import faulthandler
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from forwardd.lifecycle import (
     block_stop_signals,
     unblock_stop_signals,
 )
+from forwardd.ops.attach import attach as attach_ops
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
@@ -273,7 +275,10 @@ class Daemon:
         worker: int = 0,
         reuse_port: bool = False,
         stats_interval: float = STATS_INTERVAL,
+        ops_channel: socket.socket | None = None,
     ) -> None:
+        """``ops_channel``: with ``workers: N``, this worker's pipe to the parent, which serves the
+        operators' endpoint (:mod:`forwardd.ops`)."""
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
@@ -315,8 +320,10 @@ class Daemon:
         self._stats_task: asyncio.Task[None] | None = None
         self.stats_interval = stats_interval
         self._started: list[Sink] = []
+        self.ops = attach_ops(self, ops_channel)
 
     async def start(self) -> None:
+        await self.ops.start()  # first: /health answers while buffers recover, /ready says 503 until ready
         for name, sink in self.sinks.items():
             await sink.start()
             self._started.append(sink)
@@ -391,6 +398,7 @@ class Daemon:
         for wave in (first, [sink for sink in self._started if sink not in first]):
             await asyncio.gather(*(stop_sink(sink) for sink in reversed(wave)))
         self.report()
+        await self.ops.stop()
         # Let the callbacks of what the sinks rejected while closing run (sessions consume those
         # outcomes) before the loop goes away.
         await asyncio.sleep(0)

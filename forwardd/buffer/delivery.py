@@ -40,6 +40,7 @@ from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
 from forwardd.lifecycle import Deadline
 from forwardd.model import Chunk
+from forwardd.ops.counters import DELIVERY_BUCKETS, LatencyHistogram, TagCounts
 from forwardd.outputs.base import Output, StatValue
 from forwardd.sink import Ingest
 
@@ -155,7 +156,13 @@ class BufferedSink:
             name, output, self.retry_policy, self._dead, clock=clock, sleep=sleep, rand=rand
         )
         self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
+        #: Receive to delivered, per delivered batch (by tag), and the events delivered per tag: read by the
+        #: metrics endpoint; one bisect and one dict update per batch, not per chunk.
+        self.delivery_latency = LatencyHistogram(DELIVERY_BUCKETS)
+        self.tag_events = TagCounts()
         self._crashes = 0
+        #: Set while the loop waits to restart after a crash (the endpoint's /ready says so).
+        self.restarting = False
         #: What the loop has taken and not finished, kept here so that a restart after a crash goes on
         #: with it: chunks taken for the next batch, and the batch's per-tag works still to deliver.
         self._gathered: list[Taken] = []
@@ -269,6 +276,43 @@ class BufferedSink:
             last_error=d.last_error,
         )
 
+    @property
+    def oldest_received_ns(self) -> int | None:
+        """When the oldest chunk still to deliver was received (time.time_ns), None when there is none.
+
+        The loop takes chunks in queue order (adopted queues first: older), so the oldest undelivered chunk
+        is the first of what it holds; each per-tag work's chunk starts with its oldest. What is queued and
+        not yet taken is newer than what is held.
+        """
+        oldest: int | None = None
+        if self._gathered:
+            oldest = self._gathered[0].chunk.received_ns
+        for work in self._works:
+            if work.pieces:
+                t = work.chunk.received_ns
+                oldest = t if oldest is None else min(oldest, t)
+        return oldest
+
+    @property
+    def failing_seconds(self) -> float:
+        """Seconds the head of the queue has been failing (retries with back-off), 0.0 while it is not."""
+        since = self._deliverer.failing_since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
+
+    @property
+    def last_error_at(self) -> float | None:
+        """Wall-clock time (time.time) of the last failed write, None if none failed."""
+        return self._deliverer.last_error_at
+
+    @property
+    def loop_alive(self) -> bool:
+        """Whether the delivery loop runs (or was not started yet); False when it ended or waits to
+        restart after a crash."""
+        task = self._task
+        if self.restarting:
+            return False
+        return task is None or not task.done() or self._deliverer.stopping
+
     # --- the loop and its supervisor ------------------------------------------------------------------
 
     async def _supervise(self) -> None:
@@ -311,7 +355,11 @@ class BufferedSink:
                         except Exception as park_exc:
                             with contextlib.suppress(Exception):
                                 log.error("delivery.park_failed", output=self.name, error=describe(park_exc))
-                await self._sleep(delay)
+                self.restarting = True
+                try:
+                    await self._sleep(delay)
+                finally:
+                    self.restarting = False
                 delay = min(delay * 2, CRASH_DELAY_MAX)
 
     async def _run(self) -> None:
@@ -332,7 +380,10 @@ class BufferedSink:
                     return  # stopping in the middle of it
                 for taken in work.takens:
                     self.queue.mark_delivered(taken)
-                self._latencies.append(time.time_ns() - work.chunk.received_ns)
+                latency = time.time_ns() - work.chunk.received_ns
+                self._latencies.append(latency)
+                self.delivery_latency.observe(latency / 1e9)
+                self.tag_events.add(work.chunk.tag, work.chunk.count)
                 deliverer.backing_off = False
                 deliverer.progress.set()
                 works.popleft()

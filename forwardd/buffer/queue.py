@@ -301,6 +301,11 @@ class DiskQueue:
     def pending_chunks(self) -> int:
         return len(self._pending) + self._committing
 
+    @property
+    def full(self) -> bool:
+        """Whether chunks wait for room (or, with drop_oldest, old ones are dropped for new ones)."""
+        return self._full
+
     # ------------------------------------------------------------------------------------- accept side
 
     @property

@@ -51,6 +51,7 @@ __all__ = [
     "GrepFilter",
     "GrepRule",
     "HttpOutput",
+    "HttpServer",
     "KafkaOutput",
     "Limits",
     "LogSettings",
@@ -207,6 +208,17 @@ class LogSettings(_Frozen):
 class StorageSettings(_Frozen):
     #: Root for buffers and dead letters; relative paths are relative to the working directory.
     path: Path = Path("forwardd-data")
+
+
+class HttpServer(_Frozen):
+    """The operators' endpoint: /metrics, /health, /ready, /status (:mod:`forwardd.ops`). Off unless
+    configured; on loopback unless told otherwise, since it shows tags, peers' counts and errors."""
+
+    bind: str = "127.0.0.1"
+    #: Fluentd's monitor_agent port.
+    port: Port = 24220
+    #: An output whose writes have kept failing (retried with back-off) this long makes /ready answer 503.
+    stuck_after: Duration = 60.0
 
 
 # --- sources --------------------------------------------------------------------------------------------
@@ -689,6 +701,8 @@ class Config(_Frozen):
     routes: tuple[Route, ...] = ()
     labels: dict[LabelName, tuple[Route, ...]] = Field(default_factory=dict)
     outputs: dict[Name, Output] = Field(default_factory=dict)
+    #: The operators' HTTP endpoint; None (the default): no port is opened.
+    http_server: HttpServer | None = None
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -732,6 +746,10 @@ class Config(_Frozen):
     def describe(self) -> str:
         """A human-readable summary for ``check-config``: what listens, where each tag goes, and how."""
         lines = [f"workers: {self.workers}    storage: {self.storage.path}    log: {self.log.level}"]
+        if self.http_server is not None:
+            h = self.http_server
+            host = f"[{h.bind}]" if ":" in h.bind else h.bind
+            lines.append(f"http_server: http://{host}:{h.port} (/metrics /health /ready /status)")
         lines.append("sources:")
         for src in self.sources:
             extras = []
@@ -1024,3 +1042,9 @@ def _check_sources(config: Config, labels: list[str], add: Any) -> None:
                 for m, user in enumerate(client.users):
                     if user not in usernames:
                         add(((*cloc, "users", m), _unknown("user", user, usernames)))
+    ops = config.http_server
+    if ops is not None and ops.port != 0:
+        for j, bind, port in tcp:
+            if port == ops.port and (bind == ops.bind or {bind, ops.bind} & {"0.0.0.0", "::", ""}):
+                add((("http_server", "port"), f"port {port} is already used by sources[{j}] ({bind}:{port})"))
+                break
