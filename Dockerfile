@@ -36,8 +36,9 @@ COPY --from=build /opt/forwardd /opt/forwardd
 COPY conf/ /etc/forwardd/
 COPY deploy/docker/healthcheck.py /usr/local/bin/forwardd-healthcheck
 # The import runs on the runtime image's C library: an extension that does not load fails the build here.
-RUN useradd --system --uid 10001 --home-dir /var/lib/forwardd --shell /usr/sbin/nologin forwardd \
-    && mkdir -p /var/lib/forwardd && chown forwardd /var/lib/forwardd \
+RUN groupadd --system --gid 10001 forwardd \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/forwardd --shell /usr/sbin/nologin forwardd \
+    && mkdir -p /var/lib/forwardd && chown forwardd:forwardd /var/lib/forwardd \
     && /opt/forwardd/bin/python -c "import forwardd.outputs._jsonl, forwardd.protocol._entries" \
     && /opt/forwardd/bin/forwardd version
 ENV PATH=/opt/forwardd/bin:$PATH \

@@ -43,6 +43,14 @@ class Docker:
         assert r.returncode == 0 or not check, (args, r.stdout, r.stderr)
         return r.stdout
 
+    def cli_with(self, env: dict[str, str], *args: str, timeout: float = 120) -> str:
+        """`docker ARGS` with this environment (`docker stack deploy` reads its variables from it)."""
+        r = subprocess.run(
+            ["docker", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r.stdout + r.stderr
+
     def logs(self, container: str) -> str:
         """What the container wrote (forwardd logs on stderr)."""
         r = subprocess.run(
@@ -50,6 +58,14 @@ class Docker:
             stderr=subprocess.STDOUT, text=True, timeout=60, check=False,
         )  # fmt: skip
         return r.stdout
+
+    def swarm_init(self) -> None:
+        """Make this engine a single-node swarm (left again at the end of the session)."""
+        r = subprocess.run(
+            [str(self.script), "swarm-init"], env=self.env, capture_output=True, text=True, timeout=90,
+            check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, (r.stdout, r.stderr)
 
     def service(self, name: str, *args: str, cmd: list[str], timeout: float = 240) -> str:
         r = subprocess.run(
