@@ -18,23 +18,29 @@ ARG BUILD_BASE=python:3.11
 
 FROM ${BUILD_BASE} AS build
 ARG EXTRAS=kafka,http
-COPY deploy/docker/wheels/ /wheels/
-COPY pyproject.toml README.md /src/
-COPY forwardd /src/forwardd
-# Wheels given (a forwardd wheel among them): install them without the index. Else build them here.
-RUN python3 -m venv /opt/forwardd \
-    && if ! ls /wheels/forwardd-*.whl >/dev/null 2>&1; then \
-        /opt/forwardd/bin/pip wheel --no-cache-dir --wheel-dir /wheels --find-links /wheels "/src[${EXTRAS}]"; \
-    fi \
-    && /opt/forwardd/bin/pip install --no-cache-dir --no-index --find-links /wheels "forwardd[${EXTRAS}]" \
-    && /opt/forwardd/bin/pip uninstall --yes pip setuptools
+# The context in one step (.dockerignore keeps it to what is needed): on a storage driver without layers
+# (vfs) every step of a build is a full copy of the image.
+COPY . /src
+# Wheels given (a forwardd wheel among them): install them without the index. Else build them here. What
+# the image gets is laid out under /out, for one COPY.
+RUN set -e; \
+    python3 -m venv /opt/forwardd; \
+    if ! ls /src/deploy/docker/wheels/forwardd-*.whl >/dev/null 2>&1; then \
+        /opt/forwardd/bin/pip wheel --no-cache-dir --wheel-dir /src/deploy/docker/wheels \
+            --find-links /src/deploy/docker/wheels "/src[${EXTRAS}]"; \
+    fi; \
+    /opt/forwardd/bin/pip install --no-cache-dir --no-index --find-links /src/deploy/docker/wheels \
+        "forwardd[${EXTRAS}]"; \
+    /opt/forwardd/bin/pip uninstall --quiet --yes pip setuptools; \
+    mkdir -p /out/opt /out/etc /out/usr/local/bin; \
+    mv /opt/forwardd /out/opt/forwardd; \
+    cp -r /src/conf /out/etc/forwardd; \
+    install -m 0755 /src/deploy/docker/healthcheck.py /out/usr/local/bin/forwardd-healthcheck
 
 # Only the virtualenv goes into the image (no wheels, no pip): BASE must have the same python3 as BUILD_BASE
 # at the same path (python:3.11-slim and python:3.11 do; the test uses one image for both).
 FROM ${BASE}
-COPY --from=build /opt/forwardd /opt/forwardd
-COPY conf/ /etc/forwardd/
-COPY deploy/docker/healthcheck.py /usr/local/bin/forwardd-healthcheck
+COPY --from=build /out/ /
 # The import runs on the runtime image's C library: an extension that does not load fails the build here.
 RUN groupadd --system --gid 10001 forwardd \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/forwardd --shell /usr/sbin/nologin forwardd \

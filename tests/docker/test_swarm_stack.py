@@ -58,6 +58,12 @@ def records(data: Path) -> list[dict[str, Any]]:
     return out
 
 
+def instant(rfc3339: str) -> tuple[str, str]:
+    """Docker's RFC 3339 time (nanoseconds, trailing zeros cut) in a form that sorts."""
+    whole, _, frac = rfc3339.strip().rstrip("Z").partition(".")
+    return whole, frac.ljust(9, "0")
+
+
 def forwardd_container(docker: Docker) -> str:
     """The id of the service's running, healthy task container ("" while there is none)."""
     ids = docker.cli(
@@ -147,18 +153,25 @@ def test_stack_rolling_update_while_a_service_logs(
         wait(lambda: len(lines()) >= 300 or not thread.is_alive(), 120, "the first lines")
         assert thread.is_alive(), logger
 
-        # The rolling restart, while the service logs: stop-first, and the update waits for health.
+        # The rolling restart, while the service logs: stop-first (the old task exits before the new one
+        # starts), the new one must become healthy. The update then watches it for update_config.monitor
+        # before it is complete: the logging goes on meanwhile, and completion is checked at the end.
         before = len(lines())
         updating = time.monotonic()
-        docker.cli_with(env, "service", "update", "--force", "--detach=false", SERVICE, timeout=240)
+        docker.cli_with(env, "service", "update", "--force", "--detach", SERVICE)
+        exited = lambda: docker.cli("inspect", "-f", "{{.State.Status}}", first).strip() == "exited"  # noqa: E731
+        wait(lambda: exited() and forwardd_container(docker) not in ("", first), 180, "a new healthy task")
         updated = time.monotonic()
         second = forwardd_container(docker)
-        assert second, "a healthy new task"
-        assert second != first, "a new task"
         assert docker.cli("inspect", "-f", "{{.State.ExitCode}}", first).strip() == "0", "a clean stop"
-        # Lines written by the new task: logging went on through the restart.
+        started = instant(docker.cli("inspect", "-f", "{{.State.StartedAt}}", second))
+        finished = instant(docker.cli("inspect", "-f", "{{.State.FinishedAt}}", first))
+        assert finished < started, "stop-first: the old task was gone before the new one started"
+        # Lines written through the new task: logging went on through the restart.
         at_update = len(lines())
         wait(lambda: len(lines()) >= at_update + 300, 120, "lines through the new task")
+        state = lambda: docker.cli("service", "inspect", "-f", "{{.UpdateStatus.State}}", SERVICE).strip()  # noqa: E731
+        wait(lambda: state() == "completed", 120, "the update complete")
         (ctl / "stop").touch()
         wait(lambda: any(r["log"].startswith("last ") for r in lines()), 120, "the last line")
         (ctl / "exit").touch()
