@@ -58,6 +58,11 @@ def test_image_logs_to_its_volume_as_non_root_and_is_healthy(
         "routes: [{match: '**', outputs: [files]}]\n"
         "outputs: {files: {type: file, path: '${FORWARDD_DATA_DIR}/logs/${tag}.log'}}\n"
     )
+    config = json.loads(docker.cli("image", "inspect", "-f", "{{json .Config}}", forwardd_image))
+    assert config["User"] == "forwardd"
+    assert list(config["Volumes"]) == ["/var/lib/forwardd"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "python3", "/usr/local/bin/forwardd-healthcheck"]
+    assert config["Entrypoint"] == ["forwardd"]
     name, volume = "fwd-image", "fwd-image-data"
     docker.cli("rm", "-f", name, check=False)
     docker.cli("volume", "rm", "-f", volume, check=False)
@@ -88,6 +93,8 @@ def test_image_logs_to_its_volume_as_non_root_and_is_healthy(
         pid = int(docker.cli("inspect", "-f", "{{.State.Pid}}", name))
         uids = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:"))
         assert uids.split()[1:] == [str(UID)] * 4, uids  # real, effective, saved, filesystem
+        gids = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Gid:"))
+        assert gids.split()[1:] == [str(UID)] * 4, gids
         assert (data / "forwardd.lock").exists(), "the storage (and its lock) is on the volume"
         assert (data / "buffer" / "files").is_dir()
         assert {p.stat().st_uid for p in data.rglob("*")} == {UID}, "all written by the non-root user"
