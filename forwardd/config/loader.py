@@ -10,7 +10,10 @@ path that has a line, and its message rewritten as "expected X, got Y".
 Interpolation: in string scalars, ``${NAME}`` and ``${NAME:-default}`` are replaced from the environment
 when NAME is upper case (``[A-Z_][A-Z0-9_]*``, the POSIX convention for environment variables). Anything
 else, such as ``${tag}`` or ``${record["k"]}``, is left alone for the component that expands it per event.
-``$${NAME}`` stands for a literal ``${NAME}``.
+``$${NAME}`` stands for a literal ``${NAME}``. ``${file:PATH}`` is replaced by the content of PATH, less its
+trailing newline: secrets that an orchestrator mounts as files (Docker's ``/run/secrets/NAME``) are read
+where they are and never pass through the environment, where child processes and ``docker inspect``
+would see them. A relative PATH is relative to the file that names it, as an include is.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from forwardd.config.units import show_value
 
 __all__ = ["load_config", "parse_config"]
 
-_ENV_RE = re.compile(r"\$(\$?)\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+_ENV_RE = re.compile(r"\$(\$?)\{(?:([A-Z_][A-Z0-9_]*)(?::-([^}]*))?|file:([^}]+))\}")
 _Loc = tuple[Any, ...]
 
 
@@ -114,6 +117,8 @@ class _Reader:
         def sub(m: re.Match[str]) -> str:
             if m.group(1):  # $${NAME}: the literal text
                 return m.group(0)[1:]
+            if m.group(4) is not None:
+                return self._read_file(m.group(4), v)
             name, default = m.group(2), m.group(3)
             value = self.env.get(name)
             if value is None:
@@ -126,6 +131,17 @@ class _Reader:
             return value
 
         return _ENV_RE.sub(sub, text)
+
+    def _read_file(self, path: str, v: _V) -> str:
+        base = os.path.dirname(v.file) if not v.file.startswith("<") else ""
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+        try:
+            text = Path(full).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # the reason only: never any of the content
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            v.problems.append(f"cannot read {full} (named by ${{file:{path}}}): {why}")
+            return ""
+        return text.rstrip("\r\n")
 
     # --- files and includes -----------------------------------------------------------------------------
 

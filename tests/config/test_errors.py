@@ -230,6 +230,27 @@ def test_missing_env_var(tmp_path):
     )
 
 
+def test_unreadable_secret_file(tmp_path):
+    """A ${file:...} that cannot be read is an error at its line naming the path, like a missing ${ENV}."""
+    (tmp_path / "secrets").mkdir()
+    text = """\
+    sources:
+      - name: main
+        security:
+          shared_key: ${file:secrets/missing}
+      - name: other
+        port: 24225
+        security: {shared_key: "${file:/nonexistent/dir/..}"}
+    routes: [{match: "**", outputs: [files]}]
+    """
+    assert errors(tmp_path, dedent(text) + dedent(OUTPUTS)) == (
+        "main.yaml:4: sources[0].security.shared_key: cannot read secrets/missing "
+        "(named by ${file:secrets/missing}): No such file or directory\n"
+        "main.yaml:7: sources[1].security.shared_key: cannot read /nonexistent "
+        "(named by ${file:/nonexistent/dir/..}): No such file or directory"
+    )
+
+
 def test_include_not_found(tmp_path):
     text = """\
     include:

@@ -49,6 +49,39 @@ def test_env_interpolation_with_default_and_set():
     assert out.path == "/logs/${tag}/${LITERAL}.log"
 
 
+def test_file_interpolation_reads_a_secret_file(tmp_path):
+    """Docker secrets are files: ${file:PATH} reads one (less the newline that `echo` and editors leave),
+    a relative PATH from the including file's directory, and $${file:...} stays literal."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "shared_key").write_text("s3cret key\n")
+    (secrets / "password").write_text("p4ss\r\n")
+    main = tmp_path / "main.yaml"
+    main.write_text(
+        dedent(
+            f"""\
+            sources:
+              - name: main
+                security:
+                  shared_key: "${{file:{secrets}/shared_key}}"
+                  user_auth: true
+                  users: [{{username: alice, password: "${{file:secrets/password}}-${{KEY:-x}}"}}]
+            routes: [{{match: "**", outputs: [out]}}]
+            outputs:
+              out: {{type: file, path: "/logs/$${{file:x}}/${{tag}}.log"}}
+            """
+        )
+    )
+    config = load_config(main, env={})
+    security = config.sources[0].security
+    assert security is not None
+    assert security.shared_key == "s3cret key"
+    assert security.users[0].password == "p4ss-x"
+    out = config.outputs["out"]
+    assert isinstance(out, FileOutput)
+    assert out.path == "/logs/${file:x}/${tag}.log"
+
+
 def test_empty_default_is_allowed():
     config = parse_config(MINIMAL + "log: {level: '${LEVEL:-}info'}\n", env={})
     assert config.log.level == "info"
