@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 from forwardd import __version__
-from forwardd.config import Config, ConfigError, default_config, load_config
+from forwardd.app.config import Config, default_config, load_config
+from forwardd.config import ConfigError
 from forwardd.logging import configure_logging
 from forwardd.storage import StorageLock, StorageLocked
 

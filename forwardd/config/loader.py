@@ -1,5 +1,6 @@
 """Reading configuration files: YAML with line numbers, ``${ENV}`` interpolation, includes, and errors that
-say where.
+say where. Generic in the model it validates into (the app assembles forwardd's, from its registry of
+components): this layer knows no component.
 
 The YAML is composed into nodes (PyYAML's SafeLoader, so no arbitrary objects), then built into plain
 data while each value remembers its file and line. Includes are merged at that stage (lists appended, maps
@@ -24,16 +25,17 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from forwardd.config.errors import ConfigError, Problem, format_path
-from forwardd.config.schema import Config
 from forwardd.config.units import show_value
 
 __all__ = ["load_config", "parse_config"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _ENV_RE = re.compile(r"\$(\$?)\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 _Loc = tuple[Any, ...]
@@ -205,7 +207,7 @@ class _Reader:
 
     # --- validation -------------------------------------------------------------------------------------
 
-    def validate(self, root: _V) -> Config:
+    def validate(self, root: _V, model: type[M]) -> M:
         locs: dict[_Loc, tuple[str, int]] = {}
         flagged: set[_Loc] = set()
         data = self._plain(root, (), locs, flagged)
@@ -216,15 +218,15 @@ class _Reader:
                     return locs[loc[:n]]
             return root.file, root.line
 
-        config: Config | None = None
+        config: M | None = None
         try:
-            config = Config.model_validate(data)
+            config = model.model_validate(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for err in errors:
                 if err["type"] == "too_short" and _has_inner(err["loc"], errors):
                     continue  # pydantic counts only the items that validated: not the author's mistake
-                path, message = _explain(err, data)
+                path, message = _explain(err, data, model)
                 if any(path[:n] in flagged for n in range(len(path) + 1)):
                     continue  # already reported by the loader (e.g. an unset variable left it empty)
                 file, line = place(path)
@@ -296,7 +298,7 @@ def _data_path(data: Any, loc: _Loc) -> _Loc:
     return tuple(out)
 
 
-def _explain(err: Any, data: Any) -> tuple[_Loc, str]:
+def _explain(err: Any, data: Any, model: type[BaseModel]) -> tuple[_Loc, str]:
     kind: str = err["type"]
     loc: _Loc = tuple(err["loc"])
     ctx: dict[str, Any] = err.get("ctx") or {}
@@ -305,14 +307,14 @@ def _explain(err: Any, data: Any) -> tuple[_Loc, str]:
     if kind == "missing":
         return path, "required, but not set"
     if kind == "extra_forbidden":
-        keys = _known_keys(loc[:-1])
+        keys = _known_keys(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
         if close:
             return path, f"unknown key (did you mean {close[0]!r}?)"
         return path, f"unknown key (expected one of: {', '.join(keys)})" if keys else "unknown key"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         what = "filter" if "filters" in path else "output" if path[:1] == ("outputs",) else "component"
-        expected = ", ".join(_union_tags(loc))
+        expected = ", ".join(_union_tags(model, loc))
         if kind == "union_tag_not_found":
             return (*path, "type"), f"required, but not set (the {what} type: one of {expected})"
         return (*path, "type"), f"unknown {what} type {ctx.get('tag')!r} (expected one of: {expected})"
@@ -354,9 +356,9 @@ def _strip(tp: Any) -> Any:
             return tp
 
 
-def _schema_at(loc: _Loc) -> Any:
+def _schema_at(model: type[BaseModel], loc: _Loc) -> Any:
     """The type that validates the value at pydantic ``loc`` (None when it cannot be followed)."""
-    tp: Any = Config
+    tp: Any = model
     for part in loc:
         tp = _strip(tp)
         origin = typing.get_origin(tp)
@@ -389,35 +391,39 @@ def _tags_of(model: type[BaseModel]) -> tuple[Any, ...]:
     return typing.get_args(f.annotation) if f is not None else ()
 
 
-def _known_keys(loc: _Loc) -> list[str]:
+def _known_keys(model: type[BaseModel], loc: _Loc) -> list[str]:
     """The keys a mapping at pydantic ``loc`` accepts (for "did you mean")."""
-    tp = _schema_at(loc)
+    tp = _schema_at(model, loc)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return [f.alias or n for n, f in tp.model_fields.items()]
     return []
 
 
-def _union_tags(loc: _Loc) -> list[str]:
+def _union_tags(model: type[BaseModel], loc: _Loc) -> list[str]:
     """The ``type:`` values the union at pydantic ``loc`` accepts."""
-    tp = _schema_at(loc)
+    tp = _schema_at(model, loc)
     return [str(t) for m in _union_members(tp) for t in _tags_of(m)] if tp is not None else []
 
 
 # --- public API ---------------------------------------------------------------------------------------------
 
 
-def parse_config(text: str, filename: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
-    """Validate configuration text; ``filename`` is used in messages and to resolve relative includes."""
+def parse_config(
+    text: str, model: type[M], filename: str = "<string>", env: Mapping[str, str] | None = None
+) -> M:
+    """Validate configuration text into ``model``; ``filename`` is used in messages and to resolve relative
+    includes."""
     reader = _Reader(os.environ if env is None else env)
     stack = () if filename.startswith("<") else (os.path.realpath(filename),)
     root = reader.load_text(text, filename, stack)
     if root is None:
         raise ConfigError(reader.problems)
-    return reader.validate(root)
+    return reader.validate(root, model)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a configuration file (and its includes); raises ConfigError listing every problem."""
+def load_config(path: str | Path, model: type[M], env: Mapping[str, str] | None = None) -> M:
+    """Read a configuration file (and its includes) and validate it into ``model``; raises ConfigError
+    listing every problem, each with its file, line and key path."""
     display = os.path.normpath(str(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -425,4 +431,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([Problem(display, None, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(display, None, "", f"cannot read: {exc}")]) from None
-    return parse_config(text, display, env)
+    return parse_config(text, model, display, env)
