@@ -262,8 +262,8 @@ class BufferedSink:
             try:
                 await self._run()
                 return
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
+            except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
+                raise  # GeneratorExit: the task is being closed (a loop torn down); it must not live on
             except BaseException as exc:  # an output may raise anything; the loop must outlive it
                 self._deliverer.idle.set()
                 self._crashes += 1

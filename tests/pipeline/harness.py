@@ -176,12 +176,13 @@ class _UnsentHttp(HttpOutput):
     requests = 0
 
     async def start(self) -> None:
-        pass  # no ClientSession: nothing is sent
+        # No ClientSession: nothing is sent. The request is the client's; everything before it is real.
+        self._client.send = self._count  # type: ignore[method-assign]
 
     async def stop(self) -> None:
         pass
 
-    async def _send(self, url: Any, body: bytes, count: int) -> None:
+    async def _count(self, url: Any, body: bytes, count: int) -> None:
         self.requests += 1
 
 
@@ -223,11 +224,11 @@ class _UnsentKafka(KafkaOutput):
     outcome of the reports) over a stub producer."""
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._producer = _StubProducer()  # type: ignore[assignment]
+        self._client._loop = asyncio.get_running_loop()
+        self._client.producer = _StubProducer()  # type: ignore[assignment]
 
     async def stop(self) -> None:
-        self._producer = None
+        self._client.producer = None
 
 
 class _Watched(Output):
@@ -240,6 +241,9 @@ class _Watched(Output):
         self.calls = 0
         #: Writes of each chunk object since the last reset: the delivery loop retries the same object.
         self.attempts: dict[int, int] = {}
+        #: The chunks counted, held so that a freed chunk's id() cannot be reused by a new one and counted
+        #: as its retry (pieces of an isolated batch are short-lived chunk objects).
+        self.seen: dict[int, Chunk] = {}
         self._violations = violations
 
     async def start(self) -> None:
@@ -251,6 +255,7 @@ class _Watched(Output):
     async def write(self, chunk: Chunk) -> None:
         self.calls += 1
         self.attempts[id(chunk)] = self.attempts.get(id(chunk), 0) + 1
+        self.seen[id(chunk)] = chunk
         try:
             await self.inner.write(chunk)
         except OUTPUT_ERRORS:
@@ -531,6 +536,7 @@ class Pipeline:
         await self._settle()
         for out in self.outputs.values():
             out.attempts.clear()
+            out.seen.clear()
         for name, sink in self.sinks.items():  # the counters, as the daemon reports them (last_error too)
             self._log(log.info, "output.stats", output=name, **sink.stats.as_dict())
 
