@@ -1,4 +1,4 @@
-"""``forwardd`` command line: ``run`` (the default), ``check-config``, ``version``.
+"""``forwardd`` command line: ``run`` (the default), ``check-config``, ``top``, ``version``.
 
 Exit codes: 0 success, 1 a runtime failure (a port in use, a worker that died), 2 a configuration or usage
 error, with every problem of the file printed at once, or a storage directory that another forwardd holds
@@ -11,13 +11,24 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Literal
 
+import structlog
+
 from forwardd import __version__
 from forwardd.app.config import Config, default_config, load_config
 from forwardd.config import ConfigError
+from forwardd.lifecycle import (
+    STOP_SIGNALS,
+    StopTimes,
+    block_stop_signals,
+    die_with_parent,
+    unblock_stop_signals,
+    watch_parent,
+)
 from forwardd.logging import configure_logging
 from forwardd.storage import StorageLock, StorageLocked
 
@@ -34,6 +45,7 @@ _USES = {
     "run": {"config", "log_level", "log_format"},
     "check-config": {"config"},
     "version": set(),
+    "top": {"config"},
 }
 _LOG_FORMATS: dict[str, Literal["auto", "json", "console"]] = {
     "auto": "auto",
@@ -83,12 +95,22 @@ def _parser() -> argparse.ArgumentParser:
         "`forwardd check-config -c F` (or `forwardd check-config F`) mean the same.",
     )
     _add_common(p, prefix="top_")
-    sub = p.add_subparsers(dest="command", metavar="{run,check-config,version}")
+    sub = p.add_subparsers(dest="command", metavar="{run,check-config,top,version}")
     _add_common(sub.add_parser("run", help="run the receiver (the default command)"), prefix="")
     check = sub.add_parser("check-config", help="validate a configuration and print its routes")
     _add_common(check, prefix="")
     check.add_argument("path", nargs="?", default=None, help="YAML configuration file (same as -c)")
     _add_common(sub.add_parser("version", help="print the version"), prefix="")
+    top = sub.add_parser(
+        "top",
+        help="live view of a running forwardd (its http_server's /status)",
+        description="Rates per source, output and tag, queue depth and the oldest queued age, read from "
+        "the http_server endpoint: the one configured in -c FILE, or --url (default http://127.0.0.1:24220).",
+    )
+    _add_common(top, prefix="")
+    top.add_argument("--url", default=None, help="the endpoint, e.g. http://127.0.0.1:24220 (not with -c)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame (rates over one interval) and exit")
     return p
 
 
@@ -126,7 +148,16 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
+def _run_worker(
+    config: Config,
+    worker: int,
+    reuse_port: bool,
+    parent_watch: int | None = None,
+    ops: socket.socket | None = None,
+) -> int:
+    """Run one daemon until it is stopped. ``parent_watch``: a forked worker's end of the pipe that tells
+    it its parent is gone (:func:`forwardd.lifecycle.watch_parent`); ``ops``: its channel to the parent's
+    operators' endpoint."""
     from forwardd.app import Daemon
 
     _install_loop_policy()
@@ -134,41 +165,159 @@ def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
     # waits for the event loop to yield it: Python's default 5 ms switch interval would be added to
     # each group commit. 0.5 ms keeps the loop's throughput and the commit latency both.
     sys.setswitchinterval(0.0005)
-    try:
-        asyncio.run(Daemon(config, worker=worker, reuse_port=reuse_port).run())
-    except OSError as exc:
-        import structlog
 
+    async def serve(daemon: Daemon) -> None:
+        if parent_watch is not None:
+            watch_parent(asyncio.get_running_loop(), parent_watch, worker)
+        # A forked worker gets each group signal twice (see forwardd.lifecycle): a repeat is not an abort.
+        await daemon.run(repeat_aborts=parent_watch is None, watchdog=True)
+
+    try:
+        asyncio.run(serve(Daemon(config, worker=worker, reuse_port=reuse_port, ops_channel=ops)))
+    except OSError as exc:
         structlog.get_logger("forwardd").error("forwardd.failed", error=str(exc), worker=worker)
         return EXIT_FAILURE
     return EXIT_OK
 
 
 def _run_workers(config: Config) -> int:
-    """Fork ``workers`` processes sharing each port through SO_REUSEPORT; forward signals to them."""
-    children: list[int] = []
+    """Fork ``workers`` processes sharing each port through SO_REUSEPORT and supervise them: they die with
+    this process, and stop (within ``shutdown_timeout``) when it is told to or when one of them dies. This
+    process serves the operators' endpoint for all of them."""
+    from forwardd.ops.workers import WorkerChannels
+
+    try:
+        channels = WorkerChannels.for_config(config)
+    except OSError as exc:
+        structlog.get_logger("forwardd").error("forwardd.failed", error=f"http_server: {exc}")
+        return EXIT_FAILURE
+    parent = os.getpid()
+    # Each worker watches the read end; this process holds the only write end: its end of file means this
+    # process is gone, however it went (forwardd.lifecycle).
+    watch_r, watch_w = os.pipe()
+    children: dict[int, int] = {}
     for i in range(config.workers):
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - exercised through the e2e test in a subprocess
-            code = _run_worker(config, i, reuse_port=True)
-            os._exit(code)
-        children.append(pid)
+        if pid == 0:  # pragma: no cover - exercised through the e2e tests in a subprocess
+            code = EXIT_FAILURE
+            try:
+                os.close(watch_w)
+                die_with_parent(parent)
+                ops = channels.child(i) if channels else None
+                code = _run_worker(config, i, reuse_port=True, parent_watch=watch_r, ops=ops)
+            except BaseException:
+                structlog.get_logger("forwardd").exception("forwardd.failed", worker=i)
+            finally:
+                os._exit(code)
+        children[pid] = i
+    os.close(watch_r)
+    if channels:
+        try:
+            channels.serve()
+        except Exception as exc:  # the workers run on; only the endpoint is missing, and says why
+            structlog.get_logger("forwardd").error("http_server.failed", error=repr(exc))
+    try:
+        return _Supervisor(children, StopTimes(config.shutdown_timeout)).run()
+    finally:
+        if channels:
+            channels.close()
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
+
+class _Supervisor:
+    """The parent of the workers: forwards the first stop signal, kills what is still running at the
+    deadline, and stops every worker when one of them dies (the orchestrator then restarts the whole)."""
+
+    def __init__(self, children: dict[int, int], times: StopTimes) -> None:
+        self.children = children  # pid -> worker index
+        self.times = times
+        self.stopping = False
+        self.signalled = False
+        self.code = EXIT_OK
+        self.log = structlog.get_logger("forwardd")
+
+    def run(self) -> int:
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGALRM, self._on_deadline)
+        unblock_stop_signals()  # a signal that came while the workers were forked is handled now
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:  # pragma: no cover - every child is in self.children
+                break
+            worker = self.children.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                self.code = EXIT_FAILURE
+            if not self.stopping:
+                self.log.error("worker.exited", worker=worker, pid=pid, code=code)
+                self.code = EXIT_FAILURE
+                self._stop(signal.SIGTERM)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        block_stop_signals()  # a signal now, as this process exits, must not kill it by its default action
+        return self.code
+
+    def _stop(self, signum: int) -> None:
+        self.stopping = True
+        signal.setitimer(signal.ITIMER_REAL, self.times.parent_kill)
+        self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        for pid in list(self.children):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = EXIT_OK
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            code = EXIT_FAILURE
-    return code
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signalled:
+            # Asked twice: abort. What the workers committed is on disk; their acks and drain are cut off.
+            self.log.warning("workers.abort", signal=name, workers=len(self.children))
+            self.code = EXIT_FAILURE
+            self._send(signal.SIGKILL)
+            return
+        self.signalled = True
+        self.log.info("workers.stopping", signal=name, workers=len(self.children), deadline=self.times.total)
+        if not self.stopping:
+            self._stop(signum)
+
+    def _on_deadline(self, _signum: int, _frame: object) -> None:
+        self.log.error(
+            "workers.stop_deadline",
+            workers=sorted(self.children.values()),
+            after=round(self.times.parent_kill, 3),
+            hint="killed: what they acked is on disk and is delivered at the next start",
+        )
+        self.code = EXIT_FAILURE
+        self._send(signal.SIGKILL)
+
+
+def _top(argv: Sequence[str] | None, config: Config | None) -> int:
+    """``forwardd top``: the endpoint from -c FILE's http_server, or --url, never both (exit 2)."""
+    from forwardd.ops.top import endpoint_url, run_top
+
+    ns = _parser().parse_args(argv)
+    url: str | None = ns.url
+    if config is not None:
+        if url is not None:
+            print(
+                "forwardd: error: give either -c/--config or --url to `forwardd top`, not both",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if config.http_server is None:
+            print(
+                "forwardd: error: the configuration has no http_server to read (see README)", file=sys.stderr
+            )
+            return EXIT_CONFIG
+        url = endpoint_url(config.http_server.bind, config.http_server.port)
+    if ns.interval <= 0:
+        print("forwardd: error: --interval must be above 0", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_top(url or "http://127.0.0.1:24220", interval=ns.interval, once=ns.once)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         native = f"native json lines: {yes[NATIVE]}, native entry scan: {yes[NATIVE_SCAN]}"
         print(f"forwardd {__version__} ({native})")
         return EXIT_OK
+    if command == "top" and not opts["config"]:
+        return _top(argv, None)
     try:
         config = _load(opts["config"])
     except ConfigError as exc:
@@ -196,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check-config":
         print(config.describe())
         return EXIT_OK
+    if command == "top":
+        return _top(argv, config if opts["config"] else None)
     configure_logging(
         opts["log_level"] or config.log.level, _LOG_FORMATS[opts["log_format"] or config.log.format]
     )
@@ -209,18 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
+    # From here a stop signal waits until the process that handles it is ready to (the daemon's loop, or
+    # the parent of the workers once they are forked): a signal on the way must not kill a worker.
+    block_stop_signals()
     # Before any worker exists: they inherit the lock, which then lasts as long as the last of them.
     lock = StorageLock(config.storage.path)
     try:
         lock.acquire()
     except StorageLocked as exc:
-        import structlog
-
         structlog.get_logger("forwardd").error("storage.locked", path=exc.path, pid=exc.pid, error=str(exc))
         return EXIT_CONFIG
     except OSError as exc:
-        import structlog
-
         structlog.get_logger("forwardd").error("storage.unusable", path=lock.path, error=str(exc))
         return EXIT_FAILURE
     try:

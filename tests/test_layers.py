@@ -1,8 +1,8 @@
 """The package's layers, as a test: no module imports from a layer above its own.
 
-    L0  model, errors, constants, stats, config, logging, storage   (config knows no component)
+    L0  model, errors, constants, stats, config, logging, storage, lifecycle   (config knows no component)
     L1  protocol, pieces, sink                                       (the sans-IO core and the ack contract)
-    L2  buffer, router, filters, outputs, server                     (components, each with its settings)
+    L2  buffer, router, filters, outputs, server, ops                (components, each with its settings)
     L3  app                                                          (registry, Config, builder, Daemon)
     L4  cli, testing, __main__                                       (entry points; testing may use anything)
 
@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "logging": 0,
     "storage": 0,
+    "lifecycle": 0,
     "protocol": 1,
     "pieces": 1,
     "sink": 1,
@@ -40,6 +41,7 @@ LAYERS: dict[str, int] = {
     "filters": 2,
     "outputs": 2,
     "server": 2,
+    "ops": 2,
     "app": 3,
     "cli": 4,
     "testing": 4,

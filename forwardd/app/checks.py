@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from forwardd.app.registry import FILTERS
 from forwardd.config.types import Loc, unknown
 from forwardd.router.table import ROOT_LABEL, pattern_error, relabel_cycles
-from forwardd.server.source import source_problems
+from forwardd.server.source import port_used, source_problems
 
 if TYPE_CHECKING:
     from forwardd.app.config import Config, FilterEntry, RouteSettings
@@ -80,6 +80,10 @@ def cross_check(config: Config) -> list[tuple[Loc, str]]:
         add((cycle.location, f"relabel cycle: {cycle}"))
 
     problems.extend((("sources", *loc), message) for loc, message in source_problems(config.sources))
+    if config.http_server is not None:
+        clash = port_used(config.sources, config.http_server.bind, config.http_server.port)
+        if clash:
+            add((("http_server", "port"), clash))
     for i, src in enumerate(config.sources):
         if src.label is not None and src.label != ROOT_LABEL and src.label not in config.labels:
             add((("sources", i, "label"), unknown("label", src.label, labels)))

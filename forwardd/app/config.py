@@ -27,7 +27,8 @@ from forwardd.app.describe import describe
 from forwardd.app.registry import FILTERS, OUTPUTS
 from forwardd.buffer.settings import BufferSettings
 from forwardd.config.errors import ConfigError, Problem, format_path
-from forwardd.config.types import Count, Frozen, LabelName, Name, NonEmpty
+from forwardd.config.types import Count, Frozen, LabelName, Name, NonEmpty, PositiveDuration
+from forwardd.ops.settings import HttpServer
 from forwardd.router.table import ROOT_LABEL
 from forwardd.server.source import ForwardSource
 
@@ -146,11 +147,16 @@ class Config(Frozen):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     #: SO_REUSEPORT worker processes.
     workers: Count = 1
+    #: The longest a stop (SIGTERM, SIGINT) takes, from the signal to the exit of every process (see
+    #: forwardd.lifecycle). Default 8 s: inside the 10 s Docker and Swarm wait before SIGKILL.
+    shutdown_timeout: PositiveDuration = 8.0
     sources: Annotated[tuple[ForwardSource, ...], Field(min_length=1)]
     #: The root label's routes, in order; the first match wins unless it says ``continue: true``.
     routes: tuple[RouteSettings, ...] = ()
     labels: dict[LabelName, tuple[RouteSettings, ...]] = Field(default_factory=dict)
     outputs: dict[Name, AnyOutput] = Field(default_factory=dict)
+    #: The operators' HTTP endpoint; None (the default): no port is opened.
+    http_server: HttpServer | None = None
 
     @field_validator("sources", mode="before")
     @classmethod

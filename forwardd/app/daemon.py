@@ -3,7 +3,9 @@
 Start order is outputs (their buffers recover from disk first), then the router, then the listeners, so
 that nothing is accepted before there is somewhere safe to put it. Stop order is the reverse, as uvicorn
 does it: listeners stop accepting and send the acks they owe, the router gives back what filters hold,
-then each sink finishes its current write and closes its queue. A second signal aborts.
+then each sink finishes its current write and closes its queue, all within one deadline
+(``shutdown_timeout``, :mod:`forwardd.lifecycle`). A second signal aborts a single process; a worker
+only logs it (see :meth:`Daemon.run`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +26,14 @@ from forwardd.app.config import Config
 from forwardd.buffer import BufferedSink
 from forwardd.buffer.journal import PieceJournal
 from forwardd.filters.base import Journal
+from forwardd.lifecycle import (
+    STOP_SIGNALS,
+    Deadline,
+    StopTimes,
+    block_stop_signals,
+    unblock_stop_signals,
+)
+from forwardd.ops.attach import attach as attach_ops
 from forwardd.outputs.formats import NATIVE
 from forwardd.router import ROOT_LABEL, Route, Router
 from forwardd.server.listener import ForwardListener
@@ -63,7 +75,10 @@ class Daemon:
         worker: int = 0,
         reuse_port: bool = False,
         stats_interval: float = STATS_INTERVAL,
+        ops_channel: socket.socket | None = None,
     ) -> None:
+        """``ops_channel``: with ``workers: N``, this worker's pipe to the parent, which serves the
+        operators' endpoint (:mod:`forwardd.ops`)."""
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
@@ -105,8 +120,10 @@ class Daemon:
         self._stats_task: asyncio.Task[None] | None = None
         self.stats_interval = stats_interval
         self._started: list[BufferedSink] = []
+        self.ops = attach_ops(self, ops_channel)
 
     async def start(self) -> None:
+        await self.ops.start()  # first: /health answers while buffers recover, /ready says 503 until ready
         for name, sink in self.sinks.items():
             await sink.start()
             self._started.append(sink)
@@ -144,9 +161,13 @@ class Daemon:
                 waited = 0.0
                 self.report()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        for listener in self.listeners:
-            await listener.stop(grace)
+    async def stop(self, grace: float | None = None, *, deadline: Deadline | None = None) -> None:
+        """Stop within ``deadline`` (or ``grace`` seconds from now; default ``shutdown_timeout``), every
+        step sharing it (:mod:`forwardd.lifecycle`): listeners send the acks they owe, filters give back
+        what they hold, outputs deliver what they can; the rest stays queued on disk."""
+        if deadline is None:
+            deadline = Deadline.after(self.config.shutdown_timeout if grace is None else grace)
+        await asyncio.gather(*(listener.stop(deadline.soft_left()) for listener in self.listeners))
         for task in (self._expiry, self._stats_task):
             if task is not None:
                 task.cancel()
@@ -155,38 +176,65 @@ class Daemon:
         drained = self.router.drain()
         if drained is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(drained, grace)
+                await asyncio.wait_for(drained, deadline.soft_left())
         for f in self.router.stateful:  # after the drain was accepted: what they keep on disk is closed
             try:
                 await f.stop()
             except Exception as exc:  # one filter failing to close must not keep the outputs open
                 log.error("filter.stop_failed", filter=f.name, error=repr(exc))
-        for sink in reversed(self._started):
+
+        async def stop_sink(sink: BufferedSink) -> None:
             try:
-                await sink.stop()
+                await sink.stop(deadline)
             except Exception as exc:  # one output failing to close must not keep the others open
                 log.error("output.stop_failed", output=sink.name, error=repr(exc))
+
+        # Together, so that one output that is down does not use up the time of the others; but those
+        # that may hand what they reject to the @ERROR label's outputs before these, which must still
+        # take it (else it goes to the dead-letter folder instead).
+        first = [sink for sink in self._started if sink.error_route is not None]
+        for wave in (first, [sink for sink in self._started if sink not in first]):
+            await asyncio.gather(*(stop_sink(sink) for sink in reversed(wave)))
         self.report()
+        await self.ops.stop()
         # Let the callbacks of what the sinks rejected while closing run (sessions consume those
         # outcomes) before the loop goes away.
         await asyncio.sleep(0)
         log.info("forwardd.stopped", worker=self.worker)
 
-    async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully; a second signal aborts at once."""
+    async def run(
+        self, ready: asyncio.Event | None = None, *, repeat_aborts: bool = True, watchdog: bool = False
+    ) -> None:
+        """Run until SIGTERM or SIGINT, then stop within ``shutdown_timeout`` (:mod:`forwardd.lifecycle`).
+
+        A second signal aborts at once when ``repeat_aborts``; a worker passes False: the signal its
+        parent forwards is the second copy of one the process group already got, not a second request.
+        ``watchdog`` (the command line's processes, never a test's) ends the process if the stop overruns.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        signals = (signal.SIGTERM, signal.SIGINT)
+        signals = STOP_SIGNALS
+        times = StopTimes(self.config.shutdown_timeout)
+        deadline: list[Deadline] = []
 
         def on_signal(signum: int) -> None:
+            name = signal.Signals(signum).name
             if stop.is_set():
-                log.warning("forwardd.abort", signal=signal.Signals(signum).name)
-                raise SystemExit(1)
-            log.info("forwardd.stopping", signal=signal.Signals(signum).name)
+                if repeat_aborts:
+                    log.warning("forwardd.abort", signal=name)
+                    raise SystemExit(1)
+                log.info("forwardd.stop_signal_repeated", signal=name, worker=self.worker)
+                return
+            deadline.append(Deadline.after(times.daemon))
+            if watchdog:
+                # Ends the process if the stop hangs anyway: a C thread, it needs neither GIL nor loop.
+                faulthandler.dump_traceback_later(times.watchdog, exit=True)
+            log.info("forwardd.stopping", signal=name, worker=self.worker, deadline=round(times.daemon, 3))
             stop.set()
 
         for s in signals:
             loop.add_signal_handler(s, on_signal, s)
+        unblock_stop_signals()  # one that came before (see block_stop_signals) is handled now
         try:
             await self.start()
             log.info(
@@ -208,6 +256,11 @@ class Daemon:
                 ready.set()
             await stop.wait()
         finally:
+            if not deadline:  # ended by something else than a signal (a start that failed)
+                deadline.append(Deadline.after(times.daemon))
+            await self.stop(deadline=deadline[0])
+            # Blocked again before the handlers go: a signal now, as the process exits, must not kill it
+            # by its default action (exit code -15 after a clean stop).
+            block_stop_signals()
             for s in signals:
                 loop.remove_signal_handler(s)
-            await self.stop()

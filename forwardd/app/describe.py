@@ -16,6 +16,8 @@ __all__ = ["describe"]
 
 def describe(config: Config) -> str:
     lines = [f"workers: {config.workers}    storage: {config.storage.path}    log: {config.log.level}"]
+    if config.http_server is not None:
+        lines.append(f"http_server: {config.http_server.describe()}")
     lines.append("sources:")
     for src in config.sources:
         where = f"label {src.label}" if src.label and src.label != ROOT_LABEL else "root routes"

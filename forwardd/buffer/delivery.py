@@ -38,7 +38,9 @@ from forwardd.buffer.base import ChunkQueue, Taken
 from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
+from forwardd.lifecycle import Deadline
 from forwardd.model import Chunk
+from forwardd.ops.counters import DELIVERY_BUCKETS, LatencyHistogram, TagCounts
 from forwardd.outputs.base import Output, StatValue
 from forwardd.sink import Ingest
 
@@ -154,7 +156,13 @@ class BufferedSink:
             name, output, self.retry_policy, self._dead, clock=clock, sleep=sleep, rand=rand
         )
         self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
+        #: Receive to delivered, per delivered batch (by tag), and the events delivered per tag: read by the
+        #: metrics endpoint; one bisect and one dict update per batch, not per chunk.
+        self.delivery_latency = LatencyHistogram(DELIVERY_BUCKETS)
+        self.tag_events = TagCounts()
         self._crashes = 0
+        #: Set while the loop waits to restart after a crash (the endpoint's /ready says so).
+        self.restarting = False
         #: What the loop has taken and not finished, kept here so that a restart after a crash goes on
         #: with it: chunks taken for the next batch, and the batch's per-tag works still to deliver.
         self._gathered: list[Taken] = []
@@ -187,43 +195,59 @@ class BufferedSink:
         await self.output.start()
         self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
 
-    async def _drain(self) -> None:
-        """Deliver what is queued before stopping, while the output keeps succeeding."""
+    async def _drain(self, until: float) -> None:
+        """Deliver what is queued before stopping, while the output keeps succeeding, until ``until``
+        (``time.monotonic``)."""
         q = self.queue
         q.stop_accepting()
         self._hurry.set()
         if self._task is None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drain_timeout
         deliverer = self._deliverer
         while (q.queued_chunks or q.pending_chunks) and not deliverer.backing_off:
             deliverer.progress.clear()
             try:
-                await asyncio.wait_for(deliverer.progress.wait(), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(deliverer.progress.wait(), max(0.0, until - time.monotonic()))
             except TimeoutError:
                 log.warning("delivery.drain_timeout", output=self.name, queued_chunks=q.queued_chunks)
                 return
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """See the class doc. With a ``deadline`` (the daemon's stop) every step shares it: delivery and the
+        write in progress until its ``soft`` part, closing the queue and the output in what is left;
+        without one, the drain and the write in progress get ``drain_timeout`` and ``stop_timeout``."""
         deliverer = self._deliverer
         if deliverer.stopping:
             return
-        await self._drain()
+        await self._drain(time.monotonic() + self.drain_timeout if deadline is None else deadline.soft)
         deliverer.stopping = True
         task = self._task
         if task is not None:
             if not deliverer.idle.is_set():
+                wait = self.stop_timeout if deadline is None else deadline.soft_left()
                 try:
-                    await asyncio.wait_for(deliverer.idle.wait(), self.stop_timeout)
+                    await asyncio.wait_for(deliverer.idle.wait(), wait)
                 except TimeoutError:
-                    log.warning("delivery.stop_timeout", output=self.name, timeout=self.stop_timeout)
+                    # Cut off: the chunks of that write stay queued and are written again after a restart.
+                    log.warning("delivery.stop_timeout", output=self.name, timeout=round(wait, 3))
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
                 pass
-        await self.queue.close()
+        q = self.queue
+        # What is left here is what the next start delivers (a memory queue loses it, and says so).
+        log.info(
+            "output.stopped",
+            output=self.name,
+            left_chunks=q.queued_chunks,
+            left_bytes=q.queued_bytes,
+            delivered_events=deliverer.delivered_events,
+            last_error=deliverer.last_error if q.queued_chunks else None,
+        )
+        await q.close()
+        if deadline is not None:
+            self.output.stop_deadline = deadline.at
         await self.output.stop()
 
     @property
@@ -251,6 +275,43 @@ class BufferedSink:
             loop_crashes=self._crashes,
             last_error=d.last_error,
         )
+
+    @property
+    def oldest_received_ns(self) -> int | None:
+        """When the oldest chunk still to deliver was received (time.time_ns), None when there is none.
+
+        The loop takes chunks in queue order (adopted queues first: older), so the oldest undelivered chunk
+        is the first of what it holds; each per-tag work's chunk starts with its oldest. What is queued and
+        not yet taken is newer than what is held.
+        """
+        oldest: int | None = None
+        if self._gathered:
+            oldest = self._gathered[0].chunk.received_ns
+        for work in self._works:
+            if work.pieces:
+                t = work.chunk.received_ns
+                oldest = t if oldest is None else min(oldest, t)
+        return oldest
+
+    @property
+    def failing_seconds(self) -> float:
+        """Seconds the head of the queue has been failing (retries with back-off), 0.0 while it is not."""
+        since = self._deliverer.failing_since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
+
+    @property
+    def last_error_at(self) -> float | None:
+        """Wall-clock time (time.time) of the last failed write, None if none failed."""
+        return self._deliverer.last_error_at
+
+    @property
+    def loop_alive(self) -> bool:
+        """Whether the delivery loop runs (or was not started yet); False when it ended or waits to
+        restart after a crash."""
+        task = self._task
+        if self.restarting:
+            return False
+        return task is None or not task.done() or self._deliverer.stopping
 
     # --- the loop and its supervisor ------------------------------------------------------------------
 
@@ -294,7 +355,11 @@ class BufferedSink:
                         except Exception as park_exc:
                             with contextlib.suppress(Exception):
                                 log.error("delivery.park_failed", output=self.name, error=describe(park_exc))
-                await self._sleep(delay)
+                self.restarting = True
+                try:
+                    await self._sleep(delay)
+                finally:
+                    self.restarting = False
                 delay = min(delay * 2, CRASH_DELAY_MAX)
 
     async def _run(self) -> None:
@@ -315,7 +380,10 @@ class BufferedSink:
                     return  # stopping in the middle of it
                 for taken in work.takens:
                     self.queue.mark_delivered(taken)
-                self._latencies.append(time.time_ns() - work.chunk.received_ns)
+                latency = time.time_ns() - work.chunk.received_ns
+                self._latencies.append(latency)
+                self.delivery_latency.observe(latency / 1e9)
+                self.tag_events.add(work.chunk.tag, work.chunk.count)
                 deliverer.backing_off = False
                 deliverer.progress.set()
                 works.popleft()

@@ -145,6 +145,11 @@ class Deliverer:
         #: Batches whose failing events were isolated by splitting them.
         self.isolations = 0
         self.last_error: str | None = None
+        #: Wall-clock time of the last failed write (the metrics endpoint's last-error timestamp).
+        self.last_error_at: float | None = None
+        #: ``clock()`` when the head piece began failing with back-off in between; None while writes
+        #: succeed. How long an output has been stuck (the endpoint's ``/ready``).
+        self.failing_since: float | None = None
 
     async def deliver(self, work: Work) -> None:
         """Deliver every piece of ``work``; returns with pieces left only when stopping."""
@@ -171,13 +176,17 @@ class Deliverer:
                 self.delivered_events += piece.chunk.count
                 self.delivered_bytes += len(piece.chunk.entries)
                 attempts = 0
+                self.failing_since = None
                 continue
             step = await self._failed(work, piece, failure, attempts)
             if step is _NEXT:
                 attempts = 0
+                self.failing_since = None
                 continue
             if self.stopping:
                 return
+            if self.failing_since is None:
+                self.failing_since = self._clock()
             if step is _QUICK:
                 self.backing_off = True
                 self.progress.set()
@@ -192,6 +201,7 @@ class Deliverer:
                 pieces.popleft()
                 await self._dead_letter(head.chunk, "retries_exhausted", step, attempts, head.isolated)
                 attempts = 0
+                self.failing_since = None
                 continue
             delay = policy.delay(attempts, step.retry_after, self._rand)
             self.retries += 1
@@ -218,6 +228,7 @@ class Deliverer:
         head again)."""
         pieces = work.pieces
         self.last_error = describe(exc)
+        self.last_error_at = time.time()
         if isinstance(exc, PartialDelivery):
             self.delivered_events += max(exc.delivered, 0)
             if exc.rejected is not None and exc.rejected.count:

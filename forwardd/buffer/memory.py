@@ -64,6 +64,11 @@ class MemoryQueue:
     def pending_chunks(self) -> int:
         return 0
 
+    @property
+    def full(self) -> bool:
+        """Whether chunks wait for room (or, with drop_oldest, old ones are dropped for new ones)."""
+        return self._full
+
     async def close(self) -> None:
         self.stop_accepting()
         lost = len(self._items) + self._in_flight

@@ -29,6 +29,10 @@ class Output(abc.ABC):
 
     #: The output's name in the configuration; used in logs and metrics.
     name: str
+    #: When set (by the buffer, before :meth:`stop`), the ``time.monotonic()`` by which stop() must have
+    #: returned: the daemon's stop has one deadline (:mod:`forwardd.lifecycle`), and an output that waits
+    #: in stop() (Kafka's flush) waits at most until then.
+    stop_deadline: float | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections or files before the first write."""

@@ -9,6 +9,7 @@ the client resends it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -23,16 +24,24 @@ __all__ = ["AckFlow", "Pending"]
 class Pending:
     """One request the client waits on: its acceptance and the ack to send when accepted."""
 
-    __slots__ = ("ack", "acks", "count", "tag", "waiter")
+    __slots__ = ("ack", "acks", "count", "received", "tag", "waiter")
 
     def __init__(
-        self, waiter: asyncio.Future[Any] | None, ack: bytes | None, tag: str, count: int, acks: int = 1
+        self,
+        waiter: asyncio.Future[Any] | None,
+        ack: bytes | None,
+        tag: str,
+        count: int,
+        acks: int = 1,
+        received: float = 0.0,
     ) -> None:
         self.waiter = waiter
         self.ack = ack
         self.tag = tag
         self.count = count
         self.acks = acks
+        #: time.monotonic() of the read that completed the request (0.0: not measured).
+        self.received = received
 
 
 class AckFlow:
@@ -62,6 +71,7 @@ class AckFlow:
         pending = self._pending
         transport = self.transport
         out: list[bytes] = []
+        now = 0.0
         while pending:
             p = pending[0]
             w = p.waiter
@@ -80,7 +90,12 @@ class AckFlow:
             pending.popleft()
             if p.ack is not None:
                 out.append(p.ack)
-                self.stats.acks += p.acks
+                stats = self.stats
+                stats.acks += p.acks
+                if p.received:
+                    if not now:
+                        now = time.monotonic()  # once per flush: its acks go out in one write
+                    stats.ack_latency.observe(now - p.received)
         if out and transport is not None:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             self._responded = True  # type: ignore[misc]  # a slot of Session

@@ -81,6 +81,11 @@ class ForwardListener:
         self.port: int | None = None
         self.address: str | None = None
 
+    @property
+    def serving(self) -> bool:
+        """Whether it accepts connections now (started and not stopped)."""
+        return self._server is not None and self._server.is_serving()
+
     def _session(self) -> asyncio.Protocol:
         if len(self.sessions) >= self.settings.max_connections:
             self.stats.refused_connections += 1

@@ -300,6 +300,7 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         pending = self._pending
         hooks = self.settings.hooks
         warn_size = self.settings.limits.chunk_size_warn
+        received = self._last_activity  # the read that completed these requests (ack latency)
         spent = 0
         for i, ev in enumerate(events):
             if type(ev) is EntriesReceived:
@@ -324,7 +325,7 @@ class Session(AckFlow, Offload, asyncio.Protocol):
                     self._invalid_entries(ev)
                     if not chunk.count:  # nothing in it could be delivered: acked and dropped (counted)
                         if ev.ack is not None:
-                            pending.append(Pending(None, ev.ack, chunk.tag, 0, ev.acks))
+                            pending.append(Pending(None, ev.ack, chunk.tag, 0, ev.acks, received))
                         continue
                 if self._transform:
                     chunk = self._transformed(chunk)
@@ -335,10 +336,10 @@ class Session(AckFlow, Offload, asyncio.Protocol):
                     continue
                 if waiter is None:
                     if ev.ack is not None:
-                        pending.append(Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks))
+                        pending.append(Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks, received))
                 else:
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
-                    pending.append(Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
+                    pending.append(Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks, received))
                 if ev.size > warn_size:
                     self._log.limited(
                         "warning",

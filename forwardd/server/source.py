@@ -45,6 +45,7 @@ __all__ = [
     "SourceUser",
     "UnixSocket",
     "listener_settings",
+    "port_used",
     "source_problems",
 ]
 
@@ -212,6 +213,17 @@ def source_problems(sources: Sequence[ForwardSource]) -> list[tuple[Loc, str]]:
                     break
             tcp.append((i, src.bind, src.port))
     return problems
+
+
+def port_used(sources: Sequence[ForwardSource], bind: str, port: int) -> str | None:
+    """Why another listener (the operators' endpoint) cannot take ``bind:port``: the source that has it."""
+    if port == 0:
+        return None
+    wildcard = {"0.0.0.0", "::", ""}
+    for j, src in enumerate(sources):
+        if src.unix is None and src.port == port and (src.bind == bind or {src.bind, bind} & wildcard):
+            return f"port {port} is already used by sources[{j}] ({src.bind}:{port})"
+    return None
 
 
 def listener_settings(src: ForwardSource, *, reuse_port: bool = False) -> ListenerSettings:

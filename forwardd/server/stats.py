@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+from forwardd.ops.counters import LatencyHistogram
 
 __all__ = ["SourceStats"]
 
@@ -30,6 +32,9 @@ class SourceStats:
     backpressure_pauses: int = 0
     budget_pauses: int = 0
     offloaded: int = 0
+    #: Request read to ack written, for requests that asked for an ack (the metrics endpoint's histogram).
+    ack_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The counters (not the histogram), for log lines."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ack_latency"}
