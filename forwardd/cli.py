@@ -19,7 +19,8 @@ from typing import Literal
 import structlog
 
 from forwardd import __version__
-from forwardd.config import Config, ConfigError, default_config, load_config
+from forwardd.app.config import Config, default_config, load_config
+from forwardd.config import ConfigError
 from forwardd.lifecycle import (
     STOP_SIGNALS,
     StopTimes,

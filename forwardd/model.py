@@ -24,6 +24,8 @@ from typing import Any
 import msgpack
 import msgspec
 
+from forwardd.constants import EVENT_TIME_EXT, NS, UINT32_PAIR
+
 __all__ = [
     "EVENT_TIME_EXT",
     "INVALID_REASONS",
@@ -33,14 +35,12 @@ __all__ = [
     "PlainEntries",
     "decode_entries",
     "entry_problem",
+    "msgpack_default",
     "pack_entries",
     "pack_event_time",
 ]
 
-#: msgpack ext type code of the forward protocol's EventTime (not msgpack's own Timestamp, which is -1).
-EVENT_TIME_EXT = 0
-_NS = 1_000_000_000
-_II = struct.Struct(">II")
+_II = UINT32_PAIR
 
 
 class EventTime:
@@ -54,11 +54,11 @@ class EventTime:
 
     @classmethod
     def from_ns(cls, ns: int) -> EventTime:
-        s, n = divmod(ns, _NS)
+        s, n = divmod(ns, NS)
         return cls(s, n)
 
     def to_ns(self) -> int:
-        return self.seconds * _NS + self.nanoseconds
+        return self.seconds * NS + self.nanoseconds
 
     def to_ext(self) -> msgpack.ExtType:
         return msgpack.ExtType(EVENT_TIME_EXT, _II.pack(self.seconds, self.nanoseconds))
@@ -79,7 +79,7 @@ class EventTime:
 
 def pack_event_time(ns: int) -> bytes:
     """The fixext8 bytes of an EventTime, as fluent-logger and Fluentd write it."""
-    s, n = divmod(ns, _NS)
+    s, n = divmod(ns, NS)
     return b"\xd7\x00" + _II.pack(s & 0xFFFFFFFF, n)
 
 
@@ -94,10 +94,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
-def _default(obj: Any) -> Any:
-    if isinstance(obj, EventTime):
+def msgpack_default(obj: Any) -> Any:
+    """The msgpack packer's hook: a nested EventTime goes out as the forward protocol's ext type."""
+    if type(obj) is EventTime:
         return obj.to_ext()
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
+    raise TypeError(f"cannot encode {type(obj).__name__} as msgpack")
 
 
 @dataclass(slots=True)
@@ -117,7 +118,7 @@ def _time_ns(t: Any, received_ns: int) -> int | None:
         return t.to_ns()  # type: ignore[no-any-return]
     if tt is int:
         if t > 0:
-            return t * _NS  # type: ignore[no-any-return]
+            return t * NS  # type: ignore[no-any-return]
         if t == 0:
             return received_ns
         return None
@@ -128,8 +129,8 @@ def _time_ns(t: Any, received_ns: int) -> int | None:
             return received_ns
         # Whole seconds apart: t * 1e9 rounds at 2**-52 of 1.4e18 (128 ns), the fraction alone does not.
         s: int = int(t)
-        frac: int = round((t - s) * _NS)
-        return s * _NS + frac
+        frac: int = round((t - s) * NS)
+        return s * NS + frac
     if t is None:
         return received_ns
     return None
@@ -220,7 +221,7 @@ class PlainEntries:
         return PlainEntries([sec[i] for i in indices], [nan[i] for i in indices], [rec[i] for i in indices])
 
     def events(self) -> list[Event]:
-        ns = _NS
+        ns = NS
         return [
             Event(s * ns + n, r, None)
             for s, n, r in zip(self.seconds, self.nanos, self.records, strict=False)
@@ -249,7 +250,7 @@ def _decode_plain(entries: bytes, count: int, received_ns: int) -> PlainEntries 
         if sys.byteorder == "little":
             words.byteswap()
         seconds, nanos = words[0::2], words[1::2]
-        if max(nanos) >= _NS:  # not a valid fraction: the general path's arithmetic carries it
+        if max(nanos) >= NS:  # not a valid fraction: the general path's arithmetic carries it
             return None
     elif kinds == {int} and min(times) > 0:  # integer seconds (docker's default)
         seconds, nanos = times, array(_U32, bytes(4 * count))
@@ -261,13 +262,13 @@ def _decode_plain(entries: bytes, count: int, received_ns: int) -> PlainEntries 
                 if t.code != EVENT_TIME_EXT or len(t.data) != 8:  # type: ignore[arg-type]
                     return None
                 s, n = _unpack_ii(t.data)
-                ns = s * _NS + n
+                ns = s * NS + n
             else:
                 t_ns = _time_ns(t, received_ns)
                 if t_ns is None:
                     return None
                 ns = t_ns
-            s, n = divmod(ns, _NS)
+            s, n = divmod(ns, NS)
             seconds_l.append(s)
             nanos_l.append(n)
         seconds, nanos = seconds_l, nanos_l
@@ -357,12 +358,12 @@ def pack_entries(events: Iterable[Event]) -> tuple[bytes, int]:
 
     EventTime holds 32-bit seconds: a time past 2106 (which clients may send as integer seconds) is written
     as integer seconds, as it came, instead of failing the filter that re-encodes it."""
-    packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_default)
+    packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=msgpack_default)
     pack = packer.pack
     parts: list[bytes] = []
     n = 0
     for ev in events:
-        sec, nsec = divmod(ev.time_ns, _NS)
+        sec, nsec = divmod(ev.time_ns, NS)
         t: Any = msgpack.ExtType(EVENT_TIME_EXT, _II.pack(sec, nsec)) if 0 <= sec <= 0xFFFFFFFF else sec
         parts.append(pack([t if ev.meta is None else [t, ev.meta], ev.record]))
         n += 1

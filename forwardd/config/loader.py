@@ -1,5 +1,6 @@
 """Reading configuration files: YAML with line numbers, ``${ENV}`` interpolation, includes, and errors that
-say where.
+say where. Generic in the model it validates into (the app assembles forwardd's, from its registry of
+components): this layer knows no component.
 
 The YAML is composed into nodes (PyYAML's SafeLoader, so no arbitrary objects), then built into plain
 data while each value remembers its file and line. Includes are merged at that stage (lists appended, maps
@@ -18,25 +19,24 @@ would see them. A relative PATH is relative to the file that names it, as an inc
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from forwardd.config.errors import ConfigError, Problem, format_path
-from forwardd.config.schema import Config
+from forwardd.config.explain import explain
 from forwardd.config.units import show_value
 
 __all__ = ["load_config", "parse_config"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _ENV_RE = re.compile(r"\$(\$?)\{(?:([A-Z_][A-Z0-9_]*)(?::-([^}]*))?|file:([^}]+))\}")
 _Loc = tuple[Any, ...]
@@ -221,7 +221,7 @@ class _Reader:
 
     # --- validation -------------------------------------------------------------------------------------
 
-    def validate(self, root: _V) -> Config:
+    def validate(self, root: _V, model: type[M]) -> M:
         locs: dict[_Loc, tuple[str, int]] = {}
         flagged: set[_Loc] = set()
         data = self._plain(root, (), locs, flagged)
@@ -232,15 +232,15 @@ class _Reader:
                     return locs[loc[:n]]
             return root.file, root.line
 
-        config: Config | None = None
+        config: M | None = None
         try:
-            config = Config.model_validate(data)
+            config = model.model_validate(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for err in errors:
                 if err["type"] == "too_short" and _has_inner(err["loc"], errors):
                     continue  # pydantic counts only the items that validated: not the author's mistake
-                path, message = _explain(err, data)
+                path, message = explain(err, data, model)
                 if any(path[:n] in flagged for n in range(len(path) + 1)):
                     continue  # already reported by the loader (e.g. an unset variable left it empty)
                 file, line = place(path)
@@ -274,166 +274,25 @@ def _kind(value: Any) -> str:
     return show_value(value) if not isinstance(value, list) else "a list"
 
 
-# --- pydantic errors as sentences ---------------------------------------------------------------------------
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-    "dict_type": "a mapping",
-    "list_type": "a list",
-    "tuple_type": "a list",
-    "path_type": "a file path",
-}
-
-
-def _data_path(data: Any, loc: _Loc) -> _Loc:
-    """The key path in the YAML for a pydantic ``loc`` (which also names union members: skip those)."""
-    out: list[Any] = []
-    node = data
-    for i, part in enumerate(loc):
-        if part == "[key]":
-            break
-        present = (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        )
-        if present:
-            node = node[part]
-            out.append(part)
-        elif i == len(loc) - 1:
-            out.append(part)  # a missing key: name it
-    return tuple(out)
-
-
-def _explain(err: Any, data: Any) -> tuple[_Loc, str]:
-    kind: str = err["type"]
-    loc: _Loc = tuple(err["loc"])
-    ctx: dict[str, Any] = err.get("ctx") or {}
-    got = show_value(err.get("input"))
-    path = _data_path(data, loc)
-    if kind == "missing":
-        return path, "required, but not set"
-    if kind == "extra_forbidden":
-        keys = _known_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-        if close:
-            return path, f"unknown key (did you mean {close[0]!r}?)"
-        return path, f"unknown key (expected one of: {', '.join(keys)})" if keys else "unknown key"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        what = "filter" if "filters" in path else "output" if path[:1] == ("outputs",) else "component"
-        expected = ", ".join(_union_tags(loc))
-        if kind == "union_tag_not_found":
-            return (*path, "type"), f"required, but not set (the {what} type: one of {expected})"
-        return (*path, "type"), f"unknown {what} type {ctx.get('tag')!r} (expected one of: {expected})"
-    if kind == "literal_error":
-        return path, f"expected one of {ctx.get('expected')}, got {got}"
-    if kind in _EXPECTED:
-        return path, f"expected {_EXPECTED[kind]}, got {got}"
-    bounds = {
-        "greater_than_equal": ">=",
-        "greater_than": ">",
-        "less_than_equal": "<=",
-        "less_than": "<",
-    }
-    if kind in bounds:
-        limit = next(iter(ctx.values()), "?")
-        return path, f"expected a number {bounds[kind]} {limit}, got {got}"
-    if kind == "too_short":
-        n = ctx.get("min_length", 1)
-        return path, f"expected at least {n} item{'s' if n != 1 else ''}, got {ctx.get('actual_length', 0)}"
-    if kind == "string_too_short":
-        return path, "expected a non-empty string"
-    message: str = err["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    return path, message
-
-
-def _strip(tp: Any) -> Any:
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _schema_at(loc: _Loc) -> Any:
-    """The type that validates the value at pydantic ``loc`` (None when it cannot be followed)."""
-    tp: Any = Config
-    for part in loc:
-        tp = _strip(tp)
-        origin = typing.get_origin(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            match = [f.annotation for n, f in tp.model_fields.items() if part in (n, f.alias)]
-            if not match:
-                return None
-            tp = match[0]
-        elif origin in (typing.Union, types.UnionType):
-            members = [m for m in _union_members(tp) if part in _tags_of(m)]
-            if not members:
-                return None
-            tp = members[0]
-        elif origin in (tuple, list):
-            tp = typing.get_args(tp)[0]
-        elif origin is dict:
-            tp = typing.get_args(tp)[1]
-        else:
-            return None
-    return _strip(tp)
-
-
-def _union_members(tp: Any) -> list[type[BaseModel]]:
-    members = [_strip(m) for m in typing.get_args(tp)]
-    return [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
-
-
-def _tags_of(model: type[BaseModel]) -> tuple[Any, ...]:
-    f = model.model_fields.get("type")
-    return typing.get_args(f.annotation) if f is not None else ()
-
-
-def _known_keys(loc: _Loc) -> list[str]:
-    """The keys a mapping at pydantic ``loc`` accepts (for "did you mean")."""
-    tp = _schema_at(loc)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [f.alias or n for n, f in tp.model_fields.items()]
-    return []
-
-
-def _union_tags(loc: _Loc) -> list[str]:
-    """The ``type:`` values the union at pydantic ``loc`` accepts."""
-    tp = _schema_at(loc)
-    return [str(t) for m in _union_members(tp) for t in _tags_of(m)] if tp is not None else []
-
-
 # --- public API ---------------------------------------------------------------------------------------------
 
 
-def parse_config(text: str, filename: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
-    """Validate configuration text; ``filename`` is used in messages and to resolve relative includes."""
+def parse_config(
+    text: str, model: type[M], filename: str = "<string>", env: Mapping[str, str] | None = None
+) -> M:
+    """Validate configuration text into ``model``; ``filename`` is used in messages and to resolve relative
+    includes."""
     reader = _Reader(os.environ if env is None else env)
     stack = () if filename.startswith("<") else (os.path.realpath(filename),)
     root = reader.load_text(text, filename, stack)
     if root is None:
         raise ConfigError(reader.problems)
-    return reader.validate(root)
+    return reader.validate(root, model)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a configuration file (and its includes); raises ConfigError listing every problem."""
+def load_config(path: str | Path, model: type[M], env: Mapping[str, str] | None = None) -> M:
+    """Read a configuration file (and its includes) and validate it into ``model``; raises ConfigError
+    listing every problem, each with its file, line and key path."""
     display = os.path.normpath(str(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -441,4 +300,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([Problem(display, None, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(display, None, "", f"cannot read: {exc}")]) from None
-    return parse_config(text, display, env)
+    return parse_config(text, model, display, env)

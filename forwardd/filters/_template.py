@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from forwardd.constants import NS
 from forwardd.filters._accessor import MISSING, Path, get_path, parse_accessor, value_str
 from forwardd.model import Event
 
@@ -77,7 +78,7 @@ def format_time(ns: int) -> str:
 
     A time gmtime cannot write (a client's integer seconds far past year 9999) is written as its seconds,
     so that one odd client time costs nothing but its own text."""
-    s, frac = divmod(ns, 1_000_000_000)
+    s, frac = divmod(ns, NS)
     if _time_cache[0] != s:
         try:
             _time_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))

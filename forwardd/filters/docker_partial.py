@@ -41,10 +41,12 @@ from typing import Any
 
 import structlog
 
+from forwardd.config.types import Count, Frozen
+from forwardd.config.units import Duration, Size
 from forwardd.filters.base import Held, Journal, Released
 from forwardd.model import Chunk, Event
 
-__all__ = ["DockerPartial"]
+__all__ = ["DockerPartial", "DockerPartialSettings"]
 
 log = structlog.get_logger("forwardd.filters")
 
@@ -100,8 +102,32 @@ def _nbytes(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogateescape"))
 
 
+class DockerPartialSettings(Frozen):
+    """``type: docker_partial``: docker's lines longer than 16 KiB, reassembled from their pieces."""
+
+    flush_timeout: Duration = 5.0
+    max_size: Size = 1024**2
+    max_pending: Count = 10000
+    #: Commit held pieces to a journal under <storage>/journal before acking them (see DockerPartial).
+    journal: bool = True
+
+
 class DockerPartial:
     """Reassemble docker's partial messages; a :class:`~forwardd.filters.base.StatefulFilter`."""
+
+    @classmethod
+    def from_settings(
+        cls, name: str, s: DockerPartialSettings, journal: Callable[[], Journal] | None = None
+    ) -> DockerPartial:
+        """The filter of one configured entry; ``journal`` opens its journal, used when it asks for one
+        (none: tests and ``check-config``, which hold nothing across a restart)."""
+        return cls(
+            name=name,
+            flush_timeout=s.flush_timeout,
+            max_size=s.max_size,
+            max_pending=s.max_pending,
+            journal=journal() if journal is not None and s.journal else None,
+        )
 
     def __init__(
         self,

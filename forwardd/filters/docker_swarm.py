@@ -25,9 +25,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from forwardd.config.types import Frozen
 from forwardd.model import Chunk, Event
 
-__all__ = ["LABELS", "DockerSwarm", "swarm_identity"]
+__all__ = ["LABELS", "DockerSwarm", "DockerSwarmSettings", "swarm_identity"]
 
 LABEL_PREFIX = "com.docker.swarm."
 LABEL_SERVICE = "com.docker.swarm.service.name"
@@ -97,10 +98,36 @@ def swarm_identity(record: dict[Any, Any]) -> dict[str, str] | None:
     return out
 
 
+class DockerSwarmSettings(Frozen):
+    """``type: docker_swarm``: a line's Swarm identity (service, task, slot or node) from its record."""
+
+    #: Field names to write; null leaves that field out.
+    service_key: str | None = "service"
+    task_key: str | None = "task"
+    slot_key: str | None = "slot"
+    node_key: str | None = "node"
+    #: Replace a field the record already has (off: keep the record's own value).
+    overwrite: bool = False
+    #: Drop the com.docker.swarm.* labels once read.
+    remove_labels: bool = False
+
+
 class DockerSwarm:
     """Add Swarm fields to docker's records; returns the chunk itself when no record changed."""
 
     __slots__ = ("_keys", "name", "overwrite", "remove_labels")
+
+    @classmethod
+    def from_settings(cls, name: str, s: DockerSwarmSettings) -> DockerSwarm:
+        return cls(
+            name=name,
+            service_key=s.service_key,
+            task_key=s.task_key,
+            slot_key=s.slot_key,
+            node_key=s.node_key,
+            overwrite=s.overwrite,
+            remove_labels=s.remove_labels,
+        )
 
     def __init__(
         self,

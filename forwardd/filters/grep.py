@@ -13,10 +13,11 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from forwardd.config.types import Frozen, NonEmpty, Problems, Regex
 from forwardd.filters._accessor import MISSING, Path, get_path, parse_accessor, value_str
 from forwardd.model import Chunk
 
-__all__ = ["Grep"]
+__all__ = ["Grep", "GrepSettings"]
 
 Mode = Literal["and", "or"]
 _Rule = tuple[Path, Callable[[str], Any]]
@@ -51,10 +52,37 @@ def _matches(record: dict[Any, Any], rule: _Rule) -> bool:
     return search(v if type(v) is str else value_str(v)) is not None
 
 
+class GrepRule(Frozen):
+    key: NonEmpty
+    pattern: Regex
+
+
+class GrepSettings(Frozen):
+    """``type: grep``: keep the events whose fields match, drop those an exclude rule matches."""
+
+    regexp: tuple[GrepRule, ...] = ()
+    exclude: tuple[GrepRule, ...] = ()
+    #: How regexp rules combine: and = all must match, or = any. An event matching any exclude is dropped.
+    combine: Literal["and", "or"] = "and"
+
+    def problems(self) -> Problems:
+        if not self.regexp and not self.exclude:
+            yield (), "grep needs at least one regexp or exclude rule"
+
+
 class Grep:
     """Filter events by field regexes; returns the chunk itself when every event survives."""
 
     __slots__ = ("_exclude", "_exclude_and", "_regexp", "_regexp_and", "name")
+
+    @classmethod
+    def from_settings(cls, name: str, s: GrepSettings) -> Grep:
+        return cls(
+            name=name,
+            regexp=[(r.key, r.pattern) for r in s.regexp],
+            exclude=[(r.key, r.pattern) for r in s.exclude],
+            regexp_mode=s.combine,
+        )
 
     def __init__(
         self,

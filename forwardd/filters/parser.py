@@ -24,10 +24,11 @@ from typing import Any, Literal
 import orjson
 import structlog
 
+from forwardd.config.types import Frozen, NonEmpty, Problems, Regex
 from forwardd.filters._accessor import MISSING, get_path, parse_accessor, pop_path
 from forwardd.model import Chunk, Event
 
-__all__ = ["Parser", "parse_logfmt"]
+__all__ = ["Parser", "ParserSettings", "parse_logfmt"]
 
 Format = Literal["json", "regex", "logfmt"]
 
@@ -71,6 +72,25 @@ def _parse_json(text: str | bytes) -> dict[Any, Any] | None:
     return v if type(v) is dict else None
 
 
+class ParserSettings(Frozen):
+    """``type: parser``: parse one field (JSON, a regex with named groups, logfmt) into fields."""
+
+    key: NonEmpty = "log"
+    format: Literal["json", "regex", "logfmt"] = "json"
+    pattern: Regex | None = None
+    reserve_data: bool = True
+    remove_key_name_field: bool = False
+    hash_value_field: str | None = None
+
+    def problems(self) -> Problems:
+        if self.format == "regex" and self.pattern is None:
+            yield ("pattern",), "format regex needs a pattern"
+        elif self.format == "regex" and self.pattern is not None and not re.compile(self.pattern).groupindex:
+            yield ("pattern",), "a parser pattern needs named groups like (?P<level>\\w+)"
+        elif self.format != "regex" and self.pattern is not None:
+            yield ("pattern",), f"pattern only applies to format regex, not {self.format}"
+
+
 class Parser:
     """Parse a field of each event into fields; returns the chunk itself when nothing was parsed."""
 
@@ -85,6 +105,18 @@ class Parser:
         "name",
         "skipped",
     )
+
+    @classmethod
+    def from_settings(cls, name: str, s: ParserSettings) -> Parser:
+        return cls(
+            name=name,
+            key_name=s.key,
+            format=s.format,
+            pattern=s.pattern,
+            reserve_data=s.reserve_data,
+            remove_key_name_field=s.remove_key_name_field,
+            hash_value_field=s.hash_value_field,
+        )
 
     def __init__(
         self,

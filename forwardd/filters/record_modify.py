@@ -16,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import Field
+
+from forwardd.config.types import Frozen, Text
 from forwardd.filters._accessor import (
     MISSING,
     Path,
@@ -28,7 +31,7 @@ from forwardd.filters._accessor import (
 from forwardd.filters._template import Bound, Template
 from forwardd.model import Chunk, Event
 
-__all__ = ["RecordModify"]
+__all__ = ["RecordModify", "RecordModifySettings"]
 
 
 def _write_path(spec: str, what: str) -> Path:
@@ -40,10 +43,23 @@ def _write_path(spec: str, what: str) -> Path:
     return path
 
 
+class RecordModifySettings(Frozen):
+    """``type: record_modify``: set (templates), remove, rename and keep fields."""
+
+    set: dict[str, Text] = Field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+    rename: dict[str, str] = Field(default_factory=dict)
+    keep_keys: tuple[str, ...] | None = None
+
+
 class RecordModify:
     """Change fields of every event; returns the chunk itself when no event changed."""
 
     __slots__ = ("_keep", "_remove", "_rename", "_set", "name")
+
+    @classmethod
+    def from_settings(cls, name: str, s: RecordModifySettings) -> RecordModify:
+        return cls(name=name, set=s.set, remove_keys=s.remove, rename=s.rename, keep_keys=s.keep_keys)
 
     def __init__(
         self,

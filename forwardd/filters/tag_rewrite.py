@@ -19,21 +19,43 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
+
+from forwardd.config.types import Frozen, NonEmpty, Regex
 from forwardd.filters._accessor import MISSING, Path, get_path, parse_accessor, value_str
 from forwardd.filters._template import Template
 from forwardd.model import Chunk, Event
 
-__all__ = ["TagRewrite"]
+__all__ = ["TagRewrite", "TagRewriteSettings"]
 
 _Rule = tuple[Path, Callable[[str], "re.Match[str] | None"], Template]
+
+
+class TagRule(Frozen):
+    key: NonEmpty
+    pattern: Regex
+    tag: NonEmpty
+
+
+class TagRewriteSettings(Frozen):
+    """``type: tag_rewrite``: the first rule whose field matches gives the event its new tag."""
+
+    rules: Annotated[tuple[TagRule, ...], Field(min_length=1)]
+    keep_unmatched: bool = True
 
 
 class TagRewrite:
     """Re-tag events by rules; may split a chunk into one chunk per resulting tag."""
 
     __slots__ = ("_keep_unmatched", "_rules", "name")
+
+    @classmethod
+    def from_settings(cls, name: str, s: TagRewriteSettings) -> TagRewrite:
+        return cls(
+            name=name, rules=[(r.key, r.pattern, r.tag) for r in s.rules], keep_unmatched=s.keep_unmatched
+        )
 
     def __init__(
         self,

@@ -14,22 +14,14 @@ reads every output the same way.
 from __future__ import annotations
 
 import abc
-from typing import Protocol
 
 from forwardd.model import Chunk
+from forwardd.stats import Stats, StatValue
 
 __all__ = ["Output", "OutputStats", "StatValue"]
 
-#: What a counter exports as: numbers, a text (the last error), or None (not known yet).
-StatValue = int | float | str | None
-
-
-class OutputStats(Protocol):
-    """Counters of one component, exported in one flat shape."""
-
-    def as_dict(self) -> dict[str, StatValue]:
-        """Every counter by name: plain values only, no nesting, a fresh dict each call."""
-        ...
+#: An output's own counters: the :class:`~forwardd.stats.Stats` shape every component exports in.
+OutputStats = Stats
 
 
 class Output(abc.ABC):

@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
+from forwardd.config.types import Frozen
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import encode_json_lines
 
-__all__ = ["NullOutput", "StdoutOutput"]
+__all__ = ["NullOutput", "NullSettings", "StdoutOutput", "StdoutSettings"]
+
+
+class StdoutSettings(Frozen):
+    format: Literal["json", "fluentd"] = "json"
+
+    def describe(self) -> str:
+        return f"stdout format={self.format}"
+
+
+class NullSettings(Frozen):
+    def describe(self) -> str:
+        return "null (discard)"
 
 
 class StdoutOutput(Output):
     """JSON lines on standard output (or ``stream``), one write per chunk so chunks never interleave."""
+
+    @classmethod
+    def from_settings(cls, name: str, s: StdoutSettings) -> StdoutOutput:
+        return cls(name=name)
 
     def __init__(
         self,
@@ -38,6 +55,10 @@ class StdoutOutput(Output):
 
 class NullOutput(Output):
     """Discards chunks and counts them: a sink for benchmarks and routing tests."""
+
+    @classmethod
+    def from_settings(cls, name: str, s: NullSettings) -> NullOutput:
+        return cls(name=name)
 
     def __init__(self, *, name: str = "null", decode: bool = False) -> None:
         self.name = name

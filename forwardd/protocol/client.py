@@ -30,6 +30,7 @@ import msgpack
 import msgspec
 import zstandard
 
+from forwardd.constants import NS, U32
 from forwardd.model import decode_entries, pack_event_time
 from forwardd.pieces import entry_ends
 from forwardd.protocol.handshake import password_digest, shared_key_digest, verify_pong
@@ -61,7 +62,6 @@ Compression = Literal["text", "gzip", "zstd"]
 #: ``as_received``: the bytes go untouched, wrapper included (forwardd and Fluent Bit receivers).
 TimeFormat = Literal["event_time", "integer", "as_received"]
 
-_NS = 1_000_000_000
 #: The most a receiver may send us that is not yet a whole reply (a HELO, a PONG, an ack are < 1 KiB).
 _MAX_REPLY = 64 * 1024
 _pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
@@ -408,7 +408,7 @@ def _wire_time(t: bytes, received_ns: int, time_format: TimeFormat) -> bytes | N
     if ns < 0:
         return None
     if time_format == "integer":
-        return bytes(_pack(ns // _NS))
-    if ns // _NS > 0xFFFFFFFF:  # past 2106: EventTime holds 32-bit seconds
-        return bytes(_pack(ns // _NS))
+        return bytes(_pack(ns // NS))
+    if ns // NS > U32:  # past 2106: EventTime holds 32-bit seconds
+        return bytes(_pack(ns // NS))
     return pack_event_time(ns)

@@ -12,24 +12,16 @@ from typing import Any
 import msgpack
 import zstandard
 
-from forwardd.model import EVENT_TIME_EXT, EventTime
+from forwardd.constants import EVENT_TIME_EXT, NS
+from forwardd.model import msgpack_default
 
 __all__ = ["event_time", "forward", "message", "new_chunk_id", "packed_entries", "packed_forward"]
 
-_NS = 1_000_000_000
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, EventTime):
-        return obj.to_ext()
-    raise TypeError(type(obj).__name__)
-
-
-_packer = msgpack.Packer(use_bin_type=True, default=_default)
+_packer = msgpack.Packer(use_bin_type=True, default=msgpack_default)
 
 
 def event_time(ns: int) -> msgpack.ExtType:
-    s, n = divmod(ns, _NS)
+    s, n = divmod(ns, NS)
     return msgpack.ExtType(EVENT_TIME_EXT, s.to_bytes(4, "big") + n.to_bytes(4, "big"))
 
 

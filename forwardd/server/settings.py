@@ -1,4 +1,8 @@
-"""What a listener tells each of its sessions, and the hook through which forwardd.testing injects faults."""
+"""What a listener tells each of its sessions, and the hook through which forwardd.testing injects faults.
+
+The ``sources:`` entry of a configuration file, validated, is :class:`ForwardSource` in
+:mod:`forwardd.server.source`; it is turned into these settings there.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from typing import Protocol
 
 from forwardd.protocol import Limits, Security, ServerConnection
 
-__all__ = ["SessionHooks", "SessionSettings"]
+__all__ = ["DEFAULT_MAX_INFLIGHT", "SessionHooks", "SessionSettings"]
+
+#: Chunks of one connection awaiting their ack at once; reading pauses beyond it.
+DEFAULT_MAX_INFLIGHT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +24,7 @@ class SessionSettings:
     listener: str
     limits: Limits
     security: Security | None = None
-    max_inflight: int = 64
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
     handshake_timeout: float = 10.0
     idle_timeout: float = 0.0
     deny_keepalive: bool = False

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from forwardd.config import Config, parse_config
+from forwardd.app.config import Config, parse_config
 
 __all__ = ["RunningDaemon", "run_daemon"]
 

@@ -30,6 +30,7 @@ from typing import Any
 from forwardd.protocol import Limits, Security, User
 from forwardd.server.listener import ForwardListener, ListenerSettings
 from forwardd.server.session import SessionSettings
+from forwardd.server.settings import DEFAULT_MAX_INFLIGHT
 from forwardd.server.stats import SourceStats
 from forwardd.server.tls import TlsSettings
 from forwardd.testing.capture import CapturedEvent, CaptureSink
@@ -59,7 +60,7 @@ class TestServer:
         refuse_handshake: bool = False,
         udp_heartbeat: bool = False,
         limits: Limits | None = None,
-        max_inflight: int = 64,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
         handshake_timeout: float = 10.0,
         json_mode: bool = False,
     ) -> None:

@@ -5,7 +5,8 @@ from textwrap import dedent
 
 import pytest
 
-from forwardd.config import ConfigError, load_config, parse_config
+from forwardd.app import load_config, parse_config
+from forwardd.config import ConfigError
 
 OUTPUTS = """\
     outputs:

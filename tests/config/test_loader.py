@@ -10,8 +10,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forwardd.config import Config, ConfigError, default_config, load_config, parse_config
-from forwardd.config.schema import FileOutput, GrepFilter, NullOutput, ParserFilter
+from forwardd.app import Config, build_filter, default_config, load_config, parse_config
+from forwardd.config import ConfigError
+from forwardd.filters import Grep, Parser
+from forwardd.filters.grep import GrepRule, GrepSettings
+from forwardd.filters.parser import ParserSettings
+from forwardd.outputs.debug import NullSettings
+from forwardd.outputs.file import FileSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_FILES = sorted((REPO / "conf").rglob("*.yaml"))
@@ -44,7 +49,7 @@ def test_env_interpolation_with_default_and_set():
     assert config.sources[0].security is not None
     assert config.sources[0].security.shared_key == "k-s3cret-s3cret"
     out = config.outputs["out"]
-    assert isinstance(out, FileOutput)
+    assert isinstance(out, FileSettings)
     # Lower-case placeholders belong to the output; $${X} is the escape for a literal ${X}.
     assert out.path == "/logs/${tag}/${LITERAL}.log"
 
@@ -78,7 +83,7 @@ def test_file_interpolation_reads_a_secret_file(tmp_path):
     assert security.shared_key == "s3cret key"
     assert security.users[0].password == "p4ss-x"
     out = config.outputs["out"]
-    assert isinstance(out, FileOutput)
+    assert isinstance(out, FileSettings)
     assert out.path == "/logs/${file:x}/${tag}.log"
 
 
@@ -128,7 +133,7 @@ def test_include_merging(tmp_path):
     assert [r.match for r in config.routes] == ["base.**", "app.**", "**"]
     assert [r.outputs for r in config.labels["audit"]] == [("base",), ("app",)]
     assert set(config.outputs) == {"base", "app"}
-    assert isinstance(config.outputs["app"], NullOutput)
+    assert isinstance(config.outputs["app"], NullSettings)
 
 
 def test_include_relative_to_the_including_file(tmp_path):
@@ -142,7 +147,7 @@ def test_include_relative_to_the_including_file(tmp_path):
 
 def test_unquoted_null_output_type_and_yaml_octal_mode():
     config = parse_config(MINIMAL.replace("{type: stdout}", "{type: null}"), env={})
-    assert isinstance(config.outputs["out"], NullOutput)
+    assert isinstance(config.outputs["out"], NullSettings)
     unix = parse_config(
         MINIMAL.replace("{name: main}", "{name: main, unix: {path: /run/f.sock, mode: 0640}}"), env={}
     )
@@ -184,10 +189,17 @@ def test_filters_and_their_constructor_arguments():
     )
     route = parse_config(text, env={}).routes[0]
     grep, parser = route.filters
-    assert isinstance(grep, GrepFilter)
-    assert grep.to_kwargs() == {"regexp": [("a", "x")], "exclude": [], "regexp_mode": "or"}
-    assert isinstance(parser, ParserFilter)
-    assert parser.to_kwargs()["key_name"] == "message"
+    assert isinstance(grep, GrepSettings)
+    assert (grep.regexp, grep.exclude, grep.combine) == ((GrepRule(key="a", pattern="x"),), (), "or")
+    built = build_filter(grep, 0)
+    assert isinstance(built, Grep)
+    assert built.name == "grep[0]"
+    assert built.keep({"a": "x"})
+    assert not built.keep({"a": "y"})
+    assert isinstance(parser, ParserSettings)
+    built_parser = build_filter(parser, 1)
+    assert isinstance(built_parser, Parser)
+    assert built_parser.key_name == "message"
 
 
 def test_secrets_stay_out_of_repr():
@@ -204,7 +216,7 @@ def test_default_config(tmp_path):
     (route,) = config.routes
     assert route.match == "**"
     out = config.outputs[route.outputs[0]]
-    assert isinstance(out, FileOutput)
+    assert isinstance(out, FileSettings)
     assert out.format == "json"
     assert out.path.startswith(f"{tmp_path}/logs/")
     assert out.buffer.type == "disk"

@@ -19,9 +19,8 @@ import msgpack
 import pytest
 import structlog
 
-from forwardd.app import Daemon
+from forwardd.app import Config, Daemon
 from forwardd.buffer import MemorySink, RetryPolicy
-from forwardd.config import Config
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.filters import Grep
 from forwardd.logging import MAX_TEXT, _Guarded, configure_logging, safe_value

@@ -41,9 +41,8 @@ import orjson
 import structlog
 
 import forwardd.errors as ferrors
-from forwardd.app import ROOT_LABEL, build_output, build_routes
+from forwardd.app import ROOT_LABEL, build_output, build_routes, parse_config
 from forwardd.buffer import MemorySink, RetryPolicy
-from forwardd.config import parse_config
 from forwardd.errors import ChunkRejected, DeliveryError
 from forwardd.logging import configure_logging
 from forwardd.model import Chunk

@@ -27,6 +27,7 @@ from forwardd.model import Chunk
 from forwardd.outputs.base import Output, StatValue
 from forwardd.outputs.file.paths import PathTemplate
 from forwardd.outputs.file.segments import EXTENSIONS, Disk
+from forwardd.outputs.file.settings import FileSettings, worker_path
 from forwardd.outputs.formats import make_encoder, make_plain_encoder, native_json_lines
 
 __all__ = ["FileOutput", "FileStats"]
@@ -45,6 +46,20 @@ class FileStats:
 
 class FileOutput(Output):
     """Appends chunks to files; see the module documentation for paths, rotation and guarantees."""
+
+    @classmethod
+    def from_settings(cls, name: str, s: FileSettings, worker: int = 0) -> FileOutput:
+        """The output of one ``type: file`` entry, for worker ``worker`` (its own files; the first one
+        keeps the symlink)."""
+        return cls(
+            name=name,
+            path=worker_path(s.path, worker),
+            format=s.format,
+            compress=s.compress,
+            rotate_interval=s.rotate.interval,
+            rotate_max_size=s.rotate.max_size,
+            symlink=s.symlink if worker == 0 else None,
+        )
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from forwardd.constants import NS
 from forwardd.errors import PermanentError
 from forwardd.model import Event, PlainEntries
 from forwardd.outputs.formats import JsonLines
@@ -27,7 +28,6 @@ from forwardd.outputs.template import LITERAL, RECORD, Template, Token, UnknownP
 
 __all__ = ["MISSING", "NAME_MAX", "PathTemplate", "sanitise_component"]
 
-_NS = 1_000_000_000
 #: Linux NAME_MAX: the longest name of one path component, in bytes.
 NAME_MAX = 255
 #: Room kept in each templated name for the rotation suffix and compression extension (".123456.zst").
@@ -132,7 +132,7 @@ class PathTemplate:
         """The path for one event; raises PermanentError if it would leave the root."""
         literal: Callable[[str], str] | None = None
         if self.has_time:
-            tm = self._gm(time_ns // _NS)
+            tm = self._gm(time_ns // NS)
 
             def literal(text: str) -> str:
                 return time.strftime(text, tm) if "%" in text else text
@@ -169,7 +169,7 @@ class PathTemplate:
             last_s = -1
             bucket: list[Event] = []
             for ev in events:
-                s = ev.time_ns // _NS
+                s = ev.time_ns // NS
                 if s != last_s:
                     last_s = s
                     bucket = groups.setdefault(self._cached(tag, (tag, s), ev.time_ns, None), [])
@@ -177,7 +177,7 @@ class PathTemplate:
             return list(groups.items())
         keys = [val for kind, val in self.tokens if kind == RECORD]
         for ev in events:
-            s = ev.time_ns // _NS if self.has_time else 0
+            s = ev.time_ns // NS if self.has_time else 0
             key = (tag, s, *(record_value(ev.record, k) for k in keys))
             groups.setdefault(self._cached(tag, key, ev.time_ns, ev.record), []).append(ev)
         return list(groups.items())
@@ -195,7 +195,7 @@ class PathTemplate:
         for i, s in enumerate(plain.seconds):
             if s != last_s:
                 last_s = s
-                bucket = by_path.setdefault(self._cached(tag, (tag, s), s * _NS, None), [])
+                bucket = by_path.setdefault(self._cached(tag, (tag, s), s * NS, None), [])
             bucket.append(i)
         if len(by_path) == 1:
             return [(path, plain) for path in by_path]
@@ -209,7 +209,7 @@ class PathTemplate:
         spans: dict[str, list[tuple[int, int]]] = {}
         start = 0
         for s, end, _ in lines.runs:
-            spans.setdefault(self._cached(tag, (tag, s), s * _NS, None), []).append((start, end))
+            spans.setdefault(self._cached(tag, (tag, s), s * NS, None), []).append((start, end))
             start = end
         if len(spans) == 1:
             return [(path, lines.data) for path in spans]

@@ -9,23 +9,21 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
+from forwardd.constants import NS
 from forwardd.errors import UnprocessableError
-from forwardd.model import Event, EventTime, PlainEntries
+from forwardd.model import Event, PlainEntries
 
 __all__ = [
-    "NS",
     "Encoder",
     "PlainEncoder",
     "fix_str",
-    "msgpack_default",
     "rfc3339_ns",
     "second_utc",
     "unprocessable",
 ]
 
-NS = 1_000_000_000
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -72,10 +70,3 @@ def fix_str(s: str) -> str:
         return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that did not come from surrogateescape
         return s.encode("utf-8", "backslashreplace").decode("ascii")
-
-
-def msgpack_default(obj: Any) -> Any:
-    """The msgpack packer's hook: a nested EventTime goes out as the forward protocol's ext type."""
-    if type(obj) is EventTime:
-        return obj.to_ext()
-    raise TypeError(f"cannot encode {type(obj).__name__} as msgpack")

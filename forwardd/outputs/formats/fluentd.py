@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import orjson
 
+from forwardd.constants import NS
 from forwardd.model import Chunk, Event
-from forwardd.outputs.formats.common import NS, fix_str, unprocessable
+from forwardd.outputs.formats.common import fix_str, unprocessable
 from forwardd.outputs.formats.json import to_json
 
 __all__ = ["encode_fluentd_line", "encode_fluentd_lines", "fluentd_lines"]

@@ -35,9 +35,10 @@ import msgpack
 import msgspec
 import orjson
 
+from forwardd.constants import NS
 from forwardd.errors import UnprocessableError
 from forwardd.model import Chunk, Event, EventTime, PlainEntries
-from forwardd.outputs.formats.common import NS, fix_str, rfc3339_ns, second_utc, unprocessable
+from forwardd.outputs.formats.common import fix_str, rfc3339_ns, second_utc, unprocessable
 
 _jsonl: ModuleType | None
 try:  # the C transcoder (forwardd/outputs/_jsonl.c); optional at build time, see native_json_lines

@@ -16,14 +16,14 @@ msgpack, hold them): UnprocessableError, as every encoder promises.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
-from forwardd.model import EVENT_TIME_EXT, Chunk, Event
-from forwardd.outputs.formats.common import NS, msgpack_default, rfc3339_ns, unprocessable
+from forwardd.constants import EVENT_TIME_EXT, NS, U32, UINT32_PAIR
+from forwardd.model import Chunk, Event, msgpack_default
+from forwardd.outputs.formats.common import rfc3339_ns, unprocessable
 
 __all__ = [
     "array_header",
@@ -34,8 +34,8 @@ __all__ = [
     "msgpack_map_values",
 ]
 
-_II = struct.Struct(">II")
-_U32 = 0xFFFFFFFF
+_II = UINT32_PAIR
+_U32 = U32
 
 
 def _packer() -> msgpack.Packer:

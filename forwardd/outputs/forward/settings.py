@@ -1,93 +1,99 @@
-"""The shape of a ``type: forward`` configuration entry, as :meth:`ForwardOutput.from_settings` reads it.
-
-Structural types, so that this package imports nothing from ``forwardd.config`` (components sit above the
-configuration loader; the settings model itself is to move here, beside the output it configures).
-"""
+"""A ``type: forward`` output's settings (Fluentd's out_forward: ``<server>``, ``<security>``, TLS), as
+:meth:`ForwardOutput.from_settings` reads them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from os import PathLike
-from typing import Literal, Protocol
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
 
-__all__ = ["ForwardSettings"]
+from pydantic import Field
 
+from forwardd.config.types import Frozen, Name, NonEmpty, PositiveDuration, Problems, TlsVersion
+from forwardd.config.units import Duration, Size
 
-class _Server(Protocol):
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def weight(self) -> int: ...
-    @property
-    def standby(self) -> bool: ...
-    @property
-    def name(self) -> str | None: ...
+__all__ = ["ForwardSecurity", "ForwardServer", "ForwardSettings", "ForwardTls"]
 
 
-class _Tls(Protocol):
-    @property
-    def ca_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def cert_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def key_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def key_password(self) -> str | None: ...
-    @property
-    def verify(self) -> bool: ...
-    @property
-    def server_name(self) -> str | None: ...
-    @property
-    def min_version(self) -> str: ...
+class ForwardServer(Frozen):
+    """One receiver of a forward output (Fluentd's ``<server>``)."""
+
+    host: NonEmpty
+    port: Annotated[int, Field(ge=1, le=65535)] = 24224
+    #: Share of the writes among the regular servers that are up; 0 keeps it out of the rotation.
+    weight: Annotated[int, Field(ge=0, le=10000)] = 60
+    #: Used only while no regular server is up.
+    standby: bool = False
+    #: How logs and stats name it (default host:port).
+    name: Name | None = None
 
 
-class _Security(Protocol):
-    @property
-    def self_hostname(self) -> str: ...
-    @property
-    def shared_key(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def password(self) -> str: ...
+class ForwardTls(Frozen):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: str | None = Field(default=None, repr=False)
+    verify: bool = True
+    #: The name the server certificate must carry (default: each server's host).
+    server_name: str | None = None
+    min_version: TlsVersion = "1.2"
 
 
-class ForwardSettings(Protocol):
-    """What the output needs of its configuration entry."""
+class ForwardSecurity(Frozen):
+    """The client side of the secure-forward handshake (Fluentd's out_forward ``<security>``)."""
 
-    @property
-    def servers(self) -> Sequence[_Server]: ...
-    @property
-    def require_ack_response(self) -> bool: ...
-    @property
-    def ack_response_timeout(self) -> float: ...
-    @property
-    def compress(self) -> Literal["none", "gzip", "zstd"]: ...
-    @property
-    def max_message_size(self) -> int: ...
-    @property
-    def time_format(self) -> Literal["event_time", "integer", "as_received"]: ...
-    @property
-    def keepalive(self) -> bool: ...
-    @property
-    def keepalive_timeout(self) -> float: ...
-    @property
-    def connect_timeout(self) -> float: ...
-    @property
-    def send_timeout(self) -> float: ...
-    @property
-    def heartbeat_type(self) -> Literal["transport", "udp", "none"]: ...
-    @property
-    def heartbeat_interval(self) -> float: ...
-    @property
-    def hard_timeout(self) -> float: ...
-    @property
-    def recover_wait(self) -> float: ...
-    @property
-    def dns_refresh(self) -> float: ...
-    @property
-    def tls(self) -> _Tls | None: ...
-    @property
-    def security(self) -> _Security | None: ...
+    self_hostname: str = Field(default_factory=socket.gethostname)
+    shared_key: str = Field(repr=False)
+    username: str = ""
+    password: str = Field(default="", repr=False)
+
+
+class ForwardSettings(Frozen):
+    servers: Annotated[tuple[ForwardServer, ...], Field(min_length=1)]
+    #: Wait for the receiver's ack before a chunk leaves the buffer (off: delivered once written).
+    require_ack_response: bool = True
+    ack_response_timeout: PositiveDuration = 30.0
+    compress: Literal["none", "gzip", "zstd"] = "none"
+    #: Entry bytes per request (before compression); a bigger chunk goes as several pipelined requests.
+    max_message_size: Annotated[Size, Field(ge=1)] = 1024**2
+    #: event_time: odd time shapes become EventTime; integer: Fluentd's time_as_integer; as_received.
+    time_format: Literal["event_time", "integer", "as_received"] = "event_time"
+    keepalive: bool = True
+    keepalive_timeout: PositiveDuration = 60.0
+    connect_timeout: PositiveDuration = 10.0
+    send_timeout: PositiveDuration = 60.0
+    heartbeat_type: Literal["transport", "udp", "none"] = "transport"
+    heartbeat_interval: PositiveDuration = 1.0
+    #: An up server with no successful heartbeat for this long is marked down.
+    hard_timeout: PositiveDuration = 60.0
+    #: A server marked down is not used again for this long.
+    recover_wait: Duration = 10.0
+    #: Host names are resolved again this often (0 = only at start and when no server is left).
+    dns_refresh: Duration = 30.0
+    tls: ForwardTls | None = None
+    security: ForwardSecurity | None = None
+
+    def problems(self) -> Problems:
+        regular = [srv for srv in self.servers if not srv.standby]
+        if not regular:
+            yield ("servers",), "every server is standby: at least one must take writes"
+        elif not any(srv.weight > 0 for srv in regular):
+            yield ("servers",), "every regular server has weight 0: nothing would be sent"
+        names: dict[str, int] = {}
+        for i, srv in enumerate(self.servers):
+            label = srv.name or f"{srv.host}:{srv.port}"
+            if label in names:
+                yield ("servers", i), f"server {label} is already servers[{names[label]}]"
+            names.setdefault(label, i)
+        if self.tls is not None and bool(self.tls.cert_file) != bool(self.tls.key_file):
+            yield ("tls",), "cert_file and key_file go together"
+        if self.security is not None and self.security.password and not self.security.username:
+            yield ("security", "password"), "a password needs a username"
+
+    def describe(self) -> str:
+        servers = ", ".join(
+            f"{srv.host}:{srv.port}" + (" (standby)" if srv.standby else "") + f" w{srv.weight}"
+            for srv in self.servers
+        )
+        ack = "acked" if self.require_ack_response else "no acks"
+        return f"forward {servers} {ack} compress={self.compress} heartbeat={self.heartbeat_type}"

@@ -1,78 +1,80 @@
-"""The shape of a ``type: http`` configuration entry, as :meth:`HttpOutput.from_settings` reads it.
-
-Structural types, so that this package imports nothing from ``forwardd.config`` (components sit above the
-configuration loader, and their settings move beside them). (The typed builder is to put the settings model
-itself here, beside the output it configures.)
-"""
+"""A ``type: http`` output's settings, as :meth:`HttpOutput.from_settings` reads them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from os import PathLike
-from typing import Literal, Protocol
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-__all__ = ["HttpSettings"]
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
+from forwardd.config.types import Count, Frozen, Problems, Text
+from forwardd.config.units import Duration, Size, show_value
+from forwardd.outputs.tls import ClientTls
 
-class _Basic(Protocol):
-    @property
-    def username(self) -> str: ...
-    @property
-    def password(self) -> str: ...
-
-
-class _Auth(Protocol):
-    @property
-    def basic(self) -> _Basic | None: ...
-    @property
-    def bearer(self) -> str | None: ...
+__all__ = ["BasicAuth", "ClientTls", "HttpAuth", "HttpBatch", "HttpSettings", "HttpTimeout"]
 
 
-class _Batch(Protocol):
-    @property
-    def max_events(self) -> int: ...
-    @property
-    def max_bytes(self) -> int: ...
+def _url(value: str) -> str:
+    # ${tag[N]} placeholders would read as an IPv6 literal: check the URL's shape without them.
+    try:
+        parts = urlsplit(re.sub(r"\$\{[^}]*\}", "x", value))
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PydanticCustomError(
+            "url", "expected an http:// or https:// URL, got {got}", {"got": show_value(value)}
+        )
+    return value
 
 
-class _Tls(Protocol):
-    @property
-    def ca_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def cert_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def key_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def verify(self) -> bool: ...
+def _method(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
-class _Timeout(Protocol):
-    @property
-    def connect(self) -> float: ...
-    @property
-    def total(self) -> float: ...
+class BasicAuth(Frozen):
+    username: str
+    password: str = Field(repr=False)
 
 
-class HttpSettings(Protocol):
-    """What the output needs of its configuration entry."""
+class HttpAuth(Frozen):
+    basic: BasicAuth | None = None
+    bearer: str | None = Field(default=None, repr=False)
 
-    @property
-    def endpoint(self) -> str: ...
-    @property
-    def method(self) -> str: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def auth(self) -> _Auth | None: ...
-    @property
-    def format(self) -> Literal["ndjson", "json_array", "msgpack"]: ...
-    @property
-    def compress(self) -> Literal["none", "gzip"]: ...
-    @property
-    def batch(self) -> _Batch: ...
-    @property
-    def tls(self) -> _Tls | None: ...
-    @property
-    def timeout(self) -> _Timeout: ...
-    @property
-    def allowed_hosts(self) -> Sequence[str]: ...
+
+class HttpBatch(Frozen):
+    max_events: Count = 1000
+    max_bytes: Size = 1024**2
+    max_wait: Duration = 1.0
+
+
+class HttpTimeout(Frozen):
+    connect: Duration = 5.0
+    total: Duration = 30.0
+
+
+class HttpSettings(Frozen):
+    endpoint: Annotated[str, AfterValidator(_url)]
+    method: Annotated[Literal["POST", "PUT", "PATCH"], BeforeValidator(_method)] = "POST"
+    headers: dict[str, Text] = Field(default_factory=dict)
+    auth: HttpAuth | None = None
+    format: Literal["ndjson", "json_array", "msgpack"] = "ndjson"
+    compress: Literal["none", "gzip"] = "none"
+    batch: HttpBatch = Field(default_factory=HttpBatch)
+    tls: ClientTls | None = None
+    timeout: HttpTimeout = Field(default_factory=HttpTimeout)
+    #: Hosts a templated endpoint may resolve to; required when the endpoint has ``${...}`` placeholders.
+    allowed_hosts: tuple[str, ...] = ()
+
+    def problems(self) -> Problems:
+        if "${" in self.endpoint and not self.allowed_hosts:
+            yield ("allowed_hosts",), "required when the endpoint has ${...} placeholders"
+        if self.auth is not None and (self.auth.basic is None) == (self.auth.bearer is None):
+            yield ("auth",), "set exactly one of basic or bearer"
+        if self.tls is not None:
+            for loc, message in self.tls.problems():
+                yield ("tls", *loc), message
+
+    def describe(self) -> str:
+        return f"http {self.method} {self.endpoint} format={self.format} compress={self.compress}"

@@ -31,7 +31,7 @@ from forwardd.outputs.base import Output
 from forwardd.outputs.kafka.messages import Values, key_bytes
 from forwardd.outputs.kafka.outcomes import KafkaOutputStats, fail_retryable, settle
 from forwardd.outputs.kafka.producer import KafkaClient, Reports, is_permanent, producer_config
-from forwardd.outputs.kafka.settings import KafkaSettings, SaslLogin, TlsFiles
+from forwardd.outputs.kafka.settings import ClientTls, KafkaSettings, Sasl
 
 __all__ = ["KafkaOutput"]
 
@@ -54,8 +54,8 @@ class KafkaOutput(Output):
         idempotent: bool = False,
         max_message_size: int = 1024**2,
         format: str = "json",
-        tls: TlsFiles | None = None,
-        sasl: SaslLogin | None = None,
+        tls: ClientTls | None = None,
+        sasl: Sasl | None = None,
         options: Mapping[str, Any] | None = None,
         time_key: str | None = "time",
         tag_key: str | None = "tag",

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from forwardd.outputs.kafka.settings import SaslLogin, TlsFiles
+from forwardd.outputs.kafka.settings import ClientTls, Sasl
 
 __all__ = ["KafkaClient", "Reports", "is_permanent", "producer_config"]
 
@@ -70,8 +70,8 @@ def producer_config(
     required_acks: str = "all",
     idempotent: bool = False,
     max_message_size: int = 1024**2,
-    tls: TlsFiles | None = None,
-    sasl: SaslLogin | None = None,
+    tls: ClientTls | None = None,
+    sasl: Sasl | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The librdkafka configuration for these settings (without callbacks); ``options`` win."""

@@ -1,73 +1,65 @@
-"""The shape of a ``type: kafka`` configuration entry, as :meth:`KafkaOutput.from_settings` and
-:func:`producer_config` read it.
-
-Structural types, so that this package imports nothing from ``forwardd.config`` (components sit above the
-configuration loader, and their settings move beside them), and code that builds an output without a
-configuration file passes any object of this shape. (The typed builder is to put the settings model itself
-here, beside the output it configures.)
-"""
+"""A ``type: kafka`` output's settings, as :meth:`KafkaOutput.from_settings` and :func:`producer_config`
+read them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from os import PathLike
-from typing import Any, Protocol
+import re
+from typing import Annotated, Any, Literal
 
-__all__ = ["KafkaSettings", "SaslLogin", "TlsFiles"]
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
+from forwardd.config.types import Frozen, NonEmpty, Problems, Scalar, Text
+from forwardd.config.units import Size, show_value
+from forwardd.outputs.tls import ClientTls
 
-class TlsFiles(Protocol):
-    """TLS towards the brokers: CA, client certificate and key (paths), and whether to verify them."""
-
-    @property
-    def ca_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def cert_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def key_file(self) -> PathLike[str] | str | None: ...
-    @property
-    def verify(self) -> bool: ...
+__all__ = ["ClientTls", "KafkaSettings", "Sasl"]
 
 
-class SaslLogin(Protocol):
-    """SASL towards the brokers: a mechanism librdkafka knows (PLAIN, SCRAM-SHA-256/512) and a login."""
-
-    @property
-    def mechanism(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def password(self) -> str: ...
+def _acks(value: Any) -> Any:
+    if value in (-1, "-1"):
+        return "all"
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class KafkaSettings(Protocol):
-    """What the output needs of its configuration entry."""
+def _broker(value: str) -> str:
+    if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+)(:\d{1,5})?", value):
+        raise PydanticCustomError("broker", "expected host:port, got {got}", {"got": show_value(value)})
+    return value
 
-    @property
-    def brokers(self) -> Sequence[str]: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def topic_key(self) -> str | None: ...
-    @property
-    def message_key(self) -> str | None: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def headers_from_record(self) -> Mapping[str, str]: ...
-    @property
-    def compression(self) -> str: ...
-    @property
-    def required_acks(self) -> str: ...
-    @property
-    def idempotent(self) -> bool: ...
-    @property
-    def max_message_size(self) -> int: ...
-    @property
-    def format(self) -> str: ...
-    @property
-    def tls(self) -> TlsFiles | None: ...
-    @property
-    def sasl(self) -> SaslLogin | None: ...
-    @property
-    def options(self) -> Mapping[str, Any]: ...
+
+class Sasl(Frozen):
+    """SASL towards the brokers: a mechanism librdkafka knows and a login."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    username: NonEmpty
+    password: str = Field(repr=False)
+
+
+class KafkaSettings(Frozen):
+    brokers: Annotated[tuple[Annotated[str, AfterValidator(_broker)], ...], Field(min_length=1)]
+    topic: NonEmpty
+    topic_key: str | None = None
+    message_key: str | None = None
+    headers: dict[str, Text] = Field(default_factory=dict)
+    headers_from_record: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    required_acks: Annotated[Literal["all", "1", "0"], BeforeValidator(_acks)] = "all"
+    idempotent: bool = False
+    max_message_size: Size = 1024**2
+    format: Literal["json", "msgpack"] = "json"
+    tls: ClientTls | None = None
+    sasl: Sasl | None = None
+    #: librdkafka properties, passed as they are.
+    options: dict[str, Scalar] = Field(default_factory=dict)
+
+    def problems(self) -> Problems:
+        if self.idempotent and self.required_acks != "all":
+            yield ("required_acks",), "idempotent: true needs required_acks: all"
+        if self.tls is not None:
+            for loc, message in self.tls.problems():
+                yield ("tls", *loc), message
+
+    def describe(self) -> str:
+        topic = self.topic if self.topic_key is None else f"<{self.topic_key}> (default {self.topic})"
+        return f"kafka {','.join(self.brokers)} topic={topic} acks={self.required_acks} format={self.format}"

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from forwardd.app import build_sink
+from forwardd.app import build_sink, parse_config
 from forwardd.buffer import BufferedSink
-from forwardd.config import parse_config
 from forwardd.outputs.forward import ForwardOutput
 from forwardd.testing import TestServer
 from tests.outputs.forward.helpers import check_delivery, chunk, restart, seqs, wait_until

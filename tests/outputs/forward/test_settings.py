@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from forwardd.app import build_output, build_routes
-from forwardd.config import ConfigError, load_config, parse_config
+from forwardd.app import build_output, build_routes, load_config, parse_config
+from forwardd.config import ConfigError
 from forwardd.filters import DockerSwarm
 from forwardd.outputs.forward import ForwardOutput
 from tests.conftest import ROOT

@@ -15,7 +15,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwardd.config import parse_config
+from forwardd.app import parse_config
 from forwardd.errors import PartialDelivery, PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Event
 from forwardd.outputs.formats import rfc3339_ns

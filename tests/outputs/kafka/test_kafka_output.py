@@ -14,12 +14,12 @@ from confluent_kafka import Producer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forwardd.config import parse_config
-from forwardd.config import schema as cfg
+from forwardd.app import parse_config
 from forwardd.errors import PartialDelivery, PermanentError, RecordsRejected, RetryableError
 from forwardd.model import Chunk, Event, pack_entries
 from forwardd.outputs.formats import rfc3339_ns
 from forwardd.outputs.kafka import KafkaOutput, producer_config
+from forwardd.outputs.kafka.settings import ClientTls, Sasl
 
 from .conftest import Broker, consume, free_port
 
@@ -266,8 +266,8 @@ def test_config_maps_tls_and_sasl_for_librdkafka(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(ca_file))
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    tls = cfg.ClientTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file, verify=False)
-    sasl = cfg.Sasl(mechanism="SCRAM-SHA-512", username="u", password="p")
+    tls = ClientTls(ca_file=ca_file, cert_file=cert_file, key_file=key_file, verify=False)
+    sasl = Sasl(mechanism="SCRAM-SHA-512", username="u", password="p")
     conf = producer_config(
         ["b1:9093", "b2:9093"], tls=tls, sasl=sasl, compression="zstd", required_acks="1",
         options={"linger.ms": 20},
@@ -291,7 +291,7 @@ def test_config_maps_tls_and_sasl_for_librdkafka(tmp_path: Path) -> None:
     assert {k: conf[k] for k in want} == want
     # librdkafka itself accepts it: it loads the certificate and key when the producer is created.
     Producer(conf).close()
-    assert producer_config(["b:1"], tls=cfg.ClientTls())["security.protocol"] == "ssl"
+    assert producer_config(["b:1"], tls=ClientTls())["security.protocol"] == "ssl"
     assert producer_config(["b:1"], sasl=sasl)["security.protocol"] == "sasl_plaintext"
     assert producer_config(["b:1"])["security.protocol"] == "plaintext"
 
