@@ -698,7 +698,7 @@ class Bench:
         cfg = self.load_config(target.port)
         prof = None
         if self.args.profile:
-            prof = Path(self.args.profile) / f"{run.scenario}-{run.rep}.txt"
+            prof = Path(self.args.profile) / f"{run.scenario}-{run.target}-{run.rep}.txt"
         cpu0 = proc_tree_cpu_seconds(target.pid)
         peer0 = proc_tree_cpu_seconds(peer_pid)
         threads0 = thread_cpu(target.pid)

@@ -68,14 +68,15 @@ def settle(
     oversized: list[int],
     local_rejects: list[tuple[int, str]],
     sent_bytes: int,
-    stopped_at: int | None,
+    not_produced: list[int],
     stop_reason: str,
 ) -> None:
     """Turn the reports of one write into the contract's outcome: each event is delivered, rejected for
-    good, or unsent (failed retryably, or never produced from ``stopped_at`` on); see the module doc."""
+    good, or unsent (failed retryably, or ``not_produced`` because producing had to stop); see the module
+    doc."""
     n = len(values)
     rejected = list(oversized) + [i for i, _ in local_rejects]
-    unsent: list[int] = [] if stopped_at is None else list(range(stopped_at, n))
+    unsent: list[int] = list(not_produced)
     reasons = [f"{len(oversized)} larger than {max_message_size} bytes"] if oversized else []
     reasons += [why for _, why in local_rejects[:1]]
     retry_reasons = [stop_reason] if stop_reason else []
@@ -83,8 +84,9 @@ def settle(
         # Find the failed messages' events by value among those produced; equal values are equal
         # events, any one will do. Only a failure pays for this.
         skip = set(rejected)
+        skip.update(unsent)
         by_value: dict[bytes, list[int]] = {}
-        for i in range(n if stopped_at is None else stopped_at):
+        for i in range(n):
             if i not in skip:
                 by_value.setdefault(values[i], []).append(i)
         permanent = [(e, v) for e, v in reports.failed if is_permanent(e)]

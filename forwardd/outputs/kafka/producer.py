@@ -5,9 +5,15 @@ Why librdkafka: it is the only Python client here whose idempotent producer work
 test with, it reports every message's fate, speaks every codec and TLS/SASL, and out-produces aiokafka's
 per-record ``send()`` several times over (numbers and reasons: bench/kafka_bench.py and the docs).
 
-Reports are served by a poll thread that owns ``Producer.poll``; the per-message callback only counts
-(:class:`Reports`), and wakes the event loop once per write (``call_soon_threadsafe``). A fatal error
-(idempotence state lost) poisons the producer: :class:`KafkaClient` replaces it before the next write.
+Reports are served by a poll thread that owns ``Producer.poll``. Only failures reach Python
+(``delivery.report.only.error``): a message that was delivered costs no Python object and no call, and a
+failed one calls its write's :meth:`Reports.on_delivery` with its value. A write knows that all of its
+messages are reported when the producer's queue is empty (``len(producer)`` counts messages not yet
+reported as well as those in flight): :meth:`KafkaClient.drained` waits for that, and the poll thread wakes
+it once the last report is served. One write is in flight at a time (the delivery loop awaits each), so
+the queue holds only its messages, or also those of an earlier write that gave up waiting, which are
+waited for as well. A fatal error (idempotence state lost) poisons the producer: :class:`KafkaClient`
+replaces it before the next write.
 
 librdkafka settings made here (``options`` override any of them): ``message.timeout.ms`` 30 s (the buffer
 retries; a write must not hang for librdkafka's 5 minutes while the broker is down), ``linger.ms`` 1 (one
@@ -114,39 +120,18 @@ def producer_config(
 
 
 class Reports:
-    """The delivery reports of one write(). Only the poll thread calls :meth:`on_delivery`; the loop thread
-    sets ``produced`` then ``sealed``. Each side writes before it reads, so one of them sees the last report
-    and wakes the loop (possibly both: finishing is idempotent)."""
+    """The failures of one write's messages. The poll thread appends to ``failed``; the write reads it once
+    the producer is drained. A delivered message is never seen here (``delivery.report.only.error``)."""
 
-    __slots__ = ("done", "failed", "future", "loop", "produced", "sealed")
+    __slots__ = ("failed", "produced")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
+    def __init__(self) -> None:
         self.produced = 0
-        self.sealed = False
-        self.done = 0
         self.failed: list[tuple[KafkaError, bytes | None]] = []
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self.failed.append((err, msg.value()))
-        self.done += 1
-        if self.sealed and self.done == self.produced:
-            self.wake()
-
-    def wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self.loop.call_soon_threadsafe(self._finish)
-
-    def _finish(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-    def seal(self) -> None:
-        self.sealed = True
-        if self.done == self.produced:
-            self._finish()
 
 
 class KafkaClient:
@@ -163,6 +148,7 @@ class KafkaClient:
         self._running = False
         self._logged: dict[int, float] = {}
         self._space: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> None:
@@ -170,6 +156,9 @@ class KafkaClient:
         self._loop = asyncio.get_running_loop()
         conf = dict(self.config)
         conf["error_cb"] = self._on_error
+        # Delivered messages skip the Python callback (completion is read from the queue length instead);
+        # this is a setting of the Python client, not of librdkafka, and it is what the output relies on.
+        conf["delivery.report.only.error"] = True
         conf["logger"] = logging.getLogger(f"forwardd.outputs.kafka.{self.name}")
         try:
             self.producer = Producer(conf)
@@ -189,13 +178,18 @@ class KafkaClient:
 
     def _poll_loop(self, producer: Producer) -> None:
         while self._running:
-            if producer.poll(0.1) and self._space is not None:
-                self._wake_space()
+            served = producer.poll(0.1)
+            if served and self._space is not None:
+                self._wake(self._space)
+            # Checked after every poll, served or not: a waiter that came after the last report is woken
+            # by its own check in drained(), one that came before it by this one.
+            if self._idle is not None and not len(producer):
+                self._wake(self._idle)
 
-    def _wake_space(self) -> None:
-        fut, loop = self._space, self._loop
-        if fut is not None and loop is not None:
-            with contextlib.suppress(RuntimeError):
+    def _wake(self, fut: asyncio.Future[None]) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_resolve, fut)
 
     def _on_error(self, err: KafkaError) -> None:
@@ -222,6 +216,24 @@ class KafkaClient:
             pass
         finally:
             self._space = None
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until every message produced so far is reported (delivered or failed); False if that took
+        longer than ``timeout`` seconds."""
+        producer = self.producer
+        if producer is None or not len(producer):
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle = fut
+        try:
+            if not len(producer):  # the last report came before the poll thread could see the waiter
+                return True
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
 
     async def close(self, flush_timeout: float) -> None:
         producer, thread = self.producer, self._thread

@@ -137,6 +137,28 @@ async def test_oversized_record_rejected_alone(kafka_broker: Broker, topic: str)
     assert (out.stats.delivered_events, out.stats.rejected_events) == (19, 1)
 
 
+async def test_records_librdkafka_refuses_are_rejected_alone_on_the_batch_path(
+    kafka_broker: Broker, topic: str
+) -> None:
+    """No record field configured: the values go through produce_batch, where librdkafka refuses a message
+    over its message.max.bytes in that message's own error, not by raising for the call."""
+    records: list[dict[str, Any]] = [{"n": i} for i in range(3000)]
+    for i in (5, 1500, 2999):  # in the first, a middle and the last produce_batch call
+        records[i]["log"] = "x" * 5000
+    out = await started(brokers=[kafka_broker.bootstrap], topic=topic, options={"message.max.bytes": 4000})
+    try:
+        with pytest.raises(RecordsRejected, match="MSG_SIZE_TOO_LARGE") as info:
+            await out.write(make_chunk(records))
+    finally:
+        await out.stop()
+    assert [e.record["n"] for e in info.value.rejected.events()] == [5, 1500, 2999]
+    got = consume(kafka_broker.bootstrap, topic, 2997)
+    assert sorted(orjson.loads(r.value)["n"] for r in got) == [
+        i for i in range(3000) if i not in (5, 1500, 2999)
+    ]
+    assert (out.stats.delivered_events, out.stats.rejected_events) == (2997, 3)
+
+
 async def test_broker_refused_records_rejected_alone(kafka_broker: Broker, topic: str) -> None:
     """Invalid topic names (from a record key) are refused by the broker in the delivery report: only those
     events are rejected, the others are delivered."""
