@@ -16,12 +16,19 @@ record for the fields, from one bulk decode of a plain chunk's columns or from d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from forwardd.model import Chunk, Event
-from forwardd.outputs.formats import encode_json_lines, json_lines, plain_json_lines, unprocessable
+from forwardd.outputs.formats import (
+    encode_json_lines,
+    json_lines,
+    native_json_values,
+    plain_json_lines,
+    unprocessable,
+)
 from forwardd.outputs.formats.msgpack import msgpack_map_values
 
 __all__ = ["Values", "key_bytes"]
@@ -38,6 +45,30 @@ class Values:
         self.format = format
         self.time_key = time_key
         self.tag_key = tag_key
+
+    def slices(self, chunk: Chunk, size: int) -> Iterator[list[bytes]]:
+        """Every event's value, in chunk order, ``size`` at a time, when no record field is needed.
+
+        A plain chunk is transcoded a slice at a time (:func:`native_json_values`). From the first entry
+        the transcoder declines, the values come from :meth:`of_chunk` (its lines are the same text for
+        the entries before), which encodes the whole chunk before any more is handed out; it raises
+        UnprocessableError for a record no format can write, after the slices already handed out.
+        """
+        done = 0
+        if self.format == "json":
+            pos, end = 0, len(chunk.entries)
+            while pos < end:
+                got = native_json_values(chunk, pos, size, time_key=self.time_key, tag_key=self.tag_key)
+                if got is None:
+                    break
+                values, pos = got
+                done += len(values)
+                yield values
+            else:
+                return
+        rest = self.of_chunk(chunk)
+        for i in range(done, len(rest), size):
+            yield rest[i : i + size]
 
     @unprocessable
     def of_chunk(self, chunk: Chunk) -> list[bytes]:

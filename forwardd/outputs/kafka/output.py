@@ -1,19 +1,22 @@
 """The Kafka output: one message per event, through librdkafka (confluent-kafka), at-least-once.
 
-How a chunk is written: :meth:`KafkaOutput.write` encodes every event's value at once (:mod:`.messages`),
-hands them to librdkafka (non-blocking: it queues them) and waits until the producer's queue is drained,
-every message reported (:mod:`.producer`); the failures among the reports then decide each event's outcome
+How a chunk is written: :meth:`KafkaOutput.write` hands every event's value to librdkafka
+(``produce()``, non-blocking: it queues them) and waits until the producer's queue is drained, every
+message reported (:mod:`.producer`); the failures among the reports then decide each event's outcome
 (:mod:`.outcomes`, which also says what write() raises). A full local queue waits for the poll thread to
-serve reports, then produces the rest. A record the format cannot encode raises UnprocessableError before
-anything is produced.
+serve reports, then produces the rest.
 
-Two ways to librdkafka. When no record field is needed (no ``topic_key``, ``message_key``,
-``headers_from_record``) and no static ``headers`` are set, the values go in one ``produce_batch`` call per
-chunk (the client library's C loop over the messages, one small dict each) from the JSON lines the C
-transcoder writes straight from the chunk's bytes: measured end to end, this and reports that skip
-Python for delivered messages took the output from 0.35-0.45x of a plain confluent-kafka producer to
-parity (bench/e2e_outputs.py, docs/kafka-output.md). Otherwise each event's record is decoded for its
-fields and each message goes through ``produce()`` with its own topic, key and headers.
+Two ways to the values (:mod:`.messages`). When no record field is needed (no ``topic_key``,
+``message_key`` or ``headers_from_record``), the chunk is encoded and produced :data:`SLICE` events at a
+time: the C transcoder writes each slice's values straight from the chunk's msgpack bytes, librdkafka sends
+the first slices while the next are encoded, and the event loop serves connections between slices (acks
+wait behind a slice, not behind a 4 MiB batch). A record the transcoder declines sends the rest of the
+chunk through the Python encoder; one that no encoder can write raises UnprocessableError, before anything
+is produced if it is in the first slice, else as the cause of a PartialDelivery whose ``unsent`` is the
+rest. Otherwise each event's record is decoded for its fields and each message goes out with its own
+topic, key and headers. Measured end to end (bench/e2e_outputs.py, docs/kafka-output.md), the first way,
+with reports that skip Python for delivered messages, took the output from 0.3-0.45x of a plain
+confluent-kafka producer to parity.
 
 Topic, key, partition, headers
     ``topic_key``: the record's value under that key (a non-empty string) is the topic, else ``topic``.
@@ -27,23 +30,25 @@ Topic, key, partition, headers
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaException, Producer
 
+from forwardd.errors import UnprocessableError
 from forwardd.model import Chunk, Event
 from forwardd.outputs.base import Output
 from forwardd.outputs.kafka.messages import Values, key_bytes
-from forwardd.outputs.kafka.outcomes import KafkaOutputStats, fail_retryable, settle
+from forwardd.outputs.kafka.outcomes import KafkaOutputStats, Produced, fail_retryable, settle
 from forwardd.outputs.kafka.producer import KafkaClient, Reports, is_permanent, producer_config
 from forwardd.outputs.kafka.settings import KafkaSettings, SaslLogin, TlsFiles
 
-__all__ = ["BATCH_CALL", "KafkaOutput"]
+__all__ = ["SLICE", "KafkaOutput"]
 
-#: Messages handed to librdkafka per ``produce_batch`` call: one call's cost is spread over many messages,
-#: and a call refused in part by a full local queue is looked through quickly.
-BATCH_CALL = 1000
+#: Events encoded and produced at a time before the event loop serves connections again: a merged batch
+#: of 4 MiB is about 17k events, which produced at once would hold acks back for tens of milliseconds.
+SLICE = 1000
 
 
 class KafkaOutput(Output):
@@ -155,19 +160,18 @@ class KafkaOutput(Output):
         client = self._client
         if client.fatal is not None or client.producer is None:
             await client.reopen()  # a fatal error poisons the producer: start a fresh one
-        records: list[dict[Any, Any]] | None = None
+        reports = Reports()
+        out = Produced()
         if self._by_record:
             records, values = self._messages.encode(chunk)
-        else:
-            values = self._messages.of_chunk(chunk)
-        if not values:
-            return
-        reports = Reports()
-        out = _Outcome()
-        if records is None and not self.static_headers:
-            await self._produce_batch(values, reports, out)
-        else:
+            if not values:
+                return
+            out.count = len(values)
             await self._produce_each(records, values, reports, out)
+        else:
+            await self._produce_slices(chunk, reports, out)
+            if not out.count:
+                return
         if not await client.drained(self._report_timeout):
             fail_retryable(self.name, self._stats, "delivery reports did not arrive in time")
         settle(
@@ -175,97 +179,111 @@ class KafkaOutput(Output):
             self._stats,
             self.max_message_size,
             chunk,
-            values,
+            lambda: self._messages.of_chunk(chunk),
             reports,
-            out.oversized,
-            out.local_rejects,
-            out.sent_bytes,
-            out.unsent,
-            out.stop_reason,
+            out,
         )
 
-    async def _produce_batch(self, values: list[bytes], reports: Reports, out: _Outcome) -> None:
-        """Every value to ``topic`` through ``produce_batch``, :data:`BATCH_CALL` messages a call; when the
-        local queue is full, the rest goes once the poll thread has served some reports."""
+    async def _produce_slices(self, chunk: Chunk, reports: Reports, out: Produced) -> None:
+        """Every event's value to ``topic``, encoded and produced :data:`SLICE` at a time, the event loop
+        served between slices (see the module doc). ``produce()`` takes its arguments by position: parsing
+        keywords cost it more than half again per message."""
         client = self._client
         producer = client.producer
         assert producer is not None
-        limit = self.max_message_size
-        index: list[int] | None = None  # the event of each message; None: message i is event i
-        messages: list[dict[str, Any]]
-        if max(map(len, values)) > limit:
-            index = [i for i, v in enumerate(values) if len(v) <= limit]
-            out.oversized = [i for i, v in enumerate(values) if len(v) > limit]
-            messages = [{"value": values[i]} for i in index]
-        else:
-            messages = [{"value": v} for v in values]
+        produce = producer.produce
         topic = self.topic
-        on_delivery = reports.on_delivery
-        produce_batch = producer.produce_batch
-        pos, n = 0, len(messages)
-        while pos < n:
-            part = messages[pos : pos + BATCH_CALL]
-            good = produce_batch(topic, part, on_delivery=on_delivery)
-            if good == len(part):
-                reports.produced += good
-                out.sent_bytes += sum(len(m["value"]) for m in part)
-                pos += good
-                continue
-            full: list[int] = []  # positions in ``messages`` the full local queue refused
-            for j, m in enumerate(part, pos):
-                err = m.pop("_error", None)
-                i = j if index is None else index[j]
-                if err is None:
-                    reports.produced += 1
-                    out.sent_bytes += len(m["value"])
-                elif err.code() == KafkaError._QUEUE_FULL:
-                    full.append(j)
-                elif is_permanent(err):
-                    out.local_rejects.append((i, f"{err.name()}: {err.str()}"))
-                else:
-                    out.unsent.append(i)
-                    out.stop_reason = out.stop_reason or f"produce failed: {err.name()}: {err.str()}"
-            rest = full + list(range(pos + len(part), n))  # what is still to produce, in order
-            if not rest:
+        cb = reports.on_delivery
+        hdrs = list(self.static_headers) or None
+        limit = self.max_message_size
+        slices = self._messages.slices(chunk, SLICE)
+        while True:
+            try:
+                values = next(slices, None)
+            except UnprocessableError as exc:
+                if not out.count:
+                    raise  # nothing produced: the whole chunk cannot be encoded as it is
+                out.unsent += range(out.count, max(out.count, chunk.count))
+                out.cause = exc
+                out.count = max(out.count, chunk.count)
                 return
-            if out.unsent or (reports.failed and not all(is_permanent(e) for e, _ in reports.failed)):
-                # Already failing (broker gone): waiting out every queue-full of the chunk would take
-                # message.timeout.ms each time. The rest is sent again later.
-                out.unsent += rest if index is None else [index[j] for j in rest]
-                out.stop_reason = out.stop_reason or "local queue full while messages fail"
+            if values is None:
                 return
-            index = rest if index is None else [index[j] for j in rest]
-            messages = [messages[j] for j in rest]
-            pos, n = 0, len(messages)
-            await client.wait_for_space()
-            if client.fatal is not None:
-                fail_retryable(self.name, self._stats, f"fatal producer error: {client.fatal}")
+            base = out.count
+            n = len(values)
+            out.count += n
+            checked = max(map(len, values)) > limit
+            j = 0
+            while j < n:
+                try:
+                    if checked or hdrs is not None:
+                        for v in values[j:] if j else values:
+                            if checked and len(v) > limit:
+                                out.oversized.append(base + j)
+                            else:
+                                produce(topic, v, None, -1, cb, None, 0, hdrs)
+                                reports.produced += 1
+                                out.sent_bytes += len(v)
+                            j += 1
+                    else:  # the hot loop: nothing to check per message
+                        for v in values[j:] if j else values:
+                            produce(topic, v, None, -1, cb)
+                            j += 1
+                        reports.produced += n
+                        out.sent_bytes += sum(map(len, values))
+                except BufferError:
+                    if not checked and hdrs is None:  # the hot loop counts at its end: count what it did
+                        checked = True  # (and go on with the counting loop for the rest of the slice)
+                        done = values[:j]
+                        reports.produced += len(done)
+                        out.sent_bytes += sum(map(len, done))
+                    if reports.failed and not all(is_permanent(e) for e, _ in reports.failed):
+                        # Already failing (broker gone): waiting out every queue-full of the chunk would
+                        # take message.timeout.ms each time. The rest is sent again later.
+                        out.unsent += range(base + j, max(base + n, chunk.count))
+                        out.count = max(base + n, chunk.count)
+                        out.stop_reason = "local queue full while messages fail"
+                        return
+                    await client.wait_for_space()
+                    if client.fatal is not None:
+                        fail_retryable(self.name, self._stats, f"fatal producer error: {client.fatal}")
+                except KafkaException as exc:
+                    if not checked and hdrs is None:
+                        checked = True
+                        done = values[:j]
+                        reports.produced += len(done)
+                        out.sent_bytes += sum(map(len, done))
+                    err = exc.args[0]
+                    if not is_permanent(err):
+                        out.unsent += range(base + j, max(base + n, chunk.count))
+                        out.count = max(base + n, chunk.count)
+                        out.stop_reason = f"produce failed: {err.name()}: {err.str()}"
+                        return
+                    out.local_rejects.append((base + j, f"{err.name()}: {err.str()}"))
+                    j += 1
+            await asyncio.sleep(0)  # let the event loop serve connections between slices
 
     async def _produce_each(
-        self, records: list[dict[Any, Any]] | None, values: list[bytes], reports: Reports, out: _Outcome
+        self, records: list[dict[Any, Any]], values: list[bytes], reports: Reports, out: Produced
     ) -> None:
         """One ``produce()`` per message, with its topic, key and headers from its record."""
         client = self._client
         producer = client.producer
         assert producer is not None
-        on_delivery = reports.on_delivery
+        cb = reports.on_delivery
         produce = producer.produce
         topic_key, key_field = self.topic_key, self.message_key
         static, from_record = self.static_headers, self.headers_from_record
         hdrs: list[tuple[str, str | bytes | None]] | None = list(static) or None
         limit = self.max_message_size
-        rec: dict[Any, Any] = {}
         for i, value in enumerate(values):
+            rec = records[i]
             topic = self.topic
-            key = None
-            if records is not None:
-                rec = records[i]
-                if topic_key is not None:
-                    t = rec.get(topic_key)
-                    if type(t) is str and t:
-                        topic = t
-                if key_field is not None:
-                    key = key_bytes(rec.get(key_field))
+            if topic_key is not None:
+                t = rec.get(topic_key)
+                if type(t) is str and t:
+                    topic = t
+            key = None if key_field is None else key_bytes(rec.get(key_field))
             if len(value) + (len(key) if key else 0) > limit:
                 out.oversized.append(i)
                 continue
@@ -277,10 +295,10 @@ class KafkaOutput(Output):
                         hdrs.append((h, hv))
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=on_delivery, headers=hdrs)
+                    produce(topic, value, key, -1, cb, None, 0, hdrs)
                 except BufferError:
                     if reports.failed and not all(is_permanent(e) for e, _ in reports.failed):
-                        # Already failing (broker gone): see _produce_batch.
+                        # Already failing (broker gone): see _produce_slices.
                         out.unsent = list(range(i, len(values)))
                         out.stop_reason = "local queue full while messages fail"
                         return
@@ -299,17 +317,3 @@ class KafkaOutput(Output):
                     reports.produced += 1
                     out.sent_bytes += len(value)
                 break
-
-
-class _Outcome:
-    """What producing one write's messages left to settle besides the reports: events never produced, by
-    why (too large; refused by librdkafka for good; not sent because producing had to stop)."""
-
-    __slots__ = ("local_rejects", "oversized", "sent_bytes", "stop_reason", "unsent")
-
-    def __init__(self) -> None:
-        self.oversized: list[int] = []
-        self.local_rejects: list[tuple[int, str]] = []
-        self.unsent: list[int] = []
-        self.stop_reason = ""
-        self.sent_bytes = 0

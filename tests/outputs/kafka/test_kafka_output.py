@@ -16,10 +16,17 @@ from hypothesis import strategies as st
 
 from forwardd.config import parse_config
 from forwardd.config import schema as cfg
-from forwardd.errors import PartialDelivery, PermanentError, RecordsRejected, RetryableError
+from forwardd.errors import (
+    PartialDelivery,
+    PermanentError,
+    RecordsRejected,
+    RetryableError,
+    UnprocessableError,
+)
 from forwardd.model import Chunk, Event, pack_entries
 from forwardd.outputs.formats import rfc3339_ns
 from forwardd.outputs.kafka import KafkaOutput, producer_config
+from forwardd.outputs.kafka.output import SLICE
 
 from .conftest import Broker, consume, free_port
 
@@ -157,6 +164,32 @@ async def test_records_librdkafka_refuses_are_rejected_alone_on_the_batch_path(
         i for i in range(3000) if i not in (5, 1500, 2999)
     ]
     assert (out.stats.delivered_events, out.stats.rejected_events) == (2997, 3)
+
+
+async def test_an_encoding_error_after_the_first_slice_keeps_what_went_out(
+    kafka_broker: Broker, topic: str
+) -> None:
+    """Values go out a slice at a time: when a record no format can write comes after the first slice,
+    what was produced is delivered and reported, and only the rest goes back, with the encoding error."""
+    deep: Any = "x"
+    for _ in range(600):
+        deep = [deep]
+    records: list[dict[str, Any]] = [{"n": i} for i in range(2500)]
+    records[1500]["log"] = deep
+    out = await started(brokers=[kafka_broker.bootstrap], topic=topic)
+    try:
+        with pytest.raises(PartialDelivery) as info:
+            await out.write(make_chunk(records))
+    finally:
+        await out.stop()
+    err = info.value
+    assert isinstance(err.cause, UnprocessableError)
+    assert err.rejected is None
+    assert err.delivered == SLICE
+    assert err.unsent is not None
+    assert [e.record["n"] for e in err.unsent.events()] == list(range(SLICE, 2500))
+    got = consume(kafka_broker.bootstrap, topic, SLICE)
+    assert sorted(orjson.loads(r.value)["n"] for r in got) == list(range(SLICE))
 
 
 async def test_broker_refused_records_rejected_alone(kafka_broker: Broker, topic: str) -> None:
@@ -383,3 +416,25 @@ def test_json_values_one_per_event(records: list[dict[str, Any]]) -> None:
         d = orjson.loads(v)
         assert (d.pop("time"), d.pop("tag")) == (rfc3339_ns(T0 + i), "t.ag")
         assert set(d) == set(r) - {"time", "tag"}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_value_slices_are_the_chunk_values_where_the_transcoder_declines_midway(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bytes value (not plain: the transcoder declines it) after two slices: the slices go on from the
+    Python text, so together they are exactly the chunk's values, in order."""
+    from forwardd.outputs.formats import json as formats
+
+    if not native:
+        monkeypatch.setattr(formats, "_jsonl", None)
+    records: list[dict[str, Any]] = [{"n": i, "log": f"line {i}"} for i in range(2500)]
+    records[2100]["raw"] = b"\xff\x00"
+    chunk = make_chunk(records)
+    out = KafkaOutput(name="enc", brokers=["b:1"], topic="t")
+    slices = list(out._messages.slices(chunk, 1000))
+    assert [len(s) for s in slices] == [1000, 1000, 500]
+    values = [v for s in slices for v in s]
+    assert values == out._messages.of_chunk(chunk)
+    assert [orjson.loads(v)["n"] for v in values] == list(range(2500))
+    assert orjson.loads(values[2100])["raw"] == "\\xff\x00"
