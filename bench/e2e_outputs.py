@@ -610,10 +610,11 @@ class Prober:
 class Profiler:
     """py-spy recording a process while the block runs (``--profile``)."""
 
-    def __init__(self, pid: int, out: Path | None, native: bool) -> None:
+    def __init__(self, pid: int, out: Path | None, native: bool, gil: bool = False) -> None:
         self.pid = pid
         self.out = out
         self.native = native
+        self.gil = gil
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Profiler:
@@ -628,19 +629,22 @@ class Profiler:
                 "--format",
                 "raw",
                 "--threads",
-                "--nonblocking",
                 "--output",
                 str(self.out),
             ]
-            if self.native:
-                argv.append("--native")
+            # Native frames need the process paused while a sample is read: it costs the target speed.
+            argv.append("--native" if self.native else "--nonblocking")
+            if self.gil:
+                argv.append("--gil")  # only samples of the thread holding the GIL
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(60)
+            _, err = self.proc.communicate(timeout=60)
+            if self.out is not None and not self.out.exists():
+                print(f"  py-spy wrote no profile: {err.decode(errors='replace').strip()[-300:]}", flush=True)
 
 
 @dataclass(slots=True)
@@ -704,7 +708,7 @@ class Bench:
         threads0 = thread_cpu(target.pid)
         t0 = time.time_ns()
         with (
-            Profiler(target.pid, prof, self.args.profile_native),
+            Profiler(target.pid, prof, self.args.profile_native, self.args.profile_gil),
             Prober(target.port, self.args.probe_interval),
         ):
             res = run_load(cfg, self.rings)
@@ -744,7 +748,10 @@ class Bench:
             counter.start()
             _recv(parent, 30, "counter ready")
             if target.startswith("forwardd"):
-                options = "".join(f"      {k}: {v}\n" for k, v in self.args.kafka_option)
+                chosen = dict(self.args.kafka_option)
+                if target == COMPARED:
+                    chosen.update(self.args.compare_kafka_option)
+                options = "".join(f"      {k}: {v}\n" for k, v in chosen.items())
                 text = FORWARDD_KAFKA.replace("@BOOTSTRAP@", broker.bootstrap).replace("@TOPIC@", topic)
                 text = text.replace("@OPTIONS@", f"    options:\n{options}" if options else "")
                 with self.forwardd(text, f"{target}-kafka-{rep}", self.root(target)) as fwd:
@@ -1041,6 +1048,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a librdkafka setting for forwardd's Kafka output (its `options`)",
     )
     ap.add_argument(
+        "--compare-kafka-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a librdkafka setting for {COMPARED} only (with --compare . it A/Bs a setting)",
+    )
+    ap.add_argument(
         "--baseline-option",
         type=_option,
         action="append",
@@ -1050,6 +1065,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--profile", default=None, metavar="DIR", help="py-spy record forwardd's runs into DIR")
     ap.add_argument("--profile-native", action="store_true", help="with --profile: C frames too")
+    ap.add_argument("--profile-gil", action="store_true", help="with --profile: only the GIL's holder")
     ap.add_argument(
         "--compare",
         default=None,
