@@ -497,6 +497,8 @@ class Run:
     lat_p99_ms: float | None = None
     #: seconds until the load generator had every ack (forwardd: ingest), and forwardd's CPU by thread
     load_s: float | None = None
+    ack_p50_ms: float | None = None
+    ack_p99_ms: float | None = None
     threads: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -511,7 +513,8 @@ class Run:
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid`` by thread name (librdkafka names its own: rdk:main,
-    rdk:broker1...), from /proc; threads of the same name are summed."""
+    rdk:broker1...; "main" is the event loop's, "python" any other Python thread), from /proc; threads of
+    the same name are summed."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     with contextlib.suppress(OSError):
@@ -523,7 +526,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
                 continue
             name = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
             fields = stat[stat.rindex(b")") + 2 :].split()
-            name = re.sub(r"\d+$", "", name) or name
+            name = "main" if tid == str(pid) else re.sub(r"\d+$", "", name) or name
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 
@@ -719,6 +722,7 @@ class Bench:
         peer1 = proc_tree_cpu_seconds(peer_pid)
         run.threads = {k: round(v - threads0.get(k, 0.0), 2) for k, v in thread_cpu(target.pid).items()}
         run.load_s = res.duration_s
+        run.ack_p50_ms, run.ack_p99_ms = res.ack_p50_ms, res.ack_p99_ms
         if msg[0] != "done":
             raise RuntimeError(f"not every event arrived: {msg}")
         _, t_done, arrived, _probes, lats = msg
@@ -933,7 +937,8 @@ def describe(run: Run) -> str:
     )
     if run.load_s is not None:
         busy = ", ".join(f"{k} {v:.2f}" for k, v in sorted(run.threads.items(), key=lambda kv: -kv[1]) if v)
-        text += f"; ingest done in {run.load_s:.2f} s; CPU s by thread: {busy}"
+        text += f"; ingest done in {run.load_s:.2f} s (ack p50 {run.ack_p50_ms} ms p99 {run.ack_p99_ms} ms)"
+        text += f"; CPU s by thread: {busy}"
     return text
 
 

@@ -191,7 +191,7 @@ class KafkaOutput(Output):
         client = self._client
         producer = client.producer
         assert producer is not None
-        produce = producer.produce
+        produce, poll = producer.produce, producer.poll
         topic = self.topic
         cb = reports.on_delivery
         hdrs = list(self.static_headers) or None
@@ -261,6 +261,10 @@ class KafkaOutput(Output):
                         return
                     out.local_rejects.append((base + j, f"{err.name()}: {err.str()}"))
                     j += 1
+            # Serve the reports that came in meanwhile here, where the GIL is ours anyway: the poll thread
+            # would take it from the loop once per report, and those left for the end of the write are
+            # served while nothing else goes on.
+            poll(0)
             await asyncio.sleep(0)  # let the event loop serve connections between slices
 
     async def _produce_each(

@@ -16,9 +16,11 @@ waited for as well. A fatal error (idempotence state lost) poisons the producer:
 replaces it before the next write.
 
 librdkafka settings made here (``options`` override any of them): ``message.timeout.ms`` 30 s (the buffer
-retries; a write must not hang for librdkafka's 5 minutes while the broker is down), ``linger.ms`` 1 (one
-chunk is in flight at a time, so waiting for more messages only adds latency), ``message.max.bytes`` large
-enough for ``max_message_size``.
+retries; a write must not hang for librdkafka's 5 minutes while the broker is down), ``linger.ms`` 5
+(librdkafka's own default: measured end to end, 1 ms made smaller batches that cost the broker about
+0.5 us more CPU per event, docs/kafka-output.md), ``message.max.bytes`` large enough for
+``max_message_size``. The linger does not delay the end of a write: once a write has produced everything,
+the poll thread serves its reports with ``flush()``, which sends what lingers at once.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ _PERMANENT = frozenset(
 )
 
 # log_level 2: librdkafka's own error lines repeat what error_cb reports (which is throttled here).
-_DEFAULTS: dict[str, Any] = {"message.timeout.ms": 30_000, "linger.ms": 1, "log_level": 2}
+_DEFAULTS: dict[str, Any] = {"message.timeout.ms": 30_000, "linger.ms": 5, "log_level": 2}
+#: Seconds one flush() of the poll thread lasts at most before it looks at its flags again.
+FLUSH_SLICE = 0.05
 #: Seconds between two log lines for the same client-level error code (a down broker repeats every second).
 _ERROR_LOG_INTERVAL = 30.0
 
@@ -177,14 +181,26 @@ class KafkaClient:
         self.open()
 
     def _poll_loop(self, producer: Producer) -> None:
+        woken: asyncio.Future[None] | None = None  # the drain waiter already woken (until it is gone)
         while self._running:
+            idle = self._idle
+            if idle is not None and idle is not woken:
+                # A write waits for its last reports. flush() serves them as poll() does, and has
+                # librdkafka send at once what it would hold back for linger.ms: the batch's tail does not
+                # wait for messages that will not come (the write produces nothing until it returns).
+                if not producer.flush(FLUSH_SLICE):
+                    self._wake(idle)
+                    woken = idle
+                continue
             served = producer.poll(0.1)
             if served and self._space is not None:
                 self._wake(self._space)
             # Checked after every poll, served or not: a waiter that came after the last report is woken
             # by its own check in drained(), one that came before it by this one.
-            if self._idle is not None and not len(producer):
-                self._wake(self._idle)
+            idle = self._idle
+            if idle is not None and idle is not woken and not len(producer):
+                self._wake(idle)
+                woken = idle
 
     def _wake(self, fut: asyncio.Future[None]) -> None:
         loop = self._loop
