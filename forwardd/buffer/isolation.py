@@ -109,7 +109,8 @@ _QUICK = object()
 class Deliverer:
     """Writes one output's batches, a piece at a time (see the module doc), and counts what happened.
 
-    Its flags are what the sink's stop and drain watch: ``idle`` is clear while a write is in progress,
+    Its flags are what the sink's stop and drain watch: ``idle`` is clear while a write is in progress
+    (any of them, when the output takes several at once and the sink runs a deliver() per work),
     ``backing_off`` is set while it waits to try again, ``progress`` is set whenever pieces moved on, and
     ``stopping`` (set by the sink) makes it return between attempts with the pieces still left.
     """
@@ -134,6 +135,7 @@ class Deliverer:
         self._rand = rand
         self.idle = asyncio.Event()
         self.idle.set()
+        self._writing = 0  # writes in progress (several when the output takes concurrent writes)
         self.progress = asyncio.Event()
         self.backing_off = False
         self.stopping = False
@@ -157,6 +159,7 @@ class Deliverer:
             if attempts == 0:
                 first = self._clock()
             attempts += 1
+            self._writing += 1
             self.idle.clear()
             try:
                 await self.output.write(piece.chunk)
@@ -165,7 +168,9 @@ class Deliverer:
             else:
                 failure = None
             finally:
-                self.idle.set()
+                self._writing -= 1
+                if not self._writing:
+                    self.idle.set()
             if failure is None:
                 pieces.popleft()
                 self.delivered_events += piece.chunk.count

@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from confluent_kafka import KafkaError
+
 from forwardd.errors import PartialDelivery, RecordsRejected, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import StatValue
-from forwardd.outputs.kafka.producer import Reports, is_permanent
+from forwardd.outputs.kafka.producer import is_permanent
 from forwardd.pieces import ranges_of, select_events
 
 __all__ = ["KafkaOutputStats", "Produced", "fail_retryable", "settle"]
@@ -82,7 +84,8 @@ def settle(
     max_message_size: int,
     chunk: Chunk,
     values: Callable[[], list[bytes]],
-    reports: Reports,
+    failed: list[tuple[KafkaError, bytes | None]],
+    produced: int,
     out: Produced,
 ) -> None:
     """Turn the reports of one write into the contract's outcome: each event is delivered, rejected for
@@ -95,7 +98,7 @@ def settle(
     reasons = [f"{len(out.oversized)} larger than {max_message_size} bytes"] if out.oversized else []
     reasons += [why for _, why in out.local_rejects[:1]]
     retry_reasons = [out.stop_reason] if out.stop_reason else []
-    if reports.failed:
+    if failed:
         # Find the failed messages' events by value among those produced; equal values are equal
         # events, any one will do. Only a failure pays for this (the values are encoded again).
         every = values()
@@ -105,10 +108,10 @@ def settle(
         for i in range(min(n, len(every))):
             if i not in skip:
                 by_value.setdefault(every[i], []).append(i)
-        permanent = [(e, v) for e, v in reports.failed if is_permanent(e)]
-        retryable = [(e, v) for e, v in reports.failed if not is_permanent(e)]
-        for failed, into in ((permanent, rejected), (retryable, unsent)):
-            for _, fv in failed:
+        permanent = [(e, v) for e, v in failed if is_permanent(e)]
+        retryable = [(e, v) for e, v in failed if not is_permanent(e)]
+        for kind, into in ((permanent, rejected), (retryable, unsent)):
+            for _, fv in kind:
                 idx = by_value.get(fv or b"")
                 if idx:
                     into.append(idx.pop())
@@ -119,9 +122,9 @@ def settle(
         if retryable:
             e = retryable[0][0]
             retry_reasons.append(
-                f"{len(retryable)} of {reports.produced} messages failed, e.g. {e.name()}: {e.str()}"
+                f"{len(retryable)} of {produced} messages failed, e.g. {e.name()}: {e.str()}"
             )
-    delivered = reports.produced - len(reports.failed)
+    delivered = produced - len(failed)
     stats.delivered_events += delivered
     stats.delivered_bytes += sent_bytes
     rejection: RecordsRejected | None = None

@@ -1,10 +1,10 @@
 """The Kafka output: one message per event, through librdkafka (confluent-kafka), at-least-once.
 
 How a chunk is written: :meth:`KafkaOutput.write` hands every event's value to librdkafka
-(``produce()``, non-blocking: it queues them) and waits until the producer's queue is drained, every
-message reported (:mod:`.producer`); the failures among the reports then decide each event's outcome
-(:mod:`.outcomes`, which also says what write() raises). A full local queue waits for the poll thread to
-serve reports, then produces the rest.
+(``produce()``, non-blocking: it queues them) and waits until every one of its messages is reported
+(:mod:`.producer`); the failures among the reports then decide each event's outcome (:mod:`.outcomes`,
+which also says what write() raises). A full local queue waits for the poll thread to serve reports, then
+produces the rest. Up to :attr:`KafkaOutput.concurrent_writes` writes are in flight at once.
 
 Two ways to the values (:mod:`.messages`). When no record field is needed (no ``topic_key``,
 ``message_key`` or ``headers_from_record``), the chunk is encoded and produced :data:`SLICE` events at a
@@ -156,31 +156,49 @@ class KafkaOutput(Output):
 
     # --- writing ------------------------------------------------------------------------------------------
 
+    #: Writes the delivery loop may have in flight at once (Output.concurrent_writes): while one batch's
+    #: messages are acknowledged the next is produced, and a batch of many tags (one write each) does not
+    #: wait for a broker round trip per tag. Each write completes on its own (see :mod:`.producer`).
+    concurrent_writes = 8
+
     async def write(self, chunk: Chunk) -> None:
         client = self._client
         if client.fatal is not None or client.producer is None:
             await client.reopen()  # a fatal error poisons the producer: start a fresh one
         reports = Reports()
         out = Produced()
-        if self._by_record:
-            records, values = self._messages.encode(chunk)
-            if not values:
-                return
-            out.count = len(values)
-            await self._produce_each(records, values, reports, out)
-        else:
-            await self._produce_slices(chunk, reports, out)
-            if not out.count:
-                return
-        if not await client.drained(self._report_timeout):
-            fail_retryable(self.name, self._stats, "delivery reports did not arrive in time")
+        done, ref = client.completion(reports)
+        client.producing += 1
+        try:
+            if self._by_record:
+                records, values = self._messages.encode(chunk)
+                out.count = len(values)
+                await self._produce_each(records, values, reports, out)
+            else:
+                await self._produce_slices(chunk, reports, out)
+        finally:
+            client.producing -= 1
+        failed, produced = reports.failed, reports.produced
+        del reports  # the messages hold it until their last report: then `done` resolves
+        if not out.count:
+            return
+        if produced:
+            client.waiting.add(done)
+            try:
+                await asyncio.wait_for(asyncio.shield(done), self._report_timeout)
+            except TimeoutError:
+                fail_retryable(self.name, self._stats, "delivery reports did not arrive in time")
+            finally:
+                client.waiting.discard(done)
+        del ref
         settle(
             self.name,
             self._stats,
             self.max_message_size,
             chunk,
             lambda: self._messages.of_chunk(chunk),
-            reports,
+            failed,
+            produced,
             out,
         )
 
@@ -193,7 +211,7 @@ class KafkaOutput(Output):
         assert producer is not None
         produce, poll = producer.produce, producer.poll
         topic = self.topic
-        cb = reports.on_delivery
+        cb = reports
         hdrs = list(self.static_headers) or None
         limit = self.max_message_size
         slices = self._messages.slices(chunk, SLICE)
@@ -204,7 +222,8 @@ class KafkaOutput(Output):
                 if not out.count:
                     raise  # nothing produced: the whole chunk cannot be encoded as it is
                 out.unsent += range(out.count, max(out.count, chunk.count))
-                out.cause = exc
+                # Without its traceback: that holds this frame, and so the write's Reports, alive.
+                out.cause = exc.with_traceback(None)
                 out.count = max(out.count, chunk.count)
                 return
             if values is None:
@@ -266,6 +285,8 @@ class KafkaOutput(Output):
             # served while nothing else goes on.
             poll(0)
             await asyncio.sleep(0)  # let the event loop serve connections between slices
+            if client.producer is not producer:  # another write replaced it after a fatal error
+                fail_retryable(self.name, self._stats, f"producer replaced: {client.fatal or 'closed'}")
 
     async def _produce_each(
         self, records: list[dict[Any, Any]], values: list[bytes], reports: Reports, out: Produced
@@ -274,7 +295,7 @@ class KafkaOutput(Output):
         client = self._client
         producer = client.producer
         assert producer is not None
-        cb = reports.on_delivery
+        cb = reports
         produce = producer.produce
         topic_key, key_field = self.topic_key, self.message_key
         static, from_record = self.static_headers, self.headers_from_record

@@ -5,22 +5,24 @@ Why librdkafka: it is the only Python client here whose idempotent producer work
 test with, it reports every message's fate, speaks every codec and TLS/SASL, and out-produces aiokafka's
 per-record ``send()`` several times over (numbers and reasons: bench/kafka_bench.py and the docs).
 
-Reports are served by a poll thread that owns ``Producer.poll``. Only failures reach Python
-(``delivery.report.only.error``): a message that was delivered costs no Python object and no call, and a
-failed one calls its write's :meth:`Reports.on_delivery` with its value. A write knows that all of its
-messages are reported when the producer's queue is empty (``len(producer)`` counts messages not yet
-reported as well as those in flight): :meth:`KafkaClient.drained` waits for that, and the poll thread wakes
-it once the last report is served. One write is in flight at a time (the delivery loop awaits each), so
-the queue holds only its messages, or also those of an earlier write that gave up waiting, which are
-waited for as well. A fatal error (idempotence state lost) poisons the producer: :class:`KafkaClient`
-replaces it before the next write.
+Reports are served by a poll thread that owns ``Producer.poll`` (and by the writing coroutine between
+slices, where the loop holds the GIL anyway). Only failures reach Python (``delivery.report.only.error``):
+a message that was delivered costs no Python object and no call, and a failed one calls its write's
+:class:`Reports` with its value. How a write learns that all of its messages are reported without a call
+per message: its :class:`Reports` object is each message's callback, and the client library holds a
+reference to it from ``produce()`` until that message's report is served. The write drops its own
+reference once it has produced; the last report then frees the object, and a weak reference's callback
+(:meth:`KafkaClient.completion`) wakes the write. So writes in flight at the same time (the delivery loop
+begins the next batches while one is acknowledged) each complete on their own. A fatal error (idempotence
+state lost) poisons the producer: :class:`KafkaClient` replaces it before the next write.
 
 librdkafka settings made here (``options`` override any of them): ``message.timeout.ms`` 30 s (the buffer
 retries; a write must not hang for librdkafka's 5 minutes while the broker is down), ``linger.ms`` 5
 (librdkafka's own default: measured end to end, 1 ms made smaller batches that cost the broker about
 0.5 us more CPU per event, docs/kafka-output.md), ``message.max.bytes`` large enough for
-``max_message_size``. The linger does not delay the end of a write: once a write has produced everything,
-the poll thread serves its reports with ``flush()``, which sends what lingers at once.
+``max_message_size``. The linger is at most 5 ms added to one write; the next writes go on meanwhile.
+(Flushing at the end of each write was measured and dropped: with writes overlapping, it had librdkafka
+send the next write's messages a few at a time, and the broker spent three times the CPU per event.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,8 +65,7 @@ _PERMANENT = frozenset(
 
 # log_level 2: librdkafka's own error lines repeat what error_cb reports (which is throttled here).
 _DEFAULTS: dict[str, Any] = {"message.timeout.ms": 30_000, "linger.ms": 5, "log_level": 2}
-#: Seconds one flush() of the poll thread lasts at most before it looks at its flags again.
-FLUSH_SLICE = 0.05
+
 #: Seconds between two log lines for the same client-level error code (a down broker repeats every second).
 _ERROR_LOG_INTERVAL = 30.0
 
@@ -124,16 +126,17 @@ def producer_config(
 
 
 class Reports:
-    """The failures of one write's messages. The poll thread appends to ``failed``; the write reads it once
-    the producer is drained. A delivered message is never seen here (``delivery.report.only.error``)."""
+    """The callback of one write's messages: counts what was produced and keeps the failures. It lives as
+    long as one of those messages is unreported (see the module doc); the poll thread, or the writing
+    coroutine, appends to ``failed``. A delivered message is never seen here."""
 
-    __slots__ = ("failed", "produced")
+    __slots__ = ("__weakref__", "failed", "produced")
 
     def __init__(self) -> None:
         self.produced = 0
         self.failed: list[tuple[KafkaError, bytes | None]] = []
 
-    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self.failed.append((err, msg.value()))
 
@@ -152,16 +155,19 @@ class KafkaClient:
         self._running = False
         self._logged: dict[int, float] = {}
         self._space: asyncio.Future[None] | None = None
-        self._idle: asyncio.Future[None] | None = None
+        #: Writes producing now, and the completions of writes waiting for their last reports.
+        self.producing = 0
+        self.waiting: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reopening = asyncio.Lock()
 
     def open(self) -> None:
         """A producer and the thread that serves its reports; nothing connects until the first produce."""
         self._loop = asyncio.get_running_loop()
         conf = dict(self.config)
         conf["error_cb"] = self._on_error
-        # Delivered messages skip the Python callback (completion is read from the queue length instead);
-        # this is a setting of the Python client, not of librdkafka, and it is what the output relies on.
+        # Delivered messages skip the Python callback (completion is seen by the callback object going
+        # away instead); a setting of the Python client, not of librdkafka, that the output relies on.
         conf["delivery.report.only.error"] = True
         conf["logger"] = logging.getLogger(f"forwardd.outputs.kafka.{self.name}")
         try:
@@ -176,31 +182,34 @@ class KafkaClient:
         self._thread.start()
 
     async def reopen(self) -> None:
-        """A fresh producer in place of a poisoned (or closed) one."""
-        await self.close(0)
-        self.open()
+        """A fresh producer in place of a poisoned (or closed) one; one at a time when writes overlap (the
+        writes in flight on the old producer get its purge as their reports)."""
+        async with self._reopening:
+            if self.fatal is not None or self.producer is None:
+                await self.close(0)
+                self.open()
+
+    def completion(self, reports: Reports) -> tuple[asyncio.Future[None], weakref.ref[Reports]]:
+        """A future that resolves once ``reports`` is gone, i.e. every message produced with it as the
+        callback is reported, and the weak reference that does it (keep it as long as the future)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def gone(_: weakref.ref[Reports]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, fut)
+
+        return fut, weakref.ref(reports, gone)
 
     def _poll_loop(self, producer: Producer) -> None:
-        woken: asyncio.Future[None] | None = None  # the drain waiter already woken (until it is gone)
         while self._running:
-            idle = self._idle
-            if idle is not None and idle is not woken:
-                # A write waits for its last reports. flush() serves them as poll() does, and has
-                # librdkafka send at once what it would hold back for linger.ms: the batch's tail does not
-                # wait for messages that will not come (the write produces nothing until it returns).
-                if not producer.flush(FLUSH_SLICE):
-                    self._wake(idle)
-                    woken = idle
-                continue
-            served = producer.poll(0.1)
-            if served and self._space is not None:
+            if producer.poll(0.1) and self._space is not None:
                 self._wake(self._space)
-            # Checked after every poll, served or not: a waiter that came after the last report is woken
-            # by its own check in drained(), one that came before it by this one.
-            idle = self._idle
-            if idle is not None and idle is not woken and not len(producer):
-                self._wake(idle)
-                woken = idle
+            if self.waiting and not len(producer):
+                # An empty queue means every write's messages are reported, whatever may still hold a
+                # write's callback object (its completion is that object going away): wake them all.
+                for fut in list(self.waiting):
+                    self._wake(fut)
 
     def _wake(self, fut: asyncio.Future[None]) -> None:
         loop = self._loop
@@ -223,33 +232,13 @@ class KafkaClient:
 
     async def wait_for_space(self) -> None:
         """The local queue is full: wait until the poll thread served some reports (or a short while)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._space = fut
+        fut = self._space
+        if fut is None or fut.done():
+            fut = self._space = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(fut, 0.5)
+            await asyncio.wait_for(asyncio.shield(fut), 0.5)
         except TimeoutError:
             pass
-        finally:
-            self._space = None
-
-    async def drained(self, timeout: float) -> bool:
-        """Wait until every message produced so far is reported (delivered or failed); False if that took
-        longer than ``timeout`` seconds."""
-        producer = self.producer
-        if producer is None or not len(producer):
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._idle = fut
-        try:
-            if not len(producer):  # the last report came before the poll thread could see the waiter
-                return True
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._idle = None
 
     async def close(self, flush_timeout: float) -> None:
         producer, thread = self.producer, self._thread

@@ -438,3 +438,44 @@ def test_value_slices_are_the_chunk_values_where_the_transcoder_declines_midway(
     assert values == out._messages.of_chunk(chunk)
     assert [orjson.loads(v)["n"] for v in values] == list(range(2500))
     assert orjson.loads(values[2100])["raw"] == "\\xff\x00"
+
+
+async def test_overlapping_writes_complete_each_on_its_own(kafka_broker: Broker, topic: str) -> None:
+    """The delivery loop has several writes in flight (concurrent_writes): a small write begun while a big
+    one still produces (its local queue of 100 messages keeps it waiting for room) returns as soon as its
+    own messages are acknowledged, not when the producer's whole queue is."""
+    assert KafkaOutput.concurrent_writes > 1
+    out = await started(
+        brokers=[kafka_broker.bootstrap], topic=topic, options={"queue.buffering.max.messages": 100}
+    )
+    try:
+        await out.write(make_chunk([{"n": -1}]))  # connected, topic known
+        big = asyncio.create_task(out.write(make_chunk([{"n": i, "log": "y" * 200} for i in range(20_000)])))
+        await asyncio.sleep(0)  # the big write begins: it produces until the local queue is full
+        await asyncio.wait_for(out.write(make_chunk([{"n": 20_000 + i} for i in range(10)])), 30)
+        assert not big.done()
+        await asyncio.wait_for(big, 60)
+    finally:
+        await out.stop()
+    got = consume(kafka_broker.bootstrap, topic, 20_011)
+    assert sorted(orjson.loads(r.value)["n"] for r in got) == list(range(-1, 20_010))
+
+
+async def test_a_write_completes_when_the_last_reference_to_its_callback_goes() -> None:
+    """What lets overlapping writes complete each on its own: librdkafka's client holds each message's
+    callback until that message is reported; the write's completion resolves when the callback object is
+    freed, and not before."""
+    from forwardd.outputs.kafka.producer import KafkaClient, Reports
+
+    client = KafkaClient("t", {})
+    reports = Reports()
+    held = [reports, reports]  # stands in for the references of two unreported messages
+    done, ref = client.completion(reports)
+    del reports
+    await asyncio.sleep(0)
+    held.pop()
+    await asyncio.sleep(0)
+    assert not done.done()
+    held.pop()
+    await asyncio.wait_for(done, 5)
+    assert ref() is None
