@@ -152,6 +152,14 @@ def scenarios(packed_window: int = 4) -> list[Scenario]:
         Scenario("packed-1conn-noack", "packed", 1, False, 1, "PackedForward, 1 connection, no acks"),
         Scenario("packed-4conn-noack", "packed", 4, False, 1, "PackedForward, 4 connections, no acks"),
         Scenario("message-noack", "message", 1, False, 1, "Message mode, 1 connection, no acks"),
+        Scenario(
+            "message3-noack",
+            "message3",
+            1,
+            False,
+            1,
+            "Message mode [tag, time, record] (fluent-logger for Python), 1 connection, no acks",
+        ),
         Scenario("message-ack-w64", "message", 1, True, 64, "Message mode, 1 connection, ack window 64"),
         Scenario(
             "message-ack-w1-16conn",

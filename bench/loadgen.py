@@ -61,7 +61,9 @@ __all__ = [
     "run_load",
 ]
 
-Mode = Literal["packed", "message"]
+#: "message3" is Message mode without the option element, [tag, time, record] (fluent-logger for Python):
+#: it cannot ask for an ack.
+Mode = Literal["packed", "message", "message3"]
 
 _NS = 1_000_000_000
 _II = struct.Struct(">II")
@@ -110,7 +112,7 @@ class LoadConfig:
         connection, GIL hand-offs on every ack cost the sender more CPU per event than the receiver
         spends. One connection is cheaper with a plain blocking loop."""
         if self.engine == "auto":
-            return self.ack and self.mode == "message" and self.conns > 1
+            return self.ack and self.mode != "packed" and self.conns > 1
         return self.engine == "asyncio"
 
     @property
@@ -208,6 +210,11 @@ def encode_ring(cfg: LoadConfig, conn: int, units: int | None = None) -> Ring:
             )
             opt["size"] = epu
             msg = pack([tag, entries, opt])
+        elif cfg.mode == "message3":
+            if cfg.ack:
+                raise ValueError("[tag, time, record] has no option element to ask for an ack in")
+            rec = docker_record(conn, seq, cid)
+            msg = pack([tag, msgpack.ExtType(0, _event_time(base_ns + seq * 1000)[2:]), rec])
         else:
             rec = docker_record(conn, seq, cid)
             msg = pack([tag, msgpack.ExtType(0, _event_time(base_ns + seq * 1000)[2:]), rec, opt])
@@ -827,7 +834,7 @@ def proc_tree_cpu_seconds(pid: int) -> float:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
     ap.add_argument("address", help="host:port, or a unix socket path (/path or unix:/path)")
-    ap.add_argument("--mode", choices=["packed", "message"], default="packed")
+    ap.add_argument("--mode", choices=["packed", "message", "message3"], default="packed")
     ap.add_argument("--conns", type=int, default=1)
     ap.add_argument("--ack", action="store_true", help="ask for an ack per chunk/message")
     ap.add_argument("--window", type=int, default=4, help="max unacked chunks in flight per connection")

@@ -73,6 +73,10 @@ def build_output(name: str, o: Any, worker: int = 0) -> Output:
         from forwardd.outputs.http import HttpOutput  # type: ignore[import-not-found,unused-ignore]
 
         return HttpOutput.from_settings(name, o)  # type: ignore[no-any-return,unused-ignore]
+    if o.type == "forward":
+        from forwardd.outputs.forward import ForwardOutput
+
+        return ForwardOutput.from_settings(name, o)
     raise ValueError(f"output {name!r}: unknown type {o.type!r}")
 
 
@@ -135,6 +139,7 @@ _FILTERS = {
     "parser": "Parser",
     "tag_rewrite": "TagRewrite",
     "docker_partial": "DockerPartial",
+    "docker_swarm": "DockerSwarm",
 }
 
 
@@ -194,6 +199,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
             max_frame_size=lim.max_frame_size,
             max_decompressed_size=lim.max_decompressed_size,
             chunk_size_warn=lim.chunk_size_warn,
+            max_handshake_frame_size=lim.max_handshake_frame_size,
         ),
         security=security,
         max_inflight=lim.max_inflight,
@@ -223,6 +229,7 @@ def listener_settings(src: Any, *, reuse_port: bool = False) -> ListenerSettings
         udp_heartbeat=src.udp_heartbeat and src.unix is None,
         tls=tls,
         max_connections=lim.max_connections,
+        max_buffered_bytes=lim.max_buffered_size,
         reuse_port=reuse_port,
     )
 

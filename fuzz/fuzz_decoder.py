@@ -1,5 +1,6 @@
 """atheris target for the protocol core: ServerConnection must turn any byte stream, cut into any reads,
-into events or a ProtocolError, and every chunk it hands out must decode without raising.
+into events (a ProtocolViolation last if it breaks the protocol), and every chunk it hands out must decode
+without raising.
 
 Input layout (so that a corpus of real traffic is easy to seed): byte 0 holds flags, byte 1 seeds the
 read sizes, the rest is what the peer sends.
@@ -28,10 +29,12 @@ with atheris.instrument_imports():
         HandshakeFailed,
         Heartbeat,
         Limits,
-        ProtocolError,
+        PayloadReceived,
+        ProtocolViolation,
         Rejected,
         Security,
         ServerConnection,
+        finish_payload,
     )
     from forwardd.protocol.handshake import ServerHandshake, client_ping
 
@@ -57,10 +60,17 @@ def reads(data: bytes, seed: int) -> Iterator[bytes]:
 
 
 def check(ev: object) -> None:
-    if type(ev) is EntriesReceived:
+    if type(ev) is PayloadReceived:  # a big request: finished as the session does it, in a worker thread
+        for done in finish_payload(ev):
+            check(done)
+    elif type(ev) is EntriesReceived:
         chunk = ev.chunk
         events, invalid = decode_entries(chunk.entries, RECV)
         assert len(events) + invalid == chunk.count, (len(events), invalid, chunk.count)
+        # The edge left out every entry decoding would drop, and reported them.
+        assert invalid == 0, (invalid, chunk.count)
+        reported = ev.invalid.count if ev.invalid is not None else 0
+        assert reported == chunk.invalid, (ev.invalid, chunk.invalid)
         assert isinstance(chunk.tag, str)
         assert ev.ack is None or ev.ack.startswith((b"\x81\xa3ack", b'{"ack": '))
     else:
@@ -83,14 +93,18 @@ def TestOneInput(data: bytes) -> None:
         if flags & 4:
             payload = PING + payload
     max_frame = conn.decoder.limits.max_frame_size
-    try:
-        for piece in reads(payload, seed):
-            for ev in conn.receive_data(piece):
+    broken = False
+    for piece in reads(payload, seed):
+        events = conn.receive_data(piece)
+        if broken:
+            assert events == [], events  # a broken stream reads nothing more
+        for i, ev in enumerate(events):
+            if type(ev) is ProtocolViolation:
+                assert i == len(events) - 1, events  # always the last event
+                broken = True
+            else:
                 check(ev)
-            assert conn.buffered <= max_frame, (conn.buffered, max_frame)
-    except ProtocolError as exc:
-        for ev in exc.events:
-            check(ev)
+        assert conn.buffered <= max_frame, (conn.buffered, max_frame)
 
 
 def main() -> None:

@@ -43,8 +43,10 @@ __all__ = [
     "BufferSettings",
     "Config",
     "DockerPartialFilter",
+    "DockerSwarmFilter",
     "FileOutput",
     "Filter",
+    "ForwardOutput",
     "ForwardSource",
     "GrepFilter",
     "GrepRule",
@@ -267,7 +269,12 @@ class Limits(_Frozen):
     max_frame_size: Size = 64 * 1024**2
     max_decompressed_size: Size = 256 * 1024**2
     chunk_size_warn: Size = 16 * 1024**2
+    #: The frame limit before the handshake is done (security on): a PING is a few hundred bytes.
+    max_handshake_frame_size: Size = 64 * 1024
     max_connections: Count = 10000
+    #: Bytes all connections of the source may hold at once (frames not yet whole, big requests being
+    #: finished); beyond it, connections holding some stop reading until it falls. 0 = no budget.
+    max_buffered_size: Size = 256 * 1024**2
     handshake_timeout: Duration = 10.0
     #: 0 = never close an idle connection.
     idle_timeout: Duration = 0.0
@@ -398,8 +405,39 @@ class DockerPartialFilter(_Frozen):
         }
 
 
+class DockerSwarmFilter(_Frozen):
+    """Swarm's identity of a line (service, task, slot or node) from docker's record; see DockerSwarm."""
+
+    type: Literal["docker_swarm"]
+    #: Field names to write; null leaves that field out.
+    service_key: str | None = "service"
+    task_key: str | None = "task"
+    slot_key: str | None = "slot"
+    node_key: str | None = "node"
+    #: Replace a field the record already has (off: keep the record's own value).
+    overwrite: bool = False
+    #: Drop the com.docker.swarm.* labels once read.
+    remove_labels: bool = False
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`forwardd.filters.DockerSwarm` (add ``name``)."""
+        return {
+            "service_key": self.service_key,
+            "task_key": self.task_key,
+            "slot_key": self.slot_key,
+            "node_key": self.node_key,
+            "overwrite": self.overwrite,
+            "remove_labels": self.remove_labels,
+        }
+
+
 Filter = Annotated[
-    GrepFilter | RecordModifyFilter | ParserFilter | TagRewriteFilter | DockerPartialFilter,
+    GrepFilter
+    | RecordModifyFilter
+    | ParserFilter
+    | TagRewriteFilter
+    | DockerPartialFilter
+    | DockerSwarmFilter,
     Field(discriminator="type"),
 ]
 
@@ -539,6 +577,69 @@ class HttpOutput(_OutputBase):
     allowed_hosts: tuple[str, ...] = ()
 
 
+class ForwardServer(_Frozen):
+    """One receiver of a forward output (Fluentd's ``<server>``)."""
+
+    host: NonEmpty
+    port: Annotated[int, Field(ge=1, le=65535)] = 24224
+    #: Share of the writes among the regular servers that are up; 0 keeps it out of the rotation.
+    weight: Annotated[int, Field(ge=0, le=10000)] = 60
+    #: Used only while no regular server is up.
+    standby: bool = False
+    #: How logs and stats name it (default host:port).
+    name: Name | None = None
+
+
+class ForwardTls(_Frozen):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: str | None = Field(default=None, repr=False)
+    verify: bool = True
+    #: The name the server certificate must carry (default: each server's host).
+    server_name: str | None = None
+    min_version: Annotated[Literal["1.2", "1.3"], BeforeValidator(_tls_version)] = "1.2"
+
+
+class ForwardSecurity(_Frozen):
+    """The client side of the secure-forward handshake (Fluentd's out_forward ``<security>``)."""
+
+    self_hostname: str = Field(default_factory=socket.gethostname)
+    shared_key: str = Field(repr=False)
+    username: str = ""
+    password: str = Field(default="", repr=False)
+
+
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
+class ForwardOutput(_OutputBase):
+    type: Literal["forward"]
+    servers: Annotated[tuple[ForwardServer, ...], Field(min_length=1)]
+    #: Wait for the receiver's ack before a chunk leaves the buffer (off: delivered once written).
+    require_ack_response: bool = True
+    ack_response_timeout: PositiveDuration = 30.0
+    compress: Literal["none", "gzip", "zstd"] = "none"
+    #: Entry bytes per request (before compression); a bigger chunk goes as several pipelined requests.
+    max_message_size: Annotated[Size, Field(ge=1)] = 1024**2
+    #: event_time: odd time shapes become EventTime; integer: Fluentd's time_as_integer; as_received.
+    time_format: Literal["event_time", "integer", "as_received"] = "event_time"
+    keepalive: bool = True
+    keepalive_timeout: PositiveDuration = 60.0
+    connect_timeout: PositiveDuration = 10.0
+    send_timeout: PositiveDuration = 60.0
+    heartbeat_type: Literal["transport", "udp", "none"] = "transport"
+    heartbeat_interval: PositiveDuration = 1.0
+    #: An up server with no successful heartbeat for this long is marked down.
+    hard_timeout: PositiveDuration = 60.0
+    #: A server marked down is not used again for this long.
+    recover_wait: Duration = 10.0
+    #: Host names are resolved again this often (0 = only at start and when no server is left).
+    dns_refresh: Duration = 30.0
+    tls: ForwardTls | None = None
+    security: ForwardSecurity | None = None
+
+
 class StdoutOutput(_OutputBase):
     type: Literal["stdout"]
     format: Literal["json", "fluentd"] = "json"
@@ -563,6 +664,7 @@ Output = Annotated[
     Annotated[FileOutput, Tag("file")]
     | Annotated[KafkaOutput, Tag("kafka")]
     | Annotated[HttpOutput, Tag("http")]
+    | Annotated[ForwardOutput, Tag("forward")]
     | Annotated[StdoutOutput, Tag("stdout")]
     | Annotated[NullOutput, Tag("null")],
     Discriminator(_output_tag),
@@ -689,6 +791,13 @@ def _describe_output(out: Output) -> str:
         return f"kafka {','.join(out.brokers)} topic={topic} acks={out.required_acks} format={out.format}"
     if isinstance(out, HttpOutput):
         return f"http {out.method} {out.endpoint} format={out.format} compress={out.compress}"
+    if isinstance(out, ForwardOutput):
+        servers = ", ".join(
+            f"{srv.host}:{srv.port}" + (" (standby)" if srv.standby else "") + f" w{srv.weight}"
+            for srv in out.servers
+        )
+        ack = "acked" if out.require_ack_response else "no acks"
+        return f"forward {servers} {ack} compress={out.compress} heartbeat={out.heartbeat_type}"
     if isinstance(out, StdoutOutput):
         return f"stdout format={out.format}"
     return "null (discard)"
@@ -732,6 +841,7 @@ _FILTER_CLASSES = {
     "parser": "Parser",
     "tag_rewrite": "TagRewrite",
     "docker_partial": "DockerPartial",
+    "docker_swarm": "DockerSwarm",
 }
 
 
@@ -808,6 +918,8 @@ def cross_check(config: Config) -> list[tuple[tuple[Any, ...], str]]:
             and bool(out.tls.cert_file) != bool(out.tls.key_file)
         ):
             add(((*oloc, "tls"), "cert_file and key_file go together"))
+        if isinstance(out, ForwardOutput):
+            _check_forward(out, oloc, add)
         if isinstance(out, HttpOutput):
             if "${" in out.endpoint and not out.allowed_hosts:
                 add(((*oloc, "allowed_hosts"), "required when the endpoint has ${...} placeholders"))
@@ -816,6 +928,24 @@ def cross_check(config: Config) -> list[tuple[tuple[Any, ...], str]]:
             if out.tls is not None and bool(out.tls.cert_file) != bool(out.tls.key_file):
                 add(((*oloc, "tls"), "cert_file and key_file go together"))
     return problems
+
+
+def _check_forward(out: ForwardOutput, loc: tuple[Any, ...], add: Any) -> None:
+    regular = [srv for srv in out.servers if not srv.standby]
+    if not regular:
+        add(((*loc, "servers"), "every server is standby: at least one must take writes"))
+    elif not any(srv.weight > 0 for srv in regular):
+        add(((*loc, "servers"), "every regular server has weight 0: nothing would be sent"))
+    names: dict[str, int] = {}
+    for i, srv in enumerate(out.servers):
+        label = srv.name or f"{srv.host}:{srv.port}"
+        if label in names:
+            add(((*loc, "servers", i), f"server {label} is already servers[{names[label]}]"))
+        names.setdefault(label, i)
+    if out.tls is not None and bool(out.tls.cert_file) != bool(out.tls.key_file):
+        add(((*loc, "tls"), "cert_file and key_file go together"))
+    if out.security is not None and out.security.password and not out.security.username:
+        add(((*loc, "security", "password"), "a password needs a username"))
 
 
 def _check_relabel_cycles(config: Config, add: Any) -> None:

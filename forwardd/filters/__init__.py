@@ -14,6 +14,7 @@ Field names everywhere use the accessor syntax of :mod:`forwardd.filters._access
 
 from forwardd.filters.base import Filter, FilterResult, Held, Journal, Released, StatefulFilter
 from forwardd.filters.docker_partial import DockerPartial
+from forwardd.filters.docker_swarm import DockerSwarm
 from forwardd.filters.grep import Grep
 from forwardd.filters.parser import Parser
 from forwardd.filters.record_modify import RecordModify
@@ -21,6 +22,7 @@ from forwardd.filters.tag_rewrite import TagRewrite
 
 __all__ = [
     "DockerPartial",
+    "DockerSwarm",
     "Filter",
     "FilterResult",
     "Grep",

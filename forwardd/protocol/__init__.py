@@ -9,10 +9,14 @@ from forwardd.protocol.events import (
     HandshakeCompleted,
     HandshakeFailed,
     Heartbeat,
+    InvalidEntries,
+    PayloadReceived,
+    ProtocolViolation,
     RawFrame,
     Rejected,
 )
 from forwardd.protocol.handshake import ClientPolicy, Security, User
+from forwardd.protocol.jobs import finish_payload
 from forwardd.protocol.limits import Limits
 
 __all__ = [
@@ -24,12 +28,16 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeFailed",
     "Heartbeat",
+    "InvalidEntries",
     "Limits",
+    "PayloadReceived",
     "ProtocolError",
+    "ProtocolViolation",
     "RawFrame",
     "Rejected",
     "Security",
     "ServerConnection",
     "User",
     "ack_reply",
+    "finish_payload",
 ]

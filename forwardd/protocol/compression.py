@@ -27,8 +27,8 @@ class DecompressionError(ValueError):
         self.detail = detail
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    out: list[bytes] = []
+def _gunzip(data: bytes | bytearray, limit: int) -> bytearray:
+    out = bytearray()  # grown in place: joining a list of pieces would cost twice the output at its end
     total = 0
     rest = data
     while rest:
@@ -39,14 +39,14 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             total += len(piece)
             if total > limit:
                 raise DecompressionError("decompressed_too_large", f"more than {limit} bytes")
-            out.append(piece)
+            out += piece
             if d.eof:
                 break
             buf = d.unconsumed_tail
             if not buf:
                 piece = d.flush()
                 total += len(piece)
-                out.append(piece)
+                out += piece
                 if not d.eof:
                     raise DecompressionError("bad_gzip", "truncated gzip member")
                 break
@@ -56,12 +56,12 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             break
     if total > limit:
         raise DecompressionError("decompressed_too_large", f"more than {limit} bytes")
-    return b"".join(out)
+    return out
 
 
-def _unzstd(data: bytes, limit: int) -> bytes:
+def _unzstd(data: bytes | bytearray, limit: int) -> bytearray:
     reader = _ZSTD.stream_reader(io.BytesIO(data), read_across_frames=True)
-    out: list[bytes] = []
+    out = bytearray()
     total = 0
     while True:
         piece = reader.read(_SLICE)
@@ -70,11 +70,11 @@ def _unzstd(data: bytes, limit: int) -> bytes:
         total += len(piece)
         if total > limit:
             raise DecompressionError("decompressed_too_large", f"more than {limit} bytes")
-        out.append(piece)
-    return b"".join(out)
+        out += piece
+    return out
 
 
-def decompress(codec: str, data: bytes, limit: int) -> bytes:
+def decompress(codec: str, data: bytes | bytearray, limit: int) -> bytearray:
     """Decompress ``data`` with ``codec`` ("gzip" or "zstd"), producing at most ``limit`` bytes."""
     try:
         if codec == "gzip":

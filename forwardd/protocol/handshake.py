@@ -22,7 +22,15 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["ClientPolicy", "Security", "ServerHandshake", "User", "client_ping", "shared_key_digest"]
+__all__ = [
+    "ClientPolicy",
+    "PingVerdict",
+    "Security",
+    "ServerHandshake",
+    "User",
+    "client_ping",
+    "shared_key_digest",
+]
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -66,8 +74,6 @@ class Security:
     users: tuple[User, ...] = ()
     clients: tuple[ClientPolicy, ...] = ()
     deny_keepalive: bool = False
-    #: For the test server's fault injection: answer every PING with a failure PONG.
-    refuse_all: bool = False
     _users_by_name: dict[str, User] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,18 @@ class Security:
 
     def user(self, name: str) -> User | None:
         return self._users_by_name.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class PingVerdict:
+    """What the server makes of a PING: ``ok`` or not and why (``reason``), the PONG to send (``reply``),
+    and who the client says it is."""
+
+    ok: bool
+    reason: str
+    reply: bytes
+    hostname: str = ""
+    username: str = ""
 
 
 def shared_key_digest(salt: bytes, hostname: bytes, nonce: bytes, key: bytes) -> str:
@@ -112,11 +130,11 @@ class ServerHandshake:
         opts = {"nonce": self.nonce, "auth": self.auth_salt, "keepalive": not self.security.deny_keepalive}
         return bytes(_pack(["HELO", opts]))
 
-    def _fail(self, reason: str) -> tuple[bool, str, bytes, str, str]:
-        return False, reason, _pack(["PONG", False, reason, "", ""]), "", ""
+    def _fail(self, reason: str) -> PingVerdict:
+        return PingVerdict(False, reason, _pack(["PONG", False, reason, "", ""]))
 
-    def check_ping(self, msg: Any) -> tuple[bool, str, bytes, str, str]:
-        """Check a decoded (raw=True) PING; returns (ok, reason, reply, client_hostname, username)."""
+    def check_ping(self, msg: Any) -> PingVerdict:
+        """The verdict on a decoded (raw=True) PING."""
         if not isinstance(msg, list) or len(msg) != 6 or msg[0] != b"PING":
             return self._fail("PING message is malformed")
         try:
@@ -124,8 +142,6 @@ class ServerHandshake:
         except TypeError:
             return self._fail("PING message is malformed")
         sec = self.security
-        if sec.refuse_all:
-            return self._fail("refused by configuration")
         if self._policy is None and sec.clients and not sec.allow_anonymous_source:
             return self._fail(f"anonymous source host '{self.peer_address}' denied")
         key = _b(self._policy.shared_key if self._policy and self._policy.shared_key else sec.shared_key)
@@ -142,7 +158,7 @@ class ServerHandshake:
                 return self._fail("username/password mismatch")
         me = sec.self_hostname.encode()
         reply = _pack(["PONG", True, "", sec.self_hostname, shared_key_digest(salt, me, self.nonce, key)])
-        return True, "", reply, _text(hostname), _text(username)
+        return PingVerdict(True, "", reply, _text(hostname), _text(username))
 
 
 def client_ping(

@@ -18,8 +18,9 @@ import re
 import msgpack
 
 from forwardd.protocol.errors import FrameTooLarge, ProtocolError
+from forwardd.protocol.events import EntriesReceived, Event, Rejected
 
-__all__ = ["JsonFramer", "json_acks"]
+__all__ = ["JsonFramer", "json_acks", "json_replies"]
 
 _SIGNIFICANT = re.compile(rb'["\[\]{}]')
 _IN_STRING = re.compile(rb'["\\]')
@@ -115,3 +116,10 @@ def json_acks(acks: bytes) -> bytes:
     up = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False)
     up.feed(acks)
     return b"".join(json.dumps(reply).encode() for reply in up)
+
+
+def json_replies(events: list[Event]) -> None:
+    """The acks of a JSON connection's events, in JSON."""
+    for ev in events:
+        if isinstance(ev, EntriesReceived | Rejected) and ev.ack is not None:
+            ev.ack = json_acks(ev.ack)

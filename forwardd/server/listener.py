@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from dataclasses import dataclass
 
 import structlog
 
+from forwardd.server.budget import BufferBudget
+from forwardd.server.logs import EdgeLog
 from forwardd.server.session import Session, SessionSettings
-from forwardd.server.stats import RateLimitedLog, SourceStats
+from forwardd.server.stats import SourceStats
 from forwardd.server.tls import TlsSettings, server_context
 from forwardd.sink import Ingest
 
@@ -38,6 +41,9 @@ class ListenerSettings:
     udp_heartbeat: bool = True
     tls: TlsSettings | None = None
     max_connections: int = 10000
+    #: Bytes all connections may hold at once (incomplete frames, big requests being finished); beyond
+    #: it, those holding some stop reading until it falls. 0: no budget.
+    max_buffered_bytes: int = 256 * 1024 * 1024
     reuse_port: bool = False
     backlog: int = 1024
 
@@ -68,44 +74,62 @@ class ForwardListener:
         self.sessions: set[Session] = set()
         self._server: asyncio.base_events.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._errlog = RateLimitedLog()
+        self._log = EdgeLog(log)
+        self.budget = BufferBudget(settings.max_buffered_bytes, settings.name, self.stats, self._log.log)
+        self._tls: ssl.SSLContext | None = None
+        self._flusher: asyncio.TimerHandle | None = None
         self.port: int | None = None
         self.address: str | None = None
 
     def _session(self) -> asyncio.Protocol:
         if len(self.sessions) >= self.settings.max_connections:
             self.stats.refused_connections += 1
-            return _Refuse(self._errlog, self.settings.name, self.settings.max_connections)
-        s = Session(self.settings.session, self.ingest, self.stats, self.sessions.discard, self._errlog)
+            return _Refuse(self._log, self.settings.name, self.settings.max_connections)
+        s = Session(
+            self.settings.session,
+            self.ingest,
+            self.stats,
+            self.sessions.discard,
+            self._log,
+            self.budget,
+            self._tls,
+        )
         self.sessions.add(s)
         return s
 
+    def _flush_logs(self) -> None:
+        """Say how many per-connection lines were suppressed in the last period (none go unmentioned)."""
+        self._log.flush()
+        self._flusher = asyncio.get_running_loop().call_later(self._log.period, self._flush_logs)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._flusher = loop.call_later(self._log.period, self._flush_logs)
         s = self.settings
-        ssl_ctx = server_context(s.tls) if s.tls is not None else None
-        tls_timeout = s.session.handshake_timeout if ssl_ctx is not None else None
+        # TLS is not given to the server: each session does its handshake, so that a failed one is seen.
+        ssl_ctx = self._tls = server_context(s.tls) if s.tls is not None else None
         if s.unix_path is not None:
             path = s.unix_path
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)  # a stale socket from a previous run
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # noqa: ASYNC240
-            self._server = await loop.create_unix_server(
-                self._session, path, ssl=ssl_ctx, ssl_handshake_timeout=tls_timeout, backlog=s.backlog
-            )
+            self._server = await loop.create_unix_server(self._session, path, backlog=s.backlog)
             os.chmod(path, s.unix_mode)
             self.address = path
-            log.info(
-                "listener.started", listener=s.name, unix=path, mode=oct(s.unix_mode), tls=ssl_ctx is not None
+            self._log.log(
+                "info",
+                "listener.started",
+                listener=s.name,
+                unix=path,
+                mode=oct(s.unix_mode),
+                tls=ssl_ctx is not None,
             )
             return
         self._server = await loop.create_server(
             self._session,
             s.bind,
             s.port,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=tls_timeout,
             reuse_port=s.reuse_port or None,
             backlog=s.backlog,
         )
@@ -119,7 +143,8 @@ class ForwardListener:
                 family=family,
                 reuse_port=s.reuse_port or None,
             )
-        log.info(
+        self._log.log(
+            "info",
             "listener.started",
             listener=s.name,
             bind=self.address,
@@ -130,6 +155,9 @@ class ForwardListener:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; give sessions ``grace`` seconds to send the acks they owe; abort the rest."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._server is not None:
             self._server.close()
         if self._udp is not None:
@@ -149,19 +177,21 @@ class ForwardListener:
         if self.settings.unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.unix_path)
-        log.info("listener.stopped", listener=self.settings.name, **self.stats.as_dict())
+        self._log.flush_all()
+        self._log.log("info", "listener.stopped", listener=self.settings.name, **self.stats.as_dict())
 
 
 class _Refuse(asyncio.Protocol):
     """Over the connection limit: close at once, say so in a (rate-limited) log line."""
 
-    def __init__(self, errlog: RateLimitedLog, listener: str, limit: int) -> None:
-        self._errlog = errlog
+    def __init__(self, edgelog: EdgeLog, listener: str, limit: int) -> None:
+        self._log = edgelog
         self._listener = listener
         self._limit = limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "conn.refused",
             listener=self._listener,
             peer=transport.get_extra_info("peername"),

@@ -13,73 +13,49 @@ memory grows here and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-import structlog
 
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
 from forwardd.protocol import (
     EntriesReceived,
+    Event,
     HandshakeCompleted,
     HandshakeFailed,
     Heartbeat,
-    Limits,
-    ProtocolError,
+    PayloadReceived,
+    ProtocolViolation,
     Rejected,
-    Security,
     ServerConnection,
 )
-from forwardd.server.stats import RateLimitedLog, SourceStats
+from forwardd.server.acks import AckFlow, Pending, retrieve
+from forwardd.server.budget import BufferBudget
+from forwardd.server.logs import EdgeLog
+from forwardd.server.offload import CHUNK_WEIGHT, TURN_BUDGET, Offload
+from forwardd.server.settings import SessionHooks, SessionSettings
+from forwardd.server.stats import SourceStats
+from forwardd.server.tls import handshake_failure, run_now
 from forwardd.sink import Ingest
 
-__all__ = ["Session", "SessionSettings"]
-
-log = structlog.get_logger("forwardd.server")
+__all__ = ["Session", "SessionHooks", "SessionSettings"]
 
 
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    """What a listener tells each of its sessions."""
-
-    listener: str
-    limits: Limits
-    security: Security | None = None
-    max_inflight: int = 64
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 0.0
-    deny_keepalive: bool = False
-    #: Fluentd's JSON convenience mode (a connection whose first byte is "[" or "{"); no handshake.
-    json_mode: bool = False
-    tag: str | None = None
-    add_tag_prefix: str | None = None
-    source_address_key: str | None = None
-    source_hostname_key: str | None = None
-    #: Test-server fault: close the connection after this many requests (after acking them).
-    close_after: int | None = None
-
-
-class _Pending:
-    """One request the client waits on: its acceptance and the ack to send when accepted."""
-
-    __slots__ = ("ack", "acks", "count", "tag", "waiter")
-
-    def __init__(
-        self, waiter: asyncio.Future[Any] | None, ack: bytes | None, tag: str, count: int, acks: int = 1
-    ) -> None:
-        self.waiter = waiter
-        self.ack = ack
-        self.tag = tag
-        self.count = count
-        self.acks = acks
-
-
-class Session(asyncio.Protocol):
+class Session(AckFlow, Offload, asyncio.Protocol):
     """A forward-protocol connection."""
+
+    # Thousands of them sit idle on an aggregator: slots keep each small (and their memory comes back
+    # whole when they close, with less left scattered between the objects that stay).
+    __slots__ = (
+        "__weakref__", "_backlog", "_budget", "_budget_told", "_budget_wait", "_bytes_in", "_closing",
+        "_drained", "_draining", "_early", "_job", "_job_bytes", "_last_activity", "_log", "_lost",
+        "_on_close", "_paused_reading", "_paused_writing", "_pending", "_requests", "_resolver",
+        "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "conn", "ingest", "peer",
+        "peer_address", "peer_hostname", "settings", "stats", "transport",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -87,19 +63,21 @@ class Session(asyncio.Protocol):
         ingest: Ingest,
         stats: SourceStats,
         on_close: Callable[[Session], None],
-        errlog: RateLimitedLog,
+        edgelog: EdgeLog,
+        budget: BufferBudget | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.stats = stats
         self._on_close = on_close
-        self._errlog = errlog
+        self._log = edgelog
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.peer_address: str | None = None
         self.peer_hostname: str | None = None
         self.conn: ServerConnection | None = None
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Pending] = deque()
         self._paused_reading = False
         self._paused_writing = False
         self._closing = False
@@ -112,29 +90,95 @@ class Session(asyncio.Protocol):
         self._resolver: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
-        self._transform = self._make_transform()
-        self._flush_cb = self._flush_acks_cb
+        #: A big request being finished in a worker thread, and the events read after it, which wait.
+        self._job: asyncio.Future[list[Event]] | None = None
+        self._job_bytes = 0
+        self._backlog: list[Event] = []
+        #: The listener's budget of buffered bytes, and whether it asked this session to stop reading.
+        self._budget = budget
+        self._budget_wait = False
+        self._budget_told = 0
+        #: TLS: the context, and the handshake in progress (the forward protocol begins after it).
+        self._tls = tls
+        self._tls_step: Callable[[], None] | None = None
+        self._tls_started = 0.0
+        self._early = b""  # what the TLS layer handed over before the forward protocol began
+        s = settings
+        #: Whether chunks are changed per connection (tag, source address or hostname in the records).
+        self._transform = bool(s.tag or s.add_tag_prefix or s.source_address_key or s.source_hostname_key)
+        # Nothing here may refer back to the session (no bound method, closure or exception kept in an
+        # attribute): a closed session, and the buffers of its decoder, must go when it closes, not when the
+        # cycle collector runs (tests/server/test_memory.py holds this with the collector off).
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport; they have its methods.
         self.transport = transport  # type: ignore[assignment]
+        self.stats.connections += 1
+        self.stats.open_connections += 1
+        if self._closing:
+            # The listener stopped between accepting this connection and now (drain() found no transport):
+            # close it, or nothing ever will.
+            transport.abort()  # type: ignore[attr-defined]
+            return
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and peername:
             self.peer_address = str(peername[0])
             self.peer = f"{peername[0]}:{peername[1]}"
         else:
             self.peer = f"unix:{transport.get_extra_info('sockname') or ''}"
+        if self._tls is not None:
+            # TLS is done here, not by the server: a handshake that fails or times out then surfaces as an
+            # exception we can log and count (asyncio and uvloop only log it at debug level). start_tls
+            # must take the transport over now: uvloop starts reading as soon as this method returns.
+            loop = asyncio.get_running_loop()
+            timeout = self.settings.handshake_timeout
+            self._tls_started = loop.time()
+            coro = loop.start_tls(
+                transport,  # type: ignore[arg-type]
+                self,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=timeout if timeout > 0 else None,
+            )
+            self._tls_step = run_now(coro, self._tls_done)
+            return
+        self._begin()
+
+    def _tls_done(self, secured: Any, failure: BaseException | None) -> None:
+        self._tls_step = None
+        alive = secured is not None and not secured.is_closing() and self.transport is not None
+        if alive and not self._closing:
+            self.transport = secured
+            self._begin()
+            if self._early:
+                early, self._early = self._early, b""
+                self.data_received(early)
+            return
+        if self.transport is not None:
+            self.transport.close()
+        if self._closing:
+            return  # the listener stops: not the peer's doing
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.handshake_timeout
+        event, reason = handshake_failure(failure, loop.time() - self._tls_started, timeout)
+        self.stats.tls_failures += 1
+        self._log.limited("warning", event, listener=self.settings.listener, peer=self.peer, reason=reason)
+
+    def _begin(self) -> None:
+        """The forward protocol begins (after the TLS handshake, if any)."""
+        transport = self.transport
+        assert transport is not None
         s = self.settings
         self.conn = ServerConnection(
             limits=s.limits, security=s.security, peer_address=self.peer_address, json_mode=s.json_mode
         )
-        if s.close_after is not None:
-            self.conn.decoder.merge_messages = False  # the fault counts requests one by one
+        if s.hooks is not None:
+            s.hooks.begun(self.conn)
         hello = self.conn.initial_bytes()
         if hello:
-            transport.write(hello)  # type: ignore[attr-defined]
+            transport.write(hello)
         loop = asyncio.get_running_loop()
         if s.security is not None and s.handshake_timeout > 0:
             self._timer = loop.call_later(s.handshake_timeout, self._handshake_timeout)
@@ -142,18 +186,23 @@ class Session(asyncio.Protocol):
             self._timer = loop.call_later(s.idle_timeout, self._idle_check)
         if s.source_hostname_key is not None and self.peer_address is not None:
             self._resolver = loop.create_task(self._resolve_hostname())
-        self.stats.connections += 1
-        self.stats.open_connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.open_connections -= 1
         if self._timer is not None:
             self._timer.cancel()
-        if self._bytes_in == 0 and exc is None:
+            self._timer = None
+        if self._resolver is not None:
+            self._resolver.cancel()
+            self._resolver = None
+        if self.conn is None:
+            pass  # it never began (TLS handshake not done, listener stopping): said elsewhere
+        elif self._bytes_in == 0 and exc is None:
             # Fluentd's transport heartbeat: connect, close, nothing said. Not worth a log line.
             self.stats.heartbeats += 1
-        elif self.conn is not None and self.conn.buffered:
-            log.info(
+        elif self.conn.buffered:
+            self._log.limited(
+                "info",
                 "conn.closed_mid_frame",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -162,7 +211,8 @@ class Session(asyncio.Protocol):
         unacked = sum(1 for p in self._pending if p.ack is not None)
         if unacked:
             # The chunks stay with the outputs; the client will resend them (at-least-once).
-            log.info(
+            self._log.limited(
+                "info",
                 "conn.closed_with_unsent_acks",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -171,12 +221,24 @@ class Session(asyncio.Protocol):
         for p in self._pending:
             if p.waiter is not None:
                 # Nobody will read the outcome now; a rejection at shutdown is expected, not an error.
-                p.waiter.add_done_callback(_retrieve)
+                # The waiter may outlive the connection (an output that is down): it must not keep the
+                # session alive with it.
+                p.waiter.remove_done_callback(self._flush_acks_cb)
+                p.waiter.add_done_callback(retrieve)
         self._pending.clear()
+        self._backlog = []
+        if self._job is not None:
+            self._job.remove_done_callback(self._job_done)  # its result is dropped: the client resends
+            self._job = None
         self.transport = None
+        self.conn = None  # the decoder and its buffers go now
+        self._job_bytes = 0
+        if self._budget is not None:
+            self._budget.release(self)
         for fut in (self._drained, self._lost):
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        self._drained = self._lost = None
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -191,35 +253,78 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None or self._closing:
+            if self._tls_step is not None and not self._closing:
+                # A TLS 1.3 client sends its first request right after its Finished: the TLS layer hands
+                # it over in the same read that completes the handshake, before _tls_done has run.
+                self._early += data
             return
         self._bytes_in += len(data)
         self._last_activity = time.monotonic()
-        error: ProtocolError | None = None
-        try:
-            events = conn.receive_data(data)
-        except ProtocolError as exc:
-            # Requests completed before the error in the same read are still handed on and acked.
-            events, error = exc.events, exc
+        # Requests completed before a violation in the same read are still handed on and acked.
+        events = conn.receive_data(data)
+        self.stats.bytes += len(data)
+        if self._job is not None or self._backlog:
+            self._backlog += events  # they wait for the request before them
+        else:
+            self._handle(events)
+        self._account()
+
+    def _account(self) -> None:
+        """Tell the listener's budget what this connection holds now; it may ask it to stop reading."""
+        budget, conn = self._budget, self.conn
+        if budget is None or conn is None:
+            return
+        framer = conn.decoder.framer
+        # Between frames (requests that came whole, nearly always) it holds nothing: no need to ask more.
+        held = self._job_bytes + (conn.buffered if framer.fed != framer.start or conn.json else 0)
+        if held == self._budget_told:
+            return  # nothing new to say (nearly always 0 and 0: requests that came whole)
+        self._budget_told = held
+        wait = not budget.update(self, held)
+        if wait != self._budget_wait:
+            self._budget_wait = wait
+            self._update_reading()
+
+    def budget_resumed(self) -> None:
+        """The listener's budget has room again."""
+        self._budget_wait = False
+        self._update_reading()
+
+    def _handle(self, events: list[Event]) -> None:
+        """Handle events in request order. A big request goes to a worker thread; the events after it
+        wait in the backlog until its own events are handled (acks and chunks keep their order)."""
         stats = self.stats
-        stats.bytes += len(data)
         pending = self._pending
-        for ev in events:
+        hooks = self.settings.hooks
+        warn_size = self.settings.limits.chunk_size_warn
+        spent = 0
+        for i, ev in enumerate(events):
             if type(ev) is EntriesReceived:
                 if self._draining:
                     break  # closing after a fault: what follows is not read, not acked, resent
                 chunk = ev.chunk
+                if spent >= TURN_BUDGET:
+                    self._backlog = events[i:]  # the rest in the next turns of the loop
+                    asyncio.get_running_loop().call_soon(self._continue)
+                    self._update_reading()
+                    break
+                spent += len(chunk.entries) + CHUNK_WEIGHT
                 stats.chunks += ev.requests
-                self._requests += 1
-                if self.settings.close_after is not None and self._requests >= self.settings.close_after:
+                self._requests += ev.requests
+                if hooks is not None and hooks.closes_after(self._requests):
                     self._draining = True
                     self._closing = True
                     if self.transport is not None:
                         self.transport.pause_reading()
                 stats.events += chunk.count
-                if chunk.invalid:
-                    stats.invalid_entries += chunk.invalid
-                if self._transform is not None:
-                    chunk = self._transform(chunk)
+                if ev.invalid is not None:
+                    self._invalid_entries(ev)
+                    if not chunk.count:  # nothing in it could be delivered: acked and dropped (counted)
+                        if ev.ack is not None:
+                            pending.append(Pending(None, ev.ack, chunk.tag, 0, ev.acks))
+                        continue
+                if self._transform:
+                    chunk = self._transformed(chunk)
                 try:
                     waiter = self.ingest(chunk)
                 except ChunkRejected as exc:
@@ -227,18 +332,25 @@ class Session(asyncio.Protocol):
                     continue
                 if waiter is None:
                     if ev.ack is not None:
-                        pending.append(_Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks))
+                        pending.append(Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks))
                 else:
                     fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
-                    pending.append(_Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
-                if ev.size > conn.decoder.limits.chunk_size_warn:
-                    log.warning(
+                    pending.append(Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks))
+                if ev.size > warn_size:
+                    self._log.limited(
+                        "warning",
                         "chunk.large",
                         listener=self.settings.listener,
                         peer=self.peer,
                         tag=chunk.tag,
                         size=ev.size,
                     )
+            elif type(ev) is PayloadReceived:
+                if self._draining:
+                    break
+                self._start_job(ev)
+                self._backlog = events[i + 1 :]
+                break
             elif type(ev) is Heartbeat:
                 stats.heartbeats += 1
             elif type(ev) is Rejected:
@@ -248,97 +360,38 @@ class Session(asyncio.Protocol):
             elif type(ev) is HandshakeFailed:
                 self._handshake_failed(ev)
                 return
-        if error is not None:
-            self._protocol_error(error)
-            return
+            elif type(ev) is ProtocolViolation:
+                self._protocol_error(ev)
+                return
         if pending:
             self._flush_acks()
-        elif (self.settings.deny_keepalive and events) or self._draining:
+        elif self._idle_after(events):
             self._close_after_response()
+
+    def _idle_after(self, events: list[Event]) -> bool:
+        """Whether, nothing being owed, the connection is to close after these events."""
+        if self._job is not None or self._backlog:
+            return False
+        return bool(self.settings.deny_keepalive and events) or self._draining
 
     def eof_received(self) -> bool | None:
         # Half-close: the client is done sending but may still wait for acks.
-        if self._pending:
+        if self._pending or self._job is not None or self._backlog:
             self._draining = True
             return True
         return None
-
-    # --- acks -----------------------------------------------------------------------------------------
-
-    def _flush_acks(self) -> None:
-        pending = self._pending
-        transport = self.transport
-        out: list[bytes] = []
-        while pending:
-            p = pending[0]
-            w = p.waiter
-            if w is not None:
-                if not w.done():
-                    w.remove_done_callback(self._flush_cb)
-                    w.add_done_callback(self._flush_cb)
-                    break
-                exc = w.exception() if not w.cancelled() else ChunkRejected("cancelled", permanent=False)
-                if exc is not None:
-                    if not self._owe_no_ack(p, exc):
-                        pending.clear()
-                        break
-                    pending.popleft()
-                    continue
-            pending.popleft()
-            if p.ack is not None:
-                out.append(p.ack)
-                self.stats.acks += p.acks
-        if out and transport is not None:
-            transport.write(b"".join(out) if len(out) > 1 else out[0])
-            self._responded = True
-        self._update_reading()
-        if not pending and transport is not None:
-            if self._draining or (self.settings.deny_keepalive and self._responded):
-                self._close_after_response()
-            if self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-
-    def _flush_acks_cb(self, _fut: asyncio.Future[Any]) -> None:
-        if self.transport is not None:
-            self._flush_acks()
-
-    def _owe_no_ack(self, p: _Pending, exc: BaseException) -> bool:
-        """A chunk was not accepted. Returns True to go on with later acks (permanent: ack and drop),
-        False after closing the connection (temporary: the client must resend)."""
-        if isinstance(exc, ChunkRejected) and exc.permanent:
-            self.stats.dropped_events += p.count
-            self._errlog.warning(
-                "chunk.dropped",
-                listener=self.settings.listener,
-                peer=self.peer,
-                tag=p.tag,
-                events=p.count,
-                reason=exc.reason,
-            )
-            if p.ack is not None and self.transport is not None:
-                self.transport.write(p.ack)
-            return True
-        reason = exc.reason if isinstance(exc, ChunkRejected) else repr(exc)
-        self._errlog.warning(
-            "chunk.not_accepted",
-            listener=self.settings.listener,
-            peer=self.peer,
-            tag=p.tag,
-            events=p.count,
-            reason=reason,
-        )
-        self.stats.nacks += 1
-        if self.transport is not None:
-            # Vector's negative ack: a map without "ack", then close; the client resends elsewhere/later.
-            self.transport.write(b"\x80")
-            self._close_after_response()
-        return False
 
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None:
             return
-        want_pause = self._paused_writing or len(self._pending) >= self.settings.max_inflight
+        want_pause = (
+            self._paused_writing
+            or len(self._pending) >= self.settings.max_inflight
+            or self._job is not None
+            or bool(self._backlog)  # a big request's chunks still being handed on
+            or self._budget_wait
+        )
         if want_pause and not self._paused_reading:
             self._paused_reading = True
             self.stats.backpressure_pauses += 1
@@ -351,7 +404,8 @@ class Session(asyncio.Protocol):
 
     def _rejected(self, ev: Rejected) -> None:
         self.stats.rejected += 1
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "chunk.rejected",
             listener=self.settings.listener,
             peer=self.peer,
@@ -363,14 +417,26 @@ class Session(asyncio.Protocol):
         )
         if ev.ack is not None:
             # Acked and dropped: no retry can make it valid, and an unacked client resends forever.
-            self._pending.append(_Pending(None, ev.ack, ev.tag or "", 0))
+            self._pending.append(Pending(None, ev.ack, ev.tag or "", 0))
 
-    def _rejected_by_pipeline(self, exc: ChunkRejected, tag: str, count: int, ack: bytes | None) -> None:
-        p = _Pending(None, ack, tag, count)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_exception(exc)
-        p.waiter = fut
-        self._pending.append(p)
+    def _invalid_entries(self, ev: EntriesReceived) -> None:
+        """Entries that decoding will drop: counted and shown (with a sample) where the peer is known."""
+        bad = ev.invalid
+        assert bad is not None
+        self.stats.invalid_entries += bad.count
+        self.stats.invalid_times += bad.bad_times
+        self._log.limited(
+            "warning",
+            "chunk.invalid_entries",
+            listener=self.settings.listener,
+            peer=self.peer,
+            tag=ev.chunk.tag,
+            invalid=bad.count,
+            bad_times=bad.bad_times,
+            events=ev.chunk.count,
+            reason=bad.reason,
+            sample=bad.sample,
+        )
 
     def _handshake_completed(self, ev: HandshakeCompleted) -> None:
         assert self.transport is not None
@@ -380,7 +446,8 @@ class Session(asyncio.Protocol):
             self._timer = None
         if self.settings.idle_timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(self.settings.idle_timeout, self._idle_check)
-        log.debug(
+        self._log.log(
+            "debug",
             "handshake.ok",
             listener=self.settings.listener,
             peer=self.peer,
@@ -390,16 +457,17 @@ class Session(asyncio.Protocol):
 
     def _handshake_failed(self, ev: HandshakeFailed) -> None:
         self.stats.handshake_failures += 1
-        self._errlog.warning(
-            "handshake.failed", listener=self.settings.listener, peer=self.peer, reason=ev.reason
+        self._log.limited(
+            "warning", "handshake.failed", listener=self.settings.listener, peer=self.peer, reason=ev.reason
         )
         if self.transport is not None:
             self.transport.write(ev.reply)
         self._close_after_response()
 
-    def _protocol_error(self, exc: ProtocolError) -> None:
+    def _protocol_error(self, exc: ProtocolViolation) -> None:
         self.stats.protocol_errors += 1
-        self._errlog.warning(
+        self._log.limited(
+            "warning",
             "conn.protocol_error",
             listener=self.settings.listener,
             peer=self.peer,
@@ -427,7 +495,8 @@ class Session(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         if self.conn is not None and not self.conn.established and self.transport is not None:
-            self._errlog.warning(
+            self._log.limited(
+                "warning",
                 "handshake.timeout",
                 listener=self.settings.listener,
                 peer=self.peer,
@@ -441,38 +510,29 @@ class Session(asyncio.Protocol):
         idle = self.settings.idle_timeout
         quiet = time.monotonic() - self._last_activity
         if quiet >= idle and not self._pending:
-            log.info("conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle)
+            self._log.limited(
+                "info", "conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle
+            )
             self.transport.close()
             return
         self._timer = asyncio.get_running_loop().call_later(max(idle - quiet, 0.05), self._idle_check)
 
     # --- per-connection record changes ----------------------------------------------------------------
 
-    def _make_transform(self) -> Callable[[Chunk], Chunk] | None:
+    def _transformed(self, chunk: Chunk) -> Chunk:
         s = self.settings
-        if (
-            s.tag is None
-            and s.add_tag_prefix is None
-            and not s.source_address_key
-            and not s.source_hostname_key
-        ):
-            return None
-
-        def transform(chunk: Chunk) -> Chunk:
-            if s.tag is not None:
-                chunk = chunk.with_tag(s.tag)
-            elif s.add_tag_prefix:
-                chunk = chunk.with_tag(f"{s.add_tag_prefix}.{chunk.tag}")
-            extra: dict[str, Any] = {}
-            if s.source_address_key:
-                extra[s.source_address_key] = self.peer_address or self.peer
-            if s.source_hostname_key:
-                extra[s.source_hostname_key] = self.peer_hostname or self.peer_address or self.peer
-            if extra:
-                chunk = chunk.map_records(lambda r: {**r, **extra})
-            return chunk
-
-        return transform
+        if s.tag is not None:
+            chunk = chunk.with_tag(s.tag)
+        elif s.add_tag_prefix:
+            chunk = chunk.with_tag(f"{s.add_tag_prefix}.{chunk.tag}")
+        extra: dict[str, Any] = {}
+        if s.source_address_key:
+            extra[s.source_address_key] = self.peer_address or self.peer
+        if s.source_hostname_key:
+            extra[s.source_hostname_key] = self.peer_hostname or self.peer_address or self.peer
+        if extra:
+            chunk = chunk.map_records(lambda r: {**r, **extra})
+        return chunk
 
     async def _resolve_hostname(self) -> None:
         if self.peer_address is None:
@@ -501,7 +561,7 @@ class Session(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport.pause_reading()
-        if self._pending:
+        if self._pending or self._job is not None or self._backlog:
             self._drained = asyncio.get_running_loop().create_future()
             self._flush_acks()
             await self._drained
@@ -515,8 +575,3 @@ class Session(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()

@@ -33,6 +33,7 @@ from forwardd.server.session import SessionSettings
 from forwardd.server.stats import SourceStats
 from forwardd.server.tls import TlsSettings
 from forwardd.testing.capture import CapturedEvent, CaptureSink
+from forwardd.testing.faults import Faults
 
 __all__ = ["SyncTestServer", "TestServer", "run_test_server"]
 
@@ -69,7 +70,6 @@ class TestServer:
                 shared_key=shared_key or "",
                 user_auth=bool(users),
                 users=tuple(User(u, p) for u, p in (users or {}).items()),
-                refuse_all=refuse_handshake,
             )
         self.sink = CaptureSink(ack_delay=ack_delay, withhold_acks=withhold_acks)
         session = SessionSettings(
@@ -78,7 +78,9 @@ class TestServer:
             security=security,
             max_inflight=max_inflight,
             handshake_timeout=handshake_timeout,
-            close_after=close_after,
+            hooks=Faults(close_after, refuse_handshake)
+            if close_after is not None or refuse_handshake
+            else None,
             json_mode=json_mode,
         )
         settings = ListenerSettings(

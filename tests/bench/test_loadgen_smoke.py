@@ -97,6 +97,21 @@ def test_message_mode_without_acks_over_unix_ends_with_one_sync_ack(tmp_path: Pa
             r.proc.kill()
 
 
+def test_message_mode_without_the_option_element(tmp_path: Path) -> None:
+    """[tag, time, record], as fluent-logger for Python sends it: no acks possible, the sync still acks."""
+    r = Receiver(unix=str(tmp_path / "fwd.sock"))
+    try:
+        res = run_load(LoadConfig(r.address, mode="message3", conns=1, ack=False, events=300, procs=0))
+        assert res.ok, res.errors
+        assert (res.events, res.units_sent, res.acks, res.sync_events) == (300, 300, 0, 1)
+        assert r.stop() == {"events": 301, "messages": 301, "acks": 1, "connections": 1, "bad": 0}
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()
+    ring = encode_ring(LoadConfig("x", mode="message3", events=1), 0, units=1)
+    assert len(msgpack.unpackb(ring.buf)) == 3
+
+
 @pytest.mark.parametrize(
     ("mode", "conns", "ack", "window", "engine"),
     [

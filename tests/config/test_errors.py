@@ -156,7 +156,7 @@ def test_unknown_filter_type(tmp_path):
     """
     assert errors(tmp_path, dedent(text) + dedent(OUTPUTS)) == (
         "main.yaml:5: routes[0].filters[0].type: unknown filter type 'record_transformer' "
-        "(expected one of: grep, record_modify, parser, tag_rewrite, docker_partial)"
+        "(expected one of: grep, record_modify, parser, tag_rewrite, docker_partial, docker_swarm)"
     )
 
 

@@ -28,7 +28,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_version() -> None:
     r = run("version")
     assert r.returncode == 0
-    assert r.stdout.strip() == f"forwardd {__version__} (native json lines: yes)"
+    assert r.stdout.strip() == f"forwardd {__version__} (native json lines: yes, native entry scan: yes)"
 
 
 def test_check_config_reports_problems_with_file_line_and_exit_2(tmp_path: Path) -> None:

@@ -393,3 +393,45 @@ def test_events_past_2106_re_encode_as_integer_seconds(seconds: int) -> None:
     [event] = again.events()
     assert event.time_ns == seconds * 1_000_000_000
     assert event.record == {"a": 1}
+
+
+# --- cost ---------------------------------------------------------------------------------------------------
+
+
+def _seconds(fn: Any) -> float:
+    """The best of three runs, the cycle collector off (its passes over every live object are noise here:
+    the test is about the decoder's own work)."""
+    import gc
+    import time
+
+    best = math.inf
+    gc.disable()
+    try:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return best
+
+
+@pytest.mark.parametrize(
+    "mix",
+    [
+        [bytes.fromhex("92 00 81 80 00")],  # a map used as a map key: cannot be built (issue 14)
+        [bytes.fromhex("92 00 81 80 00"), entries([T, {"k": "v"}])],
+        [entries([T, {"k": "v"}])] * 9 + [bytes.fromhex("92 01 81 a1 65 d4 ff 00")],
+    ],
+    ids=["all-bad", "every-other", "one-in-ten"],
+)
+def test_decoding_is_linear_whatever_the_mix_of_good_and_bad_entries(mix: list[bytes]) -> None:
+    """Each entry that could not be built used to copy the rest of the chunk: 200k of them took 17 s."""
+    unit = b"".join(mix)
+    small, big = unit * (16_000 // len(mix)), unit * (128_000 // len(mix))
+    events, invalid = decode_entries(big, RECV)
+    assert len(events) + invalid == 128_000 // len(mix) * len(mix)
+    t_small = _seconds(lambda: decode_entries(small, RECV))
+    t_big = _seconds(lambda: decode_entries(big, RECV))
+    assert t_big < 4.0
+    assert t_big < 30 * t_small  # 8x the entries: linear is ~8x, quadratic 64x

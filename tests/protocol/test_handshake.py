@@ -199,11 +199,6 @@ def test_malformed_ping(frame: list[Any]) -> None:
     assert failure(conn.receive_data(msgpack.packb(frame))) == "PING message is malformed"
 
 
-def test_refuse_all_fault() -> None:
-    conn, helo = connect(Security(self_hostname="srv", shared_key=KEY, refuse_all=True))
-    assert failure(conn.receive_data(ping(helo))) == "refused by configuration"
-
-
 @pytest.mark.parametrize("salt_type", ["str", "bin"])
 @pytest.mark.parametrize("nonce_type", ["str", "bin"])
 def test_salts_and_nonces_of_raw_bytes_as_str_or_bin(salt_type: str, nonce_type: str) -> None:
@@ -237,3 +232,80 @@ def test_after_handshake_a_ping_shaped_frame_is_plain_data() -> None:
     conn.receive_data(ping(helo))
     (ev,) = conn.receive_data(ping(helo))  # ["PING", "cli", salt-str, ...]: PackedForward of tag PING
     assert not isinstance(ev, (HandshakeCompleted, HandshakeFailed))
+
+
+# --- the frame limit before the handshake ------------------------------------------------------------------
+
+from forwardd.protocol import Limits, Rejected  # noqa: E402
+from forwardd.protocol.encode import packed_forward  # noqa: E402
+
+from .violations import violation  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("big_ping", "ends_with"),
+    [
+        (msgpack.packb(["PING", "h" * 100_000, "s", "d", "", ""]), "frame_too_large"),  # framed as a payload
+        (msgpack.packb(["PING", ["h"] * 100_000, "s", "d", "", ""]), "frame_too_large"),
+    ],
+    ids=["huge-hostname", "huge-array"],
+)
+def test_before_the_handshake_a_peer_gets_a_ping_s_worth_of_frame(big_ping: bytes, ends_with: Any) -> None:
+    """An unauthenticated peer could make forwardd buffer a 64 MiB 'PING'; now 64 KiB at most."""
+    conn, _ = connect()
+    events: list[Any] = []
+    held = 0
+    for i in range(0, len(big_ping), 16 * 1024):
+        events += conn.receive_data(big_ping[i : i + 16 * 1024])
+        held = max(held, conn.buffered)
+        if events:
+            break
+    assert violation(events).reason == ends_with
+    assert held < 64 * 1024 + 16 * 1024
+    assert conn.receive_data(big_ping[i:]) == []  # and nothing more is read
+
+
+def test_a_big_packed_forward_before_the_handshake_fails_it_unbuffered() -> None:
+    conn, _ = connect()
+    frame = packed_forward("t", [(1, {"pad": "x" * 1000})] * 200, chunk="c")
+    events: list[Any] = []
+    for i in range(0, len(frame), 8192):
+        events += conn.receive_data(frame[i : i + 8192])
+        assert conn.buffered <= 64 * 1024 + 8192
+    # Refused once the pre-handshake limit is read, not streamed past to its end: the peer is not trusted.
+    assert violation(events).reason == "frame_too_large"
+    assert len(events) == 1
+    assert not any(isinstance(e, Rejected) for e in events)  # not acked: the peer is not authenticated
+
+
+def test_the_limit_before_the_handshake_is_configurable() -> None:
+    conn = ServerConnection(security=SEC, limits=Limits(max_handshake_frame_size=1000))
+    events = conn.receive_data(msgpack.packb(["PING", ["h"] * 2000, "s", "d", "", ""]))
+    assert violation(events).reason == "frame_too_large"
+    ok, helo = connect()
+    assert [type(e) for e in ok.receive_data(ping(helo))] == [HandshakeCompleted]
+
+
+def test_what_follows_the_ping_in_the_same_read_gets_the_full_frame_limit() -> None:
+    conn, helo = connect()
+    big = packed_forward("t", [(1, {"pad": "x" * 1000})] * 200, chunk="c")  # ~200 KB, over 64 KiB
+    events = conn.receive_data(ping(helo) + big)
+    assert [type(e) for e in events] == [HandshakeCompleted, EntriesReceived]
+    assert events[1].chunk.count == 200
+
+
+def test_a_ping_announcing_a_payload_over_the_limit_fails_once_the_limit_is_read() -> None:
+    # A PING whose second element is a 63 MiB bin: before the fix the framer streamed the announced payload
+    # past (discard mode, made to ack oversized requests) and waited for the rest, so an unauthenticated
+    # peer could hold the connection for the size it claimed and leave no line when it went.
+    conn, _ = connect()
+    head = b"\x96\xa4PING\xc6" + (63 * 1024 * 1024).to_bytes(4, "big")
+    assert conn.receive_data(head) == []
+    events: list[Any] = []
+    fed = len(head)
+    while not events:
+        events = conn.receive_data(bytes(8192))
+        fed += 8192
+        assert fed <= 64 * 1024 + 8192 + len(head)
+    assert violation(events).reason == "frame_too_large"
+    assert conn.buffered == 0

@@ -25,6 +25,8 @@ from forwardd.protocol import (
 from forwardd.protocol.encode import event_time, forward, message, packed_forward
 from forwardd.protocol.handshake import client_ping
 
+from .violations import split_off
+
 RECV = 1_700_000_000_000_000_000
 NS = 1_000_000_000
 
@@ -88,12 +90,12 @@ def run(data: bytes, cuts: list[int], limits: Limits | None = None) -> tuple[lis
     conn.decoder.merge_messages = False
     out: list[Any] = []
     bounds = [0, *sorted(set(cuts)), len(data)]
-    try:
-        for a, b in itertools.pairwise(bounds):
-            out += [outcome(ev) for ev in conn.receive_data(data[a:b])]
-    except ProtocolError as exc:
-        out += [outcome(ev) for ev in exc.events]
-        return out, exc.reason
+    for a, b in itertools.pairwise(bounds):
+        events, broke = split_off(conn.receive_data(data[a:b]))
+        out += [outcome(ev) for ev in events]
+        if broke is not None:
+            assert conn.receive_data(data[b:]) == []  # a broken stream reads nothing more
+            return out, broke.reason
     return out, None
 
 
@@ -152,10 +154,7 @@ def test_arbitrary_bytes_during_a_handshake(blob: bytes, prefix_ping: bool) -> N
     conn = ServerConnection(security=sec)
     helo = msgpack.unpackb(conn.initial_bytes(), raw=True)[1]
     data = (client_ping(helo, hostname="c", shared_key="k")[0] if prefix_ping else b"") + blob
-    try:
-        events = conn.receive_data(data)
-    except ProtocolError as exc:
-        events = exc.events
+    events, _ = split_off(conn.receive_data(data))
     if not prefix_ping:
         assert not any(isinstance(e, EntriesReceived) for e in events)
     for ev in events:
@@ -166,10 +165,8 @@ def test_arbitrary_bytes_during_a_handshake(blob: bytes, prefix_ping: bool) -> N
 @given(st.binary(max_size=200))
 def test_chunks_out_of_arbitrary_packed_payloads_decode_without_raising(payload: bytes) -> None:
     frame = packed_forward("t", payload)
-    try:
-        events = ServerConnection().receive_data(frame)
-    except ProtocolError:  # pragma: no cover - a bin payload always frames
-        raise AssertionError("a well-framed PackedForward is never a protocol error") from None
+    events, broke = split_off(ServerConnection().receive_data(frame))
+    assert broke is None, "a well-framed PackedForward is never a protocol error"
     (ev,) = events
     if isinstance(ev, EntriesReceived):
         evs, invalid = decode_entries(ev.chunk.entries, RECV)
@@ -193,18 +190,39 @@ option_maps = st.one_of(
     leaves,
 )
 loose_tags = st.one_of(tags, st.binary(max_size=8), st.integers(-5, 2**40), st.just(b"\xff\xfe"))
+#: The option maps real clients send besides {"chunk": id}: with "size" (Fluent Bit, fluent-logger), in
+#: either order, and with keys that change what the request means.
+chunk_and_size = st.one_of(
+    st.builds(lambda c, n: {"size": n, "chunk": c}, text, st.integers(0, 5)),
+    st.builds(
+        lambda c, n: {"chunk": c, "size": n}, st.one_of(text, st.binary(max_size=6)), st.integers(0, 5)
+    ),
+    st.builds(lambda c: {"chunk": c, "fluent_signal": 1}, text),
+    st.builds(lambda c: {"chunk": c, "metadata": {"k": "v"}}, text),
+    st.builds(lambda c: {"chunk": c, "compressed": "gzip"}, text),
+    st.builds(lambda c: {1: 2, "chunk": c}, text),
+)
 
 
 @st.composite
 def message_like_frames(draw: st.DrawFn) -> bytes:
-    """4-element arrays shaped like Message mode: mostly what the shortcut takes, often one detail off."""
+    """Arrays shaped like Message mode, with and without the option element (fluent-logger for Python sends
+    none): mostly what the fast paths take, often one detail off."""
     if draw(st.integers(0, 3)) == 0:
         return message(draw(tags), draw(times), draw(records), chunk=draw(chunk_ids))
     tag = draw(tags) if draw(st.integers(0, 4)) else draw(loose_tags)
-    good_time = st.one_of(st.integers(0, 2**32 - 1), st.integers(NS, 2**32 * NS - 1).map(event_time))
+    good_time = st.one_of(
+        st.integers(0, 2**32 - 1),
+        st.integers(NS, 2**32 * NS - 1).map(event_time),
+        st.floats(0, 4e9),
+        st.none(),
+    )
     time_value = draw(good_time) if draw(st.integers(0, 3)) else draw(st.one_of(times, text, leaves))
     body = draw(records) if draw(st.integers(0, 2)) else draw(st.one_of(leaves, st.lists(leaves, max_size=2)))
-    return msgpack.packb([tag, time_value, body, draw(option_maps)], use_bin_type=True, datetime=False)
+    elements = [tag, time_value, body]
+    if draw(st.integers(0, 2)):
+        elements.append(draw(st.one_of(option_maps, chunk_and_size)))
+    return msgpack.packb(elements, use_bin_type=True, datetime=False)
 
 
 def full_outcome(ev: Any) -> tuple[Any, ...]:
@@ -221,12 +239,11 @@ def run_reads(
     conn.decoder.merge_messages = False
     conn.decoder.single_message_shortcut = shortcut
     out: list[Any] = []
-    try:
-        for r in reads:
-            out += [full_outcome(ev) for ev in conn.receive_data(r)]
-    except ProtocolError as exc:
-        out += [full_outcome(ev) for ev in exc.events]
-        return out, exc.reason
+    for r in reads:
+        events, broke = split_off(conn.receive_data(r))
+        out += [full_outcome(ev) for ev in events]
+        if broke is not None:
+            return out, broke.reason
     return out, None
 
 
@@ -274,7 +291,7 @@ def test_single_message_shortcut_judges_one_read_as_the_general_path(
 
 def test_single_message_shortcut_is_taken_for_docker_requests() -> None:
     """The shortcut must really run for what docker sends, or the property above proves nothing: it
-    skips the Unpackers, so their offsets move only through the shortcut's bookkeeping."""
+    skips the framer, so the framer's offsets move only through the shortcut's bookkeeping."""
     rec = {"container_id": "c" * 64, "container_name": "/app", "source": "stdout", "log": "hello"}
     conn = ServerConnection(clock_ns=lambda: RECV)
     dec = conn.decoder
@@ -283,10 +300,48 @@ def test_single_message_shortcut_is_taken_for_docker_requests() -> None:
         (ev,) = conn.receive_data(f)
         assert isinstance(ev, EntriesReceived)
         assert ev.ack == b"\x81\xa3ack" + msgpack.packb(f"id{frames_.index(f)}")
-    assert dec._framer.tell() == 0  # never fed: all three went the short way
+    assert dec.framer.skipped_bytes == 0  # never fed: all three went the short way
     tail = message("docker.abc", event_time(NS), rec, chunk="last")
     assert conn.receive_data(tail[:5]) == []
     (ev,) = conn.receive_data(tail[5:])
     assert isinstance(ev, EntriesReceived)
     assert ev.chunk.count == 1
-    assert dec._framer.tell() == len(tail)  # a split request goes the general way, offsets intact
+    assert dec.framer.skipped_bytes == len(tail)  # a split request goes the general way, offsets intact
+
+
+# --- the Message fast path of runs of small frames (messages.py) --------------------------------------------
+
+
+def general_outcomes(frame: bytes) -> list[Any]:
+    """What the general path (the one that reads a big frame in a worker thread) makes of one frame."""
+    from forwardd.protocol.decoder import Decoder
+
+    dec = Decoder()
+    dec.received_ns = RECV
+    if not frame or frame[0] == 0xC0 or not 0x92 <= frame[0] <= 0x9F:
+        return ["not read here"]
+    try:
+        return [full_outcome(ev) for ev in dec.read_frame(frame)]
+    except ProtocolError as exc:
+        return [("violation", exc.reason)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(message_like_frames(), min_size=1, max_size=6))
+def test_the_fast_path_of_small_frames_gives_what_the_general_path_gives(stream: list[bytes]) -> None:
+    """Message requests of every shape, read back to back in one read (request by request, no shortcut):
+    each comes out byte for byte as the general path makes it."""
+    conn = ServerConnection(clock_ns=lambda: RECV)
+    conn.decoder.merge_messages = False
+    conn.decoder.single_message_shortcut = False
+    events, broke = split_off(conn.receive_data(b"".join(stream)))
+    got = [full_outcome(ev) for ev in events] + ([("violation", broke.reason)] if broke else [])
+    expected: list[Any] = []
+    for frame in stream:
+        out = general_outcomes(frame)
+        if out == ["not read here"]:
+            return  # a frame only the framer judges (not an array): nothing to compare
+        expected += out
+        if out and out[-1][0] == "violation":
+            break
+    assert got == expected

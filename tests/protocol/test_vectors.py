@@ -17,10 +17,11 @@ import pytest
 from forwardd.protocol import (
     EntriesReceived,
     Heartbeat,
-    ProtocolError,
     Rejected,
     ServerConnection,
 )
+
+from .violations import split_off
 
 NS = 1_000_000_000
 RECV = 1_700_000_000_123_456_789
@@ -366,13 +367,13 @@ def run(data: bytes, pieces: int) -> list[Ok | Rej | HB | Err]:
     conn = ServerConnection(clock_ns=lambda: RECV)
     out: list[Ok | Rej | HB | Err] = []
     step = 1 if pieces else len(data)
-    try:
-        for i in range(0, len(data), step):
-            out += [_outcome(ev) for ev in conn.receive_data(data[i : i + step])]
-    except ProtocolError as exc:
-        # Events completed in the same read before the broken bytes come with the error.
-        out += [_outcome(ev) for ev in exc.events]
-        out.append(Err(exc.reason))
+    for i in range(0, len(data), step):
+        # Events completed in the same read before the broken bytes come before the violation.
+        events, broke = split_off(conn.receive_data(data[i : i + step]))
+        out += [_outcome(ev) for ev in events]
+        if broke is not None:
+            out.append(Err(broke.reason))
+            break
     return out
 
 

@@ -57,3 +57,25 @@ def test_refuse_handshake_answers_with_a_failure_pong():
         assert c.pong == ["PONG", False, "refused by configuration", "", ""]
         assert c.closed_by_server(5)
         assert server.stats.handshake_failures == 1
+
+
+def test_the_refusing_handshake_refuses_a_good_ping_and_judges_a_malformed_one():
+    """What the refuse_handshake fault does to the protocol core (it was Security.refuse_all)."""
+    import msgpack
+
+    from forwardd.protocol import HandshakeFailed, Security, ServerConnection
+    from forwardd.protocol.handshake import client_ping
+    from forwardd.testing.faults import Faults
+
+    for frame, reason in (
+        (lambda helo: client_ping(helo, hostname="cli", shared_key="k3y")[0], "refused by configuration"),
+        (lambda helo: msgpack.packb(["PING", "cli"]), "PING message is malformed"),
+    ):
+        conn = ServerConnection(
+            security=Security(self_hostname="srv", shared_key="k3y"), peer_address="127.0.0.1"
+        )
+        Faults(refuse_handshake=True).begun(conn)
+        helo = msgpack.unpackb(conn.initial_bytes(), raw=True)[1]
+        [ev] = conn.receive_data(frame(helo))
+        assert isinstance(ev, HandshakeFailed)
+        assert ev.reason == reason

@@ -1,0 +1,610 @@
+"""The ``forward`` output: chunks to Fluentd, Fluent Bit or forwardd receivers over the forward protocol.
+
+A write delivers one chunk (the delivery loop's batch for one tag) and returns only when every event of it
+is through: with ``require_ack_response`` (the default) that means acked by a receiver, so a chunk leaves
+forwardd's durable queue only once another durable queue has it. A chunk bigger than
+``max_message_size`` goes as several requests, pipelined on one connection; they are acked one by one.
+
+Where it goes (:mod:`.balance`): weighted round robin over the endpoints of the regular servers that are
+up, standby servers while none is. When an endpoint fails (no connection, TLS or handshake refused, the
+bytes do not leave within ``send_timeout``, no ack within ``ack_response_timeout``, the connection drops)
+it is marked down and the same write goes on at once with the next endpoint: requests that were not acked
+are sent again there (they may have arrived: at least once; ``unacked_events`` counts them, which bounds
+the duplicates a receiver can see, and ``resent_events`` what was sent again within the write). An
+endpoint that acked part of the write before its connection dropped (a receiver that closes after N
+requests, or after each reply: ``deny_keepalive``) is retried on a new connection, without being marked
+down. Only when no endpoint is left does the write fail: :class:`RetryableError`, or
+:class:`PartialDelivery` naming the events that were acked, so the delivery loop backs off and sends only
+the rest. Nothing here is ever permanent: a receiver that is down, refuses our key or acks nothing holds
+the queue (back-pressure), it never costs events.
+
+Connections are kept alive between writes (``keepalive``; an idle connection older than
+``keepalive_timeout`` is replaced) and one that the receiver closed while idle is replaced once without
+marking anything down. Host names are resolved at start and every ``dns_refresh`` seconds (and when no
+endpoint is left), through ``resolver`` (injectable); a name resolving to several addresses gives one
+endpoint each, which is how ``tasks.<service>`` spreads over a Swarm service's replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Literal
+
+import structlog
+
+from forwardd.errors import PartialDelivery, RetryableError
+from forwardd.model import Chunk
+from forwardd.outputs.base import Output
+from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
+from forwardd.outputs.forward.connection import Connection, ConnectionFailed
+from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
+from forwardd.outputs.forward.settings import ForwardSettings
+from forwardd.pieces import entry_ends
+from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat, compress_entries, wire_entries
+
+__all__ = ["ForwardOutput", "ForwardStats", "Resolver", "client_tls_context", "system_resolver"]
+
+log = structlog.get_logger("forwardd.forward")
+
+#: Resolves a server's host name to the addresses to connect to.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+#: Payloads at least this big are compressed in a worker thread (zlib and zstd release the GIL).
+_COMPRESS_OFFLOAD = 256 * 1024
+#: Least time between two resolutions a write asks for when it finds no endpoint.
+_RESOLVE_ON_MISS = 1.0
+#: Times one write may go back to an endpoint that made progress but whose connection ended.
+_PROGRESS_RETRIES = 1000
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (getaddrinfo, in its order); an IP literal is itself."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def client_tls_context(
+    *,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    key_password: str | None = None,
+    verify: bool = True,
+    min_version: str = "1.2",
+) -> ssl.SSLContext:
+    """A TLS client context: the system's roots or ``ca_file``, a client certificate for mutual TLS."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file, password=key_password)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """Counters of one forward output. ``events`` were acked (written, without acks); ``bytes`` are
+    request bytes as sent (after compression)."""
+
+    requests: int = 0
+    events: int = 0
+    bytes: int = 0
+    acks: int = 0
+    #: Events sent whose ack never came (connection lost, ack timeout): each was sent again, so this
+    #: bounds the duplicates a receiver can see.
+    unacked_events: int = 0
+    #: Events sent again within one write, to another endpoint or on a new connection.
+    resent_events: int = 0
+    #: Writes that moved on from an endpoint that failed to another one.
+    failovers: int = 0
+    #: Connections opened for writes (heartbeat probes not included).
+    connects: int = 0
+    #: Connection failures by stage: connect, tls, handshake, refused, send_timeout, ack_timeout, lost,
+    #: protocol.
+    failures: dict[str, int] = field(default_factory=dict)
+    #: Kept-alive connections found closed by the receiver when reused (replaced, nothing marked down).
+    stale_connections: int = 0
+    heartbeats: int = 0
+    heartbeat_failures: int = 0
+    #: Entries dropped because they are no event (see wire_entries), and chunks whose times were rewritten.
+    invalid_entries: int = 0
+    rewritten_chunks: int = 0
+    #: Each endpoint's state: "up" or "down (reason)".
+    servers: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int | float | str | None]:
+        """Flat, for reports and metrics: ``failures`` is their total, ``failures.connect`` ... the parts,
+        ``servers.<server>`` each endpoint's state, ``servers_up`` how many are up."""
+        out: dict[str, int | float | str | None] = {
+            f: getattr(self, f) for f in self.__slots__ if f not in ("failures", "servers")
+        }
+        out["failures"] = sum(self.failures.values())
+        for kind, n in sorted(self.failures.items()):
+            out[f"failures.{kind}"] = n
+        out["servers_up"] = sum(1 for state in self.servers.values() if state == "up")
+        for key, state in self.servers.items():
+            out[f"servers.{key}"] = state
+        return out
+
+
+class _Message:
+    """One request of a write: entries ``start:end`` of the chunk (``count`` of them), and what goes on
+    the wire for them (``payload``, ``events`` after dropping what is no event)."""
+
+    __slots__ = ("count", "done", "end", "events", "payload", "sent", "start")
+
+    def __init__(self, start: int, end: int, count: int, payload: bytes, events: int) -> None:
+        self.start = start
+        self.end = end
+        self.count = count
+        self.payload = payload
+        self.events = events
+        self.done = False
+        self.sent = False
+
+
+class ForwardOutput(Output):
+    """See the module doc. ``resolver`` and ``clock`` are injectable for tests."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "forward",
+        servers: Sequence[ServerSpec],
+        require_ack_response: bool = True,
+        ack_response_timeout: float = 30.0,
+        compress: Literal["none", "gzip", "zstd"] = "none",
+        max_message_size: int = 1024**2,
+        time_format: TimeFormat = "event_time",
+        keepalive: bool = True,
+        keepalive_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        send_timeout: float = 60.0,
+        heartbeat_type: HeartbeatType = "transport",
+        heartbeat_interval: float = 1.0,
+        hard_timeout: float = 60.0,
+        recover_wait: float = 10.0,
+        dns_refresh: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_server_name: str | None = None,
+        security: ClientSecurity | None = None,
+        resolver: Resolver = system_resolver,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        if not any(s.weight > 0 for s in servers):
+            raise ValueError("every server has weight 0: nothing could be sent")
+        self.name = name
+        self.require_ack = require_ack_response
+        self.ack_timeout = ack_response_timeout
+        self.compression: Compression = "text" if compress == "none" else compress
+        self.max_message_size = max_message_size
+        self.time_format = time_format
+        self.keepalive = keepalive
+        self.keepalive_timeout = keepalive_timeout
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.heartbeat_type = heartbeat_type
+        self.heartbeat_interval = heartbeat_interval
+        self.dns_refresh = dns_refresh
+        self.ssl_context = ssl_context
+        self.tls_server_name = tls_server_name
+        self.security = security
+        self.resolver = resolver
+        self._clock = clock
+        self.balancer = Balancer(
+            servers,
+            recover_wait=recover_wait,
+            hard_timeout=hard_timeout,
+            heartbeats=heartbeat_type != "none",
+            clock=clock,
+        )
+        self._stats = ForwardStats()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resolved_at = -1e18
+        self._resolving: asyncio.Lock | None = None
+        self._started = False
+
+    @classmethod
+    def from_settings(cls, name: str, s: ForwardSettings) -> ForwardOutput:
+        """The output for one ``type: forward`` entry of the configuration."""
+        ctx = None
+        if s.tls is not None:
+            t = s.tls
+            ctx = client_tls_context(
+                ca_file=_path(t.ca_file), cert_file=_path(t.cert_file), key_file=_path(t.key_file),
+                key_password=t.key_password, verify=t.verify, min_version=t.min_version,
+            )  # fmt: skip
+        security = None
+        if s.security is not None:
+            sec = s.security
+            security = ClientSecurity(sec.self_hostname, sec.shared_key, sec.username, sec.password)
+        return cls(
+            name=name,
+            servers=[ServerSpec(v.host, v.port, v.weight, v.standby, v.name) for v in s.servers],
+            require_ack_response=s.require_ack_response,
+            ack_response_timeout=s.ack_response_timeout,
+            compress=s.compress,
+            max_message_size=s.max_message_size,
+            time_format=s.time_format,
+            keepalive=s.keepalive,
+            keepalive_timeout=s.keepalive_timeout,
+            connect_timeout=s.connect_timeout,
+            send_timeout=s.send_timeout,
+            heartbeat_type=s.heartbeat_type,
+            heartbeat_interval=s.heartbeat_interval,
+            hard_timeout=s.hard_timeout,
+            recover_wait=s.recover_wait,
+            dns_refresh=s.dns_refresh,
+            ssl_context=ctx,
+            tls_server_name=s.tls.server_name if s.tls is not None else None,
+            security=security,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._resolving = asyncio.Lock()
+        await self._resolve()
+        log.info(
+            "forward.started",
+            output=self.name,
+            servers=self.balancer.describe(),
+            ack=self.require_ack,
+            heartbeat=self.heartbeat_type,
+            tls=self.ssl_context is not None,
+            handshake=self.security is not None,
+        )
+        if self.heartbeat_type != "none":
+            beats = Heartbeats(
+                self.heartbeat_type,
+                self.heartbeat_interval,
+                endpoints=lambda: self.balancer.endpoints,
+                connect=self._probe_connect,
+                report=self._heartbeat,
+            )
+            self._tasks.append(asyncio.create_task(beats.run(), name=f"forward-heartbeats:{self.name}"))
+        if self.dns_refresh > 0 and any(not _is_ip(s.host) for s in self.balancer.servers):
+            self._tasks.append(asyncio.create_task(self._refresh_loop(), name=f"forward-dns:{self.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for ep in self.balancer.endpoints:
+            await self._drop_idle(ep)
+        self._started = False
+
+    @property
+    def stats(self) -> ForwardStats:
+        s = self._stats
+        copy = ForwardStats(**{f: getattr(s, f) for f in ForwardStats.__slots__})
+        copy.failures = dict(s.failures)
+        copy.servers = self.balancer.describe()
+        return copy
+
+    # --- DNS --------------------------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.dns_refresh)
+            await self._resolve()
+
+    async def _resolve(self) -> None:
+        """Resolve every server again; an endpoint whose address stays keeps its state and connection."""
+        assert self._resolving is not None
+        async with self._resolving:
+            self._resolved_at = self._clock()
+            for i, server in enumerate(self.balancer.servers):
+                try:
+                    addresses = list(await self.resolver(server.host, server.port))
+                except (OSError, UnicodeError) as exc:
+                    log.warning("forward.dns_failed", output=self.name, server=server.label, error=str(exc))
+                    continue
+                if not addresses:
+                    log.warning(
+                        "forward.dns_failed", output=self.name, server=server.label, error="no address"
+                    )
+                    continue
+                before = [ep.address for ep in self.balancer.endpoints_of(i)]
+                added, removed = self.balancer.set_addresses(i, addresses)
+                for ep in removed:
+                    await self._drop_idle(ep)
+                if before and (added or removed):
+                    log.info(
+                        "forward.dns_changed",
+                        output=self.name,
+                        server=server.label,
+                        addresses=[ep.address for ep in self.balancer.endpoints_of(i)],
+                        before=before,
+                    )
+
+    # --- health -----------------------------------------------------------------------------------------
+
+    async def _probe_connect(self, ep: Endpoint) -> None:
+        conn = await self._open(ep, count=False)
+        await conn.close()
+
+    def _heartbeat(self, ep: Endpoint, ok: bool, why: str) -> None:
+        stats = self._stats
+        stats.heartbeats += 1
+        if not ok:
+            stats.heartbeat_failures += 1
+        down_since = ep.down_since
+        change = self.balancer.heartbeat(ep, ok, why)
+        if change is True:
+            log.info(
+                "forward.server_up",
+                output=self.name,
+                server=ep.key,
+                via="heartbeat",
+                down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
+            )
+        elif change is False:
+            log.warning("forward.server_down", output=self.name, server=ep.key, reason=why)
+
+    def _failed(self, ep: Endpoint, failure: ConnectionFailed) -> None:
+        stats = self._stats
+        stats.failures[failure.kind] = stats.failures.get(failure.kind, 0) + 1
+        reason = f"{failure.kind}: {failure}"
+        if self.balancer.failed(ep, reason):
+            log.warning("forward.server_down", output=self.name, server=ep.key, reason=reason)
+
+    def _succeeded(self, ep: Endpoint) -> None:
+        down_since = ep.down_since
+        if self.balancer.succeeded(ep):
+            log.info(
+                "forward.server_up",
+                output=self.name,
+                server=ep.key,
+                via="write",
+                down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
+            )
+
+    # --- connections ------------------------------------------------------------------------------------
+
+    async def _open(self, ep: Endpoint, *, count: bool = True) -> Connection:
+        conn = await Connection.open(
+            ep.address,
+            ep.port,
+            ssl_context=self.ssl_context,
+            server_hostname=self.tls_server_name or ep.server.host,
+            security=self.security,
+            timeout=self.connect_timeout,
+        )
+        if count:  # heartbeat probes are counted as heartbeats
+            self._stats.connects += 1
+        return conn
+
+    async def _checkout(self, ep: Endpoint) -> tuple[Connection, bool]:
+        """A connection to ``ep``: its idle one if still good (True), else a new one (False)."""
+        conn = ep.idle
+        ep.idle = None
+        if conn is not None:
+            if not conn.closed and self._clock() - ep.idle_since < self.keepalive_timeout:
+                return conn, True
+            await conn.close()
+        return await self._open(ep), False
+
+    async def _checkin(self, ep: Endpoint, conn: Connection) -> None:
+        live = any(e is ep for e in self.balancer.endpoints)
+        if self.keepalive and conn.keepalive and not conn.closed and live and ep.idle is None:
+            ep.idle = conn
+            ep.idle_since = self._clock()
+        else:
+            await conn.close()
+
+    async def _drop_idle(self, ep: Endpoint) -> None:
+        conn, ep.idle = ep.idle, None
+        if conn is not None:
+            await conn.close()
+
+    # --- write ------------------------------------------------------------------------------------------
+
+    async def write(self, chunk: Chunk) -> None:
+        messages = await self._messages(chunk)
+        pending = [m for m in messages if m.events]
+        if not pending:
+            return
+        tried: list[Endpoint] = []
+        last: ConnectionFailed | None = None
+        progress_retries = 0
+        moving = False  # the last endpoint failed: the next one is a failover
+        while pending:
+            ep = await self._pick(tried)
+            if ep is None:
+                break
+            if moving:
+                self._stats.failovers += 1
+                moving = False
+            progressed, failure = await self._attempt(ep, chunk.tag, pending)
+            pending = [m for m in pending if not m.done]
+            if failure is None:
+                self._succeeded(ep)
+                continue
+            last = failure
+            if progressed and progress_retries < _PROGRESS_RETRIES:
+                # It took some of it and then the connection ended (close after N, deny_keepalive): the
+                # receiver is alive; go on with it on a new connection.
+                progress_retries += 1
+                self._succeeded(ep)
+                continue
+            self._failed(ep, failure)
+            tried.append(ep)
+            moving = True
+        if not pending:
+            return
+        self._raise(chunk, messages, pending, last)
+
+    def _raise(
+        self, chunk: Chunk, messages: list[_Message], pending: list[_Message], last: ConnectionFailed | None
+    ) -> None:
+        servers = ", ".join(f"{k}: {v}" for k, v in self.balancer.describe().items()) or "none resolved"
+        why = f"{last.kind}: {last}" if last is not None else "no server is up"
+        cause = RetryableError(f"forward output {self.name}: {why} (servers: {servers})")
+        delivered = sum(m.count for m in messages if m.done or not m.events)
+        if not any(m.done for m in messages):
+            raise cause
+        entries = chunk.entries
+        unsent = Chunk(
+            chunk.tag,
+            b"".join(entries[m.start : m.end] for m in pending),
+            sum(m.count for m in pending),
+            chunk.received_ns,
+        )
+        raise PartialDelivery(
+            f"forward output {self.name}: {delivered} of {chunk.count} events acked before {why}",
+            delivered=delivered,
+            unsent=unsent,
+            cause=cause,
+        )
+
+    async def _pick(self, tried: list[Endpoint]) -> Endpoint | None:
+        ep = self.balancer.pick(exclude=tried)
+        if ep is None and self._clock() - self._resolved_at >= _RESOLVE_ON_MISS:
+            await self._resolve()  # the names may point elsewhere now (a Swarm service rescheduled)
+            ep = self.balancer.pick(exclude=tried)
+        return ep
+
+    async def _messages(self, chunk: Chunk) -> list[_Message]:
+        """The chunk cut into requests of at most ``max_message_size`` entry bytes (a bigger entry goes
+        alone), each with its payload as it goes on the wire."""
+        entries = chunk.entries
+        if len(entries) <= self.max_message_size:
+            spans = [(0, len(entries), chunk.count)]
+        else:
+            spans = []
+            start = 0
+            n = 0
+            ends = entry_ends(entries)
+            prev = 0
+            for end in ends:
+                if end - start > self.max_message_size and n:
+                    spans.append((start, prev, n))
+                    start, n = prev, 0
+                n += 1
+                prev = end
+            spans.append((start, prev, n))
+        out: list[_Message] = []
+        for start, end, count in spans:
+            raw = entries if (start, end) == (0, len(entries)) else entries[start:end]
+            payload, events, dropped = wire_entries(raw, count, chunk.received_ns, self.time_format)
+            if dropped:
+                self._stats.invalid_entries += dropped
+                log.warning("forward.entries_dropped", output=self.name, tag=chunk.tag, count=dropped)
+            if payload is not raw:
+                self._stats.rewritten_chunks += 1
+            if self.compression != "text" and events:
+                if len(payload) >= _COMPRESS_OFFLOAD:
+                    payload = await asyncio.to_thread(compress_entries, payload, self.compression)
+                else:
+                    payload = compress_entries(payload, self.compression)
+            out.append(_Message(start, end, count, payload, events))
+        return out
+
+    async def _attempt(
+        self, ep: Endpoint, tag: str, pending: list[_Message]
+    ) -> tuple[bool, ConnectionFailed | None]:
+        """Send ``pending`` to ``ep`` over one connection (a kept-alive one found dead is replaced once);
+        marks the messages that got through ``done``. Returns whether any did, and the failure if not all."""
+        try:
+            conn, reused = await self._checkout(ep)
+        except ConnectionFailed as refused:
+            return False, refused
+        progressed, failure = await self._send(conn, tag, pending)
+        if failure is not None and reused and not progressed and failure.kind == "lost":
+            # The receiver closed the idle connection (a restart, its idle timeout): not a failure of it.
+            self._stats.stale_connections += 1
+            try:
+                conn = await self._open(ep)
+            except ConnectionFailed as again:
+                return False, again
+            progressed, failure = await self._send(conn, tag, pending)
+        if failure is None:
+            await self._checkin(ep, conn)
+        return progressed, failure
+
+    async def _send(
+        self, conn: Connection, tag: str, pending: list[_Message]
+    ) -> tuple[bool, ConnectionFailed | None]:
+        stats = self._stats
+        # A receiver that closes after one reply (deny_keepalive) gets one request per connection.
+        batch = pending if conn.keepalive else pending[:1]
+        acks: list[tuple[asyncio.Future[None], _Message]] = []
+        written: list[_Message] = []
+        failure: ConnectionFailed | None = None
+        try:
+            for m in batch:
+                if m.sent:
+                    stats.resent_events += m.events
+                m.sent = True
+                fut = await conn.send(
+                    tag, m.payload, m.events, compressed=self.compression, ack=self.require_ack,
+                    timeout=self.send_timeout,
+                )  # fmt: skip
+                written.append(m)
+                stats.requests += 1
+                stats.bytes += len(m.payload)
+                if fut is None:
+                    m.done = True
+                    stats.events += m.events
+                else:
+                    acks.append((fut, m))
+            if acks:
+                futs = [f for f, _ in acks]
+                _, not_done = await asyncio.wait(futs, timeout=self.ack_timeout)
+                for fut, m in acks:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        m.done = True
+                        stats.acks += 1
+                        stats.events += m.events
+                if not_done:
+                    failure = ConnectionFailed(
+                        "ack_timeout", f"no ack within {self.ack_timeout}s for {len(not_done)} request(s)"
+                    )
+                elif not all(m.done for _, m in acks):
+                    failure = conn.failure or ConnectionFailed("lost", "the connection ended before the acks")
+        except ConnectionFailed as exc:
+            failure = exc
+        except asyncio.CancelledError:
+            conn.abort()
+            raise
+        lost = [m for m in written if not m.done]
+        if lost and self.require_ack:
+            stats.unacked_events += sum(m.events for m in lost)
+        if failure is not None:
+            conn.abort()
+        return any(m.done for m in batch), failure
+
+
+def _path(p: PathLike[str] | str | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,111 @@
+"""The forward output behind forwardd's real disk buffer and delivery loop, built from configuration as
+the daemon builds it: a receiver that is down holds the queue (nothing is dropped, nothing dead-lettered),
+and everything committed is delivered once it is back; a receiver that dies mid-stream costs duplicates
+at most, within what the output counted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from forwardd.app import build_sink
+from forwardd.buffer import BufferedSink
+from forwardd.config import parse_config
+from forwardd.outputs.forward import ForwardOutput
+from forwardd.testing import TestServer
+from tests.outputs.forward.helpers import check_delivery, chunk, restart, seqs, wait_until
+
+
+def forward_sink(tmp_path: Path, port: int, extra: str = "") -> BufferedSink:
+    """The sink the daemon builds for this output configuration (fast retries for the test)."""
+    text = f"""
+storage: {{path: {tmp_path / "data"}}}
+sources: [{{name: in, port: 0}}]
+routes: [{{match: "**", outputs: [agg]}}]
+outputs:
+  agg:
+    type: forward
+    servers: [{{host: 127.0.0.1, port: {port}}}]
+    heartbeat_type: none
+    recover_wait: 0s
+    ack_response_timeout: 2s
+    connect_timeout: 1s
+    max_message_size: 4KiB
+    buffer: {{retry: {{initial: 20ms, max: 50ms}}}}
+{extra}"""
+    cfg = parse_config(text)
+    sink = build_sink("agg", cfg.outputs["agg"], tmp_path / "data")
+    assert isinstance(sink, BufferedSink)
+    assert isinstance(sink.output, ForwardOutput)
+    return sink
+
+
+async def submit_all(sink: BufferedSink, start: int, n: int, per_chunk: int) -> None:
+    """Hand chunks to the sink and wait until each is committed (what a client's ack waits for)."""
+    for i in range(start, start + n, per_chunk):
+        waiter = sink.submit(chunk("app", i, per_chunk, pad=20))
+        if waiter is not None:
+            await waiter
+
+
+async def test_receiver_down_holds_the_queue_and_everything_goes_when_it_is_back(tmp_path: Path) -> None:
+    srv = await TestServer().start()
+    port = srv.port
+    await srv.stop()
+    sink = forward_sink(tmp_path, port)
+    await sink.start()
+    try:
+        await submit_all(sink, 0, 500, 25)  # committed and acked while nobody receives
+        await wait_until(lambda: sink.stats.retries >= 2, what="failed attempts")
+        stats = sink.stats
+        assert stats.queued_chunks == 20
+        assert stats.delivered_events == 0
+        assert stats.dead_lettered == 0
+        assert stats.dropped == 0
+        srv = await restart(srv)
+        await wait_until(lambda: sink.stats.queued_chunks == 0, what="the queue to drain")
+        assert seqs(srv.events) == list(range(500)), "in order, each once: nothing was half-sent"
+    finally:
+        await sink.stop()
+        await srv.stop()
+
+
+async def test_receiver_crashing_mid_stream_costs_only_counted_duplicates(tmp_path: Path) -> None:
+    """The receiver has the events of its last requests but dies before acking them (its connections
+    are aborted with the acks still owed): they are sent again, to the receiver once it is back."""
+    srv = await TestServer(ack_delay=0.03).start()
+    sink = forward_sink(tmp_path, srv.port)
+    await sink.start()
+    received: list[int] = []
+    try:
+        feed = asyncio.create_task(submit_all(sink, 0, 3000, 20))
+        await srv.wait_for(600)
+        await srv.listener.stop(grace=0)  # a crash: owed acks are never sent
+        received += seqs(srv.events)
+        srv = await restart(srv)
+        await feed
+        await wait_until(lambda: sink.stats.queued_chunks == 0, timeout=30, what="the queue to drain")
+        received += seqs(srv.events)
+        out = sink.output
+        assert isinstance(out, ForwardOutput)
+        check_delivery(received, 3000, duplicates_bound=out.stats.unacked_events)
+        assert out.stats.unacked_events > 0, "the crash left requests in doubt"
+        assert len(received) > 3000, "and they were delivered twice"
+        assert sink.stats.dead_lettered == 0
+    finally:
+        await sink.stop()
+        await srv.stop()
+
+
+async def test_refused_handshake_holds_the_queue_and_never_dead_letters(tmp_path: Path) -> None:
+    async with TestServer(shared_key="k", refuse_handshake=True) as srv:
+        sink = forward_sink(tmp_path, srv.port, "    security: {self_hostname: a, shared_key: k}\n")
+        await sink.start()
+        try:
+            await submit_all(sink, 0, 100, 10)
+            await wait_until(lambda: sink.stats.retries >= 3, what="retries")
+            assert sink.stats.queued_chunks == 10
+            assert sink.stats.dead_lettered == 0
+            assert srv.events == []
+        finally:
+            await sink.stop()

@@ -1,0 +1,208 @@
+"""Names resolved again over time, and heartbeats marking servers up and down.
+
+/etc/hosts is not ours to edit, so re-resolution is driven by a resolver hook (the output's ``resolver``
+argument) whose answer the test changes, the way Swarm's DNS changes the answer for tasks.<service> when
+replicas come and go. The addresses it returns are real: test servers listen on 127.0.0.2 and 127.0.0.3
+(all of 127/8 is loopback) on the same port, as two replicas of one service would. The system resolver
+itself is checked on ``localhost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from structlog.testing import capture_logs
+
+from forwardd.errors import RetryableError
+from forwardd.outputs.forward import system_resolver
+from forwardd.protocol.client import ClientSecurity
+from forwardd.testing import TestServer
+from tests.outputs.forward.helpers import chunk, output, restart, seqs, server, started, wait_until
+
+
+class Dns:
+    """A resolver hook: answers what the test says, counts questions, can fail."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.answer = list(addresses)
+        self.asked = 0
+        self.fail = False
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked += 1
+        if self.fail:
+            raise OSError(-2, "Name or service not known")
+        return list(self.answer)
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[tuple[TestServer, TestServer]]:
+    """Two receivers on one port, at 127.0.0.2 and 127.0.0.3."""
+    a = await TestServer(host="127.0.0.2").start()
+    b = await TestServer(host="127.0.0.3", port=a.port).start()
+    try:
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_replicas_appear_and_disappear_with_the_dns_answer(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    a, b = replicas
+    dns = Dns("127.0.0.2")
+    spec = server(a.port, host="tasks.aggregator")
+    async with started(output([spec], resolver=dns, dns_refresh=0.02)) as out:
+        for i in range(4):
+            await out.write(chunk("app", i, 1))
+        assert (len(a.events), len(b.events)) == (4, 0)
+        with capture_logs() as logs:
+            dns.answer = ["127.0.0.2", "127.0.0.3"]  # a replica was added
+            await wait_until(lambda: len(out.balancer.endpoints) == 2, what="the second replica")
+        assert logs[0]["event"] == "forward.dns_changed"
+        assert logs[0]["addresses"] == ["127.0.0.2", "127.0.0.3"]
+        for i in range(4, 12):
+            await out.write(chunk("app", i, 1))
+        assert (len(a.events), len(b.events)) == (8, 4), "the replicas share the writes"
+        dns.answer = ["127.0.0.3"]  # the first replica was rescheduled away
+        await wait_until(lambda: [e.address for e in out.balancer.endpoints] == ["127.0.0.3"], what="removal")
+        for i in range(12, 16):
+            await out.write(chunk("app", i, 1))
+        assert len(b.events) == 8
+        assert len(a.events) == 8
+        assert sorted(seqs(a.events) + seqs(b.events)) == list(range(16))
+        assert set(out.stats.servers) == {f"tasks.aggregator:{a.port}@127.0.0.3"}
+
+
+async def test_a_failed_resolution_keeps_the_addresses_it_had(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    a, _ = replicas
+    dns = Dns("127.0.0.2")
+    async with started(
+        output([server(a.port, host="tasks.aggregator")], resolver=dns, dns_refresh=0.02)
+    ) as out:
+        with capture_logs() as logs:
+            dns.fail = True
+            asked = dns.asked
+            await wait_until(lambda: dns.asked > asked + 1, what="two more resolutions")
+        assert any(x["event"] == "forward.dns_failed" for x in logs)
+        await out.write(chunk("app", 0, 3))
+        assert seqs(a.events) == [0, 1, 2]
+
+
+async def test_when_every_endpoint_is_down_the_name_is_resolved_again(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """The only replica moved: the write that finds nothing up asks DNS again and goes to the new one."""
+    a, b = replicas
+    dns = Dns("127.0.0.2")
+    spec = server(a.port, host="tasks.aggregator")
+    now = [1000.0]
+    opts = {"resolver": dns, "dns_refresh": 0, "recover_wait": 60, "clock": lambda: now[0]}
+    async with started(output([spec], **opts)) as out:
+        await out.write(chunk("app", 0, 1))
+        await a.stop()
+        dns.answer = ["127.0.0.3"]
+        now[0] += 0.5  # within a second of the last resolution, DNS is not asked again
+        with pytest.raises(RetryableError):
+            await out.write(chunk("app", 1, 1))
+        asked = dns.asked
+        now[0] += 1.0
+        await out.write(chunk("app", 1, 1))
+        assert dns.asked == asked + 1
+        assert seqs(b.events) == [1]
+
+
+async def test_system_resolver_on_localhost() -> None:
+    assert "127.0.0.1" in await system_resolver("localhost", 24224)
+    assert await system_resolver("127.0.0.5", 1) == ["127.0.0.5"]
+    with pytest.raises(OSError):
+        await system_resolver("name.that.does.not.exist.invalid", 1)
+
+
+# --- heartbeats -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["transport", "udp"])
+async def test_heartbeats_take_an_idle_server_down_and_bring_it_back(kind: str) -> None:
+    srv = await TestServer(udp_heartbeat=kind == "udp").start()
+    key = f"127.0.0.1:{srv.port}"
+    opts = {"heartbeat_type": kind, "heartbeat_interval": 0.03, "hard_timeout": 0.2, "recover_wait": 0.1}
+    async with started(output([server(srv.port)], **opts)) as out:
+        await wait_until(lambda: out.stats.heartbeats >= 3, what="heartbeats")
+        assert out.stats.connects == 0, "probes are counted as heartbeats, not as connections for writes"
+        assert out.stats.heartbeat_failures == 0
+        assert out.stats.servers[key] == "up"
+        with capture_logs() as logs:
+            await srv.stop()
+            await wait_until(lambda: out.stats.servers[key] != "up", what="down by heartbeat")
+        assert logs[-1]["event"] == "forward.server_down"
+        assert "heartbeat" in logs[-1]["reason"]
+        assert out.stats.events == 0, "no write was needed to find out"
+        srv = await restart(srv, udp_heartbeat=kind == "udp")
+        with capture_logs() as logs:
+            await wait_until(lambda: out.stats.servers[key] == "up", what="up by heartbeat")
+        assert logs[-1]["event"] == "forward.server_up"
+        assert logs[-1]["via"] == "heartbeat"
+        await out.write(chunk("app", 0, 2))
+        assert seqs(srv.events) == [0, 1]
+    if kind == "transport":
+        assert srv.stats.connections >= 2, "each probe is a connection, like Fluentd's"
+        assert srv.stats.protocol_errors == 0, "an empty connection is no error"
+    else:
+        assert srv.stats.connections == 1
+    await srv.stop()
+
+
+async def test_transport_heartbeat_does_the_handshake_and_a_wrong_key_shows_before_any_write() -> None:
+    async with TestServer(shared_key="right") as srv:
+        opts = {"heartbeat_type": "transport", "heartbeat_interval": 0.03, "hard_timeout": 0.15}
+        sec = ClientSecurity("agent", "wrong")
+        async with started(output([server(srv.port)], security=sec, **opts)) as out:
+            await wait_until(lambda: "refused" in out.stats.servers[f"127.0.0.1:{srv.port}"], what="down")
+            assert out.stats.requests == 0
+            assert srv.stats.handshake_failures >= 3
+
+
+async def test_udp_heartbeat_to_a_receiver_without_udp_counts_as_failed() -> None:
+    """Fluent Bit answers no UDP heartbeat: with heartbeat_type udp its servers would go down."""
+    async with TestServer(udp_heartbeat=False) as srv:
+        opts = {"heartbeat_type": "udp", "heartbeat_interval": 0.03, "hard_timeout": 10}
+        async with started(output([server(srv.port)], **opts)) as out:
+            await wait_until(lambda: out.stats.heartbeat_failures >= 2, what="failed probes")
+            assert out.stats.servers[f"127.0.0.1:{srv.port}"] == "up", "not before hard_timeout"
+
+
+async def test_stop_ends_the_probes() -> None:
+    async with TestServer() as srv:
+        out = output([server(srv.port)], heartbeat_type="transport", heartbeat_interval=0.02)
+        await out.start()
+        await wait_until(lambda: out.stats.heartbeats >= 1, what="a heartbeat")
+        await out.stop()
+        beats = out.stats.heartbeats
+        await asyncio.sleep(0.1)  # several intervals: nothing may run any more
+        assert out.stats.heartbeats == beats
+
+
+async def test_transport_probe_is_an_empty_connection_as_fluentds() -> None:
+    """Fluentd's heartbeat_type transport opens a connection and closes it without a byte (the
+    hb-transport capture: "no payload either way"); without a handshake ours does the same."""
+    received: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read())  # until the client closes
+        writer.close()
+
+    listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        opts = {"heartbeat_type": "transport", "heartbeat_interval": 0.03}
+        async with started(output([server(port)], **opts)):
+            await wait_until(lambda: len(received) >= 3, what="three probes")
+        assert set(received[:3]) == {b""}
+    finally:
+        listening.close()

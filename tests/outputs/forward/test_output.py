@@ -1,0 +1,464 @@
+"""The forward output against real receivers on loopback: forwardd's embedded test server with its fault
+injection (withheld and delayed acks, closes after N requests, refused handshakes), two and three of them
+for failover and weights, and a bare receiver made of forwardd's server core for what the test server
+cannot do (ack one request, then vanish)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+import pytest
+from structlog.testing import capture_logs
+
+from forwardd.errors import PartialDelivery, RetryableError
+from forwardd.model import Chunk, pack_event_time
+from forwardd.protocol import EntriesReceived, HandshakeCompleted, Limits, Security, ServerConnection
+from forwardd.protocol.client import ClientSecurity
+from forwardd.server.listener import ForwardListener, ListenerSettings
+from forwardd.server.session import SessionSettings
+from forwardd.testing import TestServer
+from forwardd.testing.capture import CaptureSink
+from tests.outputs.forward.helpers import (
+    T0,
+    check_delivery,
+    chunk,
+    output,
+    restart,
+    seqs,
+    server,
+    started,
+    wait_until,
+)
+
+NS = 1_000_000_000
+
+
+async def test_a_write_returns_once_the_receiver_acked() -> None:
+    async with TestServer(withhold_acks=True) as srv, started(output([server(srv.port)])) as out:
+        write = asyncio.create_task(out.write(chunk("app", 0, 100)))
+        await srv.wait_for(100)
+        await asyncio.sleep(0.05)  # the events are at the receiver; give the ack time it would need
+        assert not write.done(), "no ack yet: the chunk must not leave the buffer"
+        srv.release_acks()
+        await asyncio.wait_for(write, 5)
+        assert seqs(srv.events) == list(range(100))
+        s = out.stats
+        assert (s.requests, s.acks, s.events, s.unacked_events) == (1, 1, 100, 0)
+        assert srv.stats.acks == 1
+
+
+async def test_no_ack_in_time_is_retryable_and_counted_as_unacked() -> None:
+    async with (
+        TestServer(withhold_acks=True) as srv,
+        started(output([server(srv.port)], ack_response_timeout=0.2)) as out,
+    ):
+        with capture_logs() as logs, pytest.raises(RetryableError, match="ack_timeout"):
+            await out.write(chunk("app", 0, 10))
+        s = out.stats
+        assert s.unacked_events == 10
+        assert s.failures == {"ack_timeout": 1}
+        assert s.servers[f"127.0.0.1:{srv.port}"].startswith("down (ack_timeout")
+        assert [line["event"] for line in logs] == ["forward.server_down"]
+        # Once acks flow again, the loop's re-send delivers it: the receiver holds it twice.
+        srv.release_acks()
+        await out.write(chunk("app", 0, 10))
+        check_delivery(seqs(srv.events), 10, duplicates_bound=s.unacked_events)
+        assert len(srv.events) == 20
+
+
+async def test_delayed_acks_within_the_timeout_are_fine() -> None:
+    async with (
+        TestServer(ack_delay=0.1) as srv,
+        started(output([server(srv.port)], ack_response_timeout=2)) as out,
+    ):
+        for i in range(3):
+            await out.write(chunk("app", i * 10, 10))
+        assert seqs(srv.events) == list(range(30))
+        assert out.stats.unacked_events == 0
+
+
+async def test_a_big_chunk_goes_as_pipelined_requests_of_max_message_size() -> None:
+    async with TestServer() as srv, started(output([server(srv.port)], max_message_size=2000)) as out:
+        big = chunk("app", 0, 300, pad=20)
+        await out.write(big)
+        assert seqs(srv.events) == list(range(300))
+        s = out.stats
+        assert s.requests == srv.stats.acks >= len(big.entries) // 2000
+        assert max(len(c.entries) for c in srv.sink.chunks) <= 2000
+        assert s.connects == 1
+
+
+async def test_receiver_closing_after_each_request_costs_no_event() -> None:
+    """close_after=1: every connection takes one request and ends; pipelined requests beyond it are
+    lost with the connection and sent again on the next one. Nothing is marked down."""
+    async with (
+        TestServer(close_after=1) as srv,
+        started(output([server(srv.port)], max_message_size=500)) as out,
+    ):
+        await out.write(chunk("app", 0, 60, pad=10))
+        s = out.stats
+        check_delivery(seqs(srv.events), 60, duplicates_bound=s.unacked_events)
+        assert s.connects >= srv.stats.acks >= 3, "one acked request per connection"
+        assert s.servers[f"127.0.0.1:{srv.port}"] == "up"
+        assert s.resent_events >= s.unacked_events
+
+
+@pytest.mark.parametrize("after", [2, 3])
+async def test_close_after_n_with_many_writes(after: int) -> None:
+    async with (
+        TestServer(close_after=after) as srv,
+        started(output([server(srv.port)], max_message_size=300)) as out,
+    ):
+        for i in range(10):
+            await out.write(chunk("app", i * 20, 20, pad=5))
+        s = out.stats
+        check_delivery(seqs(srv.events), 200, duplicates_bound=s.unacked_events)
+
+
+async def test_refused_handshake_is_retryable_and_marks_the_server_down() -> None:
+    async with (
+        TestServer(shared_key="k", refuse_handshake=True) as srv,
+        started(output([server(srv.port)], security=ClientSecurity("agent", "k"))) as out,
+    ):
+        with pytest.raises(RetryableError, match="refused"):
+            await out.write(chunk("app", 0, 5))
+        assert out.stats.failures == {"refused": 1}
+        assert srv.events == []
+
+
+@pytest.mark.parametrize(
+    ("security", "ok"),
+    [
+        (ClientSecurity("agent", "k", "alice", "pw"), True),
+        (ClientSecurity("agent", "k", "alice", "wrong"), False),
+        (ClientSecurity("agent", "other", "alice", "pw"), False),
+    ],
+)
+async def test_shared_key_and_user(security: ClientSecurity, ok: bool) -> None:
+    async with (
+        TestServer(shared_key="k", users={"alice": "pw"}) as srv,
+        started(output([server(srv.port)], security=security, compress="gzip")) as out,
+    ):
+        if ok:
+            await out.write(chunk("app", 0, 50))
+            assert seqs(srv.events) == list(range(50))
+        else:
+            with pytest.raises(RetryableError, match="refused"):
+                await out.write(chunk("app", 0, 50))
+            assert srv.events == []
+
+
+async def test_receiver_without_handshake_when_we_expect_one() -> None:
+    async with TestServer() as srv:
+        sec = ClientSecurity("agent", "k")
+        async with started(output([server(srv.port)], security=sec, connect_timeout=0.3)) as out:
+            with pytest.raises(RetryableError, match="no HELO/PONG handshake"):
+                await out.write(chunk("app", 0, 5))
+            assert out.stats.failures == {"handshake": 1}
+
+
+async def test_receiver_wanting_a_handshake_we_are_not_configured_for() -> None:
+    async with TestServer(shared_key="k") as srv, started(output([server(srv.port)])) as out:
+        with pytest.raises(RetryableError, match="unexpected HELO"):
+            await out.write(chunk("app", 0, 5))
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+async def test_compression(compress: str) -> None:
+    async with TestServer() as srv, started(output([server(srv.port)], compress=compress)) as out:
+        await out.write(chunk("app", 0, 2000, pad=100))  # big enough to be compressed off the loop
+        assert seqs(srv.events) == list(range(2000))
+        assert out.stats.bytes < 2000 * 100 / 5
+
+
+async def test_without_acks_a_write_is_done_once_sent() -> None:
+    async with (
+        TestServer(withhold_acks=True) as srv,
+        started(output([server(srv.port)], require_ack_response=False)) as out,
+    ):
+        await out.write(chunk("app", 0, 10))
+        await srv.wait_for(10)
+        assert out.stats.acks == 0
+        assert out.stats.events == 10
+        assert srv.stats.acks == 0, "no chunk option: the receiver owes no ack"
+
+
+async def test_keepalive_reuses_one_connection_and_off_opens_one_per_write() -> None:
+    async with (
+        TestServer() as srv,
+        started(output([server(srv.port)])) as out,
+    ):
+        for i in range(5):
+            await out.write(chunk("app", i, 1))
+        assert out.stats.connects == 1
+        async with started(output([server(srv.port)], keepalive=False)) as out:
+            for i in range(5):
+                await out.write(chunk("app", i, 1))
+            assert out.stats.connects == 5
+
+
+async def test_a_receiver_restarted_between_writes_costs_nothing() -> None:
+    srv = await TestServer().start()
+    async with started(output([server(srv.port)])) as out:
+        await out.write(chunk("app", 0, 5))
+        await srv.stop()
+        srv = await restart(srv)
+        await out.write(chunk("app", 5, 5))
+        assert seqs(srv.events) == list(range(5, 10))
+        assert out.stats.failures == {}
+        assert out.stats.unacked_events == 0
+    await srv.stop()
+
+
+async def test_keepalive_timeout_replaces_an_old_idle_connection() -> None:
+    async with TestServer() as srv, started(output([server(srv.port)], keepalive_timeout=0.05)) as out:
+        await out.write(chunk("app", 0, 1))
+        await asyncio.sleep(0.1)  # the idle connection ages past keepalive_timeout (that is the point)
+        await out.write(chunk("app", 1, 1))
+        assert out.stats.connects == 2
+
+
+async def test_times_a_receiver_may_refuse_are_rewritten_and_junk_entries_dropped() -> None:
+    good = [b"\x92" + t + msgpack.packb({"seq": i}) for i, t in enumerate(
+        [msgpack.packb(1.5e9), msgpack.packb(None), b"\x92" + pack_event_time(T0) + b"\x81\xa1k\x01"]
+    )]  # fmt: skip
+    junk = msgpack.packb([1, 2, 3])
+    received_ns = T0 + 42
+    c = Chunk("app", good[0] + junk + good[1] + good[2], 4, received_ns)
+    async with TestServer() as srv, started(output([server(srv.port)])) as out:
+        await out.write(c)
+        got = srv.events
+        assert seqs(got) == [0, 1, 2]
+        assert [e.time_ns for e in got] == [1_500_000_000 * NS, received_ns, T0]
+        assert [e.meta for e in got] == [None, None, None]
+        assert (out.stats.invalid_entries, out.stats.rewritten_chunks) == (1, 1)
+        # Nothing left that is an event: the write has nothing to send and succeeds.
+        await out.write(Chunk("app", junk, 1, received_ns))
+        assert srv.stats.chunks == 1
+
+
+async def test_as_received_keeps_the_v15_wrapper() -> None:
+    wrapped = b"\x92\x92" + pack_event_time(T0) + b"\x81\xa1k\x01" + msgpack.packb({"seq": 0})
+    async with TestServer() as srv, started(output([server(srv.port)], time_format="as_received")) as out:
+        await out.write(Chunk("app", wrapped, 1, T0))
+        assert srv.events[0].meta == {"k": 1}
+
+
+# --- several receivers --------------------------------------------------------------------------------
+
+
+async def test_failover_to_the_other_server_within_one_write() -> None:
+    async with (
+        TestServer() as a,
+        TestServer() as b,
+        started(output([server(a.port), server(b.port)], recover_wait=60)) as out,
+    ):
+        await out.write(chunk("app", 0, 10))
+        await out.write(chunk("app", 10, 10))
+        assert len(a.events) == len(b.events) == 10, "equal weights alternate"
+        await a.stop()
+        with capture_logs() as logs:
+            for i in range(2, 6):
+                await out.write(chunk("app", i * 10, 10))
+        assert seqs(b.events) == list(range(10, 20)) + list(range(20, 60))
+        assert out.stats.failovers == 1
+        assert out.stats.failures == {"connect": 1}
+        flat = out.stats.as_dict()
+        assert flat["failures"] == flat["failures.connect"] == 1
+        assert flat["servers_up"] == 1
+        assert str(flat[f"servers.127.0.0.1:{a.port}"]).startswith("down (connect")
+        assert all(v is None or isinstance(v, int | float | str) for v in flat.values())
+        assert [x["event"] for x in logs] == ["forward.server_down"]
+        assert logs[0]["server"] == f"127.0.0.1:{a.port}"
+
+
+async def test_weights_share_writes() -> None:
+    async with TestServer() as a, TestServer() as b, TestServer() as c:
+        servers = [server(a.port, weight=1), server(b.port, weight=2), server(c.port, weight=1)]
+        async with started(output(servers)) as out:
+            for i in range(40):
+                await out.write(chunk("app", i, 1))
+        assert (len(a.events), len(b.events), len(c.events)) == (10, 20, 10)
+
+
+async def test_standby_takes_over_and_hands_back_after_recovery() -> None:
+    a = await TestServer().start()
+    async with TestServer() as s:
+        servers = [server(a.port), server(s.port, standby=True)]
+        opts: dict[str, Any] = {
+            "heartbeat_type": "transport",
+            "heartbeat_interval": 0.05,
+            "recover_wait": 0.2,
+        }
+        async with started(output(servers, **opts)) as out:
+            await out.write(chunk("app", 0, 5))
+            assert len(a.events) == 5
+            assert s.events == []
+            await a.stop()
+            await out.write(chunk("app", 5, 5))
+            assert seqs(s.events) == list(range(5, 10))
+            a = await restart(a)
+            key = f"127.0.0.1:{a.port}"
+            with capture_logs() as logs:
+                await wait_until(
+                    lambda: out.stats.servers[key] == "up", what="the heartbeat bringing it back"
+                )
+            assert logs[-1]["event"] == "forward.server_up"
+            assert logs[-1]["via"] == "heartbeat"
+            await out.write(chunk("app", 10, 5))
+            assert seqs(a.events) == list(range(10, 15))
+            assert len(s.events) == 5
+    await a.stop()
+
+
+async def test_no_server_left_is_retryable_naming_each() -> None:
+    async with TestServer() as a:
+        port = a.port
+    async with started(output([server(port), server(port + 0, host="127.0.0.9", name="b")])) as out:
+        with pytest.raises(RetryableError) as err:
+            await out.write(chunk("app", 0, 3))
+        text = str(err.value)
+        assert f"127.0.0.1:{port}: down (connect" in text
+        assert "b@127.0.0.9" not in text
+        assert "b: down" in text
+
+
+# --- receivers made of forwardd's server core, for faults the test server cannot make -----------------
+
+
+@contextlib.asynccontextmanager
+async def bare_receiver(
+    security: Security | None = None, *, vanish: bool = False, linger: bool = False
+) -> AsyncIterator[tuple[int, list[Chunk]]]:
+    """A receiver on a real socket that acks the first request of each connection and closes it, as
+    Fluentd's in_forward does with ``deny_keepalive`` (its HELO says keepalive false). With ``vanish`` it
+    also stops listening after that first ack: a receiver that dies in the middle of a write. With
+    ``linger`` it keeps the connection open after the ack and drops it, unread, when the next request
+    comes: a kept-alive connection that died while idle without the client noticing."""
+    got: list[Chunk] = []
+    gone = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ServerConnection(security=security)
+        served: list[Chunk] = []
+        writer.write(conn.initial_bytes())
+        try:
+            while not gone.is_set():
+                data = await reader.read(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, HandshakeCompleted):
+                        writer.write(ev.reply)
+                    elif isinstance(ev, EntriesReceived) and linger and served:
+                        writer.transport.abort()
+                        return
+                    elif isinstance(ev, EntriesReceived) and linger:
+                        got.append(ev.chunk)
+                        served.append(ev.chunk)
+                        assert ev.ack is not None
+                        writer.write(ev.ack)
+                    elif isinstance(ev, EntriesReceived):
+                        got.append(ev.chunk)
+                        if ev.ack is not None:
+                            writer.write(ev.ack)
+                        await writer.drain()
+                        if vanish:
+                            listening.close()
+                            gone.set()
+                        return
+        finally:
+            writer.close()
+
+    listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield listening.sockets[0].getsockname()[1], got
+    finally:
+        listening.close()
+
+
+async def test_part_acked_then_receiver_gone_is_a_partial_delivery() -> None:
+    async with (
+        bare_receiver(vanish=True) as (port, got),
+        started(output([server(port)], max_message_size=400)) as out,
+    ):
+        c = chunk("app", 0, 40, pad=10)
+        with pytest.raises(PartialDelivery) as err:
+            await out.write(c)
+    p = err.value
+    assert len(got) == 1
+    first = got[0].count
+    assert p.delivered == first
+    assert isinstance(p.cause, RetryableError)
+    assert p.unsent is not None
+    assert p.unsent.count == 40 - first
+    assert p.unsent.entries == c.entries[len(got[0].entries) :], "exactly the unacked entries, as they came"
+
+
+async def test_a_kept_alive_connection_found_dead_is_replaced_without_marking_anything_down() -> None:
+    async with bare_receiver(linger=True) as (port, got), started(output([server(port)])) as out:
+        await out.write(chunk("app", 0, 5))
+        await out.write(chunk("app", 5, 5))
+        s = out.stats
+    assert [e.record["seq"] for c in got for e in c.events()] == list(range(10))
+    assert (s.stale_connections, s.connects, s.failures) == (1, 2, {})
+    assert s.unacked_events == s.resent_events == 5, "sent on the dead connection, then again"
+    assert s.servers == {f"127.0.0.1:{port}": "up"}
+
+
+async def test_helo_without_keepalive_gets_one_request_per_connection() -> None:
+    security = Security(self_hostname="agg", shared_key="k", deny_keepalive=True)
+    async with bare_receiver(security) as (port, got):
+        opts: dict[str, Any] = {"security": ClientSecurity("agent", "k"), "max_message_size": 300}
+        async with started(output([server(port)], **opts)) as out:
+            await out.write(chunk("app", 0, 30, pad=5))
+            s = out.stats
+    assert [e.record["seq"] for c in got for e in c.events()] == list(range(30))
+    assert s.connects == s.requests == len(got) == 3
+    assert s.unacked_events == 0, "never a second request on a connection that is about to close"
+
+
+async def test_deny_keepalive_without_handshake_reconnects_after_each_reply() -> None:
+    """forwardd's own listener with deny_keepalive (and no handshake, so no HELO says so) acks what it
+    read and closes: the next write finds the connection gone and opens a new one, nothing marked down."""
+    sink = CaptureSink()
+    settings = ListenerSettings(
+        name="nk",
+        session=SessionSettings(listener="nk", limits=Limits(), deny_keepalive=True),
+        bind="127.0.0.1", port=0, udp_heartbeat=False,
+    )  # fmt: skip
+    listener = ForwardListener(settings, sink.submit)
+    await listener.start()
+    try:
+        assert listener.port is not None
+        async with started(output([server(listener.port)], max_message_size=300)) as out:
+            for i in range(3):
+                await out.write(chunk("app", i * 30, 30, pad=5))
+            s = out.stats
+        check_delivery(seqs(sink.events), 90, duplicates_bound=s.unacked_events)
+        assert s.connects >= 3
+        assert s.servers[f"127.0.0.1:{listener.port}"] == "up"
+        assert s.failures == {}, "a connection the receiver ended after replying is no failure"
+    finally:
+        await listener.stop(1.0)
+
+
+async def test_cancelled_write_closes_its_connection() -> None:
+    """The delivery loop cancels a write at stop: the connection with acks pending is not reused."""
+    async with TestServer(withhold_acks=True) as srv, started(output([server(srv.port)])) as out:
+        write = asyncio.create_task(out.write(chunk("app", 0, 3)))
+        await srv.wait_for(3)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert all(ep.idle is None for ep in out.balancer.endpoints)
+        srv.release_acks()
+
+
+def test_weights_all_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="weight 0"):
+        output([server(1, weight=0)])

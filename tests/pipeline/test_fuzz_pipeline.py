@@ -1,0 +1,95 @@
+"""Runs fuzz/fuzz_pipeline.py (atheris) for a bounded time over the whole event path, seeded with the real
+client traffic of ../shared/wire-samples and with the hostile requests of issue 14, and fails on any crash
+it finds: an undocumented exception at any stage, a delivery loop that dies or retries without end, a log
+line that does not render, or a memory blow-up past -rss_limit_mb."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.pipeline import mp
+from tests.protocol.wire import (
+    CLIENT_NAMES,
+    FLUENT_BIT_STEMS,
+    FLUENTD_VARIANTS,
+    client_capture,
+    fluent_bit_capture,
+    fluentd_capture,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = ROOT / "fuzz" / "fuzz_pipeline.py"
+NOW = 1_700_000_000
+
+
+def hostile_seeds() -> list[bytes]:
+    """The requests issue 14 reports, and a few relatives, so that the fuzzer starts where faults were."""
+    deep = mp.Map((("a", mp.Deep(600)),))
+    bad_keys = b"\x92\x00\x81\x80\x00" * 50  # [0, {{}: 0}]
+    good = b"".join(mp.entry(NOW, {"log": f'{{"level": "info", "n": {i}}}', "msg": "a=1"}) for i in range(3))
+    return [
+        mp.message(b"\xff\xfe", NOW, deep, chunk="c1"),
+        mp.message("app.web", NOW, mp.Map((("a", mp.Deep(700, "map")),)), chunk="c2"),
+        mp.packed_forward(b"\xff\xfe", good + mp.entry(NOW, deep) + good, chunk="c3"),
+        mp.packed_forward("t", zstandard.compress(bad_keys), chunk="c4", compressed="zstd"),
+        mp.packed_forward("t", gzip.compress(bad_keys + good, mtime=0), chunk="c5", compressed="gzip"),
+        mp.packed_forward(b"\xc3", good, chunk="c6", compressed="bogus"),
+        mp.message(b"docker.\xff", NOW, "not a map", chunk="c7"),
+        mp.message(b"\xff", "not a time", {"log": "x"}, chunk="c8"),
+        mp.message("app", NOW, {"log": '{"a":' * 600 + "1" + "}" * 600, "level": b"\xff"}, chunk="c9"),
+        mp.forward("${tag}/../%Y", [mp.entry(mp.Ext(0, b"\xff" * 8), {"t": mp.Ext(-1, b"\x00" * 12)})]),
+    ]
+
+
+def seed_corpus(directory: Path) -> int:
+    """One file per capture or hostile request and per mode of the target (flags byte, split-seed byte)."""
+    streams = [client_capture(n).client_bytes for n in CLIENT_NAMES]
+    streams += [c.client_bytes for v in FLUENTD_VARIANTS for c in fluentd_capture(v) if c.c2s]
+    streams += [fluent_bit_capture(s).client_bytes for s in FLUENT_BIT_STEMS]
+    streams = [s for s in streams if len(s) <= 20_000]  # the docker partial captures: big, nothing new
+    streams += hostile_seeds()
+    n = 0
+    for i, data in enumerate(streams):
+        for flags, seed in ((0, 0), (1, 0), (0, 7), (3, 2)):
+            (directory / f"seed-{i}-{flags}-{seed}").write_bytes(bytes([flags, seed]) + data)
+            n += 1
+    return n
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_fuzz_pipeline_finds_no_crash(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    assert seed_corpus(corpus) > 100
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TARGET),
+            str(corpus),
+            "-max_total_time=25",
+            "-rss_limit_mb=2048",
+            "-timeout=30",
+            "-max_len=16384",
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "oom-", "timeout-")))
+    log = "\n".join(line for line in proc.stderr.splitlines() if "INFO: Instrumenting" not in line)
+    assert not crashes, f"{crashes}\n{log[-6000:]}"
+    assert proc.returncode == 0, log[-6000:]
+    assert "DONE" in proc.stderr  # it did run, and to the end
