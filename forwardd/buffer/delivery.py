@@ -278,7 +278,7 @@ class BufferedSink:
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # an output may raise anything; the loop must outlive it
-                self._deliverer.idle.set()
+                self._deliverer.settle_idle()
                 self._crashes += 1
                 now = self._clock()
                 if now - last_crash > 60.0:
@@ -329,12 +329,7 @@ class BufferedSink:
                 await deliverer.deliver(work)
                 if work.pieces:
                     return  # stopping in the middle of it
-                for taken in work.takens:
-                    self.queue.mark_delivered(taken)
-                self._latencies.append(time.time_ns() - work.chunk.received_ns)
-                deliverer.backing_off = False
-                deliverer.progress.set()
-                works.popleft()
+                self._finish(work)
 
     async def _run_overlapped(self, depth: int) -> None:
         """The loop for an output that takes ``depth`` writes at once: the works of the next batches are
@@ -364,12 +359,15 @@ class BufferedSink:
             task.result()  # what deliver() raised is a crash of this loop, for the head work
             if head.pieces:
                 return  # stopping in the middle of it
-            for taken in head.takens:
-                self.queue.mark_delivered(taken)
-            self._latencies.append(time.time_ns() - head.chunk.received_ns)
-            deliverer.backing_off = False
-            deliverer.progress.set()
-            works.popleft()
+            self._finish(head)
+
+    def _finish(self, work: Work) -> None:
+        """``work`` (the head of self._works) has no piece left: its chunks leave the queue."""
+        for taken in work.takens:
+            self.queue.mark_delivered(taken)
+        self._latencies.append(time.time_ns() - work.chunk.received_ns)
+        self._deliverer.progress.set()
+        self._works.popleft()
 
     def _begin_ready(self, depth: int) -> None:
         """Begin the delivery of works not begun yet, taking what is committed now into new works (no

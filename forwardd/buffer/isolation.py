@@ -136,8 +136,8 @@ class Deliverer:
         self.idle = asyncio.Event()
         self.idle.set()
         self._writing = 0  # writes in progress (several when the output takes concurrent writes)
+        self._waiting = 0  # deliver() calls waiting to try again (several, likewise)
         self.progress = asyncio.Event()
-        self.backing_off = False
         self.stopping = False
         self.delivered_events = 0
         self.delivered_bytes = 0
@@ -147,6 +147,25 @@ class Deliverer:
         #: Batches whose failing events were isolated by splitting them.
         self.isolations = 0
         self.last_error: str | None = None
+
+    @property
+    def backing_off(self) -> bool:
+        """Whether a delivery waits to try again: a count, not a flag, so that one of several deliveries in
+        flight ending its wait does not hide that another still waits (the drain stops on it)."""
+        return self._waiting > 0
+
+    def settle_idle(self) -> None:
+        """After a crash of the loop: ``idle`` again, unless writes of other deliveries are in flight."""
+        if not self._writing:
+            self.idle.set()
+
+    async def _wait(self, delay: float) -> None:
+        self._waiting += 1
+        self.progress.set()
+        try:
+            await self._sleep(delay)
+        finally:
+            self._waiting -= 1
 
     async def deliver(self, work: Work) -> None:
         """Deliver every piece of ``work``; returns with pieces left only when stopping."""
@@ -184,12 +203,7 @@ class Deliverer:
             if self.stopping:
                 return
             if step is _QUICK:
-                self.backing_off = True
-                self.progress.set()
-                try:
-                    await self._sleep(UNEXPECTED_DELAY * 2 ** (pieces[0].failures - 1))
-                finally:
-                    self.backing_off = False
+                await self._wait(UNEXPECTED_DELAY * 2 ** (pieces[0].failures - 1))
                 continue
             assert isinstance(step, RetryableError)
             head = pieces[0]
@@ -210,12 +224,7 @@ class Deliverer:
                 retry_after=step.retry_after,
                 error=describe(step),
             )
-            self.backing_off = True
-            self.progress.set()
-            try:
-                await self._sleep(delay)
-            finally:
-                self.backing_off = False
+            await self._wait(delay)
 
     async def _failed(self, work: Work, piece: Piece, exc: Exception, attempts: int) -> object:
         """Act on what ``write(piece)`` raised; what the loop does next: _NEXT (go on with the pieces now

@@ -227,3 +227,92 @@ async def test_a_write_that_keeps_crashing_the_loop_is_parked_and_the_others_go_
     [(chunk, sidecar)] = dead_letters(tmp_path / "dead")
     assert [e.record["seq"] for e in chunk.events()] == [0, 1]
     assert sidecar["reason"] == "loop_crashed"
+
+
+class HeldSleeps:
+    """A sleep that waits until the test releases it, oldest first: back-offs that overlap for as long as
+    the test wants (FakeTime's end at once)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Event] = []
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        gate = asyncio.Event()
+        self.waiting.append(gate)
+        await gate.wait()
+
+    def release_oldest(self) -> None:
+        self.waiting.pop(0).set()
+
+
+async def test_a_stop_sees_a_back_off_while_another_write_ended_its_own(tmp_path: Path) -> None:
+    """Two writes in flight both fail and back off; one tries again and goes through while the other still
+    waits. The output is still failing, so the drain of a stop must not wait for it (drain_timeout):
+    backing_off counts the waits, one ending its wait does not clear what the other's says."""
+    held = HeldSleeps()
+    out = Gated(depth=2)
+    out.fail.update({"a", "b"})
+    out.open("a", "b")
+    q = DiskQueue(str(tmp_path / "q"), fsync="never")
+    sink = BufferedSink(
+        "out", out, q, RetryPolicy(jitter=0.0), str(tmp_path / "dead"), clock=held.clock, sleep=held.sleep,
+        drain_timeout=30.0,
+    )  # fmt: skip
+    await q.start()
+    await submit_all(sink, [tagged("a", 0), tagged("b", 2)])
+    await sink.start()
+    stopped = False
+    try:
+        await wait_for(lambda: len(held.waiting) == 2, "both writes backing off")
+        held.release_oldest()
+        await wait_for(lambda: len(out.delivered) == 2, "one of them delivered on its second try")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with capture_logs() as logs:
+            await asyncio.wait_for(sink.stop(), 10)
+        stopped = True
+        assert loop.time() - began < 5.0
+        assert "delivery.drain_timeout" not in [e["event"] for e in logs]
+    finally:
+        if not stopped:
+            await sink.stop()
+    assert out.delivered == [0, 1]  # a's wait was the oldest: a went through, and left the queue
+    assert sink.stats.queued_chunks == 1  # b, still failing, stays for the next start
+
+
+async def test_a_stop_after_a_crash_of_the_loop_waits_for_the_writes_still_in_flight(tmp_path: Path) -> None:
+    """The loop crashed while two writes were in flight; they go on. A stop then waits for them (up to
+    stop_timeout) as for any write in flight, rather than cancelling them and sending them again after
+    the restart: the crash must not make the delivery look idle."""
+    t = FakeTime()
+    out = Gated(depth=3)
+    q = CrashingQueue(str(tmp_path / "q"), fsync="never")
+    sink = BufferedSink(
+        "out", out, q, RetryPolicy(), str(tmp_path / "dead"), clock=t.clock, sleep=t.sleep,
+        stop_timeout=30.0, drain_timeout=0.05,  # b and c are gated: the drain gives up on them at once
+    )  # fmt: skip
+    await q.start()
+    await submit_all(sink, [tagged("a", 0), tagged("b", 2), tagged("c", 4)])
+    await sink.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        await wait_for(lambda: out.in_flight == 3, "three writes in flight")
+        out.open("a")  # marking a crashes the loop once; b and c are still in flight
+        await wait_for(
+            lambda: sink.stats.loop_crashes == 1 and sink.stats.queued_chunks == 2, "a, after the crash"
+        )
+        stopping = asyncio.create_task(sink.stop())
+        await wait_for(lambda: sink._deliverer.stopping, "the stop to begin")
+        await asyncio.sleep(0.05)  # the stop must still be waiting: nothing it waits on has changed
+        assert not stopping.done()
+        out.open("b", "c")
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        if stopping is None:
+            await sink.stop()
+    assert sorted(out.delivered) == list(range(6))
+    assert sink.stats.queued_chunks == 0  # b and c finished before the stop closed the queue: not sent again
