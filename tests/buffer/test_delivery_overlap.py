@@ -316,3 +316,62 @@ async def test_a_stop_after_a_crash_of_the_loop_waits_for_the_writes_still_in_fl
             await sink.stop()
     assert sorted(out.delivered) == list(range(6))
     assert sink.stats.queued_chunks == 0  # b and c finished before the stop closed the queue: not sent again
+
+
+class ConcurrentBuggy(Output):
+    """Takes ``depth`` writes at once (each yields to the loop before it acts, so they overlap) and raises
+    KeyError on any chunk holding a record with ``"boom"``: an output with a bug that some events trigger."""
+
+    name = "buggy"
+
+    def __init__(self, depth: int) -> None:
+        self.concurrent_writes = depth
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.delivered: defaultdict[str, list[int]] = defaultdict(list)
+
+    async def write(self, chunk: Chunk) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        finally:
+            self.in_flight -= 1
+        records = [e.record for e in chunk.events()]
+        if any("boom" in r for r in records):
+            raise KeyError("boom")
+        self.delivered[chunk.tag] += [r["seq"] for r in records]
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_poison_events_of_works_in_flight_together_are_isolated_each_in_its_own(
+    tmp_path: Path, sinks: list[BufferedSink], memory: bool
+) -> None:
+    """Four tags' works in flight at once, each with its own poison events: every work isolates its own
+    (halves of its own chunk, its own budget), the good events of all of them are delivered once and in
+    order per tag, exactly the poison is dead-lettered, and every chunk leaves the queue."""
+    out = ConcurrentBuggy(depth=4)
+    sink = make(out, tmp_path, sinks, FakeTime(), memory)
+    poison = {"a": (3,), "b": (), "c": (0, 31), "d": (17,)}
+    chunks = []
+    for k, (tag, bad) in enumerate(poison.items()):
+        records = numbered(32, start=100 * k)
+        for i in bad:
+            records[i]["boom"] = True
+        chunks.append(entries_chunk(tag, records))
+    if not memory:
+        await sink.queue.start()
+        await submit_all(sink, chunks)  # before the loop runs: one batch, one work per tag
+    await sink.start()
+    if memory:
+        await submit_all(sink, chunks)
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "every chunk")
+    if not memory:
+        assert out.most_in_flight > 1  # the works were in flight together
+    for k, (tag, bad) in enumerate(poison.items()):
+        assert out.delivered[tag] == [100 * k + i for i in range(32) if i not in bad]
+    dead = sorted(e.record["seq"] for c, _ in dead_letters(tmp_path / "dead") for e in c.events())
+    assert dead == [3, 200, 231, 317]
+    stats = sink.stats
+    assert (stats.delivered_events, stats.dead_lettered_events, stats.isolations) == (124, 4, 3)
