@@ -205,7 +205,7 @@ _RECORDS_AT = 61  # size of a v2 record batch header
 class FetchCounter:
     """Counts a topic's records with raw Fetch (v4) requests: the record count of each v2 batch is in its
     header, so nothing per record is decoded. Probes are found by scanning each batch's bytes
-    (decompressed first for gzip and zstd batches)."""
+    (decompressed first for gzip, lz4 and zstd batches)."""
 
     def __init__(self, host: str, port: int, topic: str, partitions: int) -> None:
         self.sock = socket.create_connection((host, port), timeout=30)
@@ -308,7 +308,11 @@ class FetchCounter:
 
                 self._zstd = zstandard.ZstdDecompressor()
             return bytes(self._zstd.decompressobj().decompress(data))
-        return b""  # snappy, lz4: counted, but probes inside are not seen (no latency samples)
+        if codec == 3:
+            import lz4.frame  # Kafka's lz4 is the LZ4 frame format (pip install lz4)
+
+            return bytes(lz4.frame.decompress(data))
+        return b""  # snappy: counted, but probes inside are not seen (no latency samples)
 
 
 def _count_kafka(conn: Connection, bootstrap: str, topic: str, expect: int, stall: float) -> None:
