@@ -64,7 +64,7 @@ class KafkaOutput(Output):
         message_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         headers_from_record: Mapping[str, str] | None = None,
-        compression: str = "none",
+        compression: str = "lz4",
         required_acks: str = "all",
         idempotent: bool = False,
         max_message_size: int = 1024**2,

@@ -356,6 +356,23 @@ def test_idempotence_needs_acks_all() -> None:
         producer_config(["b:1"], idempotent=True, required_acks="1")
 
 
+def test_lz4_unless_configured_otherwise(tmp_path: Path) -> None:
+    """The default chosen by measurement (docs/kafka-output.md): the configuration's, the output's and
+    producer_config's agree."""
+    conf = parse_config(
+        f"""
+storage: {{path: {tmp_path}}}
+sources: [{{port: 0}}]
+outputs: {{k: {{type: kafka, brokers: ["127.0.0.1:{free_port()}"], topic: logs}}}}
+"""
+    )
+    out = KafkaOutput.from_settings("k", conf.outputs["k"])  # type: ignore[arg-type]
+    assert out.config["compression.type"] == "lz4"
+    assert KafkaOutput(name="k", brokers=["b:1"], topic="t").config["compression.type"] == "lz4"
+    assert producer_config(["b:1"])["compression.type"] == "lz4"
+    assert producer_config(["b:1"], compression="none")["compression.type"] == "none"
+
+
 def test_from_settings_reads_the_config_model(tmp_path: Path) -> None:
     conf = parse_config(
         f"""
@@ -370,7 +387,7 @@ outputs:
     message_key: user
     headers: {{env: prod}}
     headers_from_record: {{x-host: host}}
-    compression: lz4
+    compression: zstd
     required_acks: -1
     idempotent: true
     max_message_size: 2MiB
@@ -387,7 +404,7 @@ outputs:
     assert out.max_message_size == 2 * 1024**2
     c = out.config
     assert (c["compression.type"], c["acks"], c["enable.idempotence"], c["linger.ms"]) == (
-        "lz4",
+        "zstd",
         "-1",
         True,
         7,
