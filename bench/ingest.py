@@ -11,6 +11,13 @@ file: ``{python}`` (this interpreter), ``{host}``, ``{port}`` (a free port picke
 
     python -m bench.ingest                          # all scenarios, baseline and forwardd, 3 s each, 3 reps
     python -m bench.ingest --targets baseline --scenarios packed-1conn-ack,message-noack --duration 1
+    python -m bench.ingest --targets baseline,forwardd-file --ab /work/main   # A/B against another checkout
+
+The physical floor of a stop-and-wait client that waits for a durable ack is one round trip plus one
+fdatasync: ``1 / (rtt + fdatasync)``. Whenever ``message-ack-w1-1conn`` runs, the driver measures the
+fdatasync of a ~300-byte append in the targets' storage directory (the same filesystem) just before each
+repetition, takes the round trip from the baseline receiver's ack p50 in the same scenario, and prints
+every forwardd row of that scenario as a share of the floor.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ __all__ = [
     "DEFAULT_COMMANDS",
     "FORWARDD_CONFIG",
     "SCENARIOS",
+    "Floor",
     "Run",
     "Scenario",
     "Target",
@@ -52,6 +60,7 @@ __all__ = [
     "format_table",
     "main",
     "run_suite",
+    "sync_append_latency",
     "wait_for_port",
 ]
 
@@ -121,6 +130,10 @@ outputs:
 """
 
 
+#: The stop-and-wait scenario that the physical floor is measured beside.
+FLOOR_SCENARIO = "message-ack-w1-1conn"
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
@@ -160,7 +173,21 @@ def scenarios(packed_window: int = 4) -> list[Scenario]:
             1,
             "Message mode [tag, time, record] (fluent-logger for Python), 1 connection, no acks",
         ),
+        Scenario(
+            "message-noack-4conn", "message", 4, False, 1, "Message mode [tag, time, record, {}], 4 conns"
+        ),
+        Scenario(
+            "message3-noack-4conn", "message3", 4, False, 1, "Message mode [tag, time, record], 4 connections"
+        ),
         Scenario("message-ack-w64", "message", 1, True, 64, "Message mode, 1 connection, ack window 64"),
+        Scenario(
+            FLOOR_SCENARIO,
+            "message",
+            1,
+            True,
+            1,
+            "Message mode, 1 connection, ack per message (stop and wait: the floor is rtt + fdatasync)",
+        ),
         Scenario(
             "message-ack-w1-16conn",
             "message",
@@ -181,6 +208,66 @@ def scenarios(packed_window: int = 4) -> list[Scenario]:
 
 
 SCENARIOS = scenarios()
+
+
+def sync_append_latency(directory: str | Path, count: int = 300, size: int = 300) -> tuple[float, float]:
+    """p50 and p99 seconds of one ``size``-byte append followed by fdatasync, in ``directory``.
+
+    What the disk charges a durable ack at the least: a stop-and-wait client can get no more than
+    ``1 / (rtt + this)`` acks per second. A fresh file each call, appended to (the file grows, so each
+    fdatasync also journals the new size, as the first commit into a new segment does)."""
+    path = Path(directory) / f"sync-probe-{os.getpid()}.bin"
+    record = b"x" * size
+    times: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            os.write(fd, record)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+@dataclass(slots=True)
+class Floor:
+    """The single-connection stop-and-wait floor measured in one suite (see the module doc)."""
+
+    fsync_p50_ms: list[float] = field(default_factory=list)
+    fsync_p99_ms: list[float] = field(default_factory=list)
+    rtt_p50_ms: float | None = None
+
+    @property
+    def fsync_ms(self) -> float | None:
+        return statistics.median(self.fsync_p50_ms) if self.fsync_p50_ms else None
+
+    @property
+    def per_s(self) -> float | None:
+        f = self.fsync_ms
+        if f is None or self.rtt_p50_ms is None:
+            return None
+        return 1000 / (self.rtt_p50_ms + f)
+
+    def lines(self, rows: list[Row]) -> Iterator[str]:
+        f = self.fsync_ms
+        if f is None:
+            return
+        p99 = statistics.median(self.fsync_p99_ms)
+        yield f"fdatasync of a 300-byte append in the storage directory: p50 {f:.3f} ms, p99 {p99:.3f} ms"
+        if self.rtt_p50_ms is None or self.per_s is None:
+            yield "  (no baseline row in this run: the round trip, hence the floor, is unknown)"
+            return
+        yield (
+            f"floor = 1 / (rtt {self.rtt_p50_ms:.3f} ms [baseline ack p50] + fdatasync {f:.3f} ms)"
+            f" = {self.per_s:,.0f} acks/s"
+        )
+        for r in rows:
+            if r.scenario == FLOOR_SCENARIO and r.target != "baseline" and r.events_per_s:
+                yield f"  {r.target}: {r.events_per_s:,.0f}/s = {r.events_per_s / self.per_s:.2f}x the floor"
 
 
 class TargetError(Exception):
@@ -220,8 +307,11 @@ class Target:
     It runs in ``logdir`` with the repository on PYTHONPATH, so whatever it writes relative to its working
     directory (forwardd's default storage) lands in the scratch directory, not in the repository."""
 
-    def __init__(self, name: str, command: str, config_template: str, logdir: Path) -> None:
+    def __init__(
+        self, name: str, command: str, config_template: str, logdir: Path, repo: Path = REPO
+    ) -> None:
         self.name = name
+        self.repo = repo
         self.command = command
         self.config_template = config_template
         self.logdir = logdir
@@ -249,7 +339,7 @@ class Target:
             self.command.format(python=shlex.quote(sys.executable), host=HOST, port=self.port, config=config)
         )
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.repo), env.get("PYTHONPATH", "")) if p)
         with open(self.log_path, "ab") as log:
             log.write(f"$ {shlex.join(argv)}\n".encode())
             log.flush()
@@ -417,7 +507,7 @@ def _run_one(
     return Run(scen.name, target.name, rep, res, proc_tree_cpu_seconds(target.pid) - cpu0)
 
 
-def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run], list[Row]]:
+def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run], list[Row], Floor]:
     selected = scenarios(args.packed_window)
     if args.scenarios:
         wanted = args.scenarios.split(",")
@@ -442,27 +532,42 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         "forwardd-buffer-w2": WORKERS_2 + FORWARDD_BUFFER_CONFIG,
         "forwardd-file-w2": WORKERS_2 + FORWARDD_FILE_CONFIG,
     }
+    for name in names:
+        if name not in commands:
+            raise SystemExit(f"unknown target {name!r} (known: {', '.join(commands)})")
+    # --ab: each forwardd target also runs from another checkout, right after this one's, per repetition.
+    plan: list[tuple[str, str, Path]] = []  # (row name, target kind, repository)
+    for name in names:
+        plan.append((name, name, REPO))
+        if args.ab and name != "baseline":
+            plan.append((f"{name}@{args.ab_name}", name, Path(args.ab).resolve()))
     targets: list[Target] = []
     not_started: dict[str, str] = {}
     runs: list[Run] = []
+    floor = Floor()
     try:
-        for name in names:
-            if name not in commands:
-                raise SystemExit(f"unknown target {name!r} (known: {', '.join(commands)})")
-            t = Target(name, commands[name], templates.get(name, config_template), logdir)
+        for row_name, kind, repo in plan:
+            t = Target(row_name, commands[kind], templates.get(kind, config_template), logdir, repo)
             try:
                 t.start(args.start_timeout)
             except TargetError as e:
                 last = [ln for ln in t.log_tail().splitlines() if ln.strip()][-1:] or [str(e)]
-                not_started[name] = last[0].strip()
-                print(f"[{name}] not started: {e}", file=out, flush=True)
+                not_started[row_name] = last[0].strip()
+                print(f"[{row_name}] not started: {e}", file=out, flush=True)
                 continue
-            print(f"[{name}] listening on {t.address} (pid {t.pid}, log {t.log_path})", file=out, flush=True)
+            print(
+                f"[{row_name}] listening on {t.address} (pid {t.pid}, log {t.log_path})", file=out, flush=True
+            )
             targets.append(t)
         for scen in selected:
             probe = scen.config("", args.chunk_size, args.duration, args.events)
             rings = {c: encode_ring(probe, c) for c in range(scen.conns)}
             for rep in range(1, args.reps + 1):
+                if scen.name == FLOOR_SCENARIO:
+                    p50, p99 = sync_append_latency(logdir)
+                    floor.fsync_p50_ms.append(p50 * 1000)
+                    floor.fsync_p99_ms.append(p99 * 1000)
+                    print(f"  fdatasync probe: p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms", file=out)
                 for t in targets:
                     run = _run_one(scen, t, rep, rings, args)
                     runs.append(run)
@@ -478,8 +583,12 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
     finally:
         for t in targets:
             t.stop()
-    order = [(s.name, n) for s in selected for n in names]
-    return runs, summarise(runs, order)
+    order = [(s.name, row_name) for s in selected for row_name, _, _ in plan]
+    rows = summarise(runs, order)
+    for r in rows:
+        if r.scenario == FLOOR_SCENARIO and r.target == "baseline":
+            floor.rtt_p50_ms = r.ack_p50_ms
+    return runs, rows, floor
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -507,6 +616,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--forwardd-config", default=None, help="YAML template with {host} and {port}")
     ap.add_argument("--start-timeout", type=float, default=20.0, help="seconds for a target to listen")
     ap.add_argument("--json", default=None, help="also write every run and the summary to this file")
+    ap.add_argument(
+        "--ab",
+        default=None,
+        metavar="PATH",
+        help="another checkout of forwardd (with its C extensions built): every forwardd target also runs "
+        "from it, interleaved with this one's, as a row named TARGET@NAME",
+    )
+    ap.add_argument("--ab-name", default="ab", help="the suffix of the --ab rows (default: ab)")
     return ap
 
 
@@ -519,15 +636,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {os.cpu_count()} CPUs, load average {load0:.2f}",
         flush=True,
     )
-    runs, rows = run_suite(args)
+    runs, rows, floor = run_suite(args)
     print()
     print(format_table(rows))
+    for line in floor.lines(rows):
+        print(line)
     # Other work on the machine shows up here before it shows up as a mysteriously slow row.
     print(f"load average before {load0:.2f}, after {os.getloadavg()[0]:.2f}")
     if args.json:
         payload = {
             "args": vars(args),
             "rows": [asdict(r) for r in rows],
+            "floor": {**asdict(floor), "per_s": floor.per_s},
             "runs": [
                 {**asdict(r), "result": None if r.result is None else {**asdict(r.result), "ok": r.result.ok}}
                 for r in runs

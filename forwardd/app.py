@@ -3,7 +3,9 @@
 Start order is outputs (their buffers recover from disk first), then the router, then the listeners, so
 that nothing is accepted before there is somewhere safe to put it. Stop order is the reverse, as uvicorn
 does it: listeners stop accepting and send the acks they owe, the router gives back what filters hold,
-then each sink finishes its current write and closes its queue. A second signal aborts.
+then each sink finishes its current write and closes its queue, all within one deadline
+(``shutdown_timeout``, :mod:`forwardd.lifecycle`). A second signal aborts a single process; a worker
+only logs it (see :meth:`Daemon.run`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import os
 import signal
 from collections.abc import Callable
@@ -23,6 +26,13 @@ from forwardd.buffer import Batching, BufferedSink, DiskQueue, MemorySink, Retry
 from forwardd.buffer.journal import PieceJournal
 from forwardd.config import schema as cfg
 from forwardd.filters.base import Journal
+from forwardd.lifecycle import (
+    STOP_SIGNALS,
+    Deadline,
+    StopTimes,
+    block_stop_signals,
+    unblock_stop_signals,
+)
 from forwardd.outputs.base import Output
 from forwardd.outputs.formats import NATIVE
 from forwardd.protocol import ClientPolicy, Limits, Security, User
@@ -346,9 +356,13 @@ class Daemon:
                 waited = 0.0
                 self.report()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        for listener in self.listeners:
-            await listener.stop(grace)
+    async def stop(self, grace: float | None = None, *, deadline: Deadline | None = None) -> None:
+        """Stop within ``deadline`` (or ``grace`` seconds from now; default ``shutdown_timeout``), every
+        step sharing it (:mod:`forwardd.lifecycle`): listeners send the acks they owe, filters give back
+        what they hold, outputs deliver what they can; the rest stays queued on disk."""
+        if deadline is None:
+            deadline = Deadline.after(self.config.shutdown_timeout if grace is None else grace)
+        await asyncio.gather(*(listener.stop(deadline.soft_left()) for listener in self.listeners))
         for task in (self._expiry, self._stats_task):
             if task is not None:
                 task.cancel()
@@ -357,38 +371,64 @@ class Daemon:
         drained = self.router.drain()
         if drained is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(drained, grace)
+                await asyncio.wait_for(drained, deadline.soft_left())
         for f in self.router.stateful:  # after the drain was accepted: what they keep on disk is closed
             try:
                 await f.stop()
             except Exception as exc:  # one filter failing to close must not keep the outputs open
                 log.error("filter.stop_failed", filter=f.name, error=repr(exc))
-        for sink in reversed(self._started):
+
+        async def stop_sink(sink: Sink) -> None:
             try:
-                await sink.stop()
+                await sink.stop(deadline)
             except Exception as exc:  # one output failing to close must not keep the others open
                 log.error("output.stop_failed", output=sink.name, error=repr(exc))
+
+        # Together, so that one output that is down does not use up the time of the others; but those
+        # that may hand what they reject to the @ERROR label's outputs before these, which must still
+        # take it (else it goes to the dead-letter folder instead).
+        first = [sink for sink in self._started if getattr(sink, "error_route", None) is not None]
+        for wave in (first, [sink for sink in self._started if sink not in first]):
+            await asyncio.gather(*(stop_sink(sink) for sink in reversed(wave)))
         self.report()
         # Let the callbacks of what the sinks rejected while closing run (sessions consume those
         # outcomes) before the loop goes away.
         await asyncio.sleep(0)
         log.info("forwardd.stopped", worker=self.worker)
 
-    async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully; a second signal aborts at once."""
+    async def run(
+        self, ready: asyncio.Event | None = None, *, repeat_aborts: bool = True, watchdog: bool = False
+    ) -> None:
+        """Run until SIGTERM or SIGINT, then stop within ``shutdown_timeout`` (:mod:`forwardd.lifecycle`).
+
+        A second signal aborts at once when ``repeat_aborts``; a worker passes False: the signal its
+        parent forwards is the second copy of one the process group already got, not a second request.
+        ``watchdog`` (the command line's processes, never a test's) ends the process if the stop overruns.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        signals = (signal.SIGTERM, signal.SIGINT)
+        signals = STOP_SIGNALS
+        times = StopTimes(self.config.shutdown_timeout)
+        deadline: list[Deadline] = []
 
         def on_signal(signum: int) -> None:
+            name = signal.Signals(signum).name
             if stop.is_set():
-                log.warning("forwardd.abort", signal=signal.Signals(signum).name)
-                raise SystemExit(1)
-            log.info("forwardd.stopping", signal=signal.Signals(signum).name)
+                if repeat_aborts:
+                    log.warning("forwardd.abort", signal=name)
+                    raise SystemExit(1)
+                log.info("forwardd.stop_signal_repeated", signal=name, worker=self.worker)
+                return
+            deadline.append(Deadline.after(times.daemon))
+            if watchdog:
+                # Ends the process if the stop hangs anyway: a C thread, it needs neither GIL nor loop.
+                faulthandler.dump_traceback_later(times.watchdog, exit=True)
+            log.info("forwardd.stopping", signal=name, worker=self.worker, deadline=round(times.daemon, 3))
             stop.set()
 
         for s in signals:
             loop.add_signal_handler(s, on_signal, s)
+        unblock_stop_signals()  # one that came before (see block_stop_signals) is handled now
         try:
             await self.start()
             log.info(
@@ -410,9 +450,14 @@ class Daemon:
                 ready.set()
             await stop.wait()
         finally:
+            if not deadline:  # ended by something else than a signal (a start that failed)
+                deadline.append(Deadline.after(times.daemon))
+            await self.stop(deadline=deadline[0])
+            # Blocked again before the handlers go: a signal now, as the process exits, must not kill it
+            # by its default action (exit code -15 after a clean stop).
+            block_stop_signals()
             for s in signals:
                 loop.remove_signal_handler(s)
-            await self.stop()
 
 
 def _plain(obj: Any) -> Any:

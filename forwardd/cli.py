@@ -17,6 +17,14 @@ from typing import Literal
 
 from forwardd import __version__
 from forwardd.config import Config, ConfigError, default_config, load_config
+from forwardd.lifecycle import (
+    STOP_SIGNALS,
+    StopTimes,
+    block_stop_signals,
+    die_with_parent,
+    unblock_stop_signals,
+    watch_parent,
+)
 from forwardd.logging import configure_logging
 from forwardd.storage import StorageLock, StorageLocked
 
@@ -125,7 +133,9 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
+def _run_worker(config: Config, worker: int, reuse_port: bool, parent_watch: int | None = None) -> int:
+    """Run one daemon until it is stopped. ``parent_watch``: a forked worker's end of the pipe that tells
+    it its parent is gone (:func:`forwardd.lifecycle.watch_parent`)."""
     from forwardd.app import Daemon
 
     _install_loop_policy()
@@ -133,8 +143,15 @@ def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
     # waits for the event loop to yield it: Python's default 5 ms switch interval would be added to
     # each group commit. 0.5 ms keeps the loop's throughput and the commit latency both.
     sys.setswitchinterval(0.0005)
+
+    async def serve(daemon: Daemon) -> None:
+        if parent_watch is not None:
+            watch_parent(asyncio.get_running_loop(), parent_watch, worker)
+        # A forked worker gets each group signal twice (see forwardd.lifecycle): a repeat is not an abort.
+        await daemon.run(repeat_aborts=parent_watch is None, watchdog=True)
+
     try:
-        asyncio.run(Daemon(config, worker=worker, reuse_port=reuse_port).run())
+        asyncio.run(serve(Daemon(config, worker=worker, reuse_port=reuse_port)))
     except OSError as exc:
         import structlog
 
@@ -144,30 +161,104 @@ def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
 
 
 def _run_workers(config: Config) -> int:
-    """Fork ``workers`` processes sharing each port through SO_REUSEPORT; forward signals to them."""
-    children: list[int] = []
+    """Fork ``workers`` processes sharing each port through SO_REUSEPORT and supervise them: they die with
+    this process, and stop (within ``shutdown_timeout``) when it is told to or when one of them dies."""
+    parent = os.getpid()
+    # Each worker watches the read end; this process holds the only write end: its end of file means this
+    # process is gone, however it went (forwardd.lifecycle).
+    watch_r, watch_w = os.pipe()
+    children: dict[int, int] = {}
     for i in range(config.workers):
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - exercised through the e2e test in a subprocess
-            code = _run_worker(config, i, reuse_port=True)
-            os._exit(code)
-        children.append(pid)
+        if pid == 0:  # pragma: no cover - exercised through the e2e tests in a subprocess
+            code = EXIT_FAILURE
+            try:
+                os.close(watch_w)
+                die_with_parent(parent)
+                code = _run_worker(config, i, reuse_port=True, parent_watch=watch_r)
+            except BaseException:
+                import structlog
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
+                structlog.get_logger("forwardd").exception("forwardd.failed", worker=i)
+            finally:
+                os._exit(code)
+        children[pid] = i
+    os.close(watch_r)
+    return _Supervisor(children, StopTimes(config.shutdown_timeout)).run()
+
+
+class _Supervisor:
+    """The parent of the workers: forwards the first stop signal, kills what is still running at the
+    deadline, and stops every worker when one of them dies (the orchestrator then restarts the whole)."""
+
+    def __init__(self, children: dict[int, int], times: StopTimes) -> None:
+        import structlog
+
+        self.children = children  # pid -> worker index
+        self.times = times
+        self.stopping = False
+        self.signalled = False
+        self.code = EXIT_OK
+        self.log = structlog.get_logger("forwardd")
+
+    def run(self) -> int:
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGALRM, self._on_deadline)
+        unblock_stop_signals()  # a signal that came while the workers were forked is handled now
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:  # pragma: no cover - every child is in self.children
+                break
+            worker = self.children.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                self.code = EXIT_FAILURE
+            if not self.stopping:
+                self.log.error("worker.exited", worker=worker, pid=pid, code=code)
+                self.code = EXIT_FAILURE
+                self._stop(signal.SIGTERM)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        block_stop_signals()  # a signal now, as this process exits, must not kill it by its default action
+        return self.code
+
+    def _stop(self, signum: int) -> None:
+        self.stopping = True
+        signal.setitimer(signal.ITIMER_REAL, self.times.parent_kill)
+        self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        for pid in list(self.children):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    code = EXIT_OK
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            code = EXIT_FAILURE
-    return code
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signalled:
+            # Asked twice: abort. What the workers committed is on disk; their acks and drain are cut off.
+            self.log.warning("workers.abort", signal=name, workers=len(self.children))
+            self.code = EXIT_FAILURE
+            self._send(signal.SIGKILL)
+            return
+        self.signalled = True
+        self.log.info("workers.stopping", signal=name, workers=len(self.children), deadline=self.times.total)
+        if not self.stopping:
+            self._stop(signum)
+
+    def _on_deadline(self, _signum: int, _frame: object) -> None:
+        self.log.error(
+            "workers.stop_deadline",
+            workers=sorted(self.children.values()),
+            after=round(self.times.parent_kill, 3),
+            hint="killed: what they acked is on disk and is delivered at the next start",
+        )
+        self.code = EXIT_FAILURE
+        self._send(signal.SIGKILL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
+    # From here a stop signal waits until the process that handles it is ready to (the daemon's loop, or
+    # the parent of the workers once they are forked): a signal on the way must not kill a worker.
+    block_stop_signals()
     # Before any worker exists: they inherit the lock, which then lasts as long as the last of them.
     lock = StorageLock(config.storage.path)
     try:

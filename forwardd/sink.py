@@ -14,9 +14,12 @@ call), with ``permanent`` telling the session whether to ack-and-drop or to with
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from forwardd.model import Chunk
+
+if TYPE_CHECKING:
+    from forwardd.lifecycle import Deadline
 
 __all__ = ["Ingest", "Sink"]
 
@@ -35,6 +38,7 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None:
-        """Stop taking chunks, finish or persist what is held, and close the output."""
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """Stop taking chunks, finish or persist what is held, and close the output; by ``deadline``
+        when one is given (the daemon's stop, :mod:`forwardd.lifecycle`)."""
         ...

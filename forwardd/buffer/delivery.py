@@ -41,6 +41,7 @@ from forwardd.buffer.base import ChunkQueue, Taken
 from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
+from forwardd.lifecycle import Deadline
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output, StatValue
 from forwardd.sink import Ingest
@@ -195,37 +196,41 @@ class BufferedSink:
         await self.output.start()
         self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
 
-    async def _drain(self) -> None:
-        """Deliver what is queued before stopping, while the output keeps succeeding."""
+    async def _drain(self, until: float) -> None:
+        """Deliver what is queued before stopping, while the output keeps succeeding, until ``until``
+        (``time.monotonic``)."""
         q = self.queue
         q.stop_accepting()
         self._hurry.set()
         if self._task is None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drain_timeout
         deliverer = self._deliverer
         while (q.queued_chunks or q.pending_chunks) and not deliverer.backing_off:
             deliverer.progress.clear()
             try:
-                await asyncio.wait_for(deliverer.progress.wait(), max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(deliverer.progress.wait(), max(0.0, until - time.monotonic()))
             except TimeoutError:
                 log.warning("delivery.drain_timeout", output=self.name, queued_chunks=q.queued_chunks)
                 return
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """See the class doc. With a ``deadline`` (the daemon's stop) every step shares it: delivery and the
+        write in progress until its ``soft`` part, closing the queue and the output in what is left;
+        without one, the drain and the write in progress get ``drain_timeout`` and ``stop_timeout``."""
         deliverer = self._deliverer
         if deliverer.stopping:
             return
-        await self._drain()
+        await self._drain(time.monotonic() + self.drain_timeout if deadline is None else deadline.soft)
         deliverer.stopping = True
         task = self._task
         if task is not None:
             if not deliverer.idle.is_set():
+                wait = self.stop_timeout if deadline is None else deadline.soft_left()
                 try:
-                    await asyncio.wait_for(deliverer.idle.wait(), self.stop_timeout)
+                    await asyncio.wait_for(deliverer.idle.wait(), wait)
                 except TimeoutError:
-                    log.warning("delivery.stop_timeout", output=self.name, timeout=self.stop_timeout)
+                    # Cut off: the chunks of that write stay queued and are written again after a restart.
+                    log.warning("delivery.stop_timeout", output=self.name, timeout=round(wait, 3))
             task.cancel()
             try:
                 await task
@@ -236,7 +241,19 @@ class BufferedSink:
             started.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
         self._started.clear()
-        await self.queue.close()
+        q = self.queue
+        # What is left here is what the next start delivers (a memory queue loses it, and says so).
+        log.info(
+            "output.stopped",
+            output=self.name,
+            left_chunks=q.queued_chunks,
+            left_bytes=q.queued_bytes,
+            delivered_events=deliverer.delivered_events,
+            last_error=deliverer.last_error if q.queued_chunks else None,
+        )
+        await q.close()
+        if deadline is not None:
+            self.output.stop_deadline = deadline.at
         await self.output.stop()
 
     @property
@@ -275,8 +292,8 @@ class BufferedSink:
             try:
                 await self._run()
                 return
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
+            except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
+                raise  # GeneratorExit: the task is being closed (a loop torn down); it must not live on
             except BaseException as exc:  # an output may raise anything; the loop must outlive it
                 self._deliverer.settle_idle()
                 self._crashes += 1

@@ -219,6 +219,7 @@ class DiskQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._closing = False
+        self._closing_event = asyncio.Event()
         self._full = False
         self._failing = False
         self._dropped_while_full = 0
@@ -270,6 +271,7 @@ class DiskQueue:
             return
         self.stop_accepting()
         self._closing = True
+        self._closing_event.set()
         self._wake.set()
         for task in self._tasks[1:]:
             task.cancel()
@@ -420,7 +422,7 @@ class DiskQueue:
                         for _, fut, _ in batch + self._pending:
                             _reject(fut, f"buffer write failing: {err.cause}")
                         return
-                    await self._sleep(delay)
+                    await self._back_off(delay)
                     delay = min(delay * 2, self._retry_max)
                     batch += self._pending  # retry together with whatever arrived meanwhile
                     self._pending = []
@@ -442,6 +444,19 @@ class DiskQueue:
                 log.info("buffer.write_recovered", buffer=self.name)
             if self._pending:
                 self._wake.set()
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` before writing again, or until :meth:`close`: a stop must not wait out a back-off
+        of up to ``write_retry_max`` (the last attempt is made at once, then what still fails is refused)."""
+        if self._closing:
+            return
+        sleep = asyncio.ensure_future(self._sleep(delay))
+        closing = asyncio.ensure_future(self._closing_event.wait())
+        try:
+            await asyncio.wait((sleep, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            closing.cancel()
 
     async def _gather(self) -> None:
         """Wait a moment for as many chunks as the last commit carried (see "Group commit").

@@ -683,6 +683,9 @@ class Config(_Frozen):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     #: SO_REUSEPORT worker processes.
     workers: Count = 1
+    #: The longest a stop (SIGTERM, SIGINT) takes, from the signal to the exit of every process (see
+    #: forwardd.lifecycle). Default 8 s: inside the 10 s Docker and Swarm wait before SIGKILL.
+    shutdown_timeout: PositiveDuration = 8.0
     sources: Annotated[tuple[ForwardSource, ...], Field(min_length=1)]
     #: The root label's routes, in order; the first match wins unless it says ``continue: true``.
     routes: tuple[Route, ...] = ()

@@ -37,6 +37,10 @@ class Output(abc.ABC):
 
     #: The output's name in the configuration; used in logs and metrics.
     name: str
+    #: When set (by the buffer, before :meth:`stop`), the ``time.monotonic()`` by which stop() must have
+    #: returned: the daemon's stop has one deadline (:mod:`forwardd.lifecycle`), and an output that waits
+    #: in stop() (Kafka's flush) waits at most until then.
+    stop_deadline: float | None = None
 
     #: How many writes the delivery loop may have in flight at once. 1 (the default): each write returns
     #: before the next is called. More: the loop calls write() again while earlier calls still wait for

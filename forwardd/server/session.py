@@ -43,6 +43,9 @@ from forwardd.sink import Ingest
 
 __all__ = ["Session", "SessionHooks", "SessionSettings"]
 
+#: Events that are no request: deny_keepalive waits for a request's response before it closes.
+_NOT_REQUESTS = (HandshakeCompleted, Heartbeat)
+
 
 class Session(AckFlow, Offload, asyncio.Protocol):
     """A forward-protocol connection."""
@@ -372,7 +375,10 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         """Whether, nothing being owed, the connection is to close after these events."""
         if self._job is not None or self._backlog:
             return False
-        return bool(self.settings.deny_keepalive and events) or self._draining
+        if self._draining:
+            return True
+        # deny_keepalive closes after the first request's response; the PONG (or a heartbeat) is none.
+        return self.settings.deny_keepalive and any(type(ev) not in _NOT_REQUESTS for ev in events)
 
     def eof_received(self) -> bool | None:
         # Half-close: the client is done sending but may still wait for acks.

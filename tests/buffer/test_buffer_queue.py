@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -351,6 +352,40 @@ async def test_full_disk_keeps_futures_pending_until_space_returns(disk: DiskFul
     store = SegmentStore.open(str(disk.dir / "q"))
     assert store.take() is None
     store.close()
+
+
+async def test_close_does_not_wait_out_a_write_back_off(disk: DiskFull) -> None:
+    """A stop while the disk is full: close() makes its last attempt at once instead of sleeping through
+    the back-off (up to write_retry_max), refuses what still cannot be written (no ack: the client sends
+    it again) and keeps what was committed (issue 17: a stop with a full disk took 12 s)."""
+    q = DiskQueue(str(disk.dir / "q"), max_segment_size=64 * 1024, write_retry_initial=60.0)
+    await q.start()
+    committed = [chunk(i, 3000) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*(q.submit(c) for c in committed)), TIMEOUT)
+    assert q._store is not None
+    with capture_logs() as logs:
+        disk.fill(q._store)
+        futs = [q.submit(chunk(i, 3000)) for i in range(3, 40)]
+
+        async def failed() -> None:
+            while not any(e["event"] == "buffer.write_failed" for e in logs):
+                await asyncio.sleep(0.01)  # polling the log: the failed write has no event of its own
+
+        await asyncio.wait_for(failed(), TIMEOUT)
+        assert not futs[-1].done()
+        t0 = time.monotonic()
+        await asyncio.wait_for(q.close(), TIMEOUT)
+        assert time.monotonic() - t0 < 2.0
+    refused = [f for f in futs if f.done() and isinstance(f.exception(), ChunkRejected)]
+    assert refused
+    assert all(not f.exception().permanent for f in refused)  # type: ignore[union-attr]
+    disk.free()
+    store = SegmentStore.open(str(disk.dir / "q"))
+    got = []
+    while (t := store.take()) is not None:
+        got.append(t.chunk.count)
+    store.close()
+    assert got[:3] == [0, 1, 2]
 
 
 async def test_ledger_is_written_once_per_loop_iteration_and_restart_resumes_after_it(tmp_path: Path) -> None:

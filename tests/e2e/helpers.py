@@ -18,7 +18,11 @@ import yaml
 class Proc:
     """A forwardd process whose JSON log lines are collected as they come."""
 
-    def __init__(self, config: dict[str, Any] | None, workdir: Path, *args: str) -> None:
+    def __init__(
+        self, config: dict[str, Any] | None, workdir: Path, *args: str, new_session: bool = False
+    ) -> None:
+        """``new_session``: in a process group of its own (whose id is its pid), for a signal sent to the
+        whole group (``os.killpg``) as a terminal or an init would send it."""
         cmd = [sys.executable, "-m", "forwardd", "run", "--log-format", "json"]
         if config is not None:
             path = workdir / "forwardd.yaml"
@@ -26,7 +30,7 @@ class Proc:
             cmd += ["--config", str(path)]
         self.proc = subprocess.Popen(
             [*cmd, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=new_session,
         )  # fmt: skip
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []

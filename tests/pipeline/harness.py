@@ -177,12 +177,13 @@ class _UnsentHttp(HttpOutput):
     requests = 0
 
     async def start(self) -> None:
-        pass  # no ClientSession: nothing is sent
+        # No ClientSession: nothing is sent. The request is the client's; everything before it is real.
+        self._client.send = self._count  # type: ignore[method-assign]
 
     async def stop(self) -> None:
         pass
 
-    async def _send(self, url: Any, body: bytes, count: int) -> None:
+    async def _count(self, url: Any, body: bytes, count: int) -> None:
         self.requests += 1
 
 
@@ -198,8 +199,22 @@ class _StubProducer:
     """Stands in for confluent_kafka.Producer (a network client): every message is reported delivered."""
 
     def produce(
-        self, topic: str, value: bytes, key: bytes | None = None, *, on_delivery: Any, headers: Any = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        callback: Any = None,
+        timestamp: int = 0,
+        headers: Any = None,
     ) -> None:
+        """The real method's parameters, in its order: the output passes them by position."""
+        on_delivery = on_delivery if on_delivery is not None else callback
+        if not callable(on_delivery):
+            raise TypeError(f"produce() got no delivery callback: {on_delivery!r}")
+        if not isinstance(partition, int) or not isinstance(timestamp, int):
+            raise TypeError(f"produce() got partition {partition!r}, timestamp {timestamp!r}")
         if not isinstance(topic, str) or not isinstance(value, bytes):
             raise TypeError(f"produce() got topic {type(topic).__name__}, value {type(value).__name__}")
         if key is not None and not isinstance(key, bytes):
@@ -224,11 +239,11 @@ class _UnsentKafka(KafkaOutput):
     outcome of the reports) over a stub producer."""
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._producer = _StubProducer()  # type: ignore[assignment]
+        self._client._loop = asyncio.get_running_loop()
+        self._client.producer = _StubProducer()  # type: ignore[assignment]
 
     async def stop(self) -> None:
-        self._producer = None
+        self._client.producer = None
 
 
 class _Watched(Output):
@@ -241,6 +256,9 @@ class _Watched(Output):
         self.calls = 0
         #: Writes of each chunk object since the last reset: the delivery loop retries the same object.
         self.attempts: dict[int, int] = {}
+        #: The chunks counted, held so that a freed chunk's id() cannot be reused by a new one and counted
+        #: as its retry (pieces of an isolated batch are short-lived chunk objects).
+        self.seen: dict[int, Chunk] = {}
         self._violations = violations
 
     async def start(self) -> None:
@@ -252,6 +270,7 @@ class _Watched(Output):
     async def write(self, chunk: Chunk) -> None:
         self.calls += 1
         self.attempts[id(chunk)] = self.attempts.get(id(chunk), 0) + 1
+        self.seen[id(chunk)] = chunk
         try:
             await self.inner.write(chunk)
         except OUTPUT_ERRORS:
@@ -532,6 +551,7 @@ class Pipeline:
         await self._settle()
         for out in self.outputs.values():
             out.attempts.clear()
+            out.seen.clear()
         for name, sink in self.sinks.items():  # the counters, as the daemon reports them (last_error too)
             self._log(log.info, "output.stats", output=name, **sink.stats.as_dict())
 

@@ -54,6 +54,17 @@ def test_deny_keepalive_closes_after_the_first_response(serve):
     assert [e.record["n"] for e in served.sink.events] == [1, 2]
 
 
+def test_deny_keepalive_after_a_handshake_closes_after_the_first_request_not_the_pong(serve):
+    # As Fluentd's in_forward: the PONG establishes the connection; its first request is still served.
+    served = serve(security=Security(self_hostname="s", shared_key="k"), deny_keepalive=True)
+    with served.client() as c:
+        c.handshake("k", hostname="client")
+        c.message("t", {"n": 1}, ack=True)
+        assert c.closed_by_server(5)
+    assert served.sink is not None
+    assert [e.record["n"] for e in served.sink.events] == [1]
+
+
 def test_connection_over_the_limit_is_refused_with_a_log_line(serve):
     served = serve(listener_kw={"max_connections": 1})
     with capture_logs() as logs, served.client() as first:

@@ -48,7 +48,7 @@ class HttpStats:
     requests: int = 0
     #: Failed requests that will be retried, by status code ("503") or "timeout" / "connection".
     retries: dict[str, int] = field(default_factory=dict)
-    #: Permanent failures, by status code or "oversize" (events) / "host" (chunks).
+    #: Permanent failures, by status code, "url" (an endpoint the tag made invalid) or "oversize" (events).
     rejected: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> HttpStats:
