@@ -108,6 +108,10 @@ class KafkaOutput(Output):
         self._report_timeout = float(timeout_ms) / 1000 + 30.0
         self._stats = KafkaOutputStats()
         self._client = KafkaClient(name, self.config)
+        if idempotent:
+            # Idempotence promises the order of what was produced; writes retried beside later ones in
+            # flight would give it up across batches. One write at a time keeps the promise whole.
+            self.concurrent_writes = 1
 
     @classmethod
     def from_settings(cls, name: str, settings: KafkaSettings) -> KafkaOutput:

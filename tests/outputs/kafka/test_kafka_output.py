@@ -227,6 +227,8 @@ async def test_idempotent_producer(kafka_broker: Broker, topic: str) -> None:
     out = await started(brokers=[kafka_broker.bootstrap], topic=topic, idempotent=True)
     try:
         assert out.config["enable.idempotence"] is True
+        # Order across batches: the delivery loop hands an idempotent producer one write at a time.
+        assert out.concurrent_writes == 1
         for c in range(3):
             await out.write(make_chunk([{"n": c * 100 + i} for i in range(100)]))
     finally:
