@@ -6,10 +6,13 @@ committed (held up to :class:`Batching`'s ``max_wait`` to let a batch grow, then
 chunk each, see :meth:`BufferedSink._batch`) and gives each such :class:`~forwardd.buffer.isolation.Work`
 to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by piece: retries with back-off,
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
-The batch's chunks leave the queue only when no piece is left. "Dead-lettered" means: to the ``@ERROR``
-label's routes when the configuration has one, else to ``<storage>/dead-letter/<output>/``
-(:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything while writes succeed: the hot path
-hands the batch to the output and marks its chunks.
+The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
+(:attr:`~forwardd.outputs.base.Output.concurrent_writes`, the Kafka output) gets the next works while the
+earlier ones still wait for their destination: up to that many, and :data:`IN_FLIGHT_BYTES` of entries, are
+in flight, each delivered (retried, isolated) on its own, and their chunks leave the queue oldest work
+first. "Dead-lettered" means: to the ``@ERROR`` label's routes when the configuration has one, else to
+``<storage>/dead-letter/<output>/`` (:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything
+while writes succeed: the hot path hands the batch to the output and marks its chunks.
 
 The delivery task itself cannot die silently: an exception escaping the loop (a bug here, in a queue, in a
 log processor) is logged as ``delivery.loop_crashed`` with its traceback, counted (``loop_crashes``), and the
@@ -55,6 +58,9 @@ LATENCY_WINDOW = 1024
 #: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
 BATCH_MAX_CHUNKS = 4096
 BATCH_MAX_BYTES = 4 * 1024 * 1024
+
+#: Entries in writes in flight at once, for an output that takes concurrent writes (at least one write goes).
+IN_FLIGHT_BYTES = 2 * BATCH_MAX_BYTES
 
 #: The restart back-off of a crashed delivery loop, and the crashes one batch may cause before it is parked.
 CRASH_DELAY = 0.1
@@ -167,6 +173,8 @@ class BufferedSink:
         #: with it: chunks taken for the next batch, and the batch's per-tag works still to deliver.
         self._gathered: list[Taken] = []
         self._works: deque[Work] = deque()
+        #: For an output that takes concurrent writes: the delivery of each work begun, in self._works order.
+        self._started: dict[Work, asyncio.Task[None]] = {}
 
     @property
     def error_route(self) -> Ingest | None:
@@ -235,6 +243,11 @@ class BufferedSink:
                 await task
             except asyncio.CancelledError:
                 pass
+        in_flight = list(self._started.values())  # what is still in flight stays queued
+        for started in in_flight:
+            started.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        self._started.clear()
         q = self.queue
         # What is left here is what the next start delivers (a memory queue loses it, and says so).
         log.info(
@@ -326,7 +339,7 @@ class BufferedSink:
             except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
                 raise  # GeneratorExit: the task is being closed (a loop torn down); it must not live on
             except BaseException as exc:  # an output may raise anything; the loop must outlive it
-                self._deliverer.idle.set()
+                self._deliverer.settle_idle()
                 self._crashes += 1
                 now = self._clock()
                 if now - last_crash > 60.0:
@@ -363,6 +376,9 @@ class BufferedSink:
                 delay = min(delay * 2, CRASH_DELAY_MAX)
 
     async def _run(self) -> None:
+        if self.output.concurrent_writes > 1:
+            await self._run_overlapped(self.output.concurrent_writes)
+            return
         deliverer = self._deliverer
         while not deliverer.stopping:
             if not self._works:
@@ -378,15 +394,94 @@ class BufferedSink:
                 await deliverer.deliver(work)
                 if work.pieces:
                     return  # stopping in the middle of it
-                for taken in work.takens:
-                    self.queue.mark_delivered(taken)
-                latency = time.time_ns() - work.chunk.received_ns
-                self._latencies.append(latency)
-                self.delivery_latency.observe(latency / 1e9)
-                self.tag_events.add(work.chunk.tag, work.chunk.count)
-                deliverer.backing_off = False
-                deliverer.progress.set()
-                works.popleft()
+                self._finish(work)
+
+    async def _run_overlapped(self, depth: int) -> None:
+        """The loop for an output that takes ``depth`` writes at once: the works of the next batches are
+        begun while the oldest is still in flight, and marked delivered oldest first. When stopping,
+        nothing more is begun and what is in flight is marked as it finishes. Works begun before a crash
+        of this loop go on; the loop picks them up again when it restarts."""
+        deliverer = self._deliverer
+        works, started = self._works, self._started
+        while True:
+            self._begin_ready(depth)
+            if not works:
+                if deliverer.stopping:
+                    return
+                await self._gather()
+                works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
+                self._gathered = []
+                continue
+            head = works[0]
+            task = started.get(head)
+            if task is None:
+                return  # stopping: the rest stays queued and is delivered after the restart
+            if not task.done():
+                await self._head_or_more(task, depth)
+                if not task.done():
+                    continue  # more is committed: begin it while the head is in flight
+            del started[head]
+            task.result()  # what deliver() raised is a crash of this loop, for the head work
+            if head.pieces:
+                return  # stopping in the middle of it
+            self._finish(head)
+
+    def _finish(self, work: Work) -> None:
+        """``work`` (the head of self._works) has no piece left: its chunks leave the queue."""
+        for taken in work.takens:
+            self.queue.mark_delivered(taken)
+        latency = time.time_ns() - work.chunk.received_ns
+        self._latencies.append(latency)
+        self.delivery_latency.observe(latency / 1e9)
+        self.tag_events.add(work.chunk.tag, work.chunk.count)
+        self._deliverer.progress.set()
+        self._works.popleft()
+
+    def _begin_ready(self, depth: int) -> None:
+        """Begin the delivery of works not begun yet, taking what is committed now into new works (no
+        waiting, no holding to grow: a write is in flight), while fewer than ``depth`` works and
+        IN_FLIGHT_BYTES of entries are in flight."""
+        deliverer = self._deliverer
+        works, started = self._works, self._started
+        in_flight = sum(len(w.chunk.entries) for w in started)
+        while not deliverer.stopping:
+            work = next((w for w in works if w not in started), None)
+            if work is None:
+                if not started:
+                    return  # nothing in flight: the loop waits for a batch as the plain loop does
+                if not self._gathered:
+                    t = self.queue.take_nowait()
+                    if t is None:
+                        return
+                    self._gathered.append(t)
+                    self._take_ready(self._gathered, len(t.chunk.entries), t.chunk.count)
+                works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
+                self._gathered = []
+                continue
+            size = len(work.chunk.entries)
+            if started and (len(started) >= depth or in_flight + size > IN_FLIGHT_BYTES):
+                return
+            started[work] = asyncio.ensure_future(deliverer.deliver(work))
+            in_flight += size
+
+    async def _head_or_more(self, head: asyncio.Task[None], depth: int) -> None:
+        """Wait until the oldest work in flight is done, or, when there is room for another, until a chunk
+        is committed (it is kept in self._gathered)."""
+        room = len(self._started) < depth and all(w in self._started for w in self._works)
+        if not room or self._deliverer.stopping:
+            await asyncio.wait((head,))
+            return
+        get = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait((head, get), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await get
+        # A get that completed while being cancelled still took its chunk: keep it, never drop it.
+        if get.done() and not get.cancelled():
+            self._gathered.append(get.result())
 
     async def _gather(self) -> None:
         """Take the next batch into ``self._gathered``: what is committed now, or held to grow for up to
@@ -470,6 +565,7 @@ class BufferedSink:
         for taken in work.takens:
             self.queue.mark_delivered(taken)
         self._works.popleft()
+        self._started.pop(work, None)
         self._deliverer.progress.set()
         log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
 

@@ -109,7 +109,8 @@ _QUICK = object()
 class Deliverer:
     """Writes one output's batches, a piece at a time (see the module doc), and counts what happened.
 
-    Its flags are what the sink's stop and drain watch: ``idle`` is clear while a write is in progress,
+    Its flags are what the sink's stop and drain watch: ``idle`` is clear while a write is in progress
+    (any of them, when the output takes several at once and the sink runs a deliver() per work),
     ``backing_off`` is set while it waits to try again, ``progress`` is set whenever pieces moved on, and
     ``stopping`` (set by the sink) makes it return between attempts with the pieces still left.
     """
@@ -134,8 +135,9 @@ class Deliverer:
         self._rand = rand
         self.idle = asyncio.Event()
         self.idle.set()
+        self._writing = 0  # writes in progress (several when the output takes concurrent writes)
+        self._waiting = 0  # deliver() calls waiting to try again (several, likewise)
         self.progress = asyncio.Event()
-        self.backing_off = False
         self.stopping = False
         self.delivered_events = 0
         self.delivered_bytes = 0
@@ -151,6 +153,25 @@ class Deliverer:
         #: succeed. How long an output has been stuck (the endpoint's ``/ready``).
         self.failing_since: float | None = None
 
+    @property
+    def backing_off(self) -> bool:
+        """Whether a delivery waits to try again: a count, not a flag, so that one of several deliveries in
+        flight ending its wait does not hide that another still waits (the drain stops on it)."""
+        return self._waiting > 0
+
+    def settle_idle(self) -> None:
+        """After a crash of the loop: ``idle`` again, unless writes of other deliveries are in flight."""
+        if not self._writing:
+            self.idle.set()
+
+    async def _wait(self, delay: float) -> None:
+        self._waiting += 1
+        self.progress.set()
+        try:
+            await self._sleep(delay)
+        finally:
+            self._waiting -= 1
+
     async def deliver(self, work: Work) -> None:
         """Deliver every piece of ``work``; returns with pieces left only when stopping."""
         policy = self.policy
@@ -162,6 +183,7 @@ class Deliverer:
             if attempts == 0:
                 first = self._clock()
             attempts += 1
+            self._writing += 1
             self.idle.clear()
             try:
                 await self.output.write(piece.chunk)
@@ -170,7 +192,9 @@ class Deliverer:
             else:
                 failure = None
             finally:
-                self.idle.set()
+                self._writing -= 1
+                if not self._writing:
+                    self.idle.set()
             if failure is None:
                 pieces.popleft()
                 self.delivered_events += piece.chunk.count
@@ -188,12 +212,7 @@ class Deliverer:
             if self.failing_since is None:
                 self.failing_since = self._clock()
             if step is _QUICK:
-                self.backing_off = True
-                self.progress.set()
-                try:
-                    await self._sleep(UNEXPECTED_DELAY * 2 ** (pieces[0].failures - 1))
-                finally:
-                    self.backing_off = False
+                await self._wait(UNEXPECTED_DELAY * 2 ** (pieces[0].failures - 1))
                 continue
             assert isinstance(step, RetryableError)
             head = pieces[0]
@@ -215,12 +234,7 @@ class Deliverer:
                 retry_after=step.retry_after,
                 error=describe(step),
             )
-            self.backing_off = True
-            self.progress.set()
-            try:
-                await self._sleep(delay)
-            finally:
-                self.backing_off = False
+            await self._wait(delay)
 
     async def _failed(self, work: Work, piece: Piece, exc: Exception, attempts: int) -> object:
         """Act on what ``write(piece)`` raised; what the loop does next: _NEXT (go on with the pieces now

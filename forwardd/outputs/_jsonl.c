@@ -690,6 +690,92 @@ static PyObject *add_run(PyObject *runs, int64_t sec, Py_ssize_t end, Py_ssize_t
     return rc < 0 ? NULL : runs;
 }
 
+/* What every line of one call shares: the injected fields, the keys they replace, and the text of the
+ * last second written (consecutive events mostly share it). */
+typedef struct {
+    int64_t received_ns;
+    const Py_buffer *time_head, *tag_field, *skip_a, *skip_b;
+    Py_ssize_t per_line; /* bytes a line adds besides its record's members */
+    int64_t sec;         /* the second `head` holds, -1 before the first */
+    char head[20];
+} Line;
+
+static void line_init(Line *l, long long received_ns, const Py_buffer *time_head, const Py_buffer *tag_field,
+                      const Py_buffer *skip_a, const Py_buffer *skip_b) {
+    l->received_ns = received_ns;
+    l->time_head = time_head->buf ? time_head : NULL;
+    l->tag_field = tag_field->buf ? tag_field : NULL;
+    l->skip_a = skip_a->buf ? skip_a : NULL;
+    l->skip_b = skip_b->buf ? skip_b : NULL;
+    l->per_line = 4 + (l->time_head ? l->time_head->len + 31 : 0) + (l->tag_field ? l->tag_field->len + 1 : 0);
+    l->sec = -1;
+}
+
+/* The entry at r as one JSON line, newline included, at the end of o; *sec is its second. 0 ok, -1 with a
+ * Python exception (out of memory), NOT_PLAIN when the entry is not plain. */
+static int write_line(Out *o, Reader *r, Line *l, int64_t *sec) {
+    uint8_t b;
+    uint64_t n;
+    int64_t nsec = 0;
+    int rc;
+    if ((rc = rd_u8(r, &b)) || (rc = rd_len(r, b, 0xF0, 0x90, 0xDC, 0xDD, &n))) {
+        return rc;
+    }
+    if (n != 2) {
+        return NOT_PLAIN;
+    }
+    if ((rc = read_time(r, l->received_ns, sec, &nsec))) {
+        return rc;
+    }
+    if (*sec != l->sec) {
+        l->sec = *sec;
+        format_second(*sec, l->head);
+    }
+    if ((rc = rd_u8(r, &b)) || (rc = rd_len(r, b, 0xF0, 0x80, 0xDE, 0xDF, &n))) {
+        return rc;
+    }
+    if (out_reserve(o, l->per_line) < 0) {
+        return -1;
+    }
+    char *w = o->buf + o->len;
+    *w++ = '{';
+    if (l->time_head) {
+        memcpy(w, l->time_head->buf, (size_t)l->time_head->len);
+        w += l->time_head->len;
+        memcpy(w, l->head, 20);
+        w += 20;
+        int64_t f = nsec;
+        for (int k = 8; k >= 0; k--) {
+            w[k] = (char)('0' + f % 10);
+            f /= 10;
+        }
+        w += 9;
+        *w++ = 'Z';
+        *w++ = '"';
+    }
+    if (l->tag_field) {
+        if (l->time_head) {
+            *w++ = ',';
+        }
+        memcpy(w, l->tag_field->buf, (size_t)l->tag_field->len);
+        w += l->tag_field->len;
+    }
+    o->len = w - o->buf;
+    if ((rc = write_members(o, r, n, MAX_DEPTH, !(l->time_head || l->tag_field), l->skip_a, l->skip_b))) {
+        return rc;
+    }
+    return out_write(o, "}\n", 2);
+}
+
+static void release_all(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d, Py_buffer *e) {
+    Py_buffer *all[] = {a, b, c, d, e};
+    for (int i = 0; i < 5; i++) {
+        if (all[i]->buf) {
+            PyBuffer_Release(all[i]);
+        }
+    }
+}
+
 PyDoc_STRVAR(json_lines_doc,
              "json_lines(entries, count, received_ns, time_head, tag_field, skip_a, skip_b)\n"
              "--\n\n"
@@ -700,28 +786,27 @@ PyDoc_STRVAR(json_lines_doc,
              "for each run of consecutive events in the same second.");
 
 static PyObject *json_lines(PyObject *self, PyObject *args) {
-    Py_buffer entries, time_head = {0}, tag_field = {0}, skip_a = {0}, skip_b = {0};
+    Py_buffer entries = {0}, time_head = {0}, tag_field = {0}, skip_a = {0}, skip_b = {0};
     Py_ssize_t count;
     long long received_ns;
     PyObject *result = NULL, *runs = NULL;
     Out o = {NULL, NULL, 0, 0};
+    Line l;
     if (!PyArg_ParseTuple(args, "y*nLz*z*z*z*", &entries, &count, &received_ns, &time_head, &tag_field,
                           &skip_a, &skip_b)) {
         return NULL;
     }
-    const Py_buffer *ska = skip_a.buf ? &skip_a : NULL, *skb = skip_b.buf ? &skip_b : NULL;
-    int has_time = time_head.buf != NULL, has_tag = tag_field.buf != NULL;
+    line_init(&l, received_ns, &time_head, &tag_field, &skip_a, &skip_b);
     if (count <= 0 || count > 0xFFFFFFFFLL || entries.len <= 0) {
         result = Py_NewRef(Py_None);
         goto done;
     }
     /* JSON of a record is rarely more than 1.3x its msgpack; the injected fields are per line. */
-    Py_ssize_t per_line = 4 + (has_time ? time_head.len + 31 : 0) + (has_tag ? tag_field.len + 1 : 0);
-    if (count > (PY_SSIZE_T_MAX / 4 - entries.len) / (per_line + 1)) {
+    if (count > (PY_SSIZE_T_MAX / 4 - entries.len) / (l.per_line + 1)) {
         PyErr_NoMemory();
         goto done;
     }
-    o.cap = entries.len + entries.len / 2 + count * per_line + 64;
+    o.cap = entries.len + entries.len / 2 + count * l.per_line + 64;
     o.bytes = PyBytes_FromStringAndSize(NULL, o.cap);
     if (o.bytes == NULL) {
         goto done;
@@ -733,64 +818,19 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     }
     Reader r = {(const uint8_t *)entries.buf, (const uint8_t *)entries.buf + entries.len};
     int64_t run_sec = -1;
-    char head[20];
     int rc = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
-        uint8_t b;
-        uint64_t n;
-        int64_t sec = 0, nsec = 0;
-        if ((rc = rd_u8(&r, &b)) || (rc = rd_len(&r, b, 0xF0, 0x90, 0xDC, 0xDD, &n))) {
-            break;
-        }
-        if (n != 2 || (rc = read_time(&r, received_ns, &sec, &nsec))) {
-            rc = rc ? rc : NOT_PLAIN;
+        Py_ssize_t start = o.len;
+        int64_t sec = 0;
+        if ((rc = write_line(&o, &r, &l, &sec))) {
             break;
         }
         if (sec != run_sec) {
-            if (run_sec >= 0 && add_run(runs, run_sec, o.len, i) == NULL) {
+            if (run_sec >= 0 && add_run(runs, run_sec, start, i) == NULL) {
                 rc = -1;
                 break;
             }
             run_sec = sec;
-            format_second(sec, head);
-        }
-        if ((rc = rd_u8(&r, &b)) || (rc = rd_len(&r, b, 0xF0, 0x80, 0xDE, 0xDF, &n))) {
-            break;
-        }
-        if (out_reserve(&o, per_line) < 0) {
-            rc = -1;
-            break;
-        }
-        char *w = o.buf + o.len;
-        *w++ = '{';
-        if (has_time) {
-            memcpy(w, time_head.buf, (size_t)time_head.len);
-            w += time_head.len;
-            memcpy(w, head, 20);
-            w += 20;
-            int64_t f = nsec;
-            for (int k = 8; k >= 0; k--) {
-                w[k] = (char)('0' + f % 10);
-                f /= 10;
-            }
-            w += 9;
-            *w++ = 'Z';
-            *w++ = '"';
-        }
-        if (has_tag) {
-            if (has_time) {
-                *w++ = ',';
-            }
-            memcpy(w, tag_field.buf, (size_t)tag_field.len);
-            w += tag_field.len;
-        }
-        o.len = w - o.buf;
-        if ((rc = write_members(&o, &r, n, MAX_DEPTH, !(has_time || has_tag), ska, skb))) {
-            break;
-        }
-        if (out_write(&o, "}\n", 2) < 0) {
-            rc = -1;
-            break;
         }
     }
     if (rc == 0 && r.p != r.end) {
@@ -813,24 +853,83 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
 done:
     Py_XDECREF(o.bytes);
     Py_XDECREF(runs);
-    PyBuffer_Release(&entries);
-    if (time_head.buf) {
-        PyBuffer_Release(&time_head);
+    release_all(&entries, &time_head, &tag_field, &skip_a, &skip_b);
+    return result;
+}
+
+PyDoc_STRVAR(json_values_doc,
+             "json_values(entries, start, limit, received_ns, time_head, tag_field, skip_a, skip_b)\n"
+             "--\n\n"
+             "The lines of json_lines one bytes object each, without their newline, for at most `limit`\n"
+             "entries from byte offset `start` of `entries`: (values, end offset), or None when any of\n"
+             "those entries is not plain (or is cut short by the end of `entries`).\n\n"
+             "A caller walks a chunk in slices this way (a Kafka message per event), so no text of the whole\n"
+             "chunk is built, and the values of one slice are made while its memory is still warm.");
+
+static PyObject *json_values(PyObject *self, PyObject *args) {
+    Py_buffer entries = {0}, time_head = {0}, tag_field = {0}, skip_a = {0}, skip_b = {0};
+    Py_ssize_t start, limit;
+    long long received_ns;
+    PyObject *result = NULL, *values = NULL;
+    Out o = {NULL, NULL, 0, 0};
+    Line l;
+    if (!PyArg_ParseTuple(args, "y*nnLz*z*z*z*", &entries, &start, &limit, &received_ns, &time_head,
+                          &tag_field, &skip_a, &skip_b)) {
+        return NULL;
     }
-    if (tag_field.buf) {
-        PyBuffer_Release(&tag_field);
+    line_init(&l, received_ns, &time_head, &tag_field, &skip_a, &skip_b);
+    if (start < 0 || start > entries.len || limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must be within entries and limit not negative");
+        goto done;
     }
-    if (skip_a.buf) {
-        PyBuffer_Release(&skip_a);
+    /* One line at a time, so the buffer only grows past this for a record larger than it. */
+    o.cap = 4096 + l.per_line;
+    o.bytes = PyBytes_FromStringAndSize(NULL, o.cap);
+    if (o.bytes == NULL) {
+        goto done;
     }
-    if (skip_b.buf) {
-        PyBuffer_Release(&skip_b);
+    o.buf = PyBytes_AS_STRING(o.bytes);
+    values = PyList_New(0);
+    if (values == NULL) {
+        goto done;
     }
+    Reader r = {(const uint8_t *)entries.buf + start, (const uint8_t *)entries.buf + entries.len};
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < limit && r.p < r.end; i++) {
+        int64_t sec = 0;
+        o.len = 0;
+        if ((rc = write_line(&o, &r, &l, &sec))) {
+            break;
+        }
+        PyObject *v = PyBytes_FromStringAndSize(o.buf, o.len - 1);
+        if (v == NULL) {
+            rc = -1;
+            break;
+        }
+        rc = PyList_Append(values, v);
+        Py_DECREF(v);
+        if (rc < 0) {
+            break;
+        }
+    }
+    if (rc < 0) {
+        goto done;
+    }
+    if (rc == NOT_PLAIN) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = Py_BuildValue("(On)", values, (Py_ssize_t)((const char *)r.p - (const char *)entries.buf));
+done:
+    Py_XDECREF(o.bytes);
+    Py_XDECREF(values);
+    release_all(&entries, &time_head, &tag_field, &skip_a, &skip_b);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"json_lines", json_lines, METH_VARARGS, json_lines_doc},
+    {"json_values", json_values, METH_VARARGS, json_values_doc},
     {NULL, NULL, 0, NULL},
 };
 

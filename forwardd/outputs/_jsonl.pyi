@@ -10,3 +10,14 @@ def json_lines(
     skip_b: bytes | None,
     /,
 ) -> tuple[bytes, list[tuple[int, int, int]]] | None: ...
+def json_values(
+    entries: bytes | bytearray | memoryview,
+    start: int,
+    limit: int,
+    received_ns: int,
+    time_head: bytes | None,
+    tag_field: bytes | None,
+    skip_a: bytes | None,
+    skip_b: bytes | None,
+    /,
+) -> tuple[list[bytes], int] | None: ...

@@ -1,10 +1,10 @@
 """The output contract shared by every destination (file, Kafka, HTTP, the test server's capture).
 
-An output is told :meth:`Output.write` one chunk at a time by the delivery loop of its buffer. It either
-returns (the whole chunk is delivered), or raises :class:`~forwardd.errors.RetryableError` (nothing or part
-of it may have been delivered; the same chunk will be written again later, so outputs are at-least-once) or
-:class:`~forwardd.errors.PermanentError` (the chunk goes to the dead-letter folder). Outputs own no retry
-loops and no queues: the buffer does.
+An output is told :meth:`Output.write` one chunk at a time by the delivery loop of its buffer (or a few at
+once, see :attr:`Output.concurrent_writes`). It either returns (the whole chunk is delivered), or raises
+:class:`~forwardd.errors.RetryableError` (nothing or part of it may have been delivered; the same chunk will
+be written again later, so outputs are at-least-once) or :class:`~forwardd.errors.PermanentError` (the
+chunk goes to the dead-letter folder). Outputs own no retry loops and no queues: the buffer does.
 
 An output that keeps counters of its own (requests, retries by status, broker errors) exposes them as
 :attr:`Output.stats`, an object with ``as_dict()`` of plain values, so that a report or a metrics endpoint
@@ -33,6 +33,12 @@ class Output(abc.ABC):
     #: returned: the daemon's stop has one deadline (:mod:`forwardd.lifecycle`), and an output that waits
     #: in stop() (Kafka's flush) waits at most until then.
     stop_deadline: float | None = None
+
+    #: How many writes the delivery loop may have in flight at once. 1 (the default): each write returns
+    #: before the next is called. More: the loop calls write() again while earlier calls still wait for
+    #: their destination (the next batch is written while the last one is acknowledged); each call's
+    #: outcome must concern its own chunk only. Chunks still leave the queue in order.
+    concurrent_writes: int = 1
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections or files before the first write."""

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from forwardd.errors import UnprocessableError
 from forwardd.model import Chunk, pack_event_time
-from forwardd.outputs.formats import NATIVE, native_json_lines, plain_json_lines
+from forwardd.outputs.formats import NATIVE, native_json_lines, native_json_values, plain_json_lines
 from forwardd.outputs.formats import json as formats
 
 RECEIVED = 1_600_000_000_000_000_042
@@ -360,3 +360,100 @@ def test_floats_at_the_notation_boundaries(x):
     """msgspec and repr switch to exponent notation at different places: the boundaries pin ours."""
     native, ref = _both(_chunk(_entry(msgpack.packb(T0), {"x": x}), 1))
     assert native.data == ref
+
+
+# ----------------------------------------------------------------------------------- values, in slices
+
+
+def _walk(chunk: Chunk, size: int, keys: tuple[str | None, str | None]) -> tuple[list[bytes], int] | None:
+    """Every value of ``chunk`` from :func:`native_json_values`, ``size`` entries a call, and where the
+    walk ended; None as soon as one call declines."""
+    values: list[bytes] = []
+    pos = 0
+    while pos < len(chunk.entries):
+        got = native_json_values(chunk, pos, size, time_key=keys[0], tag_key=keys[1])
+        if got is None:
+            return None
+        part, end = got
+        assert 0 < len(part) <= size
+        assert end > pos
+        values += part
+        pos = end
+    return values, pos
+
+
+def test_values_are_the_lines_without_their_newlines():
+    entries = _entry(pack_event_time(T0 * 10**9 + 5), DOCKER) + _entry(msgpack.packb(T0), {"log": "a\nb"})
+    entries += _entry(msgpack.packb(0), {})
+    chunk = _chunk(entries, 3)
+    native, ref = _both(chunk)
+    assert native is not None
+    for size in (1, 2, 3, 1000):
+        assert _walk(chunk, size, ("time", "tag")) == (ref.split(b"\n")[:-1], len(entries))
+    _, end = native_json_values(chunk, 0, 1)
+    assert end == len(_entry(pack_event_time(T0 * 10**9 + 5), DOCKER))
+    assert native_json_values(chunk, len(entries), 5) == ([], len(entries))
+
+
+def test_values_decline_from_the_entry_that_is_not_plain():
+    good = _entry(msgpack.packb(T0), {"a": 1})
+    chunk = _chunk(good * 3 + _entry(msgpack.packb(T0), {"a": b"bin"}) + good, 5)
+    values, end = native_json_values(chunk, 0, 3)
+    assert len(values) == 3
+    assert end == 3 * len(good)
+    assert native_json_values(chunk, end, 1) is None
+    assert native_json_values(chunk, 0, 10) is None
+    assert native_json_values(chunk, end + len(_entry(msgpack.packb(T0), {"a": b"bin"})), 10) is not None
+
+
+@pytest.mark.parametrize(("start", "limit"), [(-1, 1), (10**6, 1), (0, -1)])
+def test_values_refuse_a_start_outside_the_entries(start, limit):
+    with pytest.raises(UnprocessableError):
+        native_json_values(_chunk(_entry(msgpack.packb(T0), {"a": 1}), 1), start, limit)
+
+
+def test_values_without_the_extension_are_left_to_python(monkeypatch):
+    monkeypatch.setattr(formats, "_jsonl", None)
+    assert native_json_values(_chunk(_entry(msgpack.packb(T0), {"a": 1}), 1), 0, 10) is None
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_entries(), keys=_options, size=st.integers(1, 7))
+def test_values_in_slices_are_the_python_lines(data, keys, size):
+    """Walked in slices of any size, the values are the Python text's lines whenever the transcoder
+    answers for the whole chunk, and it answers for exactly the chunks it answers for in one call."""
+    entries, count = data
+    chunk = Chunk("docker.web", entries, count, RECEIVED)
+    native, ref = _both(chunk, *keys)
+    walked = _walk(chunk, size, keys)
+    if native is None:
+        assert walked is None
+        return
+    assert walked == (ref.split(b"\n")[:-1], len(entries))
+
+
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=_entries(),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 10**6),
+    size=st.integers(1, 4),
+)
+def test_values_of_mutated_bytes_never_disagree(data, edits, cut, size):
+    """Any bytes: a slice is declined or holds the Python text's lines for its entries, never raises."""
+    entries, count = data
+    buf = bytearray(entries)
+    for pos, value in edits:
+        buf[pos % len(buf)] = value
+    if cut % 3 == 0:
+        del buf[cut % len(buf) :]
+    chunk = Chunk("t", bytes(buf), count, RECEIVED)
+    walked = _walk(chunk, size, ("time", "tag"))
+    if walked is not None and walked[0]:  # (nothing to compare when the cut left no bytes)
+        values, _ = walked
+        whole = native_json_lines(Chunk("t", bytes(buf), len(values), RECEIVED))
+        assert whole is not None
+        assert whole.data.split(b"\n")[:-1] == values
+        plain = Chunk("t", bytes(buf), len(values), RECEIVED).plain_entries()
+        assert plain is not None
+        assert plain_json_lines(plain, "t") == whole.data

@@ -3,7 +3,8 @@
 Its input comes off the network, so a read past a buffer or an overflowing integer must not hide behind a
 result that happens to look right. This builds _jsonl.c with both sanitizers, loads it in a child Python
 (every allocation through malloc, so ASan sees the bytes objects too), and feeds it valid docker chunks,
-chunks mutated byte by byte, cut short, and random bytes, checking each answer against the Python path.
+chunks mutated byte by byte, cut short, and random bytes, checking each answer against the Python path,
+through both of its functions (the whole text, and the values walked in slices).
 Any report aborts the child and fails the test.
 """
 
@@ -61,14 +62,26 @@ def chunk_bytes():
     records = ({rnd.choice(words): value(0) for _ in range(rnd.randrange(8))} for _ in range(n))
     return b"".join(b"\x92" + time_bytes() + msgpack.packb(r) for r in records), n
 
+def walk(chunk, keys):  # json_values over the whole chunk in random slices; None once one declines
+    pos, values = 0, []
+    while pos < len(chunk.entries):
+        got = formats.native_json_values(chunk, pos, rnd.randrange(1, 4), time_key=keys[0], tag_key=keys[1])
+        if got is None:
+            return None
+        part, pos = got
+        values += part
+    return values
+
 def check(entries, count, keys):
     chunk = Chunk("docker.web", entries, count, 1_600_000_000_000_000_042)
     native = formats.native_json_lines(chunk, time_key=keys[0], tag_key=keys[1])
+    values = walk(chunk, keys)
     if native is not None:
         plain = chunk.plain_entries()
         assert plain is not None, entries
         text = formats.plain_json_lines(plain, chunk.tag, time_key=keys[0], tag_key=keys[1])
         assert native.data == text, entries
+        assert values == text.split(b"\n")[:-1], entries
     return native is not None
 
 deadline = time.monotonic() + float(sys.argv[3])

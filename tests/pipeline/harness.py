@@ -198,8 +198,22 @@ class _StubProducer:
     """Stands in for confluent_kafka.Producer (a network client): every message is reported delivered."""
 
     def produce(
-        self, topic: str, value: bytes, key: bytes | None = None, *, on_delivery: Any, headers: Any = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        callback: Any = None,
+        timestamp: int = 0,
+        headers: Any = None,
     ) -> None:
+        """The real method's parameters, in its order: the output passes them by position."""
+        on_delivery = on_delivery if on_delivery is not None else callback
+        if not callable(on_delivery):
+            raise TypeError(f"produce() got no delivery callback: {on_delivery!r}")
+        if not isinstance(partition, int) or not isinstance(timestamp, int):
+            raise TypeError(f"produce() got partition {partition!r}, timestamp {timestamp!r}")
         if not isinstance(topic, str) or not isinstance(value, bytes):
             raise TypeError(f"produce() got topic {type(topic).__name__}, value {type(value).__name__}")
         if key is not None and not isinstance(key, bytes):

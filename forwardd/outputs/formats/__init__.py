@@ -27,6 +27,7 @@ from forwardd.outputs.formats.json import (
     encode_json_lines,
     json_lines,
     native_json_lines,
+    native_json_values,
     plain_json_lines,
 )
 from forwardd.outputs.formats.msgpack import (
@@ -56,6 +57,7 @@ __all__ = [
     "make_plain_encoder",
     "msgpack_entries",
     "native_json_lines",
+    "native_json_values",
     "plain_json_lines",
     "rfc3339_ns",
     "unprocessable",

@@ -54,6 +54,7 @@ __all__ = [
     "encode_json_lines",
     "json_lines",
     "native_json_lines",
+    "native_json_values",
     "plain_json_lines",
     "to_json",
 ]
@@ -199,6 +200,33 @@ def native_json_lines(
         None if tag_key is None else _utf8(tag_key),
     )
     return None if out is None else JsonLines(*out)
+
+
+def native_json_values(
+    chunk: Chunk, start: int, limit: int, *, time_key: str | None = "time", tag_key: str | None = "tag"
+) -> tuple[list[bytes], int] | None:
+    """The lines :func:`native_json_lines` writes, one ``bytes`` each without its newline, for at most
+    ``limit`` entries from byte offset ``start`` of the chunk's entries: ``(values, offset after them)``.
+
+    For a caller that walks a chunk in slices (one Kafka message per event): no text of the whole chunk is
+    built and split again. None when the extension is missing or one of those entries is not plain; then
+    :func:`encode_json_lines` has the rules, and its lines are these values for the entries they share."""
+    if _jsonl is None or (time_key is not None and time_key == tag_key):
+        return None
+    try:
+        got: tuple[list[bytes], int] | None = _jsonl.json_values(
+            chunk.entries,
+            start,
+            limit,
+            chunk.received_ns,
+            None if time_key is None else _json_str(time_key) + b':"',
+            None if tag_key is None else _tag_field(tag_key, chunk.tag),
+            None if time_key is None else _utf8(time_key),
+            None if tag_key is None else _utf8(tag_key),
+        )
+    except Exception as exc:  # out of memory on one huge record: as every encoder, about the data
+        raise UnprocessableError(f"cannot encode: {type(exc).__name__}: {exc}") from exc
+    return got
 
 
 def _json_str(text: str) -> bytes:

@@ -6,18 +6,29 @@ fields (time as the same RFC 3339 string). That is fluent-plugin-kafka's ``<form
 record alone, msgpack-encoded) with its ``<inject>`` of time and tag turned on, so consumers see the same
 fields in either format; it is *not* the ``[time, record]`` forward entry.
 
-Values are encoded for the whole chunk at once: one ``json_lines`` call split at newlines (orjson escapes
-newlines inside strings, so each line is one event), or one bulk encode of a plain chunk's columns.
+Values are encoded for the whole chunk at once and split at newlines (JSON text never holds a raw newline,
+so each line is one event): when no record field is needed (no ``topic_key``, ``message_key`` or
+``headers_from_record``), :meth:`Values.of_chunk` takes the fastest way the chunk allows, the C transcoder
+straight from a plain chunk's msgpack bytes with no Python object per event before the split
+(:func:`~forwardd.outputs.formats.encode_json_lines`); :meth:`Values.encode` also hands back each event's
+record for the fields, from one bulk decode of a plain chunk's columns or from decoded events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from forwardd.model import Chunk, Event
-from forwardd.outputs.formats import json_lines, plain_json_lines, unprocessable
+from forwardd.outputs.formats import (
+    encode_json_lines,
+    json_lines,
+    native_json_values,
+    plain_json_lines,
+    unprocessable,
+)
 from forwardd.outputs.formats.msgpack import msgpack_map_values
 
 __all__ = ["Values", "key_bytes"]
@@ -34,6 +45,39 @@ class Values:
         self.format = format
         self.time_key = time_key
         self.tag_key = tag_key
+
+    def slices(self, chunk: Chunk, size: int) -> Iterator[list[bytes]]:
+        """Every event's value, in chunk order, ``size`` at a time, when no record field is needed.
+
+        A plain chunk is transcoded a slice at a time (:func:`native_json_values`). From the first entry
+        the transcoder declines, the values come from :meth:`of_chunk` (its lines are the same text for
+        the entries before), which encodes the whole chunk before any more is handed out; it raises
+        UnprocessableError for a record no format can write, after the slices already handed out.
+        """
+        done = 0
+        if self.format == "json":
+            pos, end = 0, len(chunk.entries)
+            while pos < end:
+                got = native_json_values(chunk, pos, size, time_key=self.time_key, tag_key=self.tag_key)
+                if got is None:
+                    break
+                values, pos = got
+                done += len(values)
+                yield values
+            else:
+                return
+        rest = self.of_chunk(chunk)
+        for i in range(done, len(rest), size):
+            yield rest[i : i + size]
+
+    @unprocessable
+    def of_chunk(self, chunk: Chunk) -> list[bytes]:
+        """Every event's value, in chunk order, when no record field is needed."""
+        if self.format == "json":
+            values = encode_json_lines(chunk, self.time_key, self.tag_key).split(b"\n")
+            values.pop()  # after the last newline
+            return values
+        return self.of_events(chunk.events(), chunk.tag)
 
     @unprocessable
     def encode(self, chunk: Chunk) -> tuple[list[dict[Any, Any]], list[bytes]]:

@@ -21,16 +21,19 @@ Every message has its own delivery report, so every event has its own outcome (t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
+
+from confluent_kafka import KafkaError
 
 from forwardd.errors import PartialDelivery, RecordsRejected, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import StatValue
-from forwardd.outputs.kafka.producer import Reports, is_permanent
+from forwardd.outputs.kafka.producer import is_permanent
 from forwardd.pieces import ranges_of, select_events
 
-__all__ = ["KafkaOutputStats", "fail_retryable", "settle"]
+__all__ = ["KafkaOutputStats", "Produced", "fail_retryable", "settle"]
 
 
 @dataclass(slots=True)
@@ -58,39 +61,57 @@ def fail_retryable(name: str, stats: KafkaOutputStats, why: str) -> NoReturn:
     raise RetryableError(f"kafka output {name!r}: {why}")
 
 
+class Produced:
+    """What handing one write's messages to librdkafka left to settle besides the reports: how many events
+    were encoded, and those never produced, by why: too large, refused by librdkafka for good, or not sent
+    because producing had to stop (``stop_reason``; ``cause`` when an encoding error stopped it)."""
+
+    __slots__ = ("cause", "count", "local_rejects", "oversized", "sent_bytes", "stop_reason", "unsent")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.oversized: list[int] = []
+        self.local_rejects: list[tuple[int, str]] = []
+        self.unsent: list[int] = []
+        self.stop_reason = ""
+        self.cause: Exception | None = None
+        self.sent_bytes = 0
+
+
 def settle(
     name: str,
     stats: KafkaOutputStats,
     max_message_size: int,
     chunk: Chunk,
-    values: list[bytes],
-    reports: Reports,
-    oversized: list[int],
-    local_rejects: list[tuple[int, str]],
-    sent_bytes: int,
-    stopped_at: int | None,
-    stop_reason: str,
+    values: Callable[[], list[bytes]],
+    failed: list[tuple[KafkaError, bytes | None]],
+    produced: int,
+    out: Produced,
 ) -> None:
     """Turn the reports of one write into the contract's outcome: each event is delivered, rejected for
-    good, or unsent (failed retryably, or never produced from ``stopped_at`` on); see the module doc."""
-    n = len(values)
-    rejected = list(oversized) + [i for i, _ in local_rejects]
-    unsent: list[int] = [] if stopped_at is None else list(range(stopped_at, n))
-    reasons = [f"{len(oversized)} larger than {max_message_size} bytes"] if oversized else []
-    reasons += [why for _, why in local_rejects[:1]]
-    retry_reasons = [stop_reason] if stop_reason else []
-    if reports.failed:
+    good, or unsent (failed retryably, or never produced because producing had to stop); see the module
+    doc. ``values`` gives every event's value again, only when a failed message's event must be found."""
+    n = out.count
+    rejected = list(out.oversized) + [i for i, _ in out.local_rejects]
+    unsent: list[int] = list(out.unsent)
+    sent_bytes = out.sent_bytes
+    reasons = [f"{len(out.oversized)} larger than {max_message_size} bytes"] if out.oversized else []
+    reasons += [why for _, why in out.local_rejects[:1]]
+    retry_reasons = [out.stop_reason] if out.stop_reason else []
+    if failed:
         # Find the failed messages' events by value among those produced; equal values are equal
-        # events, any one will do. Only a failure pays for this.
+        # events, any one will do. Only a failure pays for this (the values are encoded again).
+        every = values()
         skip = set(rejected)
+        skip.update(unsent)
         by_value: dict[bytes, list[int]] = {}
-        for i in range(n if stopped_at is None else stopped_at):
+        for i in range(min(n, len(every))):
             if i not in skip:
-                by_value.setdefault(values[i], []).append(i)
-        permanent = [(e, v) for e, v in reports.failed if is_permanent(e)]
-        retryable = [(e, v) for e, v in reports.failed if not is_permanent(e)]
-        for failed, into in ((permanent, rejected), (retryable, unsent)):
-            for _, fv in failed:
+                by_value.setdefault(every[i], []).append(i)
+        permanent = [(e, v) for e, v in failed if is_permanent(e)]
+        retryable = [(e, v) for e, v in failed if not is_permanent(e)]
+        for kind, into in ((permanent, rejected), (retryable, unsent)):
+            for _, fv in kind:
                 idx = by_value.get(fv or b"")
                 if idx:
                     into.append(idx.pop())
@@ -101,9 +122,9 @@ def settle(
         if retryable:
             e = retryable[0][0]
             retry_reasons.append(
-                f"{len(retryable)} of {reports.produced} messages failed, e.g. {e.name()}: {e.str()}"
+                f"{len(retryable)} of {produced} messages failed, e.g. {e.name()}: {e.str()}"
             )
-    delivered = reports.produced - len(reports.failed)
+    delivered = produced - len(failed)
     stats.delivered_events += delivered
     stats.delivered_bytes += sent_bytes
     rejection: RecordsRejected | None = None
@@ -119,11 +140,18 @@ def settle(
         )
     if unsent:
         unsent.sort()
-        if not delivered and not rejected:
-            fail_retryable(name, stats, "; ".join(retry_reasons))  # nothing got through: all again
-        stats.retryable_errors += 1
-        cause = RetryableError(f"kafka output {name!r}: {'; '.join(retry_reasons)}")
-        stats.last_error = str(cause)
+        cause: Exception
+        if out.cause is not None and not retry_reasons:
+            # Only an encoding error stopped it: the rest is handled as if writing it had raised that.
+            cause = out.cause
+            retry_reasons.append(f"cannot encode: {out.cause}")
+            stats.last_error = str(out.cause)
+        else:
+            if not delivered and not rejected:
+                fail_retryable(name, stats, "; ".join(retry_reasons))  # nothing got through: all again
+            stats.retryable_errors += 1
+            cause = RetryableError(f"kafka output {name!r}: {'; '.join(retry_reasons)}")
+            stats.last_error = str(cause)
         raise PartialDelivery(
             f"kafka output {name!r}: {delivered} of {n} events delivered, {len(rejected)} "
             f"rejected, {len(unsent)} to send again ({'; '.join(retry_reasons)})",

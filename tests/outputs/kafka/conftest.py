@@ -7,6 +7,7 @@ offset and counts records until it has as many as it expects, never asking for w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -50,8 +51,19 @@ class Broker:
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         pid_file.unlink()
 
+    def freeze(self) -> None:
+        """SIGSTOP: a hung broker. Connections stay open, the kernel still takes bytes into its sockets,
+        nothing is answered; :meth:`thaw` resumes it with everything it held."""
+        os.kill(int((self.state_dir / "broker.pid").read_text()), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(int((self.state_dir / "broker.pid").read_text()), signal.SIGCONT)
+
     def stop(self) -> None:
         pid_file = self.state_dir / "broker.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGCONT)  # a frozen broker cannot take SIGTERM
         pid = int(pid_file.read_text()) if pid_file.exists() else None
         # stop-broker.sh checks the pid's command line with `ps -o args=`, which ps cuts at 80 columns
         # when it sees no terminal (as under pytest), cutting off the port: ask for a wide one.

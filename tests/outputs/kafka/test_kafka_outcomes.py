@@ -15,11 +15,13 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from forwardd.buffer import BufferedSink, DiskQueue, RetryPolicy, read_dead_letter
 from forwardd.errors import PartialDelivery, RetryableError
 from forwardd.outputs.kafka import KafkaOutput
 from tests.buffer.test_buffer_delivery import FakeTime
+from tests.buffer.test_delivery_isolation import dead_letters, entries_chunk, numbered
 
 from .conftest import Broker, consume
 from .test_kafka_output import make_chunk
@@ -131,3 +133,41 @@ async def test_a_broker_lost_mid_write_resends_only_what_it_had_not_acknowledged
         until=lambda g: unsent <= {orjson.loads(r.value)["n"] for r in g},
     )  # fmt: skip
     assert {orjson.loads(r.value)["n"] for r in got} == unsent  # none of the acknowledged ones again
+
+
+async def test_a_record_no_format_can_write_past_the_first_slices_costs_only_itself(
+    kafka_broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    """Values are encoded and produced a slice at a time: a record the C transcoder declines and the Python
+    path cannot write (nested 600 deep) is met after a thousand events went out. Those are delivered once,
+    the rest goes back to the delivery loop, which isolates the one record; nothing is sent twice."""
+    t = FakeTime()
+    out = KafkaOutput(name="k", brokers=[kafka_broker.bootstrap], topic=topic)
+    q = DiskQueue(str(tmp_path / "q"), fsync="never")
+    sink = BufferedSink(
+        "k", out, q, RetryPolicy(), str(tmp_path / "dead"), clock=t.clock, sleep=t.sleep, rand=lambda: 1.0
+    )
+    await q.start()
+    await asyncio.wait_for(sink.submit(entries_chunk("app", numbered(2500, poison_at=(1500,)))), TIMEOUT)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        await sink.start()
+        try:
+
+            async def empty() -> None:
+                while sink.stats.queued_chunks:
+                    await asyncio.sleep(0.01)  # polls the queue the loop empties; bounded by the timeout
+
+            await asyncio.wait_for(empty(), TIMEOUT)
+        finally:
+            await sink.stop()
+    got = consume(kafka_broker.bootstrap, topic, 2499)
+    counts = Counter(orjson.loads(r.value)["seq"] for r in got)
+    assert sorted(counts) == [i for i in range(2500) if i != 1500]
+    assert set(counts.values()) == {1}  # the first slices were not sent again
+    [(chunk, sidecar)] = dead_letters(tmp_path / "dead")
+    assert [e.record["seq"] for e in chunk.events()] == [1500]
+    assert sidecar["reason"] == "unprocessable"
+    assert (sink.stats.delivered_events, sink.stats.dead_lettered_events) == (2499, 1)
+    assert sink.stats.isolations == 1
+    assert "delivery.isolating" in [e["event"] for e in logs]
+    assert t.sleeps == []

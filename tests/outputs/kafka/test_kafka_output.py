@@ -15,10 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forwardd.app import parse_config
-from forwardd.errors import PartialDelivery, PermanentError, RecordsRejected, RetryableError
+from forwardd.errors import (
+    PartialDelivery,
+    PermanentError,
+    RecordsRejected,
+    RetryableError,
+    UnprocessableError,
+)
 from forwardd.model import Chunk, Event, pack_entries
 from forwardd.outputs.formats import rfc3339_ns
 from forwardd.outputs.kafka import KafkaOutput, producer_config
+from forwardd.outputs.kafka.output import SLICE
 from forwardd.outputs.kafka.settings import ClientTls, Sasl
 
 from .conftest import Broker, consume, free_port
@@ -137,6 +144,54 @@ async def test_oversized_record_rejected_alone(kafka_broker: Broker, topic: str)
     assert (out.stats.delivered_events, out.stats.rejected_events) == (19, 1)
 
 
+async def test_records_librdkafka_refuses_are_rejected_alone_on_the_batch_path(
+    kafka_broker: Broker, topic: str
+) -> None:
+    """No record field configured: the values go through produce_batch, where librdkafka refuses a message
+    over its message.max.bytes in that message's own error, not by raising for the call."""
+    records: list[dict[str, Any]] = [{"n": i} for i in range(3000)]
+    for i in (5, 1500, 2999):  # in the first, a middle and the last produce_batch call
+        records[i]["log"] = "x" * 5000
+    out = await started(brokers=[kafka_broker.bootstrap], topic=topic, options={"message.max.bytes": 4000})
+    try:
+        with pytest.raises(RecordsRejected, match="MSG_SIZE_TOO_LARGE") as info:
+            await out.write(make_chunk(records))
+    finally:
+        await out.stop()
+    assert [e.record["n"] for e in info.value.rejected.events()] == [5, 1500, 2999]
+    got = consume(kafka_broker.bootstrap, topic, 2997)
+    assert sorted(orjson.loads(r.value)["n"] for r in got) == [
+        i for i in range(3000) if i not in (5, 1500, 2999)
+    ]
+    assert (out.stats.delivered_events, out.stats.rejected_events) == (2997, 3)
+
+
+async def test_an_encoding_error_after_the_first_slice_keeps_what_went_out(
+    kafka_broker: Broker, topic: str
+) -> None:
+    """Values go out a slice at a time: when a record no format can write comes after the first slice,
+    what was produced is delivered and reported, and only the rest goes back, with the encoding error."""
+    deep: Any = "x"
+    for _ in range(600):
+        deep = [deep]
+    records: list[dict[str, Any]] = [{"n": i} for i in range(2500)]
+    records[1500]["log"] = deep
+    out = await started(brokers=[kafka_broker.bootstrap], topic=topic)
+    try:
+        with pytest.raises(PartialDelivery) as info:
+            await out.write(make_chunk(records))
+    finally:
+        await out.stop()
+    err = info.value
+    assert isinstance(err.cause, UnprocessableError)
+    assert err.rejected is None
+    assert err.delivered == SLICE
+    assert err.unsent is not None
+    assert [e.record["n"] for e in err.unsent.events()] == list(range(SLICE, 2500))
+    got = consume(kafka_broker.bootstrap, topic, SLICE)
+    assert sorted(orjson.loads(r.value)["n"] for r in got) == list(range(SLICE))
+
+
 async def test_broker_refused_records_rejected_alone(kafka_broker: Broker, topic: str) -> None:
     """Invalid topic names (from a record key) are refused by the broker in the delivery report: only those
     events are rejected, the others are delivered."""
@@ -172,6 +227,8 @@ async def test_idempotent_producer(kafka_broker: Broker, topic: str) -> None:
     out = await started(brokers=[kafka_broker.bootstrap], topic=topic, idempotent=True)
     try:
         assert out.config["enable.idempotence"] is True
+        # Order across batches: the delivery loop hands an idempotent producer one write at a time.
+        assert out.concurrent_writes == 1
         for c in range(3):
             await out.write(make_chunk([{"n": c * 100 + i} for i in range(100)]))
     finally:
@@ -301,6 +358,23 @@ def test_idempotence_needs_acks_all() -> None:
         producer_config(["b:1"], idempotent=True, required_acks="1")
 
 
+def test_lz4_unless_configured_otherwise(tmp_path: Path) -> None:
+    """The default chosen by measurement (docs/kafka-output.md): the configuration's, the output's and
+    producer_config's agree."""
+    conf = parse_config(
+        f"""
+storage: {{path: {tmp_path}}}
+sources: [{{port: 0}}]
+outputs: {{k: {{type: kafka, brokers: ["127.0.0.1:{free_port()}"], topic: logs}}}}
+"""
+    )
+    out = KafkaOutput.from_settings("k", conf.outputs["k"])  # type: ignore[arg-type]
+    assert out.config["compression.type"] == "lz4"
+    assert KafkaOutput(name="k", brokers=["b:1"], topic="t").config["compression.type"] == "lz4"
+    assert producer_config(["b:1"])["compression.type"] == "lz4"
+    assert producer_config(["b:1"], compression="none")["compression.type"] == "none"
+
+
 def test_from_settings_reads_the_config_model(tmp_path: Path) -> None:
     conf = parse_config(
         f"""
@@ -315,7 +389,7 @@ outputs:
     message_key: user
     headers: {{env: prod}}
     headers_from_record: {{x-host: host}}
-    compression: lz4
+    compression: zstd
     required_acks: -1
     idempotent: true
     max_message_size: 2MiB
@@ -332,7 +406,7 @@ outputs:
     assert out.max_message_size == 2 * 1024**2
     c = out.config
     assert (c["compression.type"], c["acks"], c["enable.idempotence"], c["linger.ms"]) == (
-        "lz4",
+        "zstd",
         "-1",
         True,
         7,
@@ -361,3 +435,66 @@ def test_json_values_one_per_event(records: list[dict[str, Any]]) -> None:
         d = orjson.loads(v)
         assert (d.pop("time"), d.pop("tag")) == (rfc3339_ns(T0 + i), "t.ag")
         assert set(d) == set(r) - {"time", "tag"}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_value_slices_are_the_chunk_values_where_the_transcoder_declines_midway(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bytes value (not plain: the transcoder declines it) after two slices: the slices go on from the
+    Python text, so together they are exactly the chunk's values, in order."""
+    from forwardd.outputs.formats import json as formats
+
+    if not native:
+        monkeypatch.setattr(formats, "_jsonl", None)
+    records: list[dict[str, Any]] = [{"n": i, "log": f"line {i}"} for i in range(2500)]
+    records[2100]["raw"] = b"\xff\x00"
+    chunk = make_chunk(records)
+    out = KafkaOutput(name="enc", brokers=["b:1"], topic="t")
+    slices = list(out._messages.slices(chunk, 1000))
+    assert [len(s) for s in slices] == [1000, 1000, 500]
+    values = [v for s in slices for v in s]
+    assert values == out._messages.of_chunk(chunk)
+    assert [orjson.loads(v)["n"] for v in values] == list(range(2500))
+    assert orjson.loads(values[2100])["raw"] == "\\xff\x00"
+
+
+async def test_overlapping_writes_complete_each_on_its_own(kafka_broker: Broker, topic: str) -> None:
+    """The delivery loop has several writes in flight (concurrent_writes): a small write begun while a big
+    one still produces (its local queue of 100 messages keeps it waiting for room) returns as soon as its
+    own messages are acknowledged, not when the producer's whole queue is."""
+    assert KafkaOutput.concurrent_writes > 1
+    out = await started(
+        brokers=[kafka_broker.bootstrap], topic=topic, options={"queue.buffering.max.messages": 100}
+    )
+    try:
+        await out.write(make_chunk([{"n": -1}]))  # connected, topic known
+        big = asyncio.create_task(out.write(make_chunk([{"n": i, "log": "y" * 200} for i in range(20_000)])))
+        await asyncio.sleep(0)  # the big write begins: it produces until the local queue is full
+        await asyncio.wait_for(out.write(make_chunk([{"n": 20_000 + i} for i in range(10)])), 30)
+        assert not big.done()
+        await asyncio.wait_for(big, 60)
+    finally:
+        await out.stop()
+    got = consume(kafka_broker.bootstrap, topic, 20_011)
+    assert sorted(orjson.loads(r.value)["n"] for r in got) == list(range(-1, 20_010))
+
+
+async def test_a_write_completes_when_the_last_reference_to_its_callback_goes() -> None:
+    """What lets overlapping writes complete each on its own: librdkafka's client holds each message's
+    callback until that message is reported; the write's completion resolves when the callback object is
+    freed, and not before."""
+    from forwardd.outputs.kafka.producer import KafkaClient, Reports
+
+    client = KafkaClient("t", {})
+    reports = Reports()
+    held = [reports, reports]  # stands in for the references of two unreported messages
+    done, ref = client.completion(reports)
+    del reports
+    await asyncio.sleep(0)
+    held.pop()
+    await asyncio.sleep(0)
+    assert not done.done()
+    held.pop()
+    await asyncio.wait_for(done, 5)
+    assert ref() is None
