@@ -191,8 +191,12 @@ def test_many_peers_with_big_frames_cannot_grow_memory(tmp_path: Path, peers: in
         )
         d.wait_rss_back(before)
         check_delivered(out / "steady", s)
-        d.wait_lines("conn.closed_mid_frame")
+        whole = pushed == peers * size
+        if not whole:  # some peer was closed with its frame unfinished: that is said
+            d.wait_lines("conn.closed_mid_frame")
         stats = d.stop()
+        if whole:  # every frame was read whole (the budget paused and resumed readers): each was answered
+            assert stats["source:in"]["rejected"] >= peers, stats["source:in"]
         assert stats["source:in"]["connections"] >= peers + 1
         assert not d.not_json(), d.not_json()[:5]
 
