@@ -54,6 +54,14 @@ class ChunkQueue(Protocol):
         """Accepted chunks not yet available to :meth:`get` (a disk queue's commit in progress)."""
         ...
 
+    #: Bytes of accepted, undelivered records the queue holds at most.
+    max_size: int
+
+    @property
+    def full(self) -> bool:
+        """Whether a chunk now would wait for room (or be refused): what /ready reports."""
+        ...
+
     async def close(self) -> None:
         """Stop accepting; make what was accepted as safe as the queue can; release files."""
         ...

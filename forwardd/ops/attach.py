@@ -43,6 +43,7 @@ class _LocalEndpoint(OpsHook):
 
     async def start(self) -> None:
         settings = self.daemon.config.http_server
+        assert settings is not None  # attach() makes a local endpoint only when http_server is set
         await self.endpoint.start(host=settings.bind, port=settings.port)
 
     async def stop(self) -> None:

@@ -14,9 +14,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from forwardd import __version__
+
+if TYPE_CHECKING:
+    from forwardd.buffer.delivery import BufferedSink
+    from forwardd.ops.settings import HttpServer
+    from forwardd.router import Router
+    from forwardd.server.listener import ForwardListener
 
 __all__ = ["DaemonView", "Snapshot", "Status", "merge", "snapshot"]
 
@@ -34,22 +40,36 @@ class DaemonView(Protocol):
     @property
     def worker(self) -> int: ...
     @property
-    def config(self) -> Any: ...
+    def config(self) -> ConfigView: ...
     @property
-    def listeners(self) -> Sequence[Any]: ...
+    def listeners(self) -> Sequence[ForwardListener]: ...
     @property
-    def sinks(self) -> Mapping[str, Any]: ...
+    def sinks(self) -> Mapping[str, BufferedSink]: ...
     @property
-    def router(self) -> Any: ...
+    def router(self) -> Router: ...
+
+
+class _Typed(Protocol):
+    @property
+    def type(self) -> str: ...
+
+
+class ConfigView(Protocol):
+    """The parts of the configuration a snapshot reads."""
+
+    @property
+    def http_server(self) -> HttpServer | None: ...
+    @property
+    def outputs(self) -> Mapping[str, _Typed]: ...
 
 
 _STARTED = time.time()
 
 
-def _source(listener: Any) -> dict[str, Any]:
+def _source(listener: ForwardListener) -> dict[str, Any]:
     stats = listener.stats
     out: dict[str, Any] = dict(stats.as_dict())
-    out["listening"] = bool(getattr(listener, "serving", False))
+    out["listening"] = listener.serving
     address = listener.address
     port = listener.port
     out["address"] = None if address is None else (address if port is None else f"{address}:{port}")
@@ -57,24 +77,20 @@ def _source(listener: Any) -> dict[str, Any]:
     return out
 
 
-def _output(name: str, sink: Any, settings: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": getattr(settings, "type", None)}
-    stats = getattr(sink, "stats", None)
-    if stats is not None:
-        out.update(stats.as_dict())
-    queue = getattr(sink, "queue", None)
-    out["max_size"] = getattr(queue, "max_size", None)
-    out["full"] = bool(getattr(queue, "full", False))
-    oldest = getattr(sink, "oldest_received_ns", None)
+def _output(sink: BufferedSink, settings: _Typed | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": settings.type if settings is not None else None}
+    out.update(sink.stats.as_dict())
+    queue = sink.queue
+    out["max_size"] = queue.max_size
+    out["full"] = queue.full
+    oldest = sink.oldest_received_ns
     out["oldest_received"] = None if oldest is None else oldest / 1e9
-    out["failing_seconds"] = float(getattr(sink, "failing_seconds", 0.0))
-    out["last_error_at"] = getattr(sink, "last_error_at", None)
-    out["loop_alive"] = bool(getattr(sink, "loop_alive", True))
-    hist = getattr(sink, "delivery_latency", None)
-    out["delivery_latency"] = hist.as_dict() if hist is not None else None
-    tags = getattr(sink, "tag_events", None)
-    out["tags"] = dict(tags.counts) if tags is not None else {}
-    own = getattr(getattr(sink, "output", None), "stats", None)
+    out["failing_seconds"] = sink.failing_seconds
+    out["last_error_at"] = sink.last_error_at
+    out["loop_alive"] = sink.loop_alive
+    out["delivery_latency"] = sink.delivery_latency.as_dict()
+    out["tags"] = dict(sink.tag_events.counts)
+    own = sink.output.stats
     if own is not None:
         out["output_stats"] = {k: v for k, v in own.as_dict().items() if _plain_value(v)}
     return out
@@ -90,7 +106,7 @@ def snapshot(daemon: DaemonView) -> Snapshot:
     ops = config.http_server
     stuck_after = ops.stuck_after if ops is not None else 60.0
     sources = {ls.settings.name: _source(ls) for ls in daemon.listeners}
-    outputs = {name: _output(name, sink, config.outputs.get(name)) for name, sink in daemon.sinks.items()}
+    outputs = {name: _output(sink, config.outputs.get(name)) for name, sink in daemon.sinks.items()}
     reasons: list[str] = []
     for name, src in sources.items():
         if not src["listening"]:
