@@ -39,15 +39,20 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 __all__ = [
+    "RELOAD_SIGNAL",
     "STOP_SIGNALS",
     "Deadline",
+    "ReloadSignals",
     "StopTimes",
+    "block_reload_signal",
     "block_stop_signals",
     "die_with_parent",
     "unblock_stop_signals",
@@ -58,6 +63,8 @@ log = structlog.get_logger("forwardd")
 
 #: The signals that stop forwardd.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: The signal that reloads the configuration (see ReloadSignals).
+RELOAD_SIGNAL = signal.SIGHUP
 #: The largest share of the budget kept back, at the end, for the process to exit after the daemon stopped.
 MAX_MARGIN = 0.5
 #: The largest share of a stop kept for closing queues and outputs once delivery was cut off.
@@ -171,3 +178,62 @@ def watch_parent(loop: asyncio.AbstractEventLoop, fd: int, worker: int) -> None:
 
     os.set_blocking(fd, False)
     loop.add_reader(fd, gone)
+
+
+def block_reload_signal() -> None:
+    """Hold SIGHUP pending in this thread and every thread and process started from it, for
+    :class:`ReloadSignals` to take: called first thing by the command line, before any thread exists (a
+    thread that does not block it would be killed by its default action)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+
+
+class ReloadSignals:
+    """SIGHUP, taken by a thread that waits for it (``sigtimedwait``), which tells who sent it.
+
+    Why not the loop's signal handler: with ``workers: N`` a SIGHUP sent to the process group reaches the
+    parent and every worker, and the parent forwards the one it got; each worker must reload once. A
+    worker acts only on the signal its parent sent (``only_from``) and logs the others. The signal must be
+    blocked in every thread (:func:`block_reload_signal`), so that only this one takes it.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_reload: Callable[[int], None],
+        *,
+        only_from: int | None = None,
+        worker: int = 0,
+    ) -> None:
+        self.loop = loop
+        self.on_reload = on_reload
+        self.only_from = only_from
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forwardd-sighup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            info = signal.sigtimedwait({RELOAD_SIGNAL}, 0.2)
+            if info is None:
+                continue
+            sender = info.si_pid
+            if self.only_from is not None and sender != self.only_from:
+                self.loop.call_soon_threadsafe(self._ignored, sender)
+                continue
+            self.loop.call_soon_threadsafe(self.on_reload, sender)
+
+    def _ignored(self, sender: int) -> None:
+        log.info(
+            "worker.reload_signal_ignored",
+            worker=self.worker,
+            sender=sender,
+            hint="a worker reloads when its parent forwards SIGHUP: signal the parent (the pid in the "
+            "storage lock), as `forwardd reload` does",
+        )
