@@ -24,6 +24,7 @@ from forwardd.config import ConfigError
 from forwardd.lifecycle import (
     RELOAD_SIGNAL,
     STOP_SIGNALS,
+    WORKER_RELOAD_SIGNAL,
     StopTimes,
     block_reload_signal,
     block_stop_signals,
@@ -306,12 +307,13 @@ class _Supervisor:
             self._stop(signum)
 
     def _on_reload(self, _signum: int, _frame: object) -> None:
-        """Forward SIGHUP to each worker, once: each reloads on the copy from its parent and ignores one
-        sent to it directly (a SIGHUP to the process group reaches it twice), see ReloadSignals."""
+        """Pass SIGHUP on to each worker, once (as WORKER_RELOAD_SIGNAL): each reloads on its parent's copy
+        and only logs a SIGHUP sent to it directly (one to the process group reaches it too), see
+        ReloadSignals."""
         if self.stopping:
             return
         self.log.info("workers.reloading", workers=len(self.children))
-        self._send(RELOAD_SIGNAL)
+        self._send(WORKER_RELOAD_SIGNAL)
 
     def _on_deadline(self, _signum: int, _frame: object) -> None:
         self.log.error(

@@ -65,6 +65,9 @@ log = structlog.get_logger("forwardd")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: The signal that reloads the configuration (see ReloadSignals).
 RELOAD_SIGNAL = signal.SIGHUP
+#: How the parent of ``workers: N`` passes a SIGHUP on to each worker: a real-time signal, because those
+#: queue, where a second SIGHUP that comes while one is pending merges into it (and its sender is lost).
+WORKER_RELOAD_SIGNAL: int = signal.SIGRTMIN + 1
 #: The largest share of the budget kept back, at the end, for the process to exit after the daemon stopped.
 MAX_MARGIN = 0.5
 #: The largest share of a stop kept for closing queues and outputs once delivery was cut off.
@@ -184,7 +187,7 @@ def block_reload_signal() -> None:
     """Hold SIGHUP pending in this thread and every thread and process started from it, for
     :class:`ReloadSignals` to take: called first thing by the command line, before any thread exists (a
     thread that does not block it would be killed by its default action)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, WORKER_RELOAD_SIGNAL})
 
 
 class ReloadSignals:
@@ -192,8 +195,10 @@ class ReloadSignals:
 
     Why not the loop's signal handler: with ``workers: N`` a SIGHUP sent to the process group reaches the
     parent and every worker, and the parent forwards the one it got; each worker must reload once. A
-    worker acts only on the signal its parent sent (``only_from``) and logs the others. The signal must be
-    blocked in every thread (:func:`block_reload_signal`), so that only this one takes it.
+    worker (``only_from``: its parent's pid) acts only on :data:`WORKER_RELOAD_SIGNAL` from its parent,
+    and logs a SIGHUP sent to it directly. Two SIGHUPs would not do: one that comes while another is
+    pending merges into it, so the parent's copy could be lost behind the group's. The signals must be
+    blocked in every thread (:func:`block_reload_signal`), so that only this one takes them.
     """
 
     def __init__(
@@ -220,14 +225,18 @@ class ReloadSignals:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            info = signal.sigtimedwait({RELOAD_SIGNAL}, 0.2)
+            info = signal.sigtimedwait({RELOAD_SIGNAL, WORKER_RELOAD_SIGNAL}, 0.2)
             if info is None:
                 continue
             sender = info.si_pid
-            if self.only_from is not None and sender != self.only_from:
+            if self.only_from is None:
+                acts = info.si_signo == RELOAD_SIGNAL
+            else:
+                acts = info.si_signo == WORKER_RELOAD_SIGNAL and sender == self.only_from
+            if acts:
+                self.loop.call_soon_threadsafe(self.on_reload, sender)
+            elif info.si_signo == RELOAD_SIGNAL:
                 self.loop.call_soon_threadsafe(self._ignored, sender)
-                continue
-            self.loop.call_soon_threadsafe(self.on_reload, sender)
 
     def _ignored(self, sender: int) -> None:
         log.info(
