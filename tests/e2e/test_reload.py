@@ -153,13 +153,16 @@ def test_reload_swaps_route_and_filter_under_one_open_connection(tmp_path: Path)
     finally:
         assert proc.terminate() == 0
     a, b = _read(tmp_path, "a"), _read(tmp_path, "b")
-    assert all(r["v"] == "1" for r in a) and all(r["v"] == "2" for r in b)
+    assert all(r["v"] == "1" for r in a)
+    assert all(r["v"] == "2" for r in b)
     seq_a, seq_b = [r["seq"] for r in a], [r["seq"] for r in b]
     assert not set(seq_a) & set(seq_b), "an event went both ways"
     assert sorted(seq_a + seq_b) == acked, "an acked event is missing or doubled"
     # One switch point: everything before it by the old configuration, everything after by the new.
-    assert seq_a == list(range(len(seq_a))) and seq_b == list(range(len(seq_a), len(acked)))
-    assert 200 <= len(seq_a) <= at_reload + 1 and len(seq_b) >= 200
+    assert seq_a == list(range(len(seq_a)))
+    assert seq_b == list(range(len(seq_a), len(acked)))
+    assert 200 <= len(seq_a) <= at_reload + 1
+    assert len(seq_b) >= 200
 
 
 def test_reload_adds_and_removes_a_source(tmp_path: Path) -> None:
@@ -192,7 +195,8 @@ def test_reload_adds_and_removes_a_source(tmp_path: Path) -> None:
         # port 0 stays port 0: "keep" is unchanged and keeps its ephemeral port and connection.
         _write(tmp_path, v2)
         reloaded = _hup(proc)
-        assert reloaded["sources_added"] == ["new"] and reloaded["sources_removed"] == ["old"]
+        assert reloaded["sources_added"] == ["new"]
+        assert reloaded["sources_removed"] == ["old"]
         proc.wait_event("listener.stopped")
         assert old.closed_by_server(10)
         old.close()
@@ -241,7 +245,8 @@ def test_output_removed_then_readded_delivers_its_queue(tmp_path: Path) -> None:
             _write(tmp_path, _config(tmp_path))  # b gone; its route too
             _hup(proc)
             removed = proc.wait_event("output.removed")
-            assert removed["output"] == "b" and removed["left_chunks"] >= 1, removed
+            assert removed["output"] == "b", removed
+            assert removed["left_chunks"] >= 1, removed
             c.message("t.a", {"n": 100}, ack=True)
             blocked.unlink()
             _write(tmp_path, v1)
@@ -266,7 +271,8 @@ def test_invalid_config_is_refused_and_the_old_one_serves(tmp_path: Path) -> Non
             _write(tmp_path, dict(v1, routes=[{"match": "**", "outputs": ["nowhere"]}]))
             failed = _hup(proc, event="config.reload_failed")
             text = "\n".join(failed["errors"])
-            assert "forwardd.yaml:" in text and "nowhere" in text, failed
+            assert "forwardd.yaml:" in text, failed
+            assert "nowhere" in text, failed
             c.message("t", {"n": 2}, ack=True)
             _write(tmp_path, dict(v1, storage={"path": str(tmp_path / "elsewhere")}))
             failed = _hup(proc, 2, event="config.reload_failed")
@@ -293,7 +299,8 @@ def test_forwardd_reload_command(tmp_path: Path) -> None:
     v1 = _config(tmp_path)
     _write(tmp_path, v1)
     none = _cli(tmp_path, "reload", "-c", cfg)
-    assert none.returncode == 1 and "no forwardd is running" in none.stderr
+    assert none.returncode == 1
+    assert "no forwardd is running" in none.stderr
     proc = Proc(v1, tmp_path)
     try:
         proc.wait_ready()
@@ -309,7 +316,8 @@ def test_forwardd_reload_command(tmp_path: Path) -> None:
         assert _cli(tmp_path, "-c", cfg, "reload", "-c", str(tmp_path / "other.yaml")).returncode == 2
         (tmp_path / "forwardd.yaml").write_text("sources: [}\n")
         bad = _cli(tmp_path, "reload", "-c", cfg)
-        assert bad.returncode == 2 and "forwardd.yaml:1" in bad.stderr
+        assert bad.returncode == 2
+        assert "forwardd.yaml:1" in bad.stderr
         assert not _events(proc, "config.reload_failed")
         with ForwardClient("127.0.0.1", proc.port()) as c:
             c.message("t", {"n": 1}, ack=True)
