@@ -355,3 +355,28 @@ def test_workers_each_reload_once(tmp_path: Path) -> None:
         assert proc.terminate() == 0
     assert len(_events(proc, "config.reloaded")) == 4
     assert sorted(r["n"] for r in _read(tmp_path, "a2")) == list(range(10))
+
+
+def test_changed_source_on_the_same_address_takes_over_its_socket(tmp_path: Path) -> None:
+    """A source whose settings change but not its address is replaced by a listener that takes over the
+    listening socket: the port never refuses a connection, the old connection drains and closes after its
+    acks, and new connections get the new settings (here a tag prefix)."""
+    with socketserver_port() as port:
+        pass
+    src = {"name": "in", "bind": "127.0.0.1", "port": port, "udp_heartbeat": False}
+    v1 = _config(tmp_path, sources=[src])
+    proc = Proc(v1, tmp_path)
+    try:
+        proc.wait_ready()
+        old = ForwardClient("127.0.0.1", port)
+        old.message("t", {"n": 1}, ack=True)
+        _write(tmp_path, _config(tmp_path, sources=[{**src, "add_tag_prefix": "v2"}]))
+        reloaded = _hup(proc)
+        assert reloaded["sources_replaced"] == ["in"]
+        with ForwardClient("127.0.0.1", port) as new:
+            new.message("t", {"n": 2}, ack=True)
+        assert old.closed_by_server(10)
+        old.close()
+    finally:
+        assert proc.terminate() == 0
+    assert sorted((r["tag"], r["n"]) for r in _read(tmp_path, "a")) == [("t", 1), ("v2.t", 2)]
