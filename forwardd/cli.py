@@ -1,4 +1,4 @@
-"""``forwardd`` command line: ``run`` (the default), ``check-config``, ``top``, ``version``.
+"""``forwardd`` command line: ``run`` (the default), ``check-config``, ``reload``, ``top``, ``version``.
 
 Exit codes: 0 success, 1 a runtime failure (a port in use, a worker that died), 2 a configuration or usage
 error, with every problem of the file printed at once, or a storage directory that another forwardd holds
@@ -22,15 +22,18 @@ from forwardd import __version__
 from forwardd.app.config import Config, default_config, load_config
 from forwardd.config import ConfigError
 from forwardd.lifecycle import (
+    RELOAD_SIGNAL,
     STOP_SIGNALS,
+    WORKER_RELOAD_SIGNAL,
     StopTimes,
+    block_reload_signal,
     block_stop_signals,
     die_with_parent,
     unblock_stop_signals,
     watch_parent,
 )
 from forwardd.logging import configure_logging
-from forwardd.storage import StorageLock, StorageLocked
+from forwardd.storage import StorageLock, StorageLocked, holder
 
 __all__ = ["main"]
 
@@ -46,6 +49,7 @@ _USES = {
     "check-config": {"config"},
     "version": set(),
     "top": {"config"},
+    "reload": {"config"},
 }
 _LOG_FORMATS: dict[str, Literal["auto", "json", "console"]] = {
     "auto": "auto",
@@ -95,11 +99,19 @@ def _parser() -> argparse.ArgumentParser:
         "`forwardd check-config -c F` (or `forwardd check-config F`) mean the same.",
     )
     _add_common(p, prefix="top_")
-    sub = p.add_subparsers(dest="command", metavar="{run,check-config,top,version}")
+    sub = p.add_subparsers(dest="command", metavar="{run,check-config,reload,top,version}")
     _add_common(sub.add_parser("run", help="run the receiver (the default command)"), prefix="")
     check = sub.add_parser("check-config", help="validate a configuration and print its routes")
     _add_common(check, prefix="")
     check.add_argument("path", nargs="?", default=None, help="YAML configuration file (same as -c)")
+    reload = sub.add_parser(
+        "reload",
+        help="make the running forwardd re-read its configuration (SIGHUP)",
+        description="Checks -c FILE (the built-in configuration without it), finds the forwardd that holds "
+        "its storage directory (the pid in <storage>/forwardd.lock) and sends it SIGHUP. The outcome is in "
+        "that forwardd's log: config.reloaded, or config.reload_failed and the old configuration runs on.",
+    )
+    _add_common(reload, prefix="")
     _add_common(sub.add_parser("version", help="print the version"), prefix="")
     top = sub.add_parser(
         "top",
@@ -154,10 +166,11 @@ def _run_worker(
     reuse_port: bool,
     parent_watch: int | None = None,
     ops: socket.socket | None = None,
+    path: str | None = None,
 ) -> int:
     """Run one daemon until it is stopped. ``parent_watch``: a forked worker's end of the pipe that tells
     it its parent is gone (:func:`forwardd.lifecycle.watch_parent`); ``ops``: its channel to the parent's
-    operators' endpoint."""
+    operators' endpoint; ``path``: the configuration file SIGHUP re-reads (None: the built-in one)."""
     from forwardd.app import Daemon
 
     _install_loop_policy()
@@ -170,7 +183,14 @@ def _run_worker(
         if parent_watch is not None:
             watch_parent(asyncio.get_running_loop(), parent_watch, worker)
         # A forked worker gets each group signal twice (see forwardd.lifecycle): a repeat is not an abort.
-        await daemon.run(repeat_aborts=parent_watch is None, watchdog=True)
+        await daemon.run(
+            repeat_aborts=parent_watch is None,
+            watchdog=True,
+            reload_from=lambda: _load(path),
+            reload_path=path or "<built-in>",
+            # A forked worker reloads on the SIGHUP its parent forwards, once (see ReloadSignals).
+            reload_only_from=os.getppid() if parent_watch is not None else None,
+        )
 
     try:
         asyncio.run(serve(Daemon(config, worker=worker, reuse_port=reuse_port, ops_channel=ops)))
@@ -180,7 +200,7 @@ def _run_worker(
     return EXIT_OK
 
 
-def _run_workers(config: Config) -> int:
+def _run_workers(config: Config, path: str | None) -> int:
     """Fork ``workers`` processes sharing each port through SO_REUSEPORT and supervise them: they die with
     this process, and stop (within ``shutdown_timeout``) when it is told to or when one of them dies. This
     process serves the operators' endpoint for all of them."""
@@ -204,7 +224,7 @@ def _run_workers(config: Config) -> int:
                 os.close(watch_w)
                 die_with_parent(parent)
                 ops = channels.child(i) if channels else None
-                code = _run_worker(config, i, reuse_port=True, parent_watch=watch_r, ops=ops)
+                code = _run_worker(config, i, reuse_port=True, parent_watch=watch_r, ops=ops, path=path)
             except BaseException:
                 structlog.get_logger("forwardd").exception("forwardd.failed", worker=i)
             finally:
@@ -239,7 +259,9 @@ class _Supervisor:
         for s in STOP_SIGNALS:
             signal.signal(s, self._on_signal)
         signal.signal(signal.SIGALRM, self._on_deadline)
+        signal.signal(RELOAD_SIGNAL, self._on_reload)
         unblock_stop_signals()  # a signal that came while the workers were forked is handled now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {RELOAD_SIGNAL})
         while self.children:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -284,6 +306,15 @@ class _Supervisor:
         if not self.stopping:
             self._stop(signum)
 
+    def _on_reload(self, _signum: int, _frame: object) -> None:
+        """Pass SIGHUP on to each worker, once (as WORKER_RELOAD_SIGNAL): each reloads on its parent's copy
+        and only logs a SIGHUP sent to it directly (one to the process group reaches it too), see
+        ReloadSignals."""
+        if self.stopping:
+            return
+        self.log.info("workers.reloading", workers=len(self.children))
+        self._send(WORKER_RELOAD_SIGNAL)
+
     def _on_deadline(self, _signum: int, _frame: object) -> None:
         self.log.error(
             "workers.stop_deadline",
@@ -320,6 +351,31 @@ def _top(argv: Sequence[str] | None, config: Config | None) -> int:
     return run_top(url or "http://127.0.0.1:24220", interval=ns.interval, once=ns.once)
 
 
+def _reload(config: Config) -> int:
+    """``forwardd reload``: SIGHUP to the forwardd holding the configuration's storage directory (with
+    ``workers: N``, their parent, which forwards it once to each). The file was checked by then: one that
+    does not load is refused here (exit 2), before the running forwardd is bothered."""
+    path = str(config.storage.path)
+    try:
+        pid = holder(path)
+    except OSError as exc:
+        print(f"forwardd: error: cannot read the storage lock under {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if pid is None:
+        print(f"forwardd: error: no forwardd is running on the storage directory {path}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        os.kill(pid, RELOAD_SIGNAL)
+    except ProcessLookupError:
+        print(f"forwardd: error: the forwardd of {path} (pid {pid}) is gone", file=sys.stderr)
+        return EXIT_FAILURE
+    except PermissionError as exc:
+        print(f"forwardd: error: cannot signal pid {pid}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"forwardd: sent SIGHUP to pid {pid} (storage {path}); see its log for config.reloaded")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, opts = _resolve(argv)
@@ -337,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         native = f"native json lines: {yes[NATIVE]}, native entry scan: {yes[NATIVE_SCAN]}"
         print(f"forwardd {__version__} ({native})")
         return EXIT_OK
+    if command == "run":
+        # Before any thread exists: SIGHUP is taken by the daemon's thread for it (ReloadSignals).
+        block_reload_signal()
     if command == "top" and not opts["config"]:
         return _top(argv, None)
     try:
@@ -349,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if command == "top":
         return _top(argv, config if opts["config"] else None)
+    if command == "reload":
+        return _reload(config)
     configure_logging(
         opts["log_level"] or config.log.level, _LOG_FORMATS[opts["log_format"] or config.log.format]
     )
@@ -377,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     try:
         if config.workers > 1:
-            return _run_workers(config)
-        return _run_worker(config, 0, reuse_port=False)
+            return _run_workers(config, opts["config"])
+        return _run_worker(config, 0, reuse_port=False, path=opts["config"])
     finally:
         lock.release()
 

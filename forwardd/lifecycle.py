@@ -39,15 +39,20 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 __all__ = [
+    "RELOAD_SIGNAL",
     "STOP_SIGNALS",
     "Deadline",
+    "ReloadSignals",
     "StopTimes",
+    "block_reload_signal",
     "block_stop_signals",
     "die_with_parent",
     "unblock_stop_signals",
@@ -58,6 +63,11 @@ log = structlog.get_logger("forwardd")
 
 #: The signals that stop forwardd.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: The signal that reloads the configuration (see ReloadSignals).
+RELOAD_SIGNAL = signal.SIGHUP
+#: How the parent of ``workers: N`` passes a SIGHUP on to each worker: a real-time signal, because those
+#: queue, where a second SIGHUP that comes while one is pending merges into it (and its sender is lost).
+WORKER_RELOAD_SIGNAL: int = signal.SIGRTMIN + 1
 #: The largest share of the budget kept back, at the end, for the process to exit after the daemon stopped.
 MAX_MARGIN = 0.5
 #: The largest share of a stop kept for closing queues and outputs once delivery was cut off.
@@ -171,3 +181,68 @@ def watch_parent(loop: asyncio.AbstractEventLoop, fd: int, worker: int) -> None:
 
     os.set_blocking(fd, False)
     loop.add_reader(fd, gone)
+
+
+def block_reload_signal() -> None:
+    """Hold SIGHUP pending in this thread and every thread and process started from it, for
+    :class:`ReloadSignals` to take: called first thing by the command line, before any thread exists (a
+    thread that does not block it would be killed by its default action)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, WORKER_RELOAD_SIGNAL})
+
+
+class ReloadSignals:
+    """SIGHUP, taken by a thread that waits for it (``sigtimedwait``), which tells who sent it.
+
+    Why not the loop's signal handler: with ``workers: N`` a SIGHUP sent to the process group reaches the
+    parent and every worker, and the parent forwards the one it got; each worker must reload once. A
+    worker (``only_from``: its parent's pid) acts only on :data:`WORKER_RELOAD_SIGNAL` from its parent,
+    and logs a SIGHUP sent to it directly. Two SIGHUPs would not do: one that comes while another is
+    pending merges into it, so the parent's copy could be lost behind the group's. The signals must be
+    blocked in every thread (:func:`block_reload_signal`), so that only this one takes them.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_reload: Callable[[int], None],
+        *,
+        only_from: int | None = None,
+        worker: int = 0,
+    ) -> None:
+        self.loop = loop
+        self.on_reload = on_reload
+        self.only_from = only_from
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forwardd-sighup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            info = signal.sigtimedwait({RELOAD_SIGNAL, WORKER_RELOAD_SIGNAL}, 0.2)
+            if info is None:
+                continue
+            sender = info.si_pid
+            if self.only_from is None:
+                acts = info.si_signo == RELOAD_SIGNAL
+            else:
+                acts = info.si_signo == WORKER_RELOAD_SIGNAL and sender == self.only_from
+            if acts:
+                self.loop.call_soon_threadsafe(self.on_reload, sender)
+            elif info.si_signo == RELOAD_SIGNAL:
+                self.loop.call_soon_threadsafe(self._ignored, sender)
+
+    def _ignored(self, sender: int) -> None:
+        log.info(
+            "worker.reload_signal_ignored",
+            worker=self.worker,
+            sender=sender,
+            hint="a worker reloads when its parent forwards SIGHUP: signal the parent (the pid in the "
+            "storage lock), as `forwardd reload` does",
+        )

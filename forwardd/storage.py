@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "StorageLock", "StorageLocked", "adopted_dirs", "worker_dir"]
+__all__ = ["LOCK_FILE", "StorageLock", "StorageLocked", "adopted_dirs", "holder", "worker_dir"]
 
 LOCK_FILE = "forwardd.lock"
 _WORKER = re.compile(r"^worker-(\d+)$")
@@ -71,6 +71,25 @@ class StorageLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def holder(directory: str | Path) -> int | None:
+    """The pid of the forwardd that holds ``directory`` (``forwardd reload`` signals it), or None when
+    none does. Tells by taking a shared lock for an instant: it fails only while the holder lives."""
+    path = os.path.join(directory, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

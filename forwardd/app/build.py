@@ -16,6 +16,8 @@ import structlog
 from forwardd.app.config import FilterEntry, OutputEntry, RouteSettings
 from forwardd.app.registry import FILTERS, OUTPUTS, JournalOpener
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink
+from forwardd.buffer.base import ChunkQueue
+from forwardd.buffer.memory import MemoryQueue
 from forwardd.filters.base import Filter, Journal
 from forwardd.outputs.base import Output
 from forwardd.router import Route, compile_pattern
@@ -32,27 +34,41 @@ def build_output(name: str, entry: OutputEntry, worker: int = 0) -> Output:
 
 
 def build_sink(
-    name: str, entry: OutputEntry, storage: Path, worker: int = 0, workers: int = 1
+    name: str,
+    entry: OutputEntry,
+    storage: Path,
+    worker: int = 0,
+    workers: int = 1,
+    *,
+    queue: ChunkQueue | None = None,
 ) -> BufferedSink:
     """The buffer in front of an output: disk (durable, the default) or memory.
 
     Worker ``worker`` of ``workers`` keeps its queue in its own directory (:func:`worker_dir`) and also
     drains the queues that workers beyond ``workers`` left behind in an earlier run (:func:`adopted_dirs`).
+    ``queue``: a reload rebuilding the output keeps the queue it had, open and accepting all along
+    (:meth:`BufferedSink.take_over`), so that nothing queued is written twice or waits.
     """
     output = build_output(name, entry, worker)
     b = entry.buffer
     retry = b.retry.policy()
     dead_base = Path(b.dead_letter_path or storage / "dead-letter" / name)
     dead = worker_dir(dead_base, worker)
-    for old in adopted_dirs(dead_base, worker, workers):  # parked for a human, never read: say where
+    # Parked for a human, never read: say where (once, at start).
+    for old in [] if queue is not None else adopted_dirs(dead_base, worker, workers):
         log.info(
             "dead_letter.left_by_old_worker", output=name, directory=str(old), files=len(os.listdir(old))
         )
     batching = OUTPUTS[entry.type].batching(entry)
     if b.type == "memory":
-        return MemorySink(
+        sink = MemorySink(
             name, output, retry, str(dead), max_size=b.max_size, when_full=b.when_full, batching=batching
         )
+        if isinstance(queue, MemoryQueue):
+            sink.queue = sink.memory_queue = queue
+        return sink
+    if queue is not None:
+        return BufferedSink(name, output, queue, retry, str(dead), batching=batching)
     base = Path(b.path or storage / "buffer" / name)
     queue = DiskQueue(
         str(worker_dir(base, worker)),

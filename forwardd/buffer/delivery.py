@@ -263,6 +263,44 @@ class BufferedSink:
             self.output.stop_deadline = deadline.at
         await self.output.stop()
 
+    # --- a reload that rebuilds the output over the same queue ------------------------------------------
+
+    async def retire(self, timeout: float) -> tuple[list[Taken], deque[Work]]:
+        """Stop delivering and stop the output, leaving the queue open and accepting: a reload builds a
+        new output in front of it (:meth:`take_over`). The write in progress finishes (up to ``timeout``
+        seconds; one cut off is written again by the new output: at least once). What the loop had taken
+        and not delivered is returned; the queue never hands a taken chunk out twice in one process, so
+        without it those chunks would wait for a restart."""
+        deliverer = self._deliverer
+        deliverer.stopping = True
+        self._hurry.set()
+        task = self._task
+        if task is not None:
+            if not deliverer.idle.is_set():
+                try:
+                    await asyncio.wait_for(deliverer.idle.wait(), timeout)
+                except TimeoutError:
+                    log.warning("delivery.stop_timeout", output=self.name, timeout=round(timeout, 3))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.output.stop_deadline = time.monotonic() + timeout
+        try:
+            await self.output.stop()
+        except Exception as exc:  # the old output failing to close must not stop the new one
+            log.error("output.stop_failed", output=self.name, error=repr(exc))
+        gathered, works = self._gathered, self._works
+        self._gathered, self._works = [], deque()
+        return gathered, works
+
+    async def take_over(self, gathered: list[Taken], works: deque[Work]) -> None:
+        """Start in place of a sink that :meth:`retire` stopped, over its queue (already started and
+        accepting): what it had taken is delivered first, in order."""
+        self._gathered = gathered
+        self._works = works
+        await self.output.start()
+        self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
+
     @property
     def stats(self) -> SinkStats:
         q = self.queue

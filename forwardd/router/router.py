@@ -60,9 +60,18 @@ class Router:
             labels, sinks, root_label=root_label, error_label=error_label, cache_size=cache_size
         )
         self.root_label = root_label
+        self._error_name = error_label
+        self._dead_letter_dir = dead_letter_dir
         self._walk = Walk(self.table, self.stats, dead_letter_dir)
-        #: Per label: tag -> the compiled decision for it (see the module doc).
+        #: Per label: tag -> the compiled decision for it (see the module doc). Each label keeps its dict
+        #: for the router's life (a reload clears it): the entries handed to sessions hold it.
         self._decisions: dict[str, dict[str, Ingest]] = {label: {} for label in self.table.routes}
+        self._deciders: dict[str, Callable[[str], Ingest]] = {
+            label: self._decide_fn(label) for label in self.table.routes
+        }
+        #: While a reload switches what needs a pause (stateful filters): the chunks that came meanwhile.
+        self._held: list[tuple[str, Chunk, asyncio.Future[None]]] | None = None
+        self._settling: set[asyncio.Future[None]] = set()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -85,21 +94,116 @@ class Router:
         return tuple(f for _, _, f in self.table.stateful)
 
     def entry(self, label: str | None = None) -> Ingest:
-        """The callable a session hands each chunk to, for sources of ``label`` (default: the root)."""
+        """The callable a session hands each chunk to, for sources of ``label`` (default: the root).
+
+        It stays valid across :meth:`replace`: a hit is one dict lookup in the label's cache, which a
+        replace empties, and a miss asks the current table.
+        """
         name = self.root_label if label is None else label
         if name not in self._decisions:
             raise RoutingError(f"no label {name!r}; known: {sorted(self._decisions)}")
         cache = self._decisions[name]
-        decide = self._decide_fn(name)
+        miss = self._miss
 
         def ingest(chunk: Chunk) -> Awaitable[None] | None:
             try:
                 handle = cache[chunk.tag]
             except KeyError:
-                handle = decide(chunk.tag)
+                handle = miss(name, chunk.tag)
             return handle(chunk)
 
         return ingest
+
+    def _miss(self, label: str, tag: str) -> Ingest:
+        if self._held is not None:
+            return self._park(label)
+        decide = self._deciders.get(label)
+        if decide is None:
+            return self._gone(label)
+        return decide(tag)
+
+    # --- reload -----------------------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Until :meth:`replace`, keep every chunk that comes (its session waits for its ack) instead of
+        routing it: what a reload does meanwhile (draining and restarting stateful filters) must see no
+        chunk. Chunks already routed finish on the old table; their acks follow their sinks as always."""
+        if self._held is None:
+            self._held = []
+        for cache in self._decisions.values():
+            cache.clear()
+
+    def replace(self, labels: Mapping[str, Iterable[Route]], sinks: Mapping[str, Sink]) -> RouteTable:
+        """Route every chunk from now on by a new table (a reload); the old one is returned.
+
+        Synchronous, on the loop, between two chunks: a chunk is routed wholly by the old table or wholly
+        by the new one. Chunks kept since :meth:`hold` are routed now by the new one, in the order they
+        came. Raises :class:`RoutingError` (and changes nothing) when the new table cannot work.
+        """
+        table = RouteTable(
+            labels,
+            sinks,
+            root_label=self.table.root_label,
+            error_label=self._error_name,
+            cache_size=self.table.cache_size,
+        )
+        old = self.table
+        self.table = table
+        self._walk = Walk(table, self.stats, self._dead_letter_dir)
+        for label in table.routes:
+            self._decisions.setdefault(label, {})
+        for cache in self._decisions.values():
+            cache.clear()
+        self._deciders = {label: self._decide_fn(label) for label in table.routes}
+        held, self._held = self._held, None
+        for label, chunk, fut in held or ():
+            self._resume(label, chunk, fut)
+        return old
+
+    def _park(self, label: str) -> Ingest:
+        held = self._held
+        assert held is not None
+
+        def park(chunk: Chunk) -> Awaitable[None]:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            held.append((label, chunk, fut))
+            return fut
+
+        return park
+
+    def _resume(self, label: str, chunk: Chunk, fut: asyncio.Future[None]) -> None:
+        """A chunk kept during a reload, routed now; its future settles as its routing does."""
+        try:
+            result = self._miss(label, chunk.tag)(chunk)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        if result is None:
+            fut.set_result(None)
+            return
+
+        async def settle(awaitable: Awaitable[None]) -> None:
+            try:
+                await awaitable
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                return
+            if not fut.done():
+                fut.set_result(None)
+
+        task = asyncio.ensure_future(settle(result))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    def _gone(self, label: str) -> Ingest:
+        """A label a reload removed, asked by a session of a source that is draining: refused for now
+        (no ack, the client resends to the source that replaced it)."""
+
+        def gone(chunk: Chunk) -> None:
+            raise ChunkRejected(f"label {label} was removed by a reload", permanent=False)
+
+        return gone
 
     # --- per-tag decisions ------------------------------------------------------------------------------
 
@@ -203,11 +307,20 @@ class Router:
         """Pass on everything filters hold (at shutdown, before the sinks stop), upstream filters first."""
         return self._release("drain", None)
 
-    def _release(self, hook: str, now: float | None) -> Awaitable[None] | None:
+    def drain_filters(self, filters: Iterable[StatefulFilter]) -> Awaitable[None] | None:
+        """Pass on everything these filters hold, through the rest of their routes in the current table
+        (a reload removing or changing them, between :meth:`hold` and :meth:`replace`)."""
+        return self._release("drain", None, {id(f) for f in filters})
+
+    def _release(self, hook: str, now: float | None, only: set[int] | None = None) -> Awaitable[None] | None:
+        if now is not None and self._held is not None:
+            return None  # a reload is switching stateful filters: the next call expires what is due
         outcome = Outcome()
         walk = self._walk
         error_label = self.table.error_label
         for compiled, pos, f in self.table.stateful:
+            if only is not None and id(f) not in only:
+                continue
             try:
                 released = f.drain() if now is None else f.expire(now)
                 chunks = outcome.unwrap(released) if isinstance(released, Held) else released

@@ -67,10 +67,11 @@ class _Heartbeat(asyncio.DatagramProtocol):
 class ForwardListener:
     """One configured forward source."""
 
-    def __init__(self, settings: ListenerSettings, ingest: Ingest) -> None:
+    def __init__(self, settings: ListenerSettings, ingest: Ingest, stats: SourceStats | None = None) -> None:
+        """``stats``: a reload replacing a source of the same name goes on counting where it was."""
         self.settings = settings
         self.ingest = ingest
-        self.stats = SourceStats()
+        self.stats = SourceStats() if stats is None else stats
         self.sessions: set[Session] = set()
         self._server: asyncio.base_events.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -80,6 +81,8 @@ class ForwardListener:
         self._flusher: asyncio.TimerHandle | None = None
         self.port: int | None = None
         self.address: str | None = None
+        #: Its listening socket went to the listener that replaced it (a reload): not closed, not unlinked.
+        self._handed_over = False
 
     @property
     def serving(self) -> bool:
@@ -107,19 +110,32 @@ class ForwardListener:
         self._log.flush()
         self._flusher = asyncio.get_running_loop().call_later(self._log.period, self._flush_logs)
 
-    async def start(self) -> None:
+    async def start(self, take_from: ForwardListener | None = None, *, serve: bool = True) -> None:
+        """Bind and accept. ``take_from``: a listener on the same address that this one replaces (a
+        reload): its listening socket (and UDP heartbeat) is taken over, so that no connection is refused
+        in between; it stops accepting at once and its connections are left to drain. ``serve=False``
+        binds without accepting yet (:meth:`serve`): a reload binds new addresses before it changes
+        anything, so that an address in use refuses the reload and leaves the running configuration."""
         loop = asyncio.get_running_loop()
         self._flusher = loop.call_later(self._log.period, self._flush_logs)
         s = self.settings
         # TLS is not given to the server: each session does its handshake, so that a failed one is seen.
         ssl_ctx = self._tls = server_context(s.tls) if s.tls is not None else None
+        taken = take_from._give_socket() if take_from is not None else None
         if s.unix_path is not None:
             path = s.unix_path
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.unlink(path)  # a stale socket from a previous run
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # noqa: ASYNC240
-            self._server = await loop.create_unix_server(self._session, path, backlog=s.backlog)
+            if taken is None:
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(os.stat(path).st_mode):
+                        os.unlink(path)  # a stale socket from a previous run
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # noqa: ASYNC240
+                self._server = await loop.create_unix_server(
+                    self._session, path, backlog=s.backlog, start_serving=serve
+                )
+            else:
+                self._server = await loop.create_unix_server(
+                    self._session, sock=taken, backlog=s.backlog, start_serving=serve
+                )
             os.chmod(path, s.unix_mode)
             self.address = path
             self._log.log(
@@ -131,16 +147,27 @@ class ForwardListener:
                 tls=ssl_ctx is not None,
             )
             return
-        self._server = await loop.create_server(
-            self._session,
-            s.bind,
-            s.port,
-            reuse_port=s.reuse_port or None,
-            backlog=s.backlog,
-        )
+        if taken is None:
+            self._server = await loop.create_server(
+                self._session,
+                s.bind,
+                s.port,
+                reuse_port=s.reuse_port or None,
+                backlog=s.backlog,
+                start_serving=serve,
+            )
+        else:
+            self._server = await loop.create_server(
+                self._session, sock=taken, backlog=s.backlog, start_serving=serve
+            )
         sock = self._server.sockets[0]
         self.address, self.port = sock.getsockname()[:2]
-        if s.udp_heartbeat:
+        if take_from is not None and take_from._udp is not None and s.udp_heartbeat:
+            self._udp, take_from._udp = take_from._udp, None
+            protocol = self._udp.get_protocol()
+            if isinstance(protocol, _Heartbeat):
+                protocol.stats = self.stats
+        if s.udp_heartbeat and self._udp is None:
             family = socket.AF_INET6 if ":" in s.bind else socket.AF_INET
             self._udp, _ = await loop.create_datagram_endpoint(
                 lambda: _Heartbeat(self.stats),
@@ -157,6 +184,21 @@ class ForwardListener:
             tls=ssl_ctx is not None,
             udp_heartbeat=s.udp_heartbeat,
         )
+
+    async def serve(self) -> None:
+        """Accept, after a ``start(serve=False)``."""
+        if self._server is not None and not self._server.is_serving():
+            await self._server.start_serving()
+
+    def _give_socket(self) -> socket.socket:
+        """The listening socket, for the listener that replaces this one; this one stops accepting."""
+        assert self._server is not None, "start() first"
+        own = self._server.sockets[0]
+        sock = socket.fromfd(own.fileno(), own.family, own.type)  # a dup: it outlives our close
+        sock.setblocking(False)
+        self._handed_over = True
+        self._server.close()
+        return sock
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; give sessions ``grace`` seconds to send the acks they owe; abort the rest."""
@@ -179,7 +221,7 @@ class ForwardListener:
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if self.settings.unix_path is not None:
+        if self.settings.unix_path is not None and not self._handed_over:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.unix_path)
         self._log.flush_all()
