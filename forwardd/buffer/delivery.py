@@ -284,6 +284,13 @@ class BufferedSink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Writes still in flight (an output taking concurrent writes) end here: their works go to the new
+        # output with the pieces not yet confirmed, never written by two outputs at once.
+        in_flight = list(self._started.values())
+        for started in in_flight:
+            started.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        self._started.clear()
         self.output.stop_deadline = time.monotonic() + timeout
         try:
             await self.output.stop()
