@@ -50,13 +50,16 @@ RUN groupadd --system --gid 10001 forwardd \
 ENV PATH=/opt/forwardd/bin:$PATH \
     FORWARDD_DATA_DIR=/var/lib/forwardd \
     MALLOC_TRIM_THRESHOLD_=134217728 \
-    FORWARDD_HEALTH=tcp://127.0.0.1:24224
+    FORWARDD_HTTP_PORT=24220 \
+    FORWARDD_HEALTH=http://127.0.0.1:24220/health
 USER forwardd
 WORKDIR /var/lib/forwardd
 VOLUME ["/var/lib/forwardd"]
 EXPOSE 24224/tcp 24224/udp
-# What FORWARDD_HEALTH names answers (tcp://, unix:// or http://; see deploy/docker/healthcheck.py). With
-# the operators' HTTP endpoint on, point it at /health: FORWARDD_HEALTH=http://127.0.0.1:PORT/health.
+# What FORWARDD_HEALTH names answers (tcp://, unix:// or http://; see deploy/docker/healthcheck.py): by
+# default the operators' endpoint's /health, which the built-in configuration serves on 127.0.0.1 because
+# FORWARDD_HTTP_PORT is set. A configuration file of your own sets `http_server: {port: 24220}` (or points
+# FORWARDD_HEALTH at a tcp:// or unix:// source).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python3", "/usr/local/bin/forwardd-healthcheck"]
 STOPSIGNAL SIGTERM

@@ -214,11 +214,15 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 def default_config(env: Mapping[str, str] | None = None) -> Config:
     """What forwardd runs without a file: forward on 0.0.0.0:24224 (TCP + UDP heartbeat), every tag to
-    JSON-lines files under ``$FORWARDD_DATA_DIR`` (default ``./forwardd-data``), behind a disk buffer."""
+    JSON-lines files under ``$FORWARDD_DATA_DIR`` (default ``./forwardd-data``), behind a disk buffer.
+    ``$FORWARDD_HTTP_PORT`` turns the operators' endpoint on (on 127.0.0.1): the image sets it so that its
+    health check can ask ``/health``."""
     env = os.environ if env is None else env
     data_dir = env.get("FORWARDD_DATA_DIR") or "./forwardd-data"
+    http_port = env.get("FORWARDD_HTTP_PORT")
     return Config.model_validate(
         {
+            "http_server": {"bind": "127.0.0.1", "port": http_port} if http_port else None,
             "storage": {"path": data_dir},
             "sources": [{"name": "main", "type": "forward", "bind": "0.0.0.0", "port": 24224}],
             "routes": [{"match": "**", "outputs": ["files"]}],

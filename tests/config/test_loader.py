@@ -222,6 +222,10 @@ def test_default_config(tmp_path):
     assert out.buffer.type == "disk"
     assert out.buffer.path == tmp_path / "buffer" / route.outputs[0]
     assert default_config(env={}).storage.path == Path("forwardd-data")
+    assert config.http_server is None, "the operators' endpoint is off by default"
+    ops = default_config(env={"FORWARDD_HTTP_PORT": "24220"}).http_server
+    assert ops is not None
+    assert (ops.bind, ops.port) == ("127.0.0.1", 24220)
 
 
 def test_describe_shows_where_each_tag_goes():

@@ -48,13 +48,14 @@ def file_lines(directory: Path) -> list[dict[str, Any]]:
 def test_image_logs_to_its_volume_as_non_root_and_is_healthy(
     docker: Docker, forwardd_image: str, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     conf = tmp_path / "conf"
     conf.mkdir()
     # The image's environment gives the data directory; the test only moves the port off 24224.
     (conf / "forwardd.yaml").write_text(
         f"storage: {{path: '${{FORWARDD_DATA_DIR}}'}}\n"
         f"sources: [{{name: main, bind: 127.0.0.1, port: {port}}}]\n"
+        f"http_server: {{port: {ops_port}}}\n"
         "routes: [{match: '**', outputs: [files]}]\n"
         "outputs: {files: {type: file, path: '${FORWARDD_DATA_DIR}/logs/${tag}.log'}}\n"
     )
@@ -63,6 +64,7 @@ def test_image_logs_to_its_volume_as_non_root_and_is_healthy(
     assert list(config["Volumes"]) == ["/var/lib/forwardd"]
     assert config["Healthcheck"]["Test"] == ["CMD", "python3", "/usr/local/bin/forwardd-healthcheck"]
     assert config["Entrypoint"] == ["forwardd"]
+    assert "FORWARDD_HEALTH=http://127.0.0.1:24220/health" in config["Env"], "the check asks /health"
     name, volume = "fwd-image", "fwd-image-data"
     docker.cli("rm", "-f", name, check=False)
     docker.cli("volume", "rm", "-f", volume, check=False)
@@ -71,7 +73,7 @@ def test_image_logs_to_its_volume_as_non_root_and_is_healthy(
         docker.cli(
             "run", "-d", "--name", name, "--network", "host",
             "-v", f"{volume}:/var/lib/forwardd", "-v", f"{conf}:/etc/forwardd/test:ro",
-            "-e", f"FORWARDD_HEALTH=tcp://127.0.0.1:{port}",
+            "-e", f"FORWARDD_HEALTH=http://127.0.0.1:{ops_port}/health",
             "--health-interval", "1s",  # the image's own check, probed sooner than its 10s
             forwardd_image, "run", "--config", "/etc/forwardd/test/forwardd.yaml",
         )  # fmt: skip
