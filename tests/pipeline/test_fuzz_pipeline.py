@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from tests.conftest import rss_limit_mb
 from tests.pipeline import mp
 from tests.protocol.wire import (
     CLIENT_NAMES,
@@ -76,7 +77,7 @@ def test_fuzz_pipeline_finds_no_crash(tmp_path: Path) -> None:
             str(TARGET),
             str(corpus),
             "-max_total_time=25",
-            "-rss_limit_mb=2048",
+            rss_limit_mb(2048),
             "-timeout=30",
             "-max_len=16384",
             f"-artifact_prefix={tmp_path}/",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import rss_limit_mb
 from tests.protocol.wire import (
     CLIENT_NAMES,
     FLUENT_BIT_STEMS,
@@ -52,7 +53,7 @@ def test_fuzz_decoder_finds_no_crash(tmp_path: Path) -> None:
             str(TARGET),
             str(corpus),
             "-max_total_time=20",
-            "-rss_limit_mb=1024",
+            rss_limit_mb(1024),
             "-timeout=10",
             "-max_len=8192",
             f"-artifact_prefix={tmp_path}/",
