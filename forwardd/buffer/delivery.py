@@ -243,11 +243,7 @@ class BufferedSink:
                 await task
             except asyncio.CancelledError:
                 pass
-        in_flight = list(self._started.values())  # what is still in flight stays queued
-        for started in in_flight:
-            started.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        self._started.clear()
+        await self._cancel_in_flight()  # what is still in flight stays queued
         q = self.queue
         # What is left here is what the next start delivers (a memory queue loses it, and says so).
         log.info(
@@ -284,13 +280,9 @@ class BufferedSink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # Writes still in flight (an output taking concurrent writes) end here: their works go to the new
-        # output with the pieces not yet confirmed, never written by two outputs at once.
-        in_flight = list(self._started.values())
-        for started in in_flight:
-            started.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        self._started.clear()
+        # Writes still in flight end here: their works go to the new output with the pieces not yet
+        # confirmed, never written by two outputs at once.
+        await self._cancel_in_flight()
         self.output.stop_deadline = time.monotonic() + timeout
         try:
             await self.output.stop()
@@ -299,6 +291,15 @@ class BufferedSink:
         gathered, works = self._gathered, self._works
         self._gathered, self._works = [], deque()
         return gathered, works
+
+    async def _cancel_in_flight(self) -> None:
+        """End the writes still in flight (an output taking concurrent writes); their works keep the pieces
+        not yet confirmed."""
+        in_flight = list(self._started.values())
+        for started in in_flight:
+            started.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        self._started.clear()
 
     async def take_over(self, gathered: list[Taken], works: deque[Work]) -> None:
         """Start in place of a sink that :meth:`retire` stopped, over its queue (already started and
