@@ -1,13 +1,14 @@
-"""The two-tier topology on the real Docker engine in swarm mode: a real Swarm service task logs with
-docker's fluentd driver over a Unix socket to an agent forwardd (docker_partial at the edge, forward out),
-which forwards to two aggregator forwardd processes (forward in, docker_swarm, JSON-lines files). One
-aggregator is killed with SIGKILL while the task is still logging. Every line arrives at least once, with
-Swarm's fields read from the real labels and task name, and the long line joined whole. (What the killed
-aggregator acked is in its disk buffer: it is started again at the end, with no sender, to write it out.)
+"""The two-tier topology on the real Docker engine in swarm mode: a real Swarm service task logs with docker's
+fluentd driver over a Unix socket to an agent forwardd (docker_partial at the edge, forward out), which
+forwards to two aggregator forwardd processes (forward in, docker_swarm, JSON-lines files). One aggregator
+is killed with SIGKILL while the task is still running, with half of its lines still to log. Every line
+arrives at least once, with Swarm's fields read from the real labels and task name, and the long line joined
+whole. (What the killed aggregator acked is in its disk buffer: it is started again at the end, with no
+sender, to write it out.)
 
 The agent and the aggregators are conf/examples/swarm-node-agent.yaml and swarm-log-aggregator.yaml with
-what a test needs changed: loopback ports instead of tasks.<service>, files instead of Kafka, no shared
-key, fast heartbeats.
+what a test needs changed: loopback ports instead of tasks.<service>, files instead of Kafka, no shared key,
+fast heartbeats.
 """
 
 from __future__ import annotations
@@ -103,15 +104,24 @@ def test_swarm_task_through_agent_to_two_aggregators_one_killed(docker: Docker, 
         aggs = [start(aggregator(tmp_path / f"agg{i}"), f"agg{i}") for i in range(2)]
         sock = tmp_path / "agent.sock"
         agent_proc = start(agent(tmp_path / "agent", sock, [a.port() for a in aggs]), "agent")
-        # Numbered lines, and one line of 40,000 characters that docker splits into 16 KiB pieces.
+        # Numbered lines, and one line of 40,000 characters that docker splits into 16 KiB pieces. The
+        # task logs the first half, waits at a gate (a file the test creates after the kill, in a folder
+        # bind-mounted into the task), then logs the rest: it is still running, with lines to log, when an
+        # aggregator dies, whatever the machine's speed. (Without the gate, a fast task could end before
+        # its first lines reached the aggregators.)
+        gate = tmp_path / "gate"
+        gate.mkdir()
         long_line = f's = ""; for (j = 0; j < {LONG}; j++) s = s "x"; print "long " s'
-        body = f"for (i = 1; i <= {N}; i++) {{ print i; if (i == {LONG_AT}) {{ {long_line} }} }}"
-        script = f"awk 'BEGIN {{ {body} }}'"
+        first = f"for (i = 1; i <= {LONG_AT}; i++) print i; {long_line}"
+        rest = f"for (i = {LONG_AT + 1}; i <= {N}; i++) print i"
+        wait_gate = "n=0; while [ ! -e /gate/go ] && [ $n -lt 3000 ]; do sleep 0.1; n=$((n+1)); done"
+        script = f"awk 'BEGIN {{ {first} }}'; {wait_gate}; awk 'BEGIN {{ {rest} }}'"
         report: dict[str, str] = {}
 
         def run_service() -> None:
             report["out"] = docker.service(
                 "fwdtopo",
+                "--mount", f"type=bind,source={gate},target=/gate,readonly",
                 "--log-opt", f"fluentd-address=unix://{sock}",
                 "--log-opt", "fluentd-request-ack=true",
                 "--log-opt", "tag=swarm.{{.Name}}",
@@ -126,6 +136,7 @@ def test_swarm_task_through_agent_to_two_aggregators_one_killed(docker: Docker, 
         assert task.is_alive(), f"the task ended before the kill: {report}"
         aggs[0].kill()
         killed_with = len(lines(tmp_path / "agg0"))
+        (gate / "go").touch()
         task.join(300)
         assert not task.is_alive()
         # What the killed aggregator acked is in its disk buffer (that is what its ack meant): started
