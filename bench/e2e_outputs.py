@@ -13,9 +13,11 @@ Scenarios (each runs both targets, repetitions interleaved, a fresh broker/serve
     per message, ``flush()`` at the end, librdkafka's defaults otherwise (``acks=all``).
 ``http``
     **forwardd**: the same traffic into forwardd's HTTP output (NDJSON, defaults: 1000 events per
-    request), to an aiohttp server in a child process that counts the lines it receives.
+    request), to an aiohttp server in a child process that counts the lines it receives. The output's
+    ``in_flight`` is ``--http-in-flight`` (default 1: one request at a time, in order; more gives up the
+    order across chunks), ``--compare-http-in-flight`` for the ``--compare`` checkout.
     **aiohttp**: a bare aiohttp client in a child process POSTing the same bodies (the NDJSON forwardd
-    sends for those chunks) one request at a time, as forwardd's output does.
+    sends for those chunks) one request at a time, as forwardd's output does by default.
 
 What counts as arrived: for Kafka, records in the broker, read back from the earliest offset of a topic
 used by this run only. Tansu's end offsets are wrong after multi-record batches, and a librdkafka consumer
@@ -38,6 +40,7 @@ HTTP server's, and the load generator's.
     python -m bench.e2e_outputs --scenarios kafka --events 200000 --reps 1
     python -m bench.e2e_outputs --kafka-option linger.ms=5  # librdkafka settings for forwardd's output
     python -m bench.e2e_outputs --profile /tmp/prof         # py-spy record forwardd during its runs
+    python -m bench.e2e_outputs --scenarios http --compare . --compare-http-in-flight 4  # in_flight 1 vs 4
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ outputs:
   web:
     type: http
     endpoint: "@URL@"
-    buffer:
+@IN_FLIGHT@    buffer:
       type: disk
       fsync: always
 """
@@ -504,6 +507,8 @@ class Run:
     ack_p50_ms: float | None = None
     ack_p99_ms: float | None = None
     threads: dict[str, float] = field(default_factory=dict)
+    #: forwardd's output settings that differ between runs (e.g. "in_flight 4"), shown beside the target
+    settings: str = ""
     error: str | None = None
 
     @property
@@ -820,7 +825,11 @@ class Bench:
             conn.send(("expect", self.events))
             _recv(conn, 10, "server reset")
             if target.startswith("forwardd"):
-                text = FORWARDD_HTTP.replace("@URL@", url)
+                n = self.http_in_flight(target)
+                run.settings = f"in_flight {n}"
+                # Written only when not the default, so that a --compare checkout older than the setting runs.
+                line = f"    in_flight: {n}\n" if n != 1 else ""
+                text = FORWARDD_HTTP.replace("@URL@", url).replace("@IN_FLIGHT@", line)
                 with self.forwardd(text, f"{target}-http-{rep}", self.root(target)) as fwd:
                     self.drive_forwardd(run, fwd, server_pid, conn)
             else:
@@ -828,6 +837,13 @@ class Bench:
         except Exception as exc:
             run.error = f"{type(exc).__name__}: {exc}"
         return run
+
+    def http_in_flight(self, target: str) -> int:
+        """The HTTP output's in_flight for this forwardd target."""
+        a = self.args
+        if target == COMPARED and a.compare_http_in_flight is not None:
+            return int(a.compare_http_in_flight)
+        return int(a.http_in_flight)
 
     def http_baseline(self, run: Run, url: str, server_pid: int, waiter: Connection) -> None:
         mine, theirs = self.ctx.Pipe()
@@ -935,7 +951,7 @@ def describe(run: Run) -> str:
         if run.lat_p50_ms is not None
         else ""
     )
-    text = (
+    text = (f"[{run.settings}] " if run.settings else "") + (
         f"{run.rate:,.0f} events/s in {run.seconds:.2f} s, CPU {run.cpu_s / run.events * 1e6:.2f} us/event"
         f" (peer {run.peer_cpu_s / run.events * 1e6:.2f}), {run.arrived:,} arrived{lat}"
     )
@@ -959,6 +975,7 @@ def format_table(runs: list[Run]) -> str:
     head = [
         "scenario",
         "target",
+        "settings",
         "events/s",
         "vs baseline",
         "CPU us/event",
@@ -973,6 +990,7 @@ def format_table(runs: list[Run]) -> str:
     for r in runs:
         if (r.scenario, r.target) not in keys:
             keys.append((r.scenario, r.target))
+    settings = {(r.scenario, r.target): r.settings for r in runs if r.settings}
     med: dict[tuple[str, str], float | None] = {}
     for k in keys:
         good = [r for r in runs if (r.scenario, r.target) == k and r.ok]
@@ -998,6 +1016,7 @@ def format_table(runs: list[Run]) -> str:
             [
                 scen,
                 tgt,
+                settings.get((scen, tgt), ""),
                 _fmt(rate, ",.0f"),
                 ratio,
                 _fmt(_median([r.cpu_s / r.events * 1e6 for r in good]), ".2f"),
@@ -1018,7 +1037,7 @@ def format_table(runs: list[Run]) -> str:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         cells = [
-            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for r in runs:
@@ -1072,6 +1091,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a librdkafka setting for the plain producer",
     )
+    ap.add_argument(
+        "--http-in-flight",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the HTTP output's in_flight (writes at once; 1, the default, keeps the order of requests)",
+    )
+    ap.add_argument(
+        "--compare-http-in-flight",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"the HTTP output's in_flight for {COMPARED} (default: --http-in-flight)",
+    )
     ap.add_argument("--profile", default=None, metavar="DIR", help="py-spy record forwardd's runs into DIR")
     ap.add_argument("--profile-native", action="store_true", help="with --profile: C frames too")
     ap.add_argument("--profile-gil", action="store_true", help="with --profile: only the GIL's holder")
@@ -1092,9 +1125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
+    http = ""
+    if "http" in args.scenarios.split(","):
+        http = f", http in_flight {args.http_in_flight}"
+        if args.compare is not None and args.compare_http_in_flight is not None:
+            http += f" ({COMPARED}: {args.compare_http_in_flight})"
     print(
         f"e2e output benchmark: {args.events:,} events per run, {args.reps} rep(s), {args.conns} conn(s), "
-        f"window {args.window}; {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in load0)}",
+        f"window {args.window}{http}; {os.cpu_count()} CPUs, "
+        f"load average {' '.join(f'{x:.2f}' for x in load0)}",
         flush=True,
     )
     runs = run_suite(args)

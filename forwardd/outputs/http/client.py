@@ -1,5 +1,5 @@
-"""The HTTP output's client: one aiohttp session per output, one request at a time, and what each response
-means for the events in it.
+"""The HTTP output's client: one aiohttp session per output, and what each response means for the events
+in it.
 
 2xx is success. 408, 429, 5xx, connection failures, TLS failures and timeouts raise
 :class:`~forwardd.errors.RetryableError` (``retry_after`` from a ``Retry-After`` header, in seconds or as an
@@ -9,6 +9,12 @@ accepted: at-least-once.)
 
 The session is opened in ``start`` (or by the first request), so connections are kept alive and reused
 across writes. Large bodies are gzipped in a worker thread (zlib releases the GIL) so the loop keeps going.
+
+Several sends may run at once (the output's ``in_flight`` writes, each sending its own requests in
+order): each gets a connection of its own, since the pool holds at least ``connections`` of them. A
+smaller pool would make the extra requests queue for a connection, and that wait counts against the
+``connect`` timeout (aiohttp's): a busy pool would read as an endpoint timing out. The counters are
+updated without an ``await`` between reading and writing them, so concurrent sends never lose a count.
 """
 
 from __future__ import annotations
@@ -114,9 +120,13 @@ def ssl_context(
     return ctx
 
 
+#: Connections kept by the pool at least, whatever ``connections`` says.
+_POOL_MIN = 4
+
+
 class Client:
-    """Sends one body at a time and turns the response into success or the error the delivery loop acts
-    on; counts both in ``stats``."""
+    """Sends bodies (up to ``connections`` at once without waiting for a connection) and turns each
+    response into success or the error the delivery loop acts on; counts both in ``stats``."""
 
     def __init__(
         self,
@@ -127,6 +137,7 @@ class Client:
         timeout: aiohttp.ClientTimeout,
         gzip_level: int | None,
         stats: HttpStats,
+        connections: int = 1,
     ) -> None:
         self.method = method
         self.headers = headers
@@ -134,12 +145,13 @@ class Client:
         self.timeout = timeout
         self.gzip_level = gzip_level  # None: bodies go as they are
         self.stats = stats
+        self.connections = max(_POOL_MIN, connections)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self.session is not None:
             return
-        connector = aiohttp.TCPConnector(ssl=self.ssl, limit=4)
+        connector = aiohttp.TCPConnector(ssl=self.ssl, limit=self.connections)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=self.timeout, headers=self.headers, auto_decompress=True
         )

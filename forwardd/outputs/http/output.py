@@ -4,7 +4,21 @@ How the parts fit: :mod:`.endpoint` resolves the URL for the chunk's tag (and re
 :mod:`.bodies` encodes the chunk's events once, in the configured format; a chunk that fits one request
 goes as one body, else :mod:`.batches` cuts it into requests, each with its own outcome; :mod:`.client`
 sends each body and classifies the response. ``compress: gzip`` gzips each body (``Content-Encoding:
-gzip``). Requests of one output go one at a time, in order, over kept-alive connections.
+gzip``). Requests go over kept-alive connections.
+
+Order: by default (``in_flight: 1``) the requests of one output go one at a time, in order: a chunk is
+written only once the one before it is delivered (or dead-lettered), so the endpoint sees requests in the
+order the events were received. ``in_flight: N`` (up to 64; the output's
+:attr:`~forwardd.outputs.base.Output.concurrent_writes`) lets the delivery loop write N chunks at once,
+each over a connection of its own, so the output no longer waits a round trip of the endpoint between
+chunks (the loop bounds the entries in flight by ``IN_FLIGHT_BYTES`` of :mod:`forwardd.buffer.delivery`,
+whatever N). It gives up order across chunks: requests of different chunks may reach the endpoint out of
+order, and on a retry a later chunk may land before an earlier one that failed. Events within one
+request, and the requests of one chunk, stay in order, and each chunk's outcome is still its own (a 400 on
+one chunk's request dead-letters only that request's events; a 503 re-sends only what that chunk did not
+get through). Use it for endpoints that do not care about order across requests (Elasticsearch's bulk
+API, most log collectors); not for stores that refuse entries older than the last one of a stream
+(Loki-like), where a late chunk would be rejected.
 
 What :meth:`HttpOutput.write` raises follows the :mod:`forwardd.outputs.base` contract: RetryableError when
 nothing got through, PartialDelivery when some requests did and one failed retryably, RecordsRejected
@@ -28,7 +42,7 @@ from forwardd.outputs.http.batches import send_in_requests, split_batches
 from forwardd.outputs.http.bodies import CONTENT_TYPES, Bodies, Format, line_ends
 from forwardd.outputs.http.client import Client, HttpStats, ssl_context
 from forwardd.outputs.http.endpoint import Endpoint
-from forwardd.outputs.http.settings import HttpSettings
+from forwardd.outputs.http.settings import MAX_IN_FLIGHT, HttpSettings
 
 __all__ = ["HttpOutput"]
 
@@ -61,6 +75,7 @@ class HttpOutput(Output):
         time_key: str | None = "time",
         tag_key: str | None = "tag",
         gzip_level: int = 1,
+        in_flight: int = 1,
     ) -> None:
         if format not in CONTENT_TYPES:
             raise ValueError(f"unknown format {format!r}; expected one of {', '.join(CONTENT_TYPES)}")
@@ -72,6 +87,8 @@ class HttpOutput(Output):
             raise ValueError("set either basic_auth or bearer_token, not both")
         if bool(cert_file) != bool(key_file):
             raise ValueError("cert_file and key_file go together")
+        if not 1 <= in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"in_flight must be between 1 and {MAX_IN_FLIGHT}, got {in_flight}")
         self.name = name
         self.endpoint = endpoint
         self.method = method.upper()
@@ -82,6 +99,8 @@ class HttpOutput(Output):
         self.time_key = time_key
         self.tag_key = tag_key
         self.gzip_level = gzip_level
+        #: Writes the delivery loop may have in flight at once: see the module doc (order).
+        self.concurrent_writes = in_flight
         self._endpoint = Endpoint(endpoint, allowed_hosts)
         self.allowed_hosts = self._endpoint.allowed_hosts
         self._bodies = Bodies(format, time_key, tag_key)
@@ -111,6 +130,7 @@ class HttpOutput(Output):
             timeout=aiohttp.ClientTimeout(total=timeout, connect=connect_timeout),
             gzip_level=gzip_level if compress == "gzip" else None,
             stats=self._stats,
+            connections=in_flight,
         )
 
     @classmethod
@@ -138,6 +158,7 @@ class HttpOutput(Output):
             connect_timeout=settings.timeout.connect,
             timeout=settings.timeout.total,
             allowed_hosts=settings.allowed_hosts,
+            in_flight=settings.in_flight,
         )
 
     def endpoint_for(self, tag: str) -> yarl.URL:

@@ -13,7 +13,15 @@ from forwardd.config.types import Count, Frozen, Problems, Text
 from forwardd.config.units import Duration, Size, show_value
 from forwardd.outputs.tls import ClientTls
 
-__all__ = ["BasicAuth", "ClientTls", "HttpAuth", "HttpBatch", "HttpSettings", "HttpTimeout"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "BasicAuth",
+    "ClientTls",
+    "HttpAuth",
+    "HttpBatch",
+    "HttpSettings",
+    "HttpTimeout",
+]
 
 
 def _url(value: str) -> str:
@@ -54,6 +62,11 @@ class HttpTimeout(Frozen):
     total: Duration = 30.0
 
 
+#: Most requests of one output in flight at once (``in_flight``): each holds a connection and its chunk's
+#: entries in memory; past a few dozen an endpoint gains nothing and a backlog's memory does.
+MAX_IN_FLIGHT = 64
+
+
 class HttpSettings(Frozen):
     endpoint: Annotated[str, AfterValidator(_url)]
     method: Annotated[Literal["POST", "PUT", "PATCH"], BeforeValidator(_method)] = "POST"
@@ -66,6 +79,9 @@ class HttpSettings(Frozen):
     timeout: HttpTimeout = Field(default_factory=HttpTimeout)
     #: Hosts a templated endpoint may resolve to; required when the endpoint has ``${...}`` placeholders.
     allowed_hosts: tuple[str, ...] = ()
+    #: Chunks written at once (the output's ``concurrent_writes``). 1 keeps the order of requests at the
+    #: endpoint; more gives it up across chunks (see :mod:`forwardd.outputs.http.output`).
+    in_flight: Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT)] = 1
 
     def problems(self) -> Problems:
         if "${" in self.endpoint and not self.allowed_hosts:
@@ -77,4 +93,5 @@ class HttpSettings(Frozen):
                 yield ("tls", *loc), message
 
     def describe(self) -> str:
-        return f"http {self.method} {self.endpoint} format={self.format} compress={self.compress}"
+        text = f"http {self.method} {self.endpoint} format={self.format} compress={self.compress}"
+        return text + (f" in_flight={self.in_flight}" if self.in_flight > 1 else "")

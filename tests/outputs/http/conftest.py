@@ -5,6 +5,11 @@ request (headers, raw body, decoded events, the client's address) and answers wh
 a queue of :class:`Reply` consumed one per request, then ``default``; or ``rule(request) -> Reply``.
 It runs in the test's loop (``http_server`` fixture) or in a thread of its own (``threaded_server``) for
 tests that block (the daemon's ForwardClient).
+
+For tests of requests in flight at once it counts the requests open now (``open``, ``max_open``: read,
+not yet answered) and may ``hold`` a request, once its body is read and before it is answered, on any
+condition the test awaits (e.g. :meth:`Recorder.until_open`). A request is recorded when it is answered,
+so ``requests`` is in the order of the answers.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import ssl
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,8 +83,14 @@ class Recorder:
         self.requests: list[Seen] = []
         self.cond = threading.Condition()
         self.port = 0
+        #: Awaited for each request once its body is read, before it is answered (on the server's loop).
+        self.hold: Callable[[Seen], Awaitable[None]] | None = None
+        #: Requests being handled now, and the most at once so far.
+        self.open = 0
+        self.max_open = 0
         self._runner: web.AppRunner | None = None
         self._release: asyncio.Event | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def url(self) -> str:
@@ -101,7 +112,33 @@ class Recorder:
             if not self.cond.wait_for(lambda: predicate(self), timeout):
                 raise AssertionError(f"condition not met in {timeout}s; {len(self.requests)} requests")
 
+    async def until_open(self, n: int, timeout: float) -> bool:
+        """Wait (on the server's loop) until ``n`` requests are open at once; False if not within
+        ``timeout`` seconds. Checked as each request opens, so a moment of ``n`` open is never missed."""
+        if self.open >= n:
+            return True
+        waiter = (n, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.remove(waiter)
+        return True
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        for n, opened in self._waiters:
+            if self.open >= n and not opened.done():
+                opened.set_result(None)
+        try:
+            return await self._answer(request)
+        finally:
+            self.open -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         assert request.transport is not None
         headers = {k.lower(): v for k, v in request.headers.items()}
         peer = request.transport.get_extra_info("peername")
@@ -122,6 +159,8 @@ class Recorder:
             return web.Response(status=500)
         seen.raw = await request.read()
         seen.events = decode_body(headers, seen.raw)
+        if self.hold is not None:
+            await self.hold(seen)
         if reply.action == "hang":
             with self.cond:
                 self.requests.append(seen)

@@ -109,3 +109,27 @@ def test_outage_across_daemon_restart(threaded_server: ThreadedRecorder, tmp_pat
         threaded_server.start(port)
         server.wait_until(lambda s: seqs(s) >= acked)
     assert seqs(server) == acked == set(range(200))
+
+
+def test_in_flight_overlaps_the_requests_of_chunks_in_the_daemon(
+    threaded_server: ThreadedRecorder, tmp_path: Path
+) -> None:
+    """``in_flight: 4`` in the configuration: the first request is still open when a later chunk's arrives
+    (held by the server until then), and every acked event arrives once."""
+    server = threaded_server.recorder
+    saw_later: list[bool] = []
+
+    async def hold(seen: Seen) -> None:
+        if not saw_later:
+            saw_later.append(False)
+            saw_later[0] = await server.until_open(2, 10.0)
+
+    server.hold = hold
+    threaded_server.start()
+    with run_daemon(config(tmp_path / "data", server.url + "/in", in_flight=4)) as d:
+        acked: set[int] = set()
+        for k in range(4):
+            acked |= send(d.port(), f"app.{k}", 100 * k, 1)
+        server.wait_until(lambda s: seqs(s) >= acked)
+    assert saw_later == [True]
+    assert sorted(e["seq"] for e in server.events()) == sorted(acked)  # each exactly once
