@@ -692,6 +692,269 @@ static PyObject *frame_ends(PyObject *self, PyObject *const *args, Py_ssize_t na
     return Py_BuildValue("(Ni)", ends, tail);
 }
 
+/* message_run(data, start, ends, first, shift, cont_tag, cont_room, group_max): the Message-mode hot loop
+ * of forwardd/protocol/messages.py (_read_small_frames) over whole frames, in one call per read instead of a
+ * dozen Python steps per request. From frame `first` (it begins at index `start` of data; ends[i] - shift is
+ * where frame i ends) it takes every request the Python loop takes on its hot path: an array of 3 or 4, a
+ * str tag, a time of kind int, ext, float or nil, a map record, and with 4 elements an option element that is
+ * {} or nil or {"chunk": ...} alone. It stops at the first frame that is anything else (a heartbeat, another
+ * mode, other options, a violation), which the Python loop then reads; so the result is the Python loop's.
+ *
+ * Consecutive requests with the same tag bytes are grouped as that loop groups them (up to group_max per
+ * group). The group the Python loop has open (tag bytes cont_tag, room for cont_room more; cont_tag None
+ * when there is none) is continued when the first request taken has its tag.
+ *
+ * Returns (groups, next, continued): groups is a list of (tag bytes, entries, requests, acks, acked, size)
+ * with entries the requests' [time, record] entries back to back and acks their {"ack": chunk} replies back
+ * to back (b"" when none asked); next is the index of the first frame not taken; continued says whether
+ * groups[0] belongs to the open group. The frames are known to be whole (framed by frame_ends), so every
+ * value in them frames; reads are bounds checked all the same. */
+typedef struct {
+    Py_ssize_t tag, tag_len, entry, entry_end, ack, ack_end, size;
+} Req;
+
+static int str_header(const uint8_t *p, const uint8_t *end, Py_ssize_t *len) {
+    uint8_t b = p[0];
+    int hdr;
+    uint64_t n;
+    if ((b & 0xe0) == 0xa0) {
+        hdr = 1;
+        n = b & 0x1f;
+    } else if (b == 0xd9 || b == 0xda || b == 0xdb) {
+        int w = b == 0xd9 ? 1 : (b == 0xda ? 2 : 4);
+        if (end - p < 1 + w) {
+            return 0;
+        }
+        hdr = 1 + w;
+        n = be(p + 1, w);
+    } else {
+        return 0;
+    }
+    if ((uint64_t)(end - p - hdr) < n) {
+        return 0;
+    }
+    *len = (Py_ssize_t)n;
+    return hdr;
+}
+
+static inline int is_time_byte(uint8_t b) {
+    /* kinds INT, EXT, FLOAT and NIL of forwardd/protocol/wire.py */
+    return b <= 0x7f || b >= 0xe0 || (b >= 0xcc && b <= 0xd3) || (b >= 0xc7 && b <= 0xc9) ||
+           (b >= 0xd4 && b <= 0xd8) || b == 0xca || b == 0xcb || b == 0xc0;
+}
+
+/* Reads the request in [s, e): 1 and *r filled when it is on the hot path, else 0. */
+static int hot_request(const uint8_t *base, Py_ssize_t s, Py_ssize_t e, Req *r) {
+    const uint8_t *p = base + s, *end = base + e;
+    uint64_t n;
+    int hdr = array_header(p, &n);
+    if (hdr == 0 || (n != 3 && n != 4) || end - p <= hdr) {
+        return 0;
+    }
+    p += hdr;
+    Py_ssize_t tag_len;
+    int sh = str_header(p, end, &tag_len);
+    if (sh == 0) {
+        return 0;
+    }
+    r->tag = (p + sh) - base;
+    r->tag_len = tag_len;
+    p += sh + tag_len;
+    if (p >= end || !is_time_byte(*p)) {
+        return 0;
+    }
+    r->entry = p - base;
+    int container = 0, bad = R_NONE;
+    if (skip(&p, end, 1, &container, &bad) != OK || p >= end || !is_map_byte(*p)) {
+        return 0;
+    }
+    if (skip(&p, end, 1, &container, &bad) != OK) {
+        return 0;
+    }
+    r->entry_end = p - base;
+    r->ack = r->ack_end = 0;
+    if (n == 4) {
+        if (p >= end) {
+            return 0;
+        }
+        uint8_t ob = *p;
+        if (ob == 0x80 || ob == 0xc0) {
+            p++;
+        } else if (ob == 0x81 && end - p > 7 && memcmp(p + 1, "\xa5" "chunk", 6) == 0) {
+            r->ack = (p + 7) - base;
+            r->ack_end = e;
+            p = end;
+        } else {
+            return 0;
+        }
+    }
+    if (p != end) {
+        return 0; /* cannot happen for a whole frame; kept so that nothing is read twice or skipped */
+    }
+    r->size = e - s;
+    return 1;
+}
+
+#define ACK_HEAD "\x81\xa3" "ack"
+#define ACK_HEAD_LEN 5
+
+/* The (tag, entries, requests, acks, acked, size) tuple of reqs[0..n). */
+static PyObject *group_tuple(const uint8_t *base, const Req *reqs, Py_ssize_t n) {
+    Py_ssize_t elen = 0, alen = 0, acked = 0, size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        elen += 1 + reqs[i].entry_end - reqs[i].entry;
+        if (reqs[i].ack_end > reqs[i].ack) {
+            alen += ACK_HEAD_LEN + reqs[i].ack_end - reqs[i].ack;
+            acked++;
+        }
+        size += reqs[i].size;
+    }
+    PyObject *entries = PyBytes_FromStringAndSize(NULL, elen);
+    PyObject *acks = PyBytes_FromStringAndSize(NULL, alen);
+    PyObject *tag = PyBytes_FromStringAndSize((const char *)base + reqs[0].tag, reqs[0].tag_len);
+    if (entries == NULL || acks == NULL || tag == NULL) {
+        Py_XDECREF(entries);
+        Py_XDECREF(acks);
+        Py_XDECREF(tag);
+        return NULL;
+    }
+    char *eo = PyBytes_AS_STRING(entries), *ao = PyBytes_AS_STRING(acks);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        *eo++ = (char)0x92;
+        Py_ssize_t k = reqs[i].entry_end - reqs[i].entry;
+        memcpy(eo, base + reqs[i].entry, (size_t)k);
+        eo += k;
+        if (reqs[i].ack_end > reqs[i].ack) {
+            memcpy(ao, ACK_HEAD, ACK_HEAD_LEN);
+            ao += ACK_HEAD_LEN;
+            k = reqs[i].ack_end - reqs[i].ack;
+            memcpy(ao, base + reqs[i].ack, (size_t)k);
+            ao += k;
+        }
+    }
+    return Py_BuildValue("(NNnNnn)", tag, entries, n, acks, acked, size);
+}
+
+static PyObject *message_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "message_run(data, start, ends, first, shift, cont_tag, cont_room, group_max)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t first = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t shift = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t cont_room = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t group_max = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *ends = args[2], *cont_tag = args[5];
+    if (!PyList_Check(ends)) {
+        PyErr_SetString(PyExc_TypeError, "ends must be a list");
+        return NULL;
+    }
+    if (cont_tag != Py_None && !PyBytes_Check(cont_tag)) {
+        PyErr_SetString(PyExc_TypeError, "cont_tag must be bytes or None");
+        return NULL;
+    }
+    if (group_max < 1) {
+        group_max = 1;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *base = (const uint8_t *)view.buf;
+    Py_ssize_t nends = PyList_GET_SIZE(ends);
+    PyObject *groups = PyList_New(0);
+    Req *reqs = NULL;
+    Py_ssize_t nreqs = 0, cap = 0;
+    int nomem = 0, continued = 0;
+    /* the group being built: reqs[0..nreqs); its tag bytes are those of reqs[0] (or cont_tag) */
+    const uint8_t *gtag = NULL;
+    Py_ssize_t gtag_len = 0, room = 0;
+    int open_cont = 0; /* the group being built is the Python loop's open one */
+    if (cont_tag != Py_None && cont_room > 0) {
+        gtag = (const uint8_t *)PyBytes_AS_STRING(cont_tag);
+        gtag_len = PyBytes_GET_SIZE(cont_tag);
+        room = cont_room;
+        open_cont = 1;
+    }
+    if (first < 0 || start < 0 || start > view.len) {
+        PyBuffer_Release(&view);
+        Py_DECREF(groups);
+        PyErr_SetString(PyExc_ValueError, "first or start out of range");
+        return NULL;
+    }
+    Py_ssize_t i = first, s = start;
+    for (; groups != NULL && i < nends; i++) {
+        Py_ssize_t e = PyLong_AsSsize_t(PyList_GET_ITEM(ends, i));
+        if (e == -1 && PyErr_Occurred()) {
+            Py_CLEAR(groups);
+            break;
+        }
+        e -= shift;
+        if (e <= s || e > view.len) {
+            break;
+        }
+        Req r;
+        if (!hot_request(base, s, e, &r)) {
+            break;
+        }
+        int same = gtag != NULL && room > 0 && r.tag_len == gtag_len &&
+                   memcmp(base + r.tag, gtag, (size_t)gtag_len) == 0;
+        if (!same) {
+            if (nreqs > 0) {
+                PyObject *g = group_tuple(base, reqs, nreqs);
+                if (g == NULL || PyList_Append(groups, g) < 0) {
+                    Py_XDECREF(g);
+                    Py_CLEAR(groups);
+                    break;
+                }
+                Py_DECREF(g);
+                if (open_cont) {
+                    continued = 1;
+                }
+            }
+            open_cont = 0;
+            nreqs = 0;
+            gtag = base + r.tag;
+            gtag_len = r.tag_len;
+            room = group_max;
+        }
+        if (nreqs == cap) {
+            reqs = (Req *)grow(reqs, &cap, sizeof(Req), &nomem);
+            if (nreqs == cap) {
+                Py_CLEAR(groups);
+                PyErr_NoMemory();
+                break;
+            }
+        }
+        reqs[nreqs++] = r;
+        room--;
+        s = e;
+    }
+    if (groups != NULL && nreqs > 0) {
+        PyObject *g = group_tuple(base, reqs, nreqs);
+        if (g == NULL || PyList_Append(groups, g) < 0) {
+            Py_XDECREF(g);
+            Py_CLEAR(groups);
+        } else {
+            Py_DECREF(g);
+            if (open_cont) {
+                continued = 1;
+            }
+        }
+    }
+    free(reqs);
+    PyBuffer_Release(&view);
+    if (groups == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nni)", groups, i, continued);
+}
+
 /* invalid_entries(data): how many of the (whole) entries in data decoding will drop; the hot path's check,
  * which builds no tuple when, as nearly always, the answer is 0. */
 static PyObject *invalid_entries(PyObject *self, PyObject *arg) {
@@ -718,6 +981,8 @@ static PyMethodDef methods[] = {
     {"frame_ends", (PyCFunction)(void (*)(void))frame_ends, METH_FASTCALL,
      "frame_ends(data, start, shift) -> (ends, tail)"},
     {"invalid_entries", invalid_entries, METH_O, "invalid_entries(data) -> int"},
+    {"message_run", (PyCFunction)(void (*)(void))message_run, METH_FASTCALL,
+     "message_run(data, start, ends, first, shift, cont_tag, cont_room, group_max) -> (groups, next, continued)"},
     {"scan_entries", (PyCFunction)(void (*)(void))scan_entries, METH_FASTCALL | METH_KEYWORDS,
      "scan_entries(data, start=0, end=-1, max_entries=-1, slice_bytes=0, slice_entries=0)\n"
      "-> (count, good_end, broken, invalid, bad_times, bad_start, bad_end, reason, slices)"},

@@ -10,3 +10,14 @@ def scan_entries(
 ) -> tuple[int, int, bool, int, int, int, int, int, list[tuple[int, ...]] | None]: ...
 def invalid_entries(data: bytes | bytearray | memoryview, /) -> int: ...
 def frame_ends(data: bytes | bytearray | memoryview, start: int, shift: int, /) -> tuple[list[int], int]: ...
+def message_run(
+    data: bytes | bytearray | memoryview,
+    start: int,
+    ends: list[int],
+    first: int,
+    shift: int,
+    cont_tag: bytes | None,
+    cont_room: int,
+    group_max: int,
+    /,
+) -> tuple[list[tuple[bytes, bytes, int, bytes, int, int]], int, int]: ...

@@ -33,6 +33,7 @@ __all__ = [
     "frame_ends_py",
     "invalid_entries",
     "invalid_entries_py",
+    "message_run",
     "sample",
     "scan_entries",
     "scan_entries_py",
@@ -147,6 +148,13 @@ frame_ends: Callable[[bytes | bytearray | memoryview, int, int], tuple[list[int]
 #: invalid_entries(data) -> int: the hot path's check (see _entries.c), as scan_entries(data)[3]
 invalid_entries: Callable[[bytes | bytearray | memoryview], int] = (
     _native.invalid_entries if _native is not None else invalid_entries_py
+)
+#: A group of Message-mode requests: (tag bytes, entries, requests, acks, acked, size); see _entries.c.
+MessageGroup = tuple[bytes, bytes, int, bytes, int, int]
+#: message_run(data, start, ends, first, shift, cont_tag, cont_room, group_max) -> (groups, next, continued):
+#: the Message-mode hot loop in C (see _entries.c); None without the extension (messages.py reads in Python).
+message_run: Callable[..., tuple[list[MessageGroup], int, int]] | None = (
+    _native.message_run if _native is not None else None
 )
 
 

@@ -3,7 +3,9 @@
 Every byte it reads comes off the network. This builds it with both sanitizers, loads it in a child Python
 (every allocation through malloc, so ASan sees the buffers too), and scans random entries, entries mutated
 byte by byte, cut short, deeply nested and plain random bytes, each result checked against the Python
-reference. Any report aborts the child and fails the test.
+reference; and runs Message-mode requests, whole and mutated, through message_run (its results are held
+equal to the Python loop by tests/protocol/test_properties.py), with hostile arguments too. Any report aborts
+the child and fails the test.
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ def check(data, **kw):
     assert module.scan_entries(*args) == scan_entries_py(*args), data
     assert module.scan_entries(bytearray(data)) == scan_entries_py(data), data
 
+def messages():
+    out = []
+    for _ in range(rnd.randrange(1, 12)):
+        if rnd.randrange(8) == 0:
+            out.append(b"\xc0")
+            continue
+        tag = rnd.choice(["a", "b", "x" * 40])
+        t = rnd.choice([1, None, 1.5, msgpack.ExtType(0, bytes(8)), "t"])
+        opt = rnd.choice([[], [{}], [None], [{"chunk": "c"}], [{"chunk": "c", "size": 1}], [{"size": 1}]])
+        out.append(msgpack.packb([tag, t, rnd.choice([{"log": value(1)}, value(0)])] + opt))
+    return b"".join(out)
+
+def check_messages(data):
+    # message_run on whole frames, from any frame, continuing a group or not; then hostile arguments
+    ends, _ = module.frame_ends(data, 0, 0)
+    first = rnd.randrange(len(ends) + 1)
+    start = ends[first - 1] if first else 0
+    groups, nxt, cont = module.message_run(
+        bytearray(data), start, ends, first, 0, rnd.choice([None, b"a", b"b"]), rnd.randrange(3),
+        rnd.choice([1, 2, 8192]))
+    assert first <= nxt <= len(ends)
+    assert sum(g[2] for g in groups) == nxt - first
+    bad_ends = [rnd.randrange(len(data) + 10) for _ in range(rnd.randrange(4))]
+    try:
+        module.message_run(data, rnd.randrange(len(data) + 2), bad_ends, rnd.randrange(3), rnd.randrange(3),
+                           None, 0, 1)
+    except ValueError:
+        pass
+
 deadline = time.monotonic() + float(sys.argv[3])
 total = 0
 while time.monotonic() < deadline:
@@ -72,6 +103,12 @@ while time.monotonic() < deadline:
     check(bytes(buf))
     check(data[: rnd.randrange(len(data))])
     check(bytes(rnd.randrange(256) for _ in range(rnd.randrange(64))))
+    data = messages()
+    check_messages(data)
+    buf = bytearray(data)
+    for _ in range(rnd.randrange(1, 4)):
+        buf[rnd.randrange(len(buf))] = rnd.randrange(256)
+    check_messages(bytes(buf))
     total += 1
 print(f"OK {total}")
 """

@@ -7,6 +7,7 @@ import itertools
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from forwardd.protocol import (
     ServerConnection,
 )
 from forwardd.protocol.encode import event_time, forward, message, packed_forward
+from forwardd.protocol.entries import message_run
 from forwardd.protocol.handshake import client_ping
 
 from .violations import split_off
@@ -345,3 +347,74 @@ def test_the_fast_path_of_small_frames_gives_what_the_general_path_gives(stream:
         if out and out[-1][0] == "violation":
             break
     assert got == expected
+
+
+# --- the C loop of Message-mode runs (_entries.c message_run) against the Python loop -----------------------
+
+
+@st.composite
+def message_runs(draw: st.DrawFn) -> bytes:
+    """Requests of a few tags, mostly docker's shapes (so runs of one tag are long and grouping is exercised),
+    with the other shapes, heartbeats, other modes and loose requests in between."""
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return b"\xc0"
+    if kind == 1:
+        return draw(frames())
+    if kind == 2:
+        return draw(message_like_frames())
+    tag = draw(st.sampled_from(["a", "b", "a" * 40, "é"]))
+    t = draw(st.one_of(st.integers(0, 2**32 - 1), st.integers(NS, 2**32 * NS - 1).map(event_time), st.none()))
+    record = draw(st.one_of(st.just({"log": "x"}), records))
+    shape = draw(st.sampled_from(["3", "{}", "nil", "chunk", "chunk+size", "size", "array16"]))
+    if shape == "3":
+        return msgpack.packb([tag, t, record], use_bin_type=True)
+    if shape == "array16":  # the same request with a 3-byte array header
+        body = msgpack.packb([tag, t, record, {}], use_bin_type=True)[1:]
+        return b"\xdc\x00\x04" + body
+    option: Any = {
+        "{}": {},
+        "nil": None,
+        "chunk": {"chunk": draw(chunk_ids)},
+        "chunk+size": {"chunk": "c", "size": 1},
+        "size": {"size": 1},
+    }[shape]
+    return msgpack.packb([tag, t, record, option], use_bin_type=True)
+
+
+def run_loop(
+    data: bytes, cuts: list[int], native: bool, merge: bool, limits: Limits
+) -> tuple[list[Any], Any]:
+    conn = ServerConnection(limits=limits, clock_ns=lambda: RECV)
+    conn.decoder.native_messages = native
+    conn.decoder.merge_messages = merge
+    conn.decoder.single_message_shortcut = False
+    out: list[Any] = []
+    pos = 0
+    for cut in [*sorted(cuts), len(data)]:
+        events, broke = split_off(conn.receive_data(data[pos:cut]))
+        pos = cut
+        out += [full_outcome(ev) for ev in events]
+        if broke is not None:
+            return out, broke.reason
+    return out, None
+
+
+@pytest.mark.skipif(message_run is None, reason="the C extension is not built")
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(message_runs(), min_size=1, max_size=20), st.data())
+def test_the_c_message_loop_gives_what_the_python_loop_gives(
+    stream: list[bytes], data: st.DataObject
+) -> None:
+    """Events, groups, acks, counts and violations byte for byte, whatever the reads, the merging, the group
+    size limit and a few overwritten bytes."""
+    blob = bytearray(b"".join(stream))
+    if data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 3))):
+            blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    cuts = data.draw(cuts_for(bytes(blob)))
+    merge = data.draw(st.booleans())
+    limits = Limits(max_chunk_entries=data.draw(st.sampled_from([1, 2, 3, 8192])))
+    native = run_loop(bytes(blob), cuts, True, merge, limits)
+    python = run_loop(bytes(blob), cuts, False, merge, limits)
+    assert native == python
