@@ -47,6 +47,10 @@ __all__ = ["Session", "SessionHooks", "SessionSettings"]
 _NOT_REQUESTS = (HandshakeCompleted, Heartbeat)
 
 
+#: The longest a stopping session reads on, waiting for its peer to pause (see Session.drain).
+DRAIN_READ_ON = 1.0
+
+
 class Session(AckFlow, Offload, asyncio.Protocol):
     """A forward-protocol connection."""
 
@@ -552,18 +556,25 @@ class Session(AckFlow, Offload, asyncio.Protocol):
 
     # --- shutdown ---------------------------------------------------------------------------------------
 
-    async def drain(self, quiet: float = 0.2) -> None:
-        """Read on until the peer has been quiet for ``quiet`` seconds (or has closed), then stop
-        reading, send the acks still owed as their chunks are accepted, and close.
+    async def drain(self, quiet: float = 0.2, longest: float = DRAIN_READ_ON) -> None:
+        """Read on until the peer has been quiet for ``quiet`` seconds (or has closed), for at most
+        ``longest`` seconds, then stop reading, send the acks still owed as their chunks are accepted, and
+        close.
 
         Reading on matters for clients that do not ask for acks: what they sent just before the stop is
-        still in the socket buffer, and has no other way to be accepted.
+        still in the socket buffer, and has no other way to be accepted. The bound matters for clients that
+        never pause (a container that logs all the time, with acks): without it the stop read on until its
+        deadline and then aborted the connection, cutting acks already owed (the client resent those
+        events: duplicates). What such a client sends after the bound is not read, so not acked, and it
+        sends it again wherever it reconnects.
         """
+        until = time.monotonic() + longest
         while self.transport is not None and not self._closing:
-            idle = time.monotonic() - self._last_activity
-            if idle >= quiet:
+            now = time.monotonic()
+            idle = now - self._last_activity
+            if idle >= quiet or now >= until:
                 break
-            await asyncio.sleep(quiet - idle)
+            await asyncio.sleep(min(quiet - idle, until - now))
         self._closing = True
         if self.transport is None:
             return
