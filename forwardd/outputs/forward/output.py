@@ -34,7 +34,6 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from os import PathLike
 from typing import Literal
 
@@ -46,19 +45,18 @@ from forwardd.outputs.base import Output
 from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
 from forwardd.outputs.forward.connection import Connection, ConnectionFailed
 from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
+from forwardd.outputs.forward.messages import Message, messages_of
 from forwardd.outputs.forward.settings import ForwardSettings
-from forwardd.pieces import entry_ends
-from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat, compress_entries, wire_entries
+from forwardd.outputs.forward.stats import ForwardStats
+from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat
 
-__all__ = ["ForwardOutput", "ForwardStats", "Resolver", "client_tls_context", "system_resolver"]
+__all__ = ["ForwardOutput", "Resolver", "client_tls_context", "system_resolver"]
 
 log = structlog.get_logger("forwardd.forward")
 
 #: Resolves a server's host name to the addresses to connect to.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
-#: Payloads at least this big are compressed in a worker thread (zlib and zstd release the GIL).
-_COMPRESS_OFFLOAD = 256 * 1024
 #: Least time between two resolutions a write asks for when it finds no endpoint.
 _RESOLVE_ON_MISS = 1.0
 #: Times one write may go back to an endpoint that made progress but whose connection ended.
@@ -93,68 +91,6 @@ def client_tls_context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-@dataclass(slots=True)
-class ForwardStats:
-    """Counters of one forward output. ``events`` were acked (written, without acks); ``bytes`` are
-    request bytes as sent (after compression)."""
-
-    requests: int = 0
-    events: int = 0
-    bytes: int = 0
-    acks: int = 0
-    #: Events sent whose ack never came (connection lost, ack timeout): each was sent again, so this
-    #: bounds the duplicates a receiver can see.
-    unacked_events: int = 0
-    #: Events sent again within one write, to another endpoint or on a new connection.
-    resent_events: int = 0
-    #: Writes that moved on from an endpoint that failed to another one.
-    failovers: int = 0
-    #: Connections opened for writes (heartbeat probes not included).
-    connects: int = 0
-    #: Connection failures by stage: connect, tls, handshake, refused, send_timeout, ack_timeout, lost,
-    #: protocol.
-    failures: dict[str, int] = field(default_factory=dict)
-    #: Kept-alive connections found closed by the receiver when reused (replaced, nothing marked down).
-    stale_connections: int = 0
-    heartbeats: int = 0
-    heartbeat_failures: int = 0
-    #: Entries dropped because they are no event (see wire_entries), and chunks whose times were rewritten.
-    invalid_entries: int = 0
-    rewritten_chunks: int = 0
-    #: Each endpoint's state: "up" or "down (reason)".
-    servers: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, int | float | str | None]:
-        """Flat, for reports and metrics: ``failures`` is their total, ``failures.connect`` ... the parts,
-        ``servers.<server>`` each endpoint's state, ``servers_up`` how many are up."""
-        out: dict[str, int | float | str | None] = {
-            f: getattr(self, f) for f in self.__slots__ if f not in ("failures", "servers")
-        }
-        out["failures"] = sum(self.failures.values())
-        for kind, n in sorted(self.failures.items()):
-            out[f"failures.{kind}"] = n
-        out["servers_up"] = sum(1 for state in self.servers.values() if state == "up")
-        for key, state in self.servers.items():
-            out[f"servers.{key}"] = state
-        return out
-
-
-class _Message:
-    """One request of a write: entries ``start:end`` of the chunk (``count`` of them), and what goes on
-    the wire for them (``payload``, ``events`` after dropping what is no event)."""
-
-    __slots__ = ("count", "done", "end", "events", "payload", "sent", "start")
-
-    def __init__(self, start: int, end: int, count: int, payload: bytes, events: int) -> None:
-        self.start = start
-        self.end = end
-        self.count = count
-        self.payload = payload
-        self.events = events
-        self.done = False
-        self.sent = False
 
 
 class ForwardOutput(Output):
@@ -423,7 +359,14 @@ class ForwardOutput(Output):
     # --- write ------------------------------------------------------------------------------------------
 
     async def write(self, chunk: Chunk) -> None:
-        messages = await self._messages(chunk)
+        messages = await messages_of(
+            chunk,
+            name=self.name,
+            max_message_size=self.max_message_size,
+            time_format=self.time_format,
+            compression=self.compression,
+            stats=self._stats,
+        )
         pending = [m for m in messages if m.events]
         if not pending:
             return
@@ -458,7 +401,7 @@ class ForwardOutput(Output):
         self._raise(chunk, messages, pending, last)
 
     def _raise(
-        self, chunk: Chunk, messages: list[_Message], pending: list[_Message], last: ConnectionFailed | None
+        self, chunk: Chunk, messages: list[Message], pending: list[Message], last: ConnectionFailed | None
     ) -> None:
         servers = ", ".join(f"{k}: {v}" for k, v in self.balancer.describe().items()) or "none resolved"
         why = f"{last.kind}: {last}" if last is not None else "no server is up"
@@ -487,44 +430,8 @@ class ForwardOutput(Output):
             ep = self.balancer.pick(exclude=tried)
         return ep
 
-    async def _messages(self, chunk: Chunk) -> list[_Message]:
-        """The chunk cut into requests of at most ``max_message_size`` entry bytes (a bigger entry goes
-        alone), each with its payload as it goes on the wire."""
-        entries = chunk.entries
-        if len(entries) <= self.max_message_size:
-            spans = [(0, len(entries), chunk.count)]
-        else:
-            spans = []
-            start = 0
-            n = 0
-            ends = entry_ends(entries)
-            prev = 0
-            for end in ends:
-                if end - start > self.max_message_size and n:
-                    spans.append((start, prev, n))
-                    start, n = prev, 0
-                n += 1
-                prev = end
-            spans.append((start, prev, n))
-        out: list[_Message] = []
-        for start, end, count in spans:
-            raw = entries if (start, end) == (0, len(entries)) else entries[start:end]
-            payload, events, dropped = wire_entries(raw, count, chunk.received_ns, self.time_format)
-            if dropped:
-                self._stats.invalid_entries += dropped
-                log.warning("forward.entries_dropped", output=self.name, tag=chunk.tag, count=dropped)
-            if payload is not raw:
-                self._stats.rewritten_chunks += 1
-            if self.compression != "text" and events:
-                if len(payload) >= _COMPRESS_OFFLOAD:
-                    payload = await asyncio.to_thread(compress_entries, payload, self.compression)
-                else:
-                    payload = compress_entries(payload, self.compression)
-            out.append(_Message(start, end, count, payload, events))
-        return out
-
     async def _attempt(
-        self, ep: Endpoint, tag: str, pending: list[_Message]
+        self, ep: Endpoint, tag: str, pending: list[Message]
     ) -> tuple[bool, ConnectionFailed | None]:
         """Send ``pending`` to ``ep`` over one connection (a kept-alive one found dead is replaced once);
         marks the messages that got through ``done``. Returns whether any did, and the failure if not all."""
@@ -546,13 +453,13 @@ class ForwardOutput(Output):
         return progressed, failure
 
     async def _send(
-        self, conn: Connection, tag: str, pending: list[_Message]
+        self, conn: Connection, tag: str, pending: list[Message]
     ) -> tuple[bool, ConnectionFailed | None]:
         stats = self._stats
         # A receiver that closes after one reply (deny_keepalive) gets one request per connection.
         batch = pending if conn.keepalive else pending[:1]
-        acks: list[tuple[asyncio.Future[None], _Message]] = []
-        written: list[_Message] = []
+        acks: list[tuple[asyncio.Future[None], Message]] = []
+        written: list[Message] = []
         failure: ConnectionFailed | None = None
         try:
             for m in batch:
