@@ -6,7 +6,9 @@ up and picks the next, :mod:`.connection` is one connection around the sans-IO c
 """
 
 from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
-from forwardd.outputs.forward.output import ForwardOutput, Resolver, client_tls_context, system_resolver
+from forwardd.outputs.forward.connection import client_tls_context
+from forwardd.outputs.forward.dns import Resolver, system_resolver
+from forwardd.outputs.forward.output import ForwardOutput
 from forwardd.outputs.forward.stats import ForwardStats
 
 __all__ = [

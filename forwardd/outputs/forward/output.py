@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Literal
 
@@ -43,54 +41,23 @@ from forwardd.errors import PartialDelivery, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
-from forwardd.outputs.forward.connection import Connection, ConnectionFailed
+from forwardd.outputs.forward.connection import Connection, ConnectionFailed, client_tls_context
+from forwardd.outputs.forward.dns import Resolution, Resolver, system_resolver
 from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
 from forwardd.outputs.forward.messages import Message, messages_of
+from forwardd.outputs.forward.pool import Pool
 from forwardd.outputs.forward.settings import ForwardSettings
 from forwardd.outputs.forward.stats import ForwardStats
 from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat
 
-__all__ = ["ForwardOutput", "Resolver", "client_tls_context", "system_resolver"]
+__all__ = ["ForwardOutput"]
 
 log = structlog.get_logger("forwardd.forward")
-
-#: Resolves a server's host name to the addresses to connect to.
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 #: Least time between two resolutions a write asks for when it finds no endpoint.
 _RESOLVE_ON_MISS = 1.0
 #: Times one write may go back to an endpoint that made progress but whose connection ended.
 _PROGRESS_RETRIES = 1000
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to (getaddrinfo, in its order); an IP literal is itself."""
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def client_tls_context(
-    *,
-    ca_file: str | None = None,
-    cert_file: str | None = None,
-    key_file: str | None = None,
-    key_password: str | None = None,
-    verify: bool = True,
-    min_version: str = "1.2",
-) -> ssl.SSLContext:
-    """A TLS client context: the system's roots or ``ca_file``, a client certificate for mutual TLS."""
-    ctx = ssl.create_default_context(cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        ctx.load_cert_chain(cert_file, key_file, password=key_password)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class ForwardOutput(Output):
@@ -151,9 +118,19 @@ class ForwardOutput(Output):
             clock=clock,
         )
         self._stats = ForwardStats()
+        self._pool = Pool(
+            self.balancer,
+            self._stats,
+            ssl_context=ssl_context,
+            tls_server_name=tls_server_name,
+            security=security,
+            connect_timeout=connect_timeout,
+            keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
+            clock=clock,
+        )
+        self._dns = Resolution(name, self.balancer, resolver, clock, self._pool.drop_idle)
         self._tasks: list[asyncio.Task[None]] = []
-        self._resolved_at = -1e18
-        self._resolving: asyncio.Lock | None = None
         self._started = False
 
     @classmethod
@@ -198,8 +175,8 @@ class ForwardOutput(Output):
         if self._started:
             return
         self._started = True
-        self._resolving = asyncio.Lock()
-        await self._resolve()
+        self._dns.lock = asyncio.Lock()
+        await self._dns.resolve()
         log.info(
             "forward.started",
             output=self.name,
@@ -214,12 +191,13 @@ class ForwardOutput(Output):
                 self.heartbeat_type,
                 self.heartbeat_interval,
                 endpoints=lambda: self.balancer.endpoints,
-                connect=self._probe_connect,
+                connect=self._pool.probe,
                 report=self._heartbeat,
             )
             self._tasks.append(asyncio.create_task(beats.run(), name=f"forward-heartbeats:{self.name}"))
-        if self.dns_refresh > 0 and any(not _is_ip(s.host) for s in self.balancer.servers):
-            self._tasks.append(asyncio.create_task(self._refresh_loop(), name=f"forward-dns:{self.name}"))
+        if self.dns_refresh > 0 and self._dns.has_names():
+            refresh = self._dns.refresh_loop(self.dns_refresh)
+            self._tasks.append(asyncio.create_task(refresh, name=f"forward-dns:{self.name}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -229,7 +207,7 @@ class ForwardOutput(Output):
                 await task
         self._tasks.clear()
         for ep in self.balancer.endpoints:
-            await self._drop_idle(ep)
+            await self._pool.drop_idle(ep)
         self._started = False
 
     @property
@@ -240,47 +218,7 @@ class ForwardOutput(Output):
         copy.servers = self.balancer.describe()
         return copy
 
-    # --- DNS --------------------------------------------------------------------------------------------
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.dns_refresh)
-            await self._resolve()
-
-    async def _resolve(self) -> None:
-        """Resolve every server again; an endpoint whose address stays keeps its state and connection."""
-        assert self._resolving is not None
-        async with self._resolving:
-            self._resolved_at = self._clock()
-            for i, server in enumerate(self.balancer.servers):
-                try:
-                    addresses = list(await self.resolver(server.host, server.port))
-                except (OSError, UnicodeError) as exc:
-                    log.warning("forward.dns_failed", output=self.name, server=server.label, error=str(exc))
-                    continue
-                if not addresses:
-                    log.warning(
-                        "forward.dns_failed", output=self.name, server=server.label, error="no address"
-                    )
-                    continue
-                before = [ep.address for ep in self.balancer.endpoints_of(i)]
-                added, removed = self.balancer.set_addresses(i, addresses)
-                for ep in removed:
-                    await self._drop_idle(ep)
-                if before and (added or removed):
-                    log.info(
-                        "forward.dns_changed",
-                        output=self.name,
-                        server=server.label,
-                        addresses=[ep.address for ep in self.balancer.endpoints_of(i)],
-                        before=before,
-                    )
-
     # --- health -----------------------------------------------------------------------------------------
-
-    async def _probe_connect(self, ep: Endpoint) -> None:
-        conn = await self._open(ep, count=False)
-        await conn.close()
 
     def _heartbeat(self, ep: Endpoint, ok: bool, why: str) -> None:
         stats = self._stats
@@ -317,44 +255,6 @@ class ForwardOutput(Output):
                 via="write",
                 down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
             )
-
-    # --- connections ------------------------------------------------------------------------------------
-
-    async def _open(self, ep: Endpoint, *, count: bool = True) -> Connection:
-        conn = await Connection.open(
-            ep.address,
-            ep.port,
-            ssl_context=self.ssl_context,
-            server_hostname=self.tls_server_name or ep.server.host,
-            security=self.security,
-            timeout=self.connect_timeout,
-        )
-        if count:  # heartbeat probes are counted as heartbeats
-            self._stats.connects += 1
-        return conn
-
-    async def _checkout(self, ep: Endpoint) -> tuple[Connection, bool]:
-        """A connection to ``ep``: its idle one if still good (True), else a new one (False)."""
-        conn = ep.idle
-        ep.idle = None
-        if conn is not None:
-            if not conn.closed and self._clock() - ep.idle_since < self.keepalive_timeout:
-                return conn, True
-            await conn.close()
-        return await self._open(ep), False
-
-    async def _checkin(self, ep: Endpoint, conn: Connection) -> None:
-        live = any(e is ep for e in self.balancer.endpoints)
-        if self.keepalive and conn.keepalive and not conn.closed and live and ep.idle is None:
-            ep.idle = conn
-            ep.idle_since = self._clock()
-        else:
-            await conn.close()
-
-    async def _drop_idle(self, ep: Endpoint) -> None:
-        conn, ep.idle = ep.idle, None
-        if conn is not None:
-            await conn.close()
 
     # --- write ------------------------------------------------------------------------------------------
 
@@ -425,8 +325,8 @@ class ForwardOutput(Output):
 
     async def _pick(self, tried: list[Endpoint]) -> Endpoint | None:
         ep = self.balancer.pick(exclude=tried)
-        if ep is None and self._clock() - self._resolved_at >= _RESOLVE_ON_MISS:
-            await self._resolve()  # the names may point elsewhere now (a Swarm service rescheduled)
+        if ep is None and self._clock() - self._dns.resolved_at >= _RESOLVE_ON_MISS:
+            await self._dns.resolve()  # the names may point elsewhere now (a Swarm service rescheduled)
             ep = self.balancer.pick(exclude=tried)
         return ep
 
@@ -436,7 +336,7 @@ class ForwardOutput(Output):
         """Send ``pending`` to ``ep`` over one connection (a kept-alive one found dead is replaced once);
         marks the messages that got through ``done``. Returns whether any did, and the failure if not all."""
         try:
-            conn, reused = await self._checkout(ep)
+            conn, reused = await self._pool.checkout(ep)
         except ConnectionFailed as refused:
             return False, refused
         progressed, failure = await self._send(conn, tag, pending)
@@ -444,12 +344,12 @@ class ForwardOutput(Output):
             # The receiver closed the idle connection (a restart, its idle timeout): not a failure of it.
             self._stats.stale_connections += 1
             try:
-                conn = await self._open(ep)
+                conn = await self._pool.open(ep)
             except ConnectionFailed as again:
                 return False, again
             progressed, failure = await self._send(conn, tag, pending)
         if failure is None:
-            await self._checkin(ep, conn)
+            await self._pool.checkin(ep, conn)
         return progressed, failure
 
     async def _send(
@@ -507,11 +407,3 @@ class ForwardOutput(Output):
 
 def _path(p: PathLike[str] | str | None) -> str | None:
     return None if p is None else str(p)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
