@@ -1,5 +1,11 @@
 """The ``forward`` output: chunks to Fluentd, Fluent Bit or forwardd receivers over the forward protocol.
 
+This module is the output and its write path; the parts it drives each have a module: :mod:`.messages`
+(the chunk cut into requests, as they go on the wire), :mod:`.failover` (which endpoint next, up and down;
+the pure state in :mod:`.balance`), :mod:`.pool` (connections kept alive between writes, on
+:mod:`.connection`), :mod:`.acks` (requests sent and their acks matched), :mod:`.heartbeat` (probes),
+:mod:`.dns` (names resolved to endpoints), :mod:`.stats` (the counters), :mod:`.settings` (the entry).
+
 A write delivers one chunk (the delivery loop's batch for one tag) and returns only when every event of it
 is through: with ``require_ack_response`` (the default) that means acked by a receiver, so a chunk leaves
 forwardd's durable queue only once another durable queue has it. A chunk bigger than
@@ -40,9 +46,11 @@ import structlog
 from forwardd.errors import PartialDelivery, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
+from forwardd.outputs.forward.acks import Sender
 from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
-from forwardd.outputs.forward.connection import Connection, ConnectionFailed, client_tls_context
+from forwardd.outputs.forward.connection import ConnectionFailed, client_tls_context
 from forwardd.outputs.forward.dns import Resolution, Resolver, system_resolver
+from forwardd.outputs.forward.failover import Failover
 from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
 from forwardd.outputs.forward.messages import Message, messages_of
 from forwardd.outputs.forward.pool import Pool
@@ -54,8 +62,6 @@ __all__ = ["ForwardOutput"]
 
 log = structlog.get_logger("forwardd.forward")
 
-#: Least time between two resolutions a write asks for when it finds no endpoint.
-_RESOLVE_ON_MISS = 1.0
 #: Times one write may go back to an endpoint that made progress but whose connection ended.
 _PROGRESS_RETRIES = 1000
 
@@ -109,7 +115,6 @@ class ForwardOutput(Output):
         self.tls_server_name = tls_server_name
         self.security = security
         self.resolver = resolver
-        self._clock = clock
         self.balancer = Balancer(
             servers,
             recover_wait=recover_wait,
@@ -130,6 +135,14 @@ class ForwardOutput(Output):
             clock=clock,
         )
         self._dns = Resolution(name, self.balancer, resolver, clock, self._pool.drop_idle)
+        self._failover = Failover(name, self.balancer, self._stats, self._dns, clock)
+        self._sender = Sender(
+            self._stats,
+            compression=self.compression,
+            require_ack=require_ack_response,
+            send_timeout=send_timeout,
+            ack_timeout=ack_response_timeout,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -192,7 +205,7 @@ class ForwardOutput(Output):
                 self.heartbeat_interval,
                 endpoints=lambda: self.balancer.endpoints,
                 connect=self._pool.probe,
-                report=self._heartbeat,
+                report=self._failover.heartbeat,
             )
             self._tasks.append(asyncio.create_task(beats.run(), name=f"forward-heartbeats:{self.name}"))
         if self.dns_refresh > 0 and self._dns.has_names():
@@ -218,44 +231,6 @@ class ForwardOutput(Output):
         copy.servers = self.balancer.describe()
         return copy
 
-    # --- health -----------------------------------------------------------------------------------------
-
-    def _heartbeat(self, ep: Endpoint, ok: bool, why: str) -> None:
-        stats = self._stats
-        stats.heartbeats += 1
-        if not ok:
-            stats.heartbeat_failures += 1
-        down_since = ep.down_since
-        change = self.balancer.heartbeat(ep, ok, why)
-        if change is True:
-            log.info(
-                "forward.server_up",
-                output=self.name,
-                server=ep.key,
-                via="heartbeat",
-                down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
-            )
-        elif change is False:
-            log.warning("forward.server_down", output=self.name, server=ep.key, reason=why)
-
-    def _failed(self, ep: Endpoint, failure: ConnectionFailed) -> None:
-        stats = self._stats
-        stats.failures[failure.kind] = stats.failures.get(failure.kind, 0) + 1
-        reason = f"{failure.kind}: {failure}"
-        if self.balancer.failed(ep, reason):
-            log.warning("forward.server_down", output=self.name, server=ep.key, reason=reason)
-
-    def _succeeded(self, ep: Endpoint) -> None:
-        down_since = ep.down_since
-        if self.balancer.succeeded(ep):
-            log.info(
-                "forward.server_up",
-                output=self.name,
-                server=ep.key,
-                via="write",
-                down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
-            )
-
     # --- write ------------------------------------------------------------------------------------------
 
     async def write(self, chunk: Chunk) -> None:
@@ -275,7 +250,7 @@ class ForwardOutput(Output):
         progress_retries = 0
         moving = False  # the last endpoint failed: the next one is a failover
         while pending:
-            ep = await self._pick(tried)
+            ep = await self._failover.pick(tried)
             if ep is None:
                 break
             if moving:
@@ -284,16 +259,16 @@ class ForwardOutput(Output):
             progressed, failure = await self._attempt(ep, chunk.tag, pending)
             pending = [m for m in pending if not m.done]
             if failure is None:
-                self._succeeded(ep)
+                self._failover.succeeded(ep)
                 continue
             last = failure
             if progressed and progress_retries < _PROGRESS_RETRIES:
                 # It took some of it and then the connection ended (close after N, deny_keepalive): the
                 # receiver is alive; go on with it on a new connection.
                 progress_retries += 1
-                self._succeeded(ep)
+                self._failover.succeeded(ep)
                 continue
-            self._failed(ep, failure)
+            self._failover.failed(ep, failure)
             tried.append(ep)
             moving = True
         if not pending:
@@ -323,13 +298,6 @@ class ForwardOutput(Output):
             cause=cause,
         )
 
-    async def _pick(self, tried: list[Endpoint]) -> Endpoint | None:
-        ep = self.balancer.pick(exclude=tried)
-        if ep is None and self._clock() - self._dns.resolved_at >= _RESOLVE_ON_MISS:
-            await self._dns.resolve()  # the names may point elsewhere now (a Swarm service rescheduled)
-            ep = self.balancer.pick(exclude=tried)
-        return ep
-
     async def _attempt(
         self, ep: Endpoint, tag: str, pending: list[Message]
     ) -> tuple[bool, ConnectionFailed | None]:
@@ -339,7 +307,7 @@ class ForwardOutput(Output):
             conn, reused = await self._pool.checkout(ep)
         except ConnectionFailed as refused:
             return False, refused
-        progressed, failure = await self._send(conn, tag, pending)
+        progressed, failure = await self._sender.send(conn, tag, pending)
         if failure is not None and reused and not progressed and failure.kind == "lost":
             # The receiver closed the idle connection (a restart, its idle timeout): not a failure of it.
             self._stats.stale_connections += 1
@@ -347,62 +315,10 @@ class ForwardOutput(Output):
                 conn = await self._pool.open(ep)
             except ConnectionFailed as again:
                 return False, again
-            progressed, failure = await self._send(conn, tag, pending)
+            progressed, failure = await self._sender.send(conn, tag, pending)
         if failure is None:
             await self._pool.checkin(ep, conn)
         return progressed, failure
-
-    async def _send(
-        self, conn: Connection, tag: str, pending: list[Message]
-    ) -> tuple[bool, ConnectionFailed | None]:
-        stats = self._stats
-        # A receiver that closes after one reply (deny_keepalive) gets one request per connection.
-        batch = pending if conn.keepalive else pending[:1]
-        acks: list[tuple[asyncio.Future[None], Message]] = []
-        written: list[Message] = []
-        failure: ConnectionFailed | None = None
-        try:
-            for m in batch:
-                if m.sent:
-                    stats.resent_events += m.events
-                m.sent = True
-                fut = await conn.send(
-                    tag, m.payload, m.events, compressed=self.compression, ack=self.require_ack,
-                    timeout=self.send_timeout,
-                )  # fmt: skip
-                written.append(m)
-                stats.requests += 1
-                stats.bytes += len(m.payload)
-                if fut is None:
-                    m.done = True
-                    stats.events += m.events
-                else:
-                    acks.append((fut, m))
-            if acks:
-                futs = [f for f, _ in acks]
-                _, not_done = await asyncio.wait(futs, timeout=self.ack_timeout)
-                for fut, m in acks:
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
-                        m.done = True
-                        stats.acks += 1
-                        stats.events += m.events
-                if not_done:
-                    failure = ConnectionFailed(
-                        "ack_timeout", f"no ack within {self.ack_timeout}s for {len(not_done)} request(s)"
-                    )
-                elif not all(m.done for _, m in acks):
-                    failure = conn.failure or ConnectionFailed("lost", "the connection ended before the acks")
-        except ConnectionFailed as exc:
-            failure = exc
-        except asyncio.CancelledError:
-            conn.abort()
-            raise
-        lost = [m for m in written if not m.done]
-        if lost and self.require_ack:
-            stats.unacked_events += sum(m.events for m in lost)
-        if failure is not None:
-            conn.abort()
-        return any(m.done for m in batch), failure
 
 
 def _path(p: PathLike[str] | str | None) -> str | None:
