@@ -13,8 +13,8 @@ known shape) are skipped and counted in :attr:`Chunk.invalid`, never fatal to th
 
 The times forwardd accepts from a client run from the epoch to 9999-12-31T23:59:59.999999999Z
 (:data:`MAX_TIME_NS`), whatever their shape: every output can write those (four-digit years in RFC 3339
-text, file paths, Kafka's millisecond timestamps), where a time past them was acked and then dead-lettered
-by the output that could not format it. A time before 1970 (a negative integer or float) is refused as
+text, Python's datetime, file paths), where a time past them was acked and then dead-lettered by the
+output that could not format it. A time before 1970 (a negative integer or float) is refused as
 before: no client means one, and EventTime, the protocol's own time, cannot hold it. A msgpack Timestamp
 (ext -1) is no event time (Fluentd does not take it either). The edge (:func:`entry_problem`, and the C
 scan held equal to it) leaves such entries out and counts them where the peer is known. Decoding itself
