@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["EVENT_TIME_EXT", "NS", "U32", "UINT32_PAIR"]
+__all__ = ["EVENT_TIME_EXT", "MAX_SECONDS", "NS", "U32", "UINT32_PAIR"]
 
 #: Nanoseconds per second: event times are integers of nanoseconds everywhere inside forwardd.
 NS = 1_000_000_000
@@ -18,3 +18,6 @@ EVENT_TIME_EXT = 0
 UINT32_PAIR = struct.Struct(">II")
 #: The largest 32-bit unsigned value (EventTime's seconds end in 2106).
 U32 = 0xFFFFFFFF
+#: The last whole second of an event time forwardd accepts from a client: 9999-12-31T23:59:59Z, the end of
+#: four-digit years (RFC 3339, Python's datetime, the JSON formats' text). Also in _entries.c and _jsonl.c.
+MAX_SECONDS = 253_402_300_799

@@ -10,6 +10,16 @@ Times in entries may have any shape a real client sends (integer seconds, EventT
 float seconds, the v1.5 ``[time, {metadata}]`` wrapper, ``0`` or ``nil``); decoding turns each into
 nanoseconds since the epoch. Entries that cannot be an event (not a 2-array, record not a map, time of no
 known shape) are skipped and counted in :attr:`Chunk.invalid`, never fatal to the rest of the chunk.
+
+The times forwardd accepts from a client run from the epoch to 9999-12-31T23:59:59.999999999Z
+(:data:`MAX_TIME_NS`), whatever their shape: every output can write those (four-digit years in RFC 3339
+text, Python's datetime, file paths), where a time past them was acked and then dead-lettered by the
+output that could not format it. A time before 1970 (a negative integer or float) is refused as
+before: no client means one, and EventTime, the protocol's own time, cannot hold it. A msgpack Timestamp
+(ext -1) is no event time (Fluentd does not take it either). The edge (:func:`entry_problem`, and the C
+scan held equal to it) leaves such entries out and counts them where the peer is known. Decoding itself
+(:func:`decode_entries`) still reads integer seconds past the range: they can only come from a queue
+written before the edge refused them, and an acked event must not vanish in an upgrade.
 """
 
 from __future__ import annotations
@@ -24,11 +34,12 @@ from typing import Any
 import msgpack
 import msgspec
 
-from forwardd.constants import EVENT_TIME_EXT, NS, UINT32_PAIR
+from forwardd.constants import EVENT_TIME_EXT, MAX_SECONDS, NS, UINT32_PAIR
 
 __all__ = [
     "EVENT_TIME_EXT",
     "INVALID_REASONS",
+    "MAX_TIME_NS",
     "Chunk",
     "Event",
     "EventTime",
@@ -41,6 +52,12 @@ __all__ = [
 ]
 
 _II = UINT32_PAIR
+
+#: The last event time (ns since the epoch) the edge accepts: 9999-12-31T23:59:59.999999999Z.
+MAX_TIME_NS = (MAX_SECONDS + 1) * NS - 1
+#: Float seconds below this are within the range (exactly representable, and no float below it rounds to
+#: a whole second past it: at 2.5e11 floats are 2**-15 s apart).
+_FLOAT_TIME_END = float(MAX_SECONDS + 1)
 
 
 class EventTime:
@@ -123,7 +140,7 @@ def _time_ns(t: Any, received_ns: int) -> int | None:
             return received_ns
         return None
     if tt is float:
-        if t != t or t < 0 or t > 1e11:  # NaN, negative, or beyond year 5138: not a timestamp
+        if t != t or t < 0 or t >= _FLOAT_TIME_END:  # NaN, before 1970, or past year 9999 (inf too)
             return None
         if t == 0.0:
             return received_ns
@@ -173,8 +190,10 @@ def _judge(entry: Any, received_ns: int) -> Event | int:
 
 
 def entry_problem(raw: bytes | memoryview) -> int:
-    """Why decode_entries drops the one whole entry ``raw`` (a code of INVALID_REASONS), 0 if it does not.
-    The reference the edge's native scan is held to."""
+    """Why the edge leaves out the one whole entry ``raw`` (a code of INVALID_REASONS), 0 if it does not:
+    what decode_entries drops, and a time past :data:`MAX_TIME_NS` (``bad_time`` too), which decoding
+    still reads from an older queue (see the module docstring). The reference the edge's native scan is
+    held to."""
     try:
         entry = msgpack.unpackb(raw, **_BUILD)
     except TypeError:
@@ -182,7 +201,9 @@ def entry_problem(raw: bytes | memoryview) -> int:
     except ValueError:  # an ext msgpack cannot build (a Timestamp of a bad length, say)
         return _BAD_EXT
     judged = _judge(entry, 1)
-    return judged if type(judged) is int else 0
+    if isinstance(judged, int):
+        return judged
+    return _BAD_TIME if judged.time_ns > MAX_TIME_NS else 0
 
 
 # The plain-entries fast path. msgspec decodes a whole chunk in one call, about five times faster than

@@ -14,7 +14,8 @@
  *   - an entry that frames is invalid when it cannot be built (an array or a map used as a map key, a
  *     msgpack Timestamp, ext -1, of a bad length or with nanoseconds over 999999999, an ext32 whose length
  *     is 2^32-1), when it is not a
- *     2-array, when its record is not a map, or when its time has no known shape (see model._time_ns).
+ *     2-array, when its record is not a map, or when its time has no known shape (see model._time_ns) or
+ *     lies outside the epoch .. 9999-12-31T23:59:59.999999999Z (see model.entry_problem).
  * The input is untrusted: every read is bounds checked and nothing is allocated from a length header.
  */
 #define PY_SSIZE_T_CLEAN
@@ -24,6 +25,8 @@
 #include <string.h>
 
 #define STACK_LIMIT 1024
+#define MAX_SECONDS 253402300799ULL       /* forwardd.constants.MAX_SECONDS: 9999-12-31T23:59:59Z */
+#define FLOAT_TIME_END 253402300800.0     /* float seconds from here on are past it (model._FLOAT_TIME_END) */
 #define NOGIL_FROM (64 * 1024) /* scans of more bytes than this release the GIL */
 
 enum { OK = 0, TRUNCATED = 1, MALFORMED = 2, TOO_DEEP = 3 }; /* TOO_DEEP is malformed too */
@@ -285,16 +288,20 @@ static inline int is_map_byte(uint8_t b) {
     return (b & 0xf0) == 0x80 || b == 0xde || b == 0xdf;
 }
 
-/* Whether the value at p is a time model._time_ns accepts (the value is known to frame). */
+/* Whether the value at p is a time model._time_ns accepts, within the range model.entry_problem holds
+ * it to (the value is known to frame). */
 static int time_ok(const uint8_t *p) {
     uint8_t b = p[0];
-    if (b <= 0x7f || b == 0xc0 || (b >= 0xcc && b <= 0xcf)) {
-        return 1; /* zero or positive integer seconds, or nil */
+    if (b <= 0x7f || b == 0xc0 || (b >= 0xcc && b <= 0xce)) {
+        return 1; /* zero or positive integer seconds below 2^32, or nil */
+    }
+    if (b == 0xcf || b == 0xd3) {
+        return be(p + 1, 8) <= MAX_SECONDS; /* 64 bits: a negative int64 is huge as unsigned */
     }
     if (b >= 0xe0) {
         return 0; /* negative */
     }
-    if (b >= 0xd0 && b <= 0xd3) {
+    if (b >= 0xd0 && b <= 0xd2) {
         return (p[1] & 0x80) == 0; /* a signed integer: its sign bit */
     }
     if (b == 0xca || b == 0xcb) {
@@ -308,7 +315,7 @@ static int time_ok(const uint8_t *p) {
             uint64_t bits = be(p + 1, 8);
             memcpy(&t, &bits, 8);
         }
-        return !(isnan(t) || t < 0 || t > 1e11);
+        return !(isnan(t) || t < 0 || t >= FLOAT_TIME_END); /* infinities too */
     }
     /* ext: only an EventTime (code 0, 8 bytes) is a time */
     if (b == 0xd7) {

@@ -3,8 +3,9 @@ silently: counted in the listener's ``invalid_entries`` and logged with a sample
 unfixed daemon dropped them without a line and its counter stayed at 0.
 
 Every shape of entry the decoder skips, in every carrier mode: a record that is not a map, times that are
-negative, NaN, past year 5138, text, an EventTime or a msgpack timestamp of a wrong length, an empty or
-broken v1.5 wrapper; a map used as a map key; an entry of three elements; a value that is no entry at all.
+negative, NaN, past year 9999 (a float, and integer seconds, which an output could not write), text, an
+EventTime or a msgpack timestamp of a wrong length, an empty or broken v1.5 wrapper; a map used as a map
+key; an entry of three elements; a value that is no entry at all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ INVALID: list[bytes] = [
     mp.entry(-5, {"k": 1}),
     mp.entry(float("nan"), {"k": 1}),
     mp.entry(1e12, {"k": 1}),
+    mp.entry(2**62, {"k": 1}),  # was acked, queued and then dead-lettered by the file output
     mp.entry("yesterday", {"k": 1}),
     mp.entry(mp.Ext(0, b"\x00\x00\x00\x01"), {"k": 1}),  # EventTime of 4 bytes
     mp.entry(mp.Ext(-1, b"abc"), {"k": 1}),  # a msgpack timestamp of 3 bytes

@@ -6,8 +6,11 @@ The issue's example is a Message whose tag is not UTF-8 and whose record nests 6
 encoding raised RecursionError, the delivery loop's log line raised on the tag, the loop died silently; with
 a UTF-8 tag the chunk was retried for 72 hours at the head of the queue). Its relatives here: other depths
 and container kinds, a PackedForward whose poison entry sits between good ones, non-string keys (bin, None,
-float) with NaN and infinities, a msgpack timestamp past year 9999, 64-bit edge integers and ext values, and
-a plain record whose event time (2**62 s) time.gmtime() refuses with OSError.
+float) with NaN and infinities, a msgpack timestamp past year 9999, 64-bit edge integers and ext values.
+
+A plain record whose event time (2**62 s) time.gmtime() refuses with OSError was one of them: acked,
+queued, then parked by the output. It is no poison any more: the edge leaves it out as a bad time, counted
+in the listener's ``invalid_times`` (tests/hostile/test_event_time_range.py), and it is never queued.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from tests.pipeline import mp
 
 NOW = 1_700_000_000
 FAR_TIMESTAMP = mp.Ext(-1, bytes(4) + (2**62).to_bytes(8, "big"))  # msgpack timestamp, year >> 9999
-#: The poisons no encoder can represent, parked in the dead-letter folder; and the one that looked like one.
-PARKED, FAR = {1, 2, 3, 5, 6, 7}, 4
+#: The poisons no encoder can represent, parked in the dead-letter folder; the one that looked like one;
+#: and the one whose time the edge refuses (neither parked nor written).
+PARKED, FAR, REFUSED = {1, 2, 3, 5, 6}, 4, 7
 
 
 def _good(m: int) -> bytes:
@@ -75,7 +79,8 @@ def poison_requests() -> list[tuple[str, bytes, list[int]]]:
     )
     edges = {"poison": 6, "big": 2**64 - 1, "small": -(2**63), "ext": mp.Ext(42, b"x"), "a": mp.Deep(1000)}
     p.append(("p6", mp.forward(b"poison.\xff", [mp.entry(NOW, edges), _good(6)], chunk="p6"), [6]))
-    # A plain record, a UTF-8 tag, and a time gmtime() cannot take (OSError EOVERFLOW, for path and JSON).
+    # A plain record, a UTF-8 tag, and a time gmtime() cannot take (OSError EOVERFLOW, for path and JSON):
+    # past year 9999, so the edge refuses it (acked, counted, never queued).
     p.append(("p7", mp.message("poison.time", 2**62, {"poison": 7}, chunk="p7"), []))
     return p
 
@@ -116,6 +121,8 @@ def test_acked_poison_costs_only_itself_also_after_a_restart(tmp_path: Path) -> 
         stats = d.stop()
         assert stats["output:files"]["queued_chunks"] == 0
         assert stats["output:files"]["dead_lettered"] >= 1
+        assert stats["source:in"]["invalid_times"] == 1, "the time past year 9999 is left out at the edge"
+        assert REFUSED not in _poison_ids(dead_letters(dead))
         assert not d.not_json(), d.not_json()[:5]
 
     # A restart: nothing is left queued, and the output keeps delivering.

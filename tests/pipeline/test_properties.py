@@ -127,7 +127,6 @@ POISONS: list[tuple[str, Any, Any, Any]] = [
     ("timestamp-past-9999", b"\xed\xa0\x80", NOW, {"t": mp.Ext(-1, bytes(4) + (2**62).to_bytes(8, "big"))}),
     ("bad-keys-and-nan", b"\xff", NOW, mp.Map(((mp.BadStr(b"\xff"), float("nan")), (None, float("inf"))))),
     ("time-past-2106", "app.time", 2**33, {"log": '{"level": "x"}', "msg": "a=1"}),
-    ("time-2**62", "app.time", 2**62, {"a": 1}),  # gmtime() raises OSError(EOVERFLOW) for it
 ]
 
 
@@ -163,6 +162,30 @@ def test_a_poison_record_costs_only_itself(
         parked = [read_dead_letter(str(f)) for f in (tmp_path / "dead-letter").rglob("*.chunk")]
         in_errors = _json_lines(tmp_path / "files" / "errors")
         assert parked or in_errors, "the poison is neither in @ERROR's output nor in the dead-letter folder"
+
+
+@pytest.mark.parametrize("time_", [2**62, 253_402_300_800, 2**64 - 1], ids=["2**62", "year-10000", "u64-max"])
+@pytest.mark.parametrize("mode", ["message", "packed"])
+def test_a_time_past_year_9999_is_left_out_at_the_edge(tmp_path: Path, time_: Any, mode: str) -> None:
+    """Was a poison (2**62 s: gmtime() raises OSError(EOVERFLOW), so every output dead-lettered it after
+    the ack). The edge now leaves the entry out: it reaches no output, @ERROR or dead-letter folder, and
+    the good events of its chunk and every chunk after it are delivered."""
+    with Pipeline(tmp_path, log_format="json") as p:
+        if mode == "message":
+            p.feed([mp.message("app.time", time_, {"a": 1}, chunk="far")])
+        else:
+            good = [mp.entry(NOW, {"m": i, "log": "plain"}) for i in range(4)]
+            payload = b"".join(good[:2]) + mp.entry(time_, {"a": 1}) + b"".join(good[2:])
+            p.feed([mp.packed_forward("app.time", payload, chunk="far")])
+        for i in range(3):
+            p.feed([mp.message("after", NOW, {"n": i, "log": "plain"}, chunk=f"a{i}")])
+        files = _json_lines(tmp_path / "files" / "file_json")
+        assert sorted(r["n"] for r in files if r.get("tag") == "after") == [0, 0, 1, 1, 2, 2]  # two routes
+        if mode == "packed":
+            assert sorted(r["m"] for r in files if "m" in r) == sorted([0, 1, 2, 3] * 2)
+        assert not [r for r in files if r.get("a") == 1], "the entry past year 9999 was written"
+        assert not list((tmp_path / "dead-letter").rglob("*.chunk")), "parked: it reached an output"
+        assert not [r for r in _json_lines(tmp_path / "files" / "errors") if r.get("a") == 1], "in @ERROR"
 
 
 # --- log lines ----------------------------------------------------------------------------------------------

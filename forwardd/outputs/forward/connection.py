@@ -1,4 +1,5 @@
-"""One TCP (or TLS) connection to a receiver, around the sans-IO :class:`ClientConnection`.
+"""One TCP (or TLS) connection to a receiver, around the sans-IO :class:`ClientConnection`, and the TLS
+client context connections are opened with.
 
 A reader task feeds what the receiver sends to the protocol core and resolves the future of each chunk id
 as its ack comes; a protocol error or the end of the stream fails every future still waiting, so a write
@@ -23,9 +24,29 @@ from forwardd.protocol.client import (
     HandshakeRefused,
 )
 
-__all__ = ["Connection", "ConnectionFailed"]
+__all__ = ["Connection", "ConnectionFailed", "client_tls_context"]
 
 _READ = 64 * 1024
+
+
+def client_tls_context(
+    *,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    key_password: str | None = None,
+    verify: bool = True,
+    min_version: str = "1.2",
+) -> ssl.SSLContext:
+    """A TLS client context: the system's roots or ``ca_file``, a client certificate for mutual TLS."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file, password=key_password)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class ConnectionFailed(Exception):

@@ -1,5 +1,11 @@
 """The ``forward`` output: chunks to Fluentd, Fluent Bit or forwardd receivers over the forward protocol.
 
+This module is the output and its write path; the parts it drives each have a module: :mod:`.messages`
+(the chunk cut into requests, as they go on the wire), :mod:`.failover` (which endpoint next, up and down;
+the pure state in :mod:`.balance`), :mod:`.pool` (connections kept alive between writes, on
+:mod:`.connection`), :mod:`.acks` (requests sent and their acks matched), :mod:`.heartbeat` (probes),
+:mod:`.dns` (names resolved to endpoints), :mod:`.stats` (the counters), :mod:`.settings` (the entry).
+
 A write delivers one chunk (the delivery loop's batch for one tag) and returns only when every event of it
 is through: with ``require_ack_response`` (the default) that means acked by a receiver, so a chunk leaves
 forwardd's durable queue only once another durable queue has it. A chunk bigger than
@@ -29,12 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Literal
 
@@ -43,118 +46,24 @@ import structlog
 from forwardd.errors import PartialDelivery, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
+from forwardd.outputs.forward.acks import Sender
 from forwardd.outputs.forward.balance import Balancer, Endpoint, ServerSpec
-from forwardd.outputs.forward.connection import Connection, ConnectionFailed
+from forwardd.outputs.forward.connection import ConnectionFailed, client_tls_context
+from forwardd.outputs.forward.dns import Resolution, Resolver, system_resolver
+from forwardd.outputs.forward.failover import Failover
 from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
+from forwardd.outputs.forward.messages import Message, messages_of
+from forwardd.outputs.forward.pool import Pool
 from forwardd.outputs.forward.settings import ForwardSettings
-from forwardd.pieces import entry_ends
-from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat, compress_entries, wire_entries
+from forwardd.outputs.forward.stats import ForwardStats
+from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat
 
-__all__ = ["ForwardOutput", "ForwardStats", "Resolver", "client_tls_context", "system_resolver"]
+__all__ = ["ForwardOutput"]
 
 log = structlog.get_logger("forwardd.forward")
 
-#: Resolves a server's host name to the addresses to connect to.
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
-
-#: Payloads at least this big are compressed in a worker thread (zlib and zstd release the GIL).
-_COMPRESS_OFFLOAD = 256 * 1024
-#: Least time between two resolutions a write asks for when it finds no endpoint.
-_RESOLVE_ON_MISS = 1.0
 #: Times one write may go back to an endpoint that made progress but whose connection ended.
 _PROGRESS_RETRIES = 1000
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to (getaddrinfo, in its order); an IP literal is itself."""
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def client_tls_context(
-    *,
-    ca_file: str | None = None,
-    cert_file: str | None = None,
-    key_file: str | None = None,
-    key_password: str | None = None,
-    verify: bool = True,
-    min_version: str = "1.2",
-) -> ssl.SSLContext:
-    """A TLS client context: the system's roots or ``ca_file``, a client certificate for mutual TLS."""
-    ctx = ssl.create_default_context(cafile=ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        ctx.load_cert_chain(cert_file, key_file, password=key_password)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-@dataclass(slots=True)
-class ForwardStats:
-    """Counters of one forward output. ``events`` were acked (written, without acks); ``bytes`` are
-    request bytes as sent (after compression)."""
-
-    requests: int = 0
-    events: int = 0
-    bytes: int = 0
-    acks: int = 0
-    #: Events sent whose ack never came (connection lost, ack timeout): each was sent again, so this
-    #: bounds the duplicates a receiver can see.
-    unacked_events: int = 0
-    #: Events sent again within one write, to another endpoint or on a new connection.
-    resent_events: int = 0
-    #: Writes that moved on from an endpoint that failed to another one.
-    failovers: int = 0
-    #: Connections opened for writes (heartbeat probes not included).
-    connects: int = 0
-    #: Connection failures by stage: connect, tls, handshake, refused, send_timeout, ack_timeout, lost,
-    #: protocol.
-    failures: dict[str, int] = field(default_factory=dict)
-    #: Kept-alive connections found closed by the receiver when reused (replaced, nothing marked down).
-    stale_connections: int = 0
-    heartbeats: int = 0
-    heartbeat_failures: int = 0
-    #: Entries dropped because they are no event (see wire_entries), and chunks whose times were rewritten.
-    invalid_entries: int = 0
-    rewritten_chunks: int = 0
-    #: Each endpoint's state: "up" or "down (reason)".
-    servers: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, int | float | str | None]:
-        """Flat, for reports and metrics: ``failures`` is their total, ``failures.connect`` ... the parts,
-        ``servers.<server>`` each endpoint's state, ``servers_up`` how many are up."""
-        out: dict[str, int | float | str | None] = {
-            f: getattr(self, f) for f in self.__slots__ if f not in ("failures", "servers")
-        }
-        out["failures"] = sum(self.failures.values())
-        for kind, n in sorted(self.failures.items()):
-            out[f"failures.{kind}"] = n
-        out["servers_up"] = sum(1 for state in self.servers.values() if state == "up")
-        for key, state in self.servers.items():
-            out[f"servers.{key}"] = state
-        return out
-
-
-class _Message:
-    """One request of a write: entries ``start:end`` of the chunk (``count`` of them), and what goes on
-    the wire for them (``payload``, ``events`` after dropping what is no event)."""
-
-    __slots__ = ("count", "done", "end", "events", "payload", "sent", "start")
-
-    def __init__(self, start: int, end: int, count: int, payload: bytes, events: int) -> None:
-        self.start = start
-        self.end = end
-        self.count = count
-        self.payload = payload
-        self.events = events
-        self.done = False
-        self.sent = False
 
 
 class ForwardOutput(Output):
@@ -206,7 +115,6 @@ class ForwardOutput(Output):
         self.tls_server_name = tls_server_name
         self.security = security
         self.resolver = resolver
-        self._clock = clock
         self.balancer = Balancer(
             servers,
             recover_wait=recover_wait,
@@ -215,9 +123,27 @@ class ForwardOutput(Output):
             clock=clock,
         )
         self._stats = ForwardStats()
+        self._pool = Pool(
+            self.balancer,
+            self._stats,
+            ssl_context=ssl_context,
+            tls_server_name=tls_server_name,
+            security=security,
+            connect_timeout=connect_timeout,
+            keepalive=keepalive,
+            keepalive_timeout=keepalive_timeout,
+            clock=clock,
+        )
+        self._dns = Resolution(name, self.balancer, resolver, clock, self._pool.drop_idle)
+        self._failover = Failover(name, self.balancer, self._stats, self._dns, clock)
+        self._sender = Sender(
+            self._stats,
+            compression=self.compression,
+            require_ack=require_ack_response,
+            send_timeout=send_timeout,
+            ack_timeout=ack_response_timeout,
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._resolved_at = -1e18
-        self._resolving: asyncio.Lock | None = None
         self._started = False
 
     @classmethod
@@ -262,8 +188,8 @@ class ForwardOutput(Output):
         if self._started:
             return
         self._started = True
-        self._resolving = asyncio.Lock()
-        await self._resolve()
+        self._dns.lock = asyncio.Lock()
+        await self._dns.resolve()
         log.info(
             "forward.started",
             output=self.name,
@@ -278,12 +204,13 @@ class ForwardOutput(Output):
                 self.heartbeat_type,
                 self.heartbeat_interval,
                 endpoints=lambda: self.balancer.endpoints,
-                connect=self._probe_connect,
-                report=self._heartbeat,
+                connect=self._pool.probe,
+                report=self._failover.heartbeat,
             )
             self._tasks.append(asyncio.create_task(beats.run(), name=f"forward-heartbeats:{self.name}"))
-        if self.dns_refresh > 0 and any(not _is_ip(s.host) for s in self.balancer.servers):
-            self._tasks.append(asyncio.create_task(self._refresh_loop(), name=f"forward-dns:{self.name}"))
+        if self.dns_refresh > 0 and self._dns.has_names():
+            refresh = self._dns.refresh_loop(self.dns_refresh)
+            self._tasks.append(asyncio.create_task(refresh, name=f"forward-dns:{self.name}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -293,7 +220,7 @@ class ForwardOutput(Output):
                 await task
         self._tasks.clear()
         for ep in self.balancer.endpoints:
-            await self._drop_idle(ep)
+            await self._pool.drop_idle(ep)
         self._started = False
 
     @property
@@ -304,126 +231,17 @@ class ForwardOutput(Output):
         copy.servers = self.balancer.describe()
         return copy
 
-    # --- DNS --------------------------------------------------------------------------------------------
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.dns_refresh)
-            await self._resolve()
-
-    async def _resolve(self) -> None:
-        """Resolve every server again; an endpoint whose address stays keeps its state and connection."""
-        assert self._resolving is not None
-        async with self._resolving:
-            self._resolved_at = self._clock()
-            for i, server in enumerate(self.balancer.servers):
-                try:
-                    addresses = list(await self.resolver(server.host, server.port))
-                except (OSError, UnicodeError) as exc:
-                    log.warning("forward.dns_failed", output=self.name, server=server.label, error=str(exc))
-                    continue
-                if not addresses:
-                    log.warning(
-                        "forward.dns_failed", output=self.name, server=server.label, error="no address"
-                    )
-                    continue
-                before = [ep.address for ep in self.balancer.endpoints_of(i)]
-                added, removed = self.balancer.set_addresses(i, addresses)
-                for ep in removed:
-                    await self._drop_idle(ep)
-                if before and (added or removed):
-                    log.info(
-                        "forward.dns_changed",
-                        output=self.name,
-                        server=server.label,
-                        addresses=[ep.address for ep in self.balancer.endpoints_of(i)],
-                        before=before,
-                    )
-
-    # --- health -----------------------------------------------------------------------------------------
-
-    async def _probe_connect(self, ep: Endpoint) -> None:
-        conn = await self._open(ep, count=False)
-        await conn.close()
-
-    def _heartbeat(self, ep: Endpoint, ok: bool, why: str) -> None:
-        stats = self._stats
-        stats.heartbeats += 1
-        if not ok:
-            stats.heartbeat_failures += 1
-        down_since = ep.down_since
-        change = self.balancer.heartbeat(ep, ok, why)
-        if change is True:
-            log.info(
-                "forward.server_up",
-                output=self.name,
-                server=ep.key,
-                via="heartbeat",
-                down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
-            )
-        elif change is False:
-            log.warning("forward.server_down", output=self.name, server=ep.key, reason=why)
-
-    def _failed(self, ep: Endpoint, failure: ConnectionFailed) -> None:
-        stats = self._stats
-        stats.failures[failure.kind] = stats.failures.get(failure.kind, 0) + 1
-        reason = f"{failure.kind}: {failure}"
-        if self.balancer.failed(ep, reason):
-            log.warning("forward.server_down", output=self.name, server=ep.key, reason=reason)
-
-    def _succeeded(self, ep: Endpoint) -> None:
-        down_since = ep.down_since
-        if self.balancer.succeeded(ep):
-            log.info(
-                "forward.server_up",
-                output=self.name,
-                server=ep.key,
-                via="write",
-                down_for=round(self._clock() - down_since, 3) if down_since is not None else None,
-            )
-
-    # --- connections ------------------------------------------------------------------------------------
-
-    async def _open(self, ep: Endpoint, *, count: bool = True) -> Connection:
-        conn = await Connection.open(
-            ep.address,
-            ep.port,
-            ssl_context=self.ssl_context,
-            server_hostname=self.tls_server_name or ep.server.host,
-            security=self.security,
-            timeout=self.connect_timeout,
-        )
-        if count:  # heartbeat probes are counted as heartbeats
-            self._stats.connects += 1
-        return conn
-
-    async def _checkout(self, ep: Endpoint) -> tuple[Connection, bool]:
-        """A connection to ``ep``: its idle one if still good (True), else a new one (False)."""
-        conn = ep.idle
-        ep.idle = None
-        if conn is not None:
-            if not conn.closed and self._clock() - ep.idle_since < self.keepalive_timeout:
-                return conn, True
-            await conn.close()
-        return await self._open(ep), False
-
-    async def _checkin(self, ep: Endpoint, conn: Connection) -> None:
-        live = any(e is ep for e in self.balancer.endpoints)
-        if self.keepalive and conn.keepalive and not conn.closed and live and ep.idle is None:
-            ep.idle = conn
-            ep.idle_since = self._clock()
-        else:
-            await conn.close()
-
-    async def _drop_idle(self, ep: Endpoint) -> None:
-        conn, ep.idle = ep.idle, None
-        if conn is not None:
-            await conn.close()
-
     # --- write ------------------------------------------------------------------------------------------
 
     async def write(self, chunk: Chunk) -> None:
-        messages = await self._messages(chunk)
+        messages = await messages_of(
+            chunk,
+            name=self.name,
+            max_message_size=self.max_message_size,
+            time_format=self.time_format,
+            compression=self.compression,
+            stats=self._stats,
+        )
         pending = [m for m in messages if m.events]
         if not pending:
             return
@@ -432,7 +250,7 @@ class ForwardOutput(Output):
         progress_retries = 0
         moving = False  # the last endpoint failed: the next one is a failover
         while pending:
-            ep = await self._pick(tried)
+            ep = await self._failover.pick(tried)
             if ep is None:
                 break
             if moving:
@@ -441,16 +259,16 @@ class ForwardOutput(Output):
             progressed, failure = await self._attempt(ep, chunk.tag, pending)
             pending = [m for m in pending if not m.done]
             if failure is None:
-                self._succeeded(ep)
+                self._failover.succeeded(ep)
                 continue
             last = failure
             if progressed and progress_retries < _PROGRESS_RETRIES:
                 # It took some of it and then the connection ended (close after N, deny_keepalive): the
                 # receiver is alive; go on with it on a new connection.
                 progress_retries += 1
-                self._succeeded(ep)
+                self._failover.succeeded(ep)
                 continue
-            self._failed(ep, failure)
+            self._failover.failed(ep, failure)
             tried.append(ep)
             moving = True
         if not pending:
@@ -458,7 +276,7 @@ class ForwardOutput(Output):
         self._raise(chunk, messages, pending, last)
 
     def _raise(
-        self, chunk: Chunk, messages: list[_Message], pending: list[_Message], last: ConnectionFailed | None
+        self, chunk: Chunk, messages: list[Message], pending: list[Message], last: ConnectionFailed | None
     ) -> None:
         servers = ", ".join(f"{k}: {v}" for k, v in self.balancer.describe().items()) or "none resolved"
         why = f"{last.kind}: {last}" if last is not None else "no server is up"
@@ -480,131 +298,28 @@ class ForwardOutput(Output):
             cause=cause,
         )
 
-    async def _pick(self, tried: list[Endpoint]) -> Endpoint | None:
-        ep = self.balancer.pick(exclude=tried)
-        if ep is None and self._clock() - self._resolved_at >= _RESOLVE_ON_MISS:
-            await self._resolve()  # the names may point elsewhere now (a Swarm service rescheduled)
-            ep = self.balancer.pick(exclude=tried)
-        return ep
-
-    async def _messages(self, chunk: Chunk) -> list[_Message]:
-        """The chunk cut into requests of at most ``max_message_size`` entry bytes (a bigger entry goes
-        alone), each with its payload as it goes on the wire."""
-        entries = chunk.entries
-        if len(entries) <= self.max_message_size:
-            spans = [(0, len(entries), chunk.count)]
-        else:
-            spans = []
-            start = 0
-            n = 0
-            ends = entry_ends(entries)
-            prev = 0
-            for end in ends:
-                if end - start > self.max_message_size and n:
-                    spans.append((start, prev, n))
-                    start, n = prev, 0
-                n += 1
-                prev = end
-            spans.append((start, prev, n))
-        out: list[_Message] = []
-        for start, end, count in spans:
-            raw = entries if (start, end) == (0, len(entries)) else entries[start:end]
-            payload, events, dropped = wire_entries(raw, count, chunk.received_ns, self.time_format)
-            if dropped:
-                self._stats.invalid_entries += dropped
-                log.warning("forward.entries_dropped", output=self.name, tag=chunk.tag, count=dropped)
-            if payload is not raw:
-                self._stats.rewritten_chunks += 1
-            if self.compression != "text" and events:
-                if len(payload) >= _COMPRESS_OFFLOAD:
-                    payload = await asyncio.to_thread(compress_entries, payload, self.compression)
-                else:
-                    payload = compress_entries(payload, self.compression)
-            out.append(_Message(start, end, count, payload, events))
-        return out
-
     async def _attempt(
-        self, ep: Endpoint, tag: str, pending: list[_Message]
+        self, ep: Endpoint, tag: str, pending: list[Message]
     ) -> tuple[bool, ConnectionFailed | None]:
         """Send ``pending`` to ``ep`` over one connection (a kept-alive one found dead is replaced once);
         marks the messages that got through ``done``. Returns whether any did, and the failure if not all."""
         try:
-            conn, reused = await self._checkout(ep)
+            conn, reused = await self._pool.checkout(ep)
         except ConnectionFailed as refused:
             return False, refused
-        progressed, failure = await self._send(conn, tag, pending)
+        progressed, failure = await self._sender.send(conn, tag, pending)
         if failure is not None and reused and not progressed and failure.kind == "lost":
             # The receiver closed the idle connection (a restart, its idle timeout): not a failure of it.
             self._stats.stale_connections += 1
             try:
-                conn = await self._open(ep)
+                conn = await self._pool.open(ep)
             except ConnectionFailed as again:
                 return False, again
-            progressed, failure = await self._send(conn, tag, pending)
+            progressed, failure = await self._sender.send(conn, tag, pending)
         if failure is None:
-            await self._checkin(ep, conn)
+            await self._pool.checkin(ep, conn)
         return progressed, failure
-
-    async def _send(
-        self, conn: Connection, tag: str, pending: list[_Message]
-    ) -> tuple[bool, ConnectionFailed | None]:
-        stats = self._stats
-        # A receiver that closes after one reply (deny_keepalive) gets one request per connection.
-        batch = pending if conn.keepalive else pending[:1]
-        acks: list[tuple[asyncio.Future[None], _Message]] = []
-        written: list[_Message] = []
-        failure: ConnectionFailed | None = None
-        try:
-            for m in batch:
-                if m.sent:
-                    stats.resent_events += m.events
-                m.sent = True
-                fut = await conn.send(
-                    tag, m.payload, m.events, compressed=self.compression, ack=self.require_ack,
-                    timeout=self.send_timeout,
-                )  # fmt: skip
-                written.append(m)
-                stats.requests += 1
-                stats.bytes += len(m.payload)
-                if fut is None:
-                    m.done = True
-                    stats.events += m.events
-                else:
-                    acks.append((fut, m))
-            if acks:
-                futs = [f for f, _ in acks]
-                _, not_done = await asyncio.wait(futs, timeout=self.ack_timeout)
-                for fut, m in acks:
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
-                        m.done = True
-                        stats.acks += 1
-                        stats.events += m.events
-                if not_done:
-                    failure = ConnectionFailed(
-                        "ack_timeout", f"no ack within {self.ack_timeout}s for {len(not_done)} request(s)"
-                    )
-                elif not all(m.done for _, m in acks):
-                    failure = conn.failure or ConnectionFailed("lost", "the connection ended before the acks")
-        except ConnectionFailed as exc:
-            failure = exc
-        except asyncio.CancelledError:
-            conn.abort()
-            raise
-        lost = [m for m in written if not m.done]
-        if lost and self.require_ack:
-            stats.unacked_events += sum(m.events for m in lost)
-        if failure is not None:
-            conn.abort()
-        return any(m.done for m in batch), failure
 
 
 def _path(p: PathLike[str] | str | None) -> str | None:
     return None if p is None else str(p)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -1,0 +1,104 @@
+"""The forward output's name resolution: which addresses each configured server stands for now.
+
+Apart from the write path because it runs on its own (at start, every ``dns_refresh`` seconds, and when a
+write finds no endpoint left) and changes what the balancer picks from: a name resolving to several
+addresses gives one endpoint each, which is how ``tasks.<service>`` spreads over a Swarm service's
+replicas, and an address that goes away takes its idle connection with it. The resolver is injectable so
+that tests can move names around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from forwardd.outputs.forward.balance import Balancer, Endpoint
+
+__all__ = ["Resolution", "Resolver", "is_ip", "system_resolver"]
+
+log = structlog.get_logger("forwardd.forward")
+
+#: Resolves a server's host name to the addresses to connect to.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (getaddrinfo, in its order); an IP literal is itself."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Resolution:
+    """Keeps the balancer's endpoints at the addresses its servers' names resolve to. ``drop_idle`` closes
+    the idle connection of an endpoint whose address went away. :attr:`lock` is made by the output's start
+    (inside the event loop); :attr:`resolved_at` is when the last resolution began (``clock``)."""
+
+    def __init__(
+        self,
+        name: str,
+        balancer: Balancer,
+        resolver: Resolver,
+        clock: Callable[[], float],
+        drop_idle: Callable[[Endpoint], Awaitable[None]],
+    ) -> None:
+        self.name = name
+        self.balancer = balancer
+        self.resolver = resolver
+        self._clock = clock
+        self._drop_idle = drop_idle
+        self.resolved_at = -1e18
+        self.lock: asyncio.Lock | None = None
+
+    def has_names(self) -> bool:
+        """Whether any server is a name (not an IP literal), i.e. whether refreshing can change anything."""
+        return any(not is_ip(s.host) for s in self.balancer.servers)
+
+    async def refresh_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.resolve()
+
+    async def resolve(self) -> None:
+        """Resolve every server again; an endpoint whose address stays keeps its state and connection."""
+        assert self.lock is not None
+        async with self.lock:
+            self.resolved_at = self._clock()
+            for i, server in enumerate(self.balancer.servers):
+                try:
+                    addresses = list(await self.resolver(server.host, server.port))
+                except (OSError, UnicodeError) as exc:
+                    log.warning("forward.dns_failed", output=self.name, server=server.label, error=str(exc))
+                    continue
+                if not addresses:
+                    log.warning(
+                        "forward.dns_failed", output=self.name, server=server.label, error="no address"
+                    )
+                    continue
+                before = [ep.address for ep in self.balancer.endpoints_of(i)]
+                added, removed = self.balancer.set_addresses(i, addresses)
+                for ep in removed:
+                    await self._drop_idle(ep)
+                if before and (added or removed):
+                    log.info(
+                        "forward.dns_changed",
+                        output=self.name,
+                        server=server.label,
+                        addresses=[ep.address for ep in self.balancer.endpoints_of(i)],
+                        before=before,
+                    )
