@@ -150,8 +150,7 @@ def test_swarm_task_through_agent_to_two_aggregators_one_killed(docker: Docker, 
             assert p.terminate() == 0
     finally:
         for p in procs:
-            if p.proc.poll() is None:
-                p.kill()
+            p.close()
 
     got = lines(tmp_path / "agg0") + lines(tmp_path / "agg1")
     assert killed_with > 0

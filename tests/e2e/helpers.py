@@ -1,7 +1,19 @@
-"""Run ``forwardd`` as a real process (the console script's code path) and find its port from its logs."""
+"""Run ``forwardd`` as a real process (the console script's code path) and find its port from its logs.
+
+No daemon outlives its test. Each one runs in a session (and process group) of its own, so that its forked
+workers can be found and ended together: :meth:`Proc.close` kills the whole group and waits until none of
+it is left, and ``tests/conftest.py`` calls it after every test for each daemon the test started, whether
+the test passed, failed or was interrupted (and, through :func:`close_all`, when pytest exits or is sent
+SIGTERM or SIGHUP: a session of its own no longer gets the signal a terminal or ``timeout`` sends pytest's
+group). A signal a test sends on purpose (``kill``, ``terminate``, ``os.killpg``) reaches what it always
+reached: the group kill is for teardown only, so that a worker that must die with its parent is still
+tested by killing the parent alone.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
@@ -14,15 +26,83 @@ from typing import IO, Any
 
 import yaml
 
+#: Every daemon started and not yet closed: what the per-test finaliser and :func:`close_all` end.
+LIVE: list[Proc] = []
+#: The process that started them: a child forked from it (a test's own fork) must not end them.
+_OWNER = os.getpid()
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """The processes of process group ``pgid`` that still run (pid, command line), from /proc. A zombie
+    counts as gone: it holds no memory, port or lock, and on a machine whose init does not reap orphans
+    (this one) a worker killed with its parent stays one for good."""
+    found: list[tuple[int, str]] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) ": comm may hold spaces
+            if int(fields[2]) != pgid or fields[0] in (b"Z", b"X"):
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # it ended while being read
+        found.append((int(entry.name), cmdline))
+    return found
+
+
+def kill_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGKILL to every process of group ``pgid``, then wait until none of them runs; fails naming the
+    ones still there after ``timeout`` (a process stuck in the kernel: the test must not pass over it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while left := group_members(pgid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes of group {pgid} still run {timeout}s after SIGKILL: {left}")
+        time.sleep(0.01)  # polling interval: nothing announces the end of a process that is not our child
+
+
+def close_all() -> None:
+    """Kill every daemon not yet closed, at once: pytest is exiting, or was told to stop."""
+    if os.getpid() != _OWNER:
+        return
+    for proc in list(LIVE):
+        with contextlib.suppress(Exception):
+            proc.close(grace=0)
+
+
+atexit.register(close_all)
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m forwardd ARGS`` run to its end (a command, or a ``run`` that must refuse its
+    configuration), in a session of its own whose every process is killed once it returns or times out:
+    a ``run`` that started after all leaves no daemon behind."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "forwardd", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    ) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            kill_group(proc.pid)  # a `run` that started after all, and the workers it forked
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
 
 class Proc:
-    """A forwardd process whose JSON log lines are collected as they come."""
+    """A forwardd process whose JSON log lines are collected as they come.
 
-    def __init__(
-        self, config: dict[str, Any] | None, workdir: Path, *args: str, new_session: bool = False
-    ) -> None:
-        """``new_session``: in a process group of its own (whose id is its pid), for a signal sent to the
-        whole group (``os.killpg``) as a terminal or an init would send it."""
+    It leads a process group of its own (its id is the parent's pid), which its workers share: a signal
+    to the whole group (``os.killpg``) reaches them all, as a terminal or an init would send it."""
+
+    def __init__(self, config: dict[str, Any] | None, workdir: Path, *args: str) -> None:
         cmd = [sys.executable, "-m", "forwardd", "run", "--log-format", "json"]
         if config is not None:
             path = workdir / "forwardd.yaml"
@@ -30,8 +110,11 @@ class Proc:
             cmd += ["--config", str(path)]
         self.proc = subprocess.Popen(
             [*cmd, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=new_session,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
         )  # fmt: skip
+        #: The process group of the daemon and its workers.
+        self.pgid = self.proc.pid
+        LIVE.append(self)
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._cond = threading.Condition()
@@ -93,6 +176,11 @@ class Proc:
     def _reap(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(timeout)
+        if self._reader.is_alive():  # closing the pipe under the blocked reader would hang for good
+            raise AssertionError(
+                f"the daemon exited ({code}) but its output pipe is still open {timeout}s later: held by "
+                f"{group_members(self.pgid)} of its group, or something outside it"
+            )
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         return code
@@ -102,9 +190,26 @@ class Proc:
         return self._reap(timeout)
 
     def kill(self) -> None:
+        """kill -9 of the parent alone, the crash a test stages: its workers must notice on their own."""
         self.proc.send_signal(signal.SIGKILL)
         self._reap(10)
 
     def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM to the parent, as an orchestrator stops it; its exit code."""
         self.proc.send_signal(signal.SIGTERM)
         return self._reap(timeout)
+
+    def close(self, grace: float = 3.0) -> None:
+        """Teardown: nothing this daemon started is left. A parent still running gets SIGTERM and ``grace``
+        seconds for a clean stop (it then reaps its own workers); whatever is left of the group, stopped,
+        draining or orphaned, gets SIGKILL, and this waits until none of it runs. Safe to call again."""
+        if grace > 0 and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(grace)
+        try:
+            kill_group(self.pgid)  # before the reap: a parent's zombie keeps its group id from reuse
+        finally:
+            self._reap(10)
+            with contextlib.suppress(ValueError):
+                LIVE.remove(self)

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from forwardd import __version__
 from forwardd.testing import ForwardClient
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, run_cli
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forwardd", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def test_version() -> None:

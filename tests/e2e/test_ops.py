@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forwardd.ops.collector import METRICS
 from forwardd.testing import ForwardClient
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, run_cli
 
 T = TypeVar("T")
 
@@ -103,10 +102,7 @@ def proc_factory() -> Iterator[Callable[..., Proc]]:
 
     yield make
     for p in procs:  # after a failure: the workers too, or they would outlive the test holding its ports
-        if p.proc.poll() is None:
-            for child in psutil.Process(p.proc.pid).children(recursive=True):
-                child.kill()
-            p.kill()
+        p.close()
 
 
 def test_off_by_default_no_port_is_opened(tmp_path: Path, proc_factory: Callable[..., Proc]) -> None:
@@ -320,9 +316,7 @@ def test_two_workers_one_endpoint_sums_both(tmp_path: Path, proc_factory: Callab
 
 
 def forwardd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forwardd", *args], capture_output=True, text=True, timeout=60, check=False
-    )
+    return run_cli(*args)
 
 
 def test_top_once_shows_sources_outputs_and_tags(tmp_path: Path, proc_factory: Callable[..., Proc]) -> None:

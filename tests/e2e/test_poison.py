@@ -85,8 +85,7 @@ def test_the_poison_message_costs_itself_and_delivery_goes_on_across_a_restart(t
         send_with_poison(proc.port(), 0, 20)
         proc.kill()  # at once, without waiting for delivery: what is left is delivered after the restart
     finally:
-        if proc.proc.poll() is None:
-            proc.kill()
+        proc.close()
     proc = Proc(cfg, tmp_path)
     try:
         port = proc.port()
@@ -98,8 +97,7 @@ def test_the_poison_message_costs_itself_and_delivery_goes_on_across_a_restart(t
         wait_until("every good event", lambda: set(delivered(out)) >= set(range(50)), proc)
         assert proc.terminate() == 0
     finally:
-        if proc.proc.poll() is None:
-            proc.kill()
+        proc.close()
     seqs = delivered(out)
     assert set(seqs) == set(range(50))
     # At-least-once: only what was in flight at the kill may be there twice; nothing after the restart.
@@ -133,8 +131,7 @@ def test_a_record_a_filter_cannot_read_goes_to_its_dead_letter_folder(tmp_path: 
         wait_until("every good event", lambda: set(delivered(out)) >= set(range(15)), proc)
         assert proc.terminate() == 0
     finally:
-        if proc.proc.poll() is None:
-            proc.kill()
+        proc.close()
     assert delivered(out) == Counter(range(15))
     [folder] = list((tmp_path / "data" / "dead-letter").glob("filter-*"))
     assert folder.name == "filter-root-route0-grep_0_"

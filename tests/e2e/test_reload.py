@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 
 from forwardd.testing import ForwardClient
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, run_cli
 
 
 def _file_output(tmp_path: Path, name: str) -> dict[str, Any]:
@@ -285,10 +284,7 @@ def test_invalid_config_is_refused_and_the_old_one_serves(tmp_path: Path) -> Non
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "forwardd", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", "")),
-    )  # fmt: skip
+    return run_cli(*args, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", "")))
 
 
 def test_forwardd_reload_command(tmp_path: Path) -> None:
@@ -336,7 +332,7 @@ def test_workers_each_reload_once(tmp_path: Path) -> None:
         workers=2,
         sources=[{"name": "in", "bind": "127.0.0.1", "port": port, "udp_heartbeat": False}],
     )
-    proc = Proc(v1, tmp_path, new_session=True)
+    proc = Proc(v1, tmp_path)
     try:
         proc.wait_ready(2)
         _write(tmp_path, dict(v1, outputs={"a": _file_output(tmp_path, "a2")}))

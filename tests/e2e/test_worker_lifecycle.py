@@ -94,7 +94,7 @@ def test_workers_die_with_their_parent_and_free_the_port(tmp_path: Path) -> None
     deadline, the port and the storage lock are free for the next instance, and nothing acked is lost
     (issue 17: killing the parent left orphaned workers listening on the port)."""
     port = free_port()
-    proc = Proc(config(tmp_path, port), tmp_path, new_session=True)
+    proc = Proc(config(tmp_path, port), tmp_path)
     proc.wait_ready(workers=2)
     workers = workers_of(proc, 2)
     acked = send(port, 0, 10)
@@ -130,7 +130,7 @@ def test_sigterm_to_the_process_group_stops_each_worker_once(tmp_path: Path) -> 
         server.recorder.default = Reply(action="hang")
         server.start()
         endpoint = f"{server.recorder.url}/in"
-        proc = Proc(http_config(tmp_path, port, endpoint), tmp_path, new_session=True)
+        proc = Proc(http_config(tmp_path, port, endpoint), tmp_path)
         proc.wait_ready(workers=2)
         workers = workers_of(proc, 2)
         acked = send(port, 0, 10)
@@ -165,7 +165,7 @@ def test_sigterm_while_the_workers_start_stops_them_cleanly(tmp_path: Path) -> N
     (they are still importing the daemon), waits until they do: each starts, stops once, exits 0 (issue
     17: the default action of SIGTERM killed such a worker)."""
     port = free_port()
-    proc = Proc(config(tmp_path, port), tmp_path, new_session=True)
+    proc = Proc(config(tmp_path, port), tmp_path)
     workers_of(proc, 2)
     os.killpg(proc.proc.pid, signal.SIGTERM)
     assert proc.wait(STOP + 10) == 0, "\n".join(proc.raw[-20:])
@@ -178,7 +178,7 @@ def test_the_parent_kills_a_worker_that_overruns_the_deadline(tmp_path: Path) ->
     ends, so the whole stop fits it (exit 1, said in the log); what the frozen worker acked is on its
     disk and delivered by the next start."""
     port = free_port()
-    proc = Proc(config(tmp_path, port), tmp_path, new_session=True)
+    proc = Proc(config(tmp_path, port), tmp_path)
     proc.wait_ready(workers=2)
     workers = workers_of(proc, 2)
     acked = send(port, 0, 10)
@@ -202,7 +202,7 @@ def test_a_worker_that_dies_stops_the_others(tmp_path: Path) -> None:
     """A worker killed on its own (the OOM killer) takes the service down cleanly (exit 1) so that the
     orchestrator restarts it whole, instead of running on with half its workers and a queue nobody drains."""
     port = free_port()
-    proc = Proc(config(tmp_path, port), tmp_path, new_session=True)
+    proc = Proc(config(tmp_path, port), tmp_path)
     proc.wait_ready(workers=2)
     workers = workers_of(proc, 2)
     acked = send(port, 0, 10)

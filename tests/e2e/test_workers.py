@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 import yaml
 
 from forwardd.testing import ForwardClient
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, run_cli
 
 
 def free_port() -> int:
@@ -57,13 +55,7 @@ def test_two_workers_share_the_port_and_lose_nothing(tmp_path: Path) -> None:
 def test_workers_refuse_a_source_they_cannot_share(tmp_path: Path) -> None:
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump({"workers": 2, "sources": [{"name": "in", "port": 0}]}))
-    r = subprocess.run(
-        [sys.executable, "-m", "forwardd", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    r = run_cli("run", "--config", str(path))
     assert r.returncode == 2
     assert "needs a fixed TCP port" in r.stderr
 

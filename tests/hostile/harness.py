@@ -178,8 +178,10 @@ class Daemon:
         return stats
 
     def kill(self) -> None:
+        """Teardown: the daemon and anything it forked, at once (a process the watch already killed
+        too: this reaps it and closes its pipe)."""
         self.watch.stop()
-        self.proc.kill()  # also reaps a process the watch already killed, and closes its pipe
+        self.proc.close(grace=0)
         self.code = -9
 
     def __enter__(self) -> Daemon:

@@ -6,15 +6,12 @@ line that does not render, or a memory blow-up past -rss_limit_mb."""
 from __future__ import annotations
 
 import gzip
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from tests.conftest import rss_limit_mb
+from tests.fuzzing import run_fuzzer
 from tests.pipeline import mp
 from tests.protocol.wire import (
     CLIENT_NAMES,
@@ -70,27 +67,7 @@ def test_fuzz_pipeline_finds_no_crash(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     assert seed_corpus(corpus) > 100
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TARGET),
-            str(corpus),
-            "-max_total_time=25",
-            rss_limit_mb(2048),
-            "-timeout=30",
-            "-max_len=16384",
-            f"-artifact_prefix={tmp_path}/",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=False,
-    )
-    crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "oom-", "timeout-")))
-    log = "\n".join(line for line in proc.stderr.splitlines() if "INFO: Instrumenting" not in line)
-    assert not crashes, f"{crashes}\n{log[-6000:]}"
-    assert proc.returncode == 0, log[-6000:]
-    assert "DONE" in proc.stderr  # it did run, and to the end
+    run_fuzzer(
+        TARGET, corpus, tmp_path,
+        seconds=25, rss_budget_mb=2048, input_timeout=30, max_len=16384, wall_timeout=220,
+    )  # fmt: skip

@@ -10,11 +10,9 @@ the child and fails the test.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
+
+from tests.sanitizers import run_sanitized
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "forwardd" / "protocol" / "_entries.c"
@@ -115,35 +113,6 @@ print(f"OK {total}")
 
 
 def test_scan_is_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
-    lib = tmp_path / "_entries_asan.so"
-    cc = os.environ.get("CC", "gcc")
-    build = [
-        cc, "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-        "-fno-sanitize-recover=all", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
-        str(SOURCE), "-o", str(lib), "-lm",
-    ]  # fmt: skip
-    subprocess.run(build, check=True, capture_output=True, text=True)
-    asan = subprocess.run(
-        [cc, "-print-file-name=libasan.so"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    env = {
-        **os.environ,
-        "LD_PRELOAD": asan,
-        "PYTHONMALLOC": "malloc",
-        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-        "PYTHONPATH": str(ROOT),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(lib), "20261205", "8"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-8000:]
-    assert "ERROR: AddressSanitizer" not in proc.stderr
-    assert "runtime error" not in proc.stderr, proc.stderr[-8000:]
-    _, total = proc.stdout.split()
+    out = run_sanitized(SOURCE, tmp_path, CHILD, "20261205", "8")
+    _, total = out.split()
     assert int(total) > 300  # it ran, and long enough to mean something

@@ -4,14 +4,11 @@ that does not decode, a buffer over the frame limit, or a memory blow-up past -r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import rss_limit_mb
+from tests.fuzzing import run_fuzzer
 from tests.protocol.wire import (
     CLIENT_NAMES,
     FLUENT_BIT_STEMS,
@@ -46,26 +43,7 @@ def test_fuzz_decoder_finds_no_crash(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     assert seed_corpus(corpus) > 100
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TARGET),
-            str(corpus),
-            "-max_total_time=20",
-            rss_limit_mb(1024),
-            "-timeout=10",
-            "-max_len=8192",
-            f"-artifact_prefix={tmp_path}/",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "oom-", "timeout-")))
-    assert not crashes, f"{crashes}\n{proc.stderr[-6000:]}"
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    assert "DONE" in proc.stderr  # it did run, and to the end
+    run_fuzzer(
+        TARGET, corpus, tmp_path,
+        seconds=20, rss_budget_mb=1024, input_timeout=10, max_len=8192, wall_timeout=170,
+    )  # fmt: skip

@@ -103,8 +103,7 @@ class Cluster:
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.proc.poll() is None:
-                proc.kill()
+            proc.close()
 
 
 @pytest.fixture
