@@ -23,9 +23,11 @@ every forwardd row of that scenario as a share of the floor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import socket
 import statistics
 import subprocess
@@ -270,6 +272,13 @@ class Floor:
                 yield f"  {r.target}: {r.events_per_s:,.0f}/s = {r.events_per_s / self.per_s:.2f}x the floor"
 
 
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL whatever is left of the process group ``proc`` leads (its workers, with ``workers: N``): a
+    benchmark that stops, fails or is interrupted must not leave daemons that load the next run."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 class TargetError(Exception):
     """A target did not start, or died."""
 
@@ -343,7 +352,10 @@ class Target:
         with open(self.log_path, "ab") as log:
             log.write(f"$ {shlex.join(argv)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(argv, cwd=self.logdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # In a session of its own, so that stop() can end its workers too (kill_group).
+            self.proc = subprocess.Popen(
+                argv, cwd=self.logdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             wait_for_port(HOST, self.port, time.monotonic() + timeout, self.proc)
         except TargetError as e:
@@ -360,6 +372,7 @@ class Target:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        kill_group(self.proc)
         self.proc = None
 
     def log_tail(self, lines: int = 15) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.ingest import FORWARDD_BUFFER_CONFIG, FORWARDD_FILE_CONFIG, HOST, wait_for_port
+from bench.ingest import FORWARDD_BUFFER_CONFIG, FORWARDD_FILE_CONFIG, HOST, kill_group, wait_for_port
 from bench.kafka_bench import free_port
 from bench.loadgen import LoadConfig, run_load
 
@@ -45,7 +45,7 @@ def main() -> None:
     log = open(work / "forwardd.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "forwardd", "run", "--config", str(config), "--log-format", "json"],
-        cwd=work, stdout=log, stderr=subprocess.STDOUT,
+        cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         wait_for_port(HOST, port, time.monotonic() + 30.0, proc)
@@ -79,6 +79,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
+        kill_group(proc)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
         os.sync()
