@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import socket
@@ -197,6 +198,12 @@ def _run_worker(
     except OSError as exc:
         structlog.get_logger("forwardd").error("forwardd.failed", error=str(exc), worker=worker)
         return EXIT_FAILURE
+    finally:
+        # The stop's watchdog (forwardd.lifecycle) guards the event loop's stop, which is over now (the
+        # loop and its executors are closed). Left armed, it could fire while the interpreter finalizes
+        # after a stop that used its whole budget, and walk thread states being freed: a stop that ended
+        # well would exit by SIGSEGV (seen once, as -11, after a stop held to its deadline by a full buffer).
+        faulthandler.cancel_dump_traceback_later()
     return EXIT_OK
 
 
