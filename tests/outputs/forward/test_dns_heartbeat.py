@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forwardd.errors import RetryableError
-from forwardd.outputs.forward import system_resolver
+from forwardd.outputs.forward import ForwardOutput, system_resolver
 from forwardd.protocol.client import ClientSecurity
 from forwardd.testing import TestServer
 from tests.outputs.forward.helpers import chunk, output, restart, seqs, server, started, wait_until
@@ -92,6 +92,78 @@ async def test_a_failed_resolution_keeps_the_addresses_it_had(
         assert any(x["event"] == "forward.dns_failed" for x in logs)
         await out.write(chunk("app", 0, 3))
         assert seqs(a.events) == [0, 1, 2]
+
+
+def addresses(out: ForwardOutput) -> list[str]:
+    return [ep.address for ep in out.balancer.endpoints]
+
+
+class BrokenResolver(Dns):
+    """A resolver hook that raises what no resolver should (a bug in a custom one) while ``broken``."""
+
+    def __init__(self, *addresses: str) -> None:
+        super().__init__(*addresses)
+        self.broken = False
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        if self.broken:
+            self.asked += 1
+            raise RuntimeError("resolver bug")
+        return await super().__call__(host, port)
+
+
+async def test_a_resolver_raising_anything_is_logged_and_refreshing_goes_on(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    a, b = replicas
+    dns = BrokenResolver("127.0.0.2")
+    spec = server(a.port, host="tasks.aggregator")
+    async with started(output([spec], resolver=dns, dns_refresh=0.02)) as out:
+        with capture_logs() as logs:
+            dns.broken = True
+            asked = dns.asked
+            await wait_until(lambda: dns.asked > asked + 1, what="two failed resolutions")
+            dns.broken = False
+            dns.answer = ["127.0.0.3"]  # the refresh is still alive: it finds the replica that moved
+            await wait_until(lambda: addresses(out) == ["127.0.0.3"], what="the move")
+        failed = [x for x in logs if x["event"] == "forward.dns_failed"]
+        assert failed, [x["event"] for x in logs]
+        assert failed[0]["output"] == "fwd"
+        assert failed[0]["server"] == f"tasks.aggregator:{a.port}"
+        assert failed[0]["error"] == "RuntimeError: resolver bug"
+        await out.write(chunk("app", 0, 2))
+        assert seqs(b.events) == [0, 1]
+
+
+async def test_a_crash_of_the_refresh_is_logged_and_refreshing_goes_on(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """A bug past the resolver (here the balancer's update raises: a fault no real input makes, hence the
+    patched method) must not end refreshing for good, silently."""
+    a, b = replicas
+    dns = Dns("127.0.0.2")
+    spec = server(a.port, host="tasks.aggregator")
+    async with started(output([spec], resolver=dns, dns_refresh=0.02)) as out:
+        real = out.balancer.set_addresses
+        crashes = [0]
+
+        def broken(index: int, addresses: object) -> object:
+            crashes[0] += 1
+            raise KeyError("balancer bug")
+
+        with capture_logs() as logs:
+            out.balancer.set_addresses = broken  # type: ignore[assignment,method-assign]
+            await wait_until(lambda: crashes[0] >= 2, what="two crashed refreshes")
+            out.balancer.set_addresses = real  # type: ignore[method-assign]
+            dns.answer = ["127.0.0.3"]
+            await wait_until(lambda: addresses(out) == ["127.0.0.3"], what="the move")
+        crashed = [x for x in logs if x["event"] == "forward.dns_refresh_failed"]
+        assert len(crashed) >= 2
+        assert crashed[0]["output"] == "fwd"
+        assert crashed[0]["error"] == "KeyError: 'balancer bug'"
+        assert crashed[0]["log_level"] == "error"
+        await out.write(chunk("app", 0, 2))
+        assert seqs(b.events) == [0, 1]
 
 
 async def test_when_every_endpoint_is_down_the_name_is_resolved_again(
