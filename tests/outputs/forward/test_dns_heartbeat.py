@@ -10,7 +10,10 @@ itself is checked on ``localhost``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -228,6 +231,54 @@ async def test_heartbeats_take_an_idle_server_down_and_bring_it_back(kind: str) 
     else:
         assert srv.stats.connections == 1
     await srv.stop()
+
+
+def udp_sockets_to(port: int) -> int:
+    """This process's open UDP sockets connected to ``port`` (its fds' inodes, looked up in /proc/net)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+async def move_to(out: ForwardOutput, dns: Dns, address: str, srv: TestServer) -> None:
+    """The name now resolves to ``address`` alone: wait until the output knows and has probed it."""
+    dns.answer = [address]
+    await wait_until(lambda: addresses(out) == [address], what=f"the move to {address}")
+    beats = srv.stats.heartbeats
+    await wait_until(lambda: srv.stats.heartbeats >= beats + 2, what=f"heartbeats to {address}")
+
+
+async def test_udp_heartbeat_sockets_of_addresses_gone_are_closed() -> None:
+    """A Swarm service rescheduled again and again: each address DNS ever returned had a UDP socket
+    until stop(). Only the addresses resolved now keep one."""
+    a = await TestServer(host="127.0.0.2", udp_heartbeat=True).start()
+    b = await TestServer(host="127.0.0.3", port=a.port, udp_heartbeat=True).start()
+    c = await TestServer(host="127.0.0.4", port=a.port, udp_heartbeat=True).start()
+    dns = Dns("127.0.0.2")
+    opts = {"resolver": dns, "dns_refresh": 0.02, "heartbeat_type": "udp", "heartbeat_interval": 0.02}
+    try:
+        async with started(output([server(a.port, host="tasks.aggregator")], **opts)) as out:
+            await wait_until(lambda: a.stats.heartbeats >= 2, what="heartbeats to the first replica")
+            assert udp_sockets_to(a.port) == 1
+            for address, srv in (("127.0.0.3", b), ("127.0.0.4", c)):
+                await move_to(out, dns, address, srv)
+                await wait_until(lambda: udp_sockets_to(a.port) == 1, timeout=2, what="one UDP socket left")
+        assert udp_sockets_to(a.port) == 0, "stop closes the rest"
+    finally:
+        for srv in (a, b, c):
+            await srv.stop()
 
 
 async def test_transport_heartbeat_does_the_handshake_and_a_wrong_key_shows_before_any_write() -> None:
