@@ -25,10 +25,12 @@ the rest. Nothing here is ever permanent: a receiver that is down, refuses our k
 the queue (back-pressure), it never costs events.
 
 Connections are kept alive between writes (``keepalive``; an idle connection older than
-``keepalive_timeout`` is replaced) and one that the receiver closed while idle is replaced once without
-marking anything down. Host names are resolved at start and every ``dns_refresh`` seconds (and when no
-endpoint is left), through ``resolver`` (injectable); a name resolving to several addresses gives one
-endpoint each, which is how ``tasks.<service>`` spreads over a Swarm service's replicas.
+``keepalive_timeout`` is replaced) and one that the receiver closed while idle is replaced without marking
+anything down: before anything is written to it when its socket shows the end already, else once, after
+the write it failed (see :class:`~.stats.ForwardStats` for what each case counts). Host names are
+resolved at start and every ``dns_refresh`` seconds (and when no endpoint is left), through ``resolver``
+(injectable); a name resolving to several addresses gives one endpoint each, which is how
+``tasks.<service>`` spreads over a Swarm service's replicas.
 """
 
 from __future__ import annotations
@@ -309,7 +311,10 @@ class ForwardOutput(Output):
             return False, refused
         progressed, failure = await self._sender.send(conn, tag, pending)
         if failure is not None and reused and not progressed and failure.kind == "lost":
-            # The receiver closed the idle connection (a restart, its idle timeout): not a failure of it.
+            # The kept-alive connection ended under the request (checkout looked at its socket, so the
+            # end came after, or only in answer to it): the receiver may be alive and have ended it while
+            # idle, so this is not a failure of the endpoint. What was written on it stays counted as
+            # unacked: it may also have been read by a receiver that died before acking (see stats).
             self._stats.stale_connections += 1
             try:
                 conn = await self._pool.open(ep)

@@ -65,13 +65,18 @@ class Pool:
         await conn.close()
 
     async def checkout(self, ep: Endpoint) -> tuple[Connection, bool]:
-        """A connection to ``ep``: its idle one if still good (True), else a new one (False)."""
+        """A connection to ``ep``: its idle one if still good (True), else a new one (False). An idle one
+        the receiver ended is found here, before a request is written to it (``stale_connections``)."""
         conn = ep.idle
         ep.idle = None
         if conn is not None:
-            if not conn.closed and self._clock() - ep.idle_since < self.keepalive_timeout:
+            if self._clock() - ep.idle_since >= self.keepalive_timeout:
+                await conn.close()
+            elif conn.ended_by_peer():
+                self._stats.stale_connections += 1
+                await conn.close()
+            else:
                 return conn, True
-            await conn.close()
         return await self.open(ep), False
 
     async def checkin(self, ep: Endpoint, conn: Connection) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -407,6 +409,57 @@ async def test_a_kept_alive_connection_found_dead_is_replaced_without_marking_an
     assert [e.record["seq"] for c in got for e in c.events()] == list(range(10))
     assert (s.stale_connections, s.connects, s.failures) == (1, 2, {})
     assert s.unacked_events == s.resent_events == 5, "sent on the dead connection, then again"
+    assert s.servers == {f"127.0.0.1:{port}": "up"}
+
+
+@contextlib.asynccontextmanager
+async def keeping_receiver() -> AsyncIterator[tuple[int, list[Chunk], list[asyncio.StreamWriter]]]:
+    """A receiver that acks every request and keeps its connections (their writers are yielded, for the
+    test to end one as a receiver's idle timeout or restart would); it ignores what comes after a
+    connection's socket was shut down."""
+    got: list[Chunk] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ServerConnection()
+        writers.append(writer)
+        try:
+            while data := await reader.read(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, EntriesReceived):
+                        got.append(ev.chunk)
+                        assert ev.ack is not None
+                        writer.write(ev.ack)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield listening.sockets[0].getsockname()[1], got, writers
+    finally:
+        listening.close()
+
+
+async def test_an_idle_connection_the_receiver_closed_is_replaced_before_anything_is_written() -> None:
+    """The receiver ended the idle connection (its FIN is in our socket) but the event loop has not run
+    since, so the connection does not know yet: the write must not go on it. Nothing was sent on a dead
+    connection, so nothing counts as unacked or resent: it is a reconnect."""
+    async with keeping_receiver() as (port, got, writers), started(output([server(port)])) as out:
+        await out.write(chunk("app", 0, 5))
+        [ep] = out.balancer.endpoints
+        assert ep.idle is not None
+        client_fd = ep.idle._writer.get_extra_info("socket").fileno()
+        # The receiver's side of the connection ends (as its idle timeout or a restart would end it)...
+        writers[0].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        # ... and its FIN reaches our socket, while our loop does not run (a blocking wait, on purpose).
+        assert select.select([client_fd], [], [], 5)[0], "the FIN did not arrive"
+        await out.write(chunk("app", 5, 5))
+        s = out.stats
+    assert [e.record["seq"] for c in got for e in c.events()] == list(range(10))
+    assert (s.unacked_events, s.resent_events) == (0, 0), "nothing was sent on the dead connection"
+    assert (s.stale_connections, s.connects, s.failures, s.requests) == (1, 2, {}, 2)
     assert s.servers == {f"127.0.0.1:{port}": "up"}
 
 
