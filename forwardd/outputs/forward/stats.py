@@ -44,7 +44,8 @@ class ForwardStats:
     stale_connections: int = 0
     heartbeats: int = 0
     heartbeat_failures: int = 0
-    #: Entries dropped because they are no event (see wire_entries), and chunks whose times were rewritten.
+    #: Entries dropped because they are no event (see wire_entries), and chunks (writes: a chunk cut into
+    #: several requests counts once) whose times were rewritten.
     invalid_entries: int = 0
     rewritten_chunks: int = 0
     #: Each endpoint's state: "up" or "down (reason)".

@@ -243,6 +243,23 @@ async def test_times_a_receiver_may_refuse_are_rewritten_and_junk_entries_droppe
         assert srv.stats.chunks == 1
 
 
+async def test_a_chunk_cut_into_requests_counts_once_as_rewritten() -> None:
+    """rewritten_chunks counts chunks: one whose float times are rewritten in each of its 3 requests is 1."""
+    entries = b"".join(
+        b"\x92" + msgpack.packb(1.5e9 + i) + msgpack.packb({"seq": i, "pad": "x" * 50}) for i in range(30)
+    )
+    async with (
+        TestServer() as srv,
+        started(output([server(srv.port)], max_message_size=len(entries) // 3)) as out,
+    ):
+        await out.write(Chunk("app", entries, 30, T0))
+        assert seqs(srv.events) == list(range(30))
+        assert out.stats.requests == 3
+        assert out.stats.rewritten_chunks == 1
+        await out.write(chunk("app", 30, 3))  # EventTime already: nothing to rewrite
+        assert out.stats.rewritten_chunks == 1
+
+
 async def test_as_received_keeps_the_v15_wrapper() -> None:
     wrapped = b"\x92\x92" + pack_event_time(T0) + b"\x81\xa1k\x01" + msgpack.packb({"seq": 0})
     async with TestServer() as srv, started(output([server(srv.port)], time_format="as_received")) as out:
