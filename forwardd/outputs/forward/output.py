@@ -236,6 +236,11 @@ class ForwardOutput(Output):
     # --- write ------------------------------------------------------------------------------------------
 
     async def write(self, chunk: Chunk) -> None:
+        if not self._started:
+            # Retryable: the delivery loop would isolate and dead-letter events for any other exception.
+            raise RetryableError(
+                f"forward output {self.name}: not started (a write before start() or after stop())"
+            )
         messages = await messages_of(
             chunk,
             name=self.name,

@@ -529,6 +529,22 @@ async def test_cancelled_write_closes_its_connection() -> None:
         srv.release_acks()
 
 
+async def test_a_write_before_start_or_after_stop_is_retryable_and_says_so() -> None:
+    """The delivery loop backs off and tries again on a RetryableError; the AssertionError it used to get
+    (the DNS lock start() makes was missing) is taken for a bug or bad data: after a few quick attempts
+    its events are isolated and dead-lettered."""
+    async with TestServer() as srv:
+        out = output([server(srv.port)])
+        with pytest.raises(RetryableError, match="fwd: not started"):
+            await out.write(chunk("app", 0, 3))
+        async with started(out):
+            await out.write(chunk("app", 0, 3))
+        with pytest.raises(RetryableError, match="fwd: not started"):
+            await out.write(chunk("app", 3, 3))
+        assert seqs(srv.events) == [0, 1, 2]
+        assert out.stats.connects == 1
+
+
 def test_weights_all_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="weight 0"):
         output([server(1, weight=0)])
