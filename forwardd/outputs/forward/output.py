@@ -221,8 +221,9 @@ class ForwardOutput(Output):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        for ep in self.balancer.endpoints:
-            await self._pool.drop_idle(ep)
+        # At once: closing one may wait up to a second (a TLS receiver that does not answer close_notify),
+        # and one after another they could take the daemon's whole stop deadline.
+        await asyncio.gather(*(self._pool.drop_idle(ep) for ep in self.balancer.endpoints))
         self._started = False
 
     @property
