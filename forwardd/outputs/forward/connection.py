@@ -79,6 +79,8 @@ class Connection:
         self._task = asyncio.create_task(self._read(), name="forward-out-reader")
         #: Requests sent on this connection (with deny_keepalive a receiver closes after the first reply).
         self.requests = 0
+        #: When it was last put back in the pool (the pool's clock).
+        self.idle_since = 0.0
 
     @classmethod
     async def open(
