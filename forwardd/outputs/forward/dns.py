@@ -7,7 +7,7 @@ replicas, and an address that goes away takes its idle connection with it. The r
 that tests can move names around. A server whose name does not resolve, for whatever reason the resolver
 gives, keeps the endpoints it had (``forward.dns_failed``), and a round of refreshing that fails past the
 resolver is logged (``forward.dns_refresh_failed``) and followed by the next one: refreshing never ends
-before the output stops.
+before the output stops. One that a write asks for fails the same way, and the write is retryable.
 """
 
 from __future__ import annotations
@@ -78,16 +78,22 @@ class Resolution:
         probe's does; nobody awaits this task before stop(), so an exception ending it would go unseen."""
         while True:
             await asyncio.sleep(every)
-            try:
-                await self.resolve()
-            except Exception as exc:
-                log.error(
-                    "forward.dns_refresh_failed",
-                    output=self.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in=every,
-                    exc_info=exc,
-                )
+            await self.resolve_or_log(via="refresh", retry_in=every)
+
+    async def resolve_or_log(self, **context: object) -> None:
+        """:meth:`resolve`, whose failure is logged (``forward.dns_refresh_failed`` with ``context``) and
+        not raised: neither the refresh task nor a write that asks for a resolution may end on it (a write
+        raising anything but RetryableError would have its events isolated and dead-lettered)."""
+        try:
+            await self.resolve()
+        except Exception as exc:
+            log.error(
+                "forward.dns_refresh_failed",
+                output=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+                **context,
+                exc_info=exc,
+            )
 
     async def resolve(self) -> None:
         """Resolve every server again; an endpoint whose address stays keeps its state and connection."""

@@ -169,6 +169,33 @@ async def test_a_crash_of_the_refresh_is_logged_and_refreshing_goes_on(
         assert seqs(b.events) == [0, 1]
 
 
+async def test_a_crash_of_the_resolution_a_write_asks_for_is_retryable(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """A write that finds no endpoint resolves again; a bug there (the balancer's update raising, patched
+    in as in the test above) must be a RetryableError, which backs off: any other exception makes the
+    delivery loop isolate and dead-letter the chunk's events."""
+    a, _ = replicas
+    dns = Dns("127.0.0.2")
+    now = [1000.0]
+    opts = {"resolver": dns, "dns_refresh": 0, "recover_wait": 60, "clock": lambda: now[0]}
+    async with started(output([server(a.port, host="tasks.aggregator")], **opts)) as out:
+        await a.stop()
+        with pytest.raises(RetryableError):
+            await out.write(chunk("app", 0, 1))  # the endpoint goes down; too soon to resolve again
+
+        def broken(index: int, addresses: object) -> object:
+            raise KeyError("balancer bug")
+
+        out.balancer.set_addresses = broken  # type: ignore[assignment,method-assign]
+        now[0] += 2
+        with capture_logs() as logs, pytest.raises(RetryableError, match="no server is up"):
+            await out.write(chunk("app", 0, 1))
+        crashed = [x for x in logs if x["event"] == "forward.dns_refresh_failed"]
+        assert len(crashed) == 1
+        assert crashed[0]["error"] == "KeyError: 'balancer bug'"
+
+
 async def test_when_every_endpoint_is_down_the_name_is_resolved_again(
     replicas: tuple[TestServer, TestServer],
 ) -> None:
