@@ -214,7 +214,8 @@ class ForwardOutput(Output):
         self._started = True
         self._pool.closing = False
         self._dns.lock = asyncio.Lock()
-        await self._dns.resolve()
+        # Logged, not raised: this output is started already, and its refresh task is what retries.
+        await self._dns.resolve_or_log(via="start")
         log.info(
             "forward.started",
             output=self.name,

@@ -196,6 +196,32 @@ async def test_a_crash_of_the_resolution_a_write_asks_for_is_retryable(
         assert crashed[0]["error"] == "KeyError: 'balancer bug'"
 
 
+async def test_a_crash_of_the_first_resolution_leaves_the_output_started_and_refreshing(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """start() set itself started before its first resolution: a failure there left an output that
+    refused a second start() and had neither heartbeats nor refreshing, for good."""
+    a, _ = replicas
+    dns = Dns("127.0.0.2")
+    out = output([server(a.port, host="tasks.aggregator")], resolver=dns, dns_refresh=0.02)
+    real = out.balancer.set_addresses
+
+    def broken(index: int, addresses: object) -> object:
+        raise KeyError("balancer bug")
+
+    out.balancer.set_addresses = broken  # type: ignore[assignment,method-assign]
+    with capture_logs() as logs:
+        await out.start()
+    try:
+        assert [x["via"] for x in logs if x["event"] == "forward.dns_refresh_failed"] == ["start"]
+        out.balancer.set_addresses = real  # type: ignore[method-assign]
+        await wait_until(lambda: addresses(out) == ["127.0.0.2"], what="the refresh resolving")
+        await out.write(chunk("app", 0, 2))
+        assert seqs(a.events) == [0, 1]
+    finally:
+        await out.stop()
+
+
 async def test_when_every_endpoint_is_down_the_name_is_resolved_again(
     replicas: tuple[TestServer, TestServer],
 ) -> None:
