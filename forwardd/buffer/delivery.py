@@ -7,9 +7,9 @@ chunk each, see :meth:`BufferedSink._batch`) and gives each such :class:`~forwar
 to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by piece: retries with back-off,
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
 The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
-(:attr:`~forwardd.outputs.base.Output.concurrent_writes`: the Kafka output, the HTTP output's
-``in_flight``) gets the next works while the earlier ones still wait for their destination: up to that
-many, and :data:`IN_FLIGHT_BYTES` of entries, are in flight, each delivered (retried, isolated) on its
+(:attr:`~forwardd.outputs.base.Output.concurrent_writes`: the Kafka output, the HTTP and forward
+outputs' ``in_flight``) gets the next works while the earlier ones still wait for their destination: up
+to that many, and :data:`IN_FLIGHT_BYTES` of entries, are in flight, each delivered (retried, isolated) on its
 own, and their chunks leave the queue oldest work first. "Dead-lettered" means: to the ``@ERROR`` label's
 routes when the configuration has one, else to ``<storage>/dead-letter/<output>/``
 (:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything while writes succeed: the hot path

@@ -57,7 +57,6 @@ class Endpoint:
         "current",
         "down_since",
         "idle",
-        "idle_since",
         "last_ok",
         "probing",
         "reason",
@@ -76,9 +75,8 @@ class Endpoint:
         self.retry_at = 0.0
         #: Smooth weighted round robin's running score.
         self.current = 0
-        #: A kept-alive connection waiting for the next write, and since when.
-        self.idle: Connection | None = None
-        self.idle_since = 0.0
+        #: Kept-alive connections waiting for the next writes, the most recently used last.
+        self.idle: list[Connection] = []
         #: A heartbeat probe of this endpoint is in flight.
         self.probing = False
 

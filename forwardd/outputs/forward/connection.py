@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import ssl
 import time
 from typing import Any
@@ -27,6 +28,8 @@ from forwardd.protocol.client import (
 __all__ = ["Connection", "ConnectionFailed", "client_tls_context"]
 
 _READ = 64 * 1024
+#: What makes an idle connection's socket unusable: bytes or a FIN to read, a reset, a hang-up.
+_ENDED = select.POLLIN | select.POLLRDHUP | select.POLLERR | select.POLLHUP
 
 
 def client_tls_context(
@@ -76,6 +79,8 @@ class Connection:
         self._task = asyncio.create_task(self._read(), name="forward-out-reader")
         #: Requests sent on this connection (with deny_keepalive a receiver closes after the first reply).
         self.requests = 0
+        #: When it was last put back in the pool (the pool's clock).
+        self.idle_since = 0.0
 
     @classmethod
     async def open(
@@ -116,6 +121,22 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self.failure is not None or self._writer.is_closing()
+
+    def ended_by_peer(self) -> bool:
+        """Whether this idle connection is unusable, looking at its socket itself: the receiver's FIN (or
+        anything else: an idle connection is owed nothing) may be there before the reader task had a turn
+        to see it, and a request written after it is lost without an ack."""
+        if self.closed:
+            return True
+        sock = self._writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), _ENDED)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
 
     @property
     def keepalive(self) -> bool:

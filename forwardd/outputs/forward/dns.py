@@ -4,7 +4,10 @@ Apart from the write path because it runs on its own (at start, every ``dns_refr
 write finds no endpoint left) and changes what the balancer picks from: a name resolving to several
 addresses gives one endpoint each, which is how ``tasks.<service>`` spreads over a Swarm service's
 replicas, and an address that goes away takes its idle connection with it. The resolver is injectable so
-that tests can move names around.
+that tests can move names around. A server whose name does not resolve, for whatever reason the resolver
+gives, keeps the endpoints it had (``forward.dns_failed``), and a round of refreshing that fails past the
+resolver is logged (``forward.dns_refresh_failed``) and followed by the next one: refreshing never ends
+before the output stops. One that a write asks for fails the same way, and the write is retryable.
 """
 
 from __future__ import annotations
@@ -70,9 +73,27 @@ class Resolution:
         return any(not is_ip(s.host) for s in self.balancer.servers)
 
     async def refresh_loop(self, every: float) -> None:
+        """Resolve every ``every`` seconds, for as long as the output runs: a failure of one round (a bug
+        here or in the balancer) is logged and the next round comes at the usual time, as a heartbeat
+        probe's does; nobody awaits this task before stop(), so an exception ending it would go unseen."""
         while True:
             await asyncio.sleep(every)
+            await self.resolve_or_log(via="refresh", retry_in=every)
+
+    async def resolve_or_log(self, **context: object) -> None:
+        """:meth:`resolve`, whose failure is logged (``forward.dns_refresh_failed`` with ``context``) and
+        not raised: neither the refresh task nor a write that asks for a resolution may end on it (a write
+        raising anything but RetryableError would have its events isolated and dead-lettered)."""
+        try:
             await self.resolve()
+        except Exception as exc:
+            log.error(
+                "forward.dns_refresh_failed",
+                output=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+                **context,
+                exc_info=exc,
+            )
 
     async def resolve(self) -> None:
         """Resolve every server again; an endpoint whose address stays keeps its state and connection."""
@@ -84,6 +105,15 @@ class Resolution:
                     addresses = list(await self.resolver(server.host, server.port))
                 except (OSError, UnicodeError) as exc:
                     log.warning("forward.dns_failed", output=self.name, server=server.label, error=str(exc))
+                    continue
+                except Exception as exc:  # a custom resolver's own failure: the server keeps its endpoints
+                    log.error(
+                        "forward.dns_failed",
+                        output=self.name,
+                        server=server.label,
+                        error=f"{type(exc).__name__}: {exc}",
+                        exc_info=exc,
+                    )
                     continue
                 if not addresses:
                     log.warning(

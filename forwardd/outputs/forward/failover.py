@@ -48,7 +48,8 @@ class Failover:
     async def pick(self, tried: list[Endpoint]) -> Endpoint | None:
         ep = self.balancer.pick(exclude=tried)
         if ep is None and self._clock() - self._dns.resolved_at >= _RESOLVE_ON_MISS:
-            await self._dns.resolve()  # the names may point elsewhere now (a Swarm service rescheduled)
+            # The names may point elsewhere now (a Swarm service rescheduled).
+            await self._dns.resolve_or_log(via="write")
             ep = self.balancer.pick(exclude=tried)
         return ep
 

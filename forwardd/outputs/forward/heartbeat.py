@@ -4,7 +4,8 @@
 PONG handshake included, so a wrong key shows before a write needs it) and closes it; ``udp`` sends one
 zero byte to the same port and waits for any datagram back (forwardd's and Fluentd's in_forward answer;
 Fluent Bit's does not). Probes of one endpoint never overlap: a probe still running at the next tick is
-not started again.
+not started again. A ``udp`` probe keeps its socket for the next one, as long as the endpoint's address
+is still resolved.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class Heartbeats:
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                for ep in self._endpoints():
+                endpoints = self._endpoints()
+                self._forget_gone(endpoints)
+                for ep in endpoints:
                     if ep.probing:
                         continue
                     ep.probing = True
@@ -81,6 +84,15 @@ class Heartbeats:
                 if probe.transport is not None:
                     probe.transport.close()
             self._udp.clear()
+
+    def _forget_gone(self, endpoints: list[Endpoint]) -> None:
+        """Close the UDP sockets of addresses no longer resolved: kept until stop(), a Swarm service whose
+        tasks are rescheduled for days would leave one file descriptor behind per address it ever had."""
+        live = {(ep.address, ep.port) for ep in endpoints}
+        for key in [key for key in self._udp if key not in live]:
+            probe = self._udp.pop(key)
+            if probe.transport is not None:
+                probe.transport.close()
 
     async def _probe(self, ep: Endpoint) -> None:
         try:

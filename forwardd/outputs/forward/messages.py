@@ -72,18 +72,20 @@ async def messages_of(
             prev = end
         spans.append((start, prev, n))
     out: list[Message] = []
+    rewritten = False
     for start, end, count in spans:
         raw = entries if (start, end) == (0, len(entries)) else entries[start:end]
         payload, events, dropped = wire_entries(raw, count, chunk.received_ns, time_format)
         if dropped:
             stats.invalid_entries += dropped
             log.warning("forward.entries_dropped", output=name, tag=chunk.tag, count=dropped)
-        if payload is not raw:
-            stats.rewritten_chunks += 1
+        rewritten = rewritten or payload is not raw
         if compression != "text" and events:
             if len(payload) >= _COMPRESS_OFFLOAD:
                 payload = await asyncio.to_thread(compress_entries, payload, compression)
             else:
                 payload = compress_entries(payload, compression)
         out.append(Message(start, end, count, payload, events))
+    if rewritten:  # a chunk cut into requests counts once, however many of them were rewritten
+        stats.rewritten_chunks += 1
     return out

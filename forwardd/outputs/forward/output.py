@@ -24,11 +24,28 @@ down. Only when no endpoint is left does the write fail: :class:`RetryableError`
 the rest. Nothing here is ever permanent: a receiver that is down, refuses our key or acks nothing holds
 the queue (back-pressure), it never costs events.
 
+Writes in flight: by default (``in_flight: 1``) the delivery loop hands over one chunk at a time and
+waits for its ack before the next, so every tag of a batch costs a round trip to the receiver (per-
+container tags: one chunk per tag per batch). ``in_flight: N`` (up to 64; the output's
+:attr:`~forwardd.outputs.base.Output.concurrent_writes`) lets the loop write N chunks at once. Each write
+is independent of the others: it takes a connection of its own from the pool (an idle one, or a new one;
+up to N are kept per endpoint), its acks are matched on that connection alone, and it fails over, is
+retried and is counted by itself, so its outcome (delivered, :class:`PartialDelivery` of its own
+events, :class:`RetryableError`) concerns its own chunk only: a connection that fails aborts only the
+write on it, and the endpoint it marks down is left by the other writes at their next pick (a write
+already in flight there finishes or fails on its own; one that succeeds later marks it up again: each
+outcome is news of the endpoint). It gives up order across chunks: requests of different chunks travel
+on different connections, possibly to different servers, and may reach a receiver out of order, and on
+a retry a later chunk may land before an earlier one. Events within one request, and the requests of
+one chunk, stay in order.
+
 Connections are kept alive between writes (``keepalive``; an idle connection older than
-``keepalive_timeout`` is replaced) and one that the receiver closed while idle is replaced once without
-marking anything down. Host names are resolved at start and every ``dns_refresh`` seconds (and when no
-endpoint is left), through ``resolver`` (injectable); a name resolving to several addresses gives one
-endpoint each, which is how ``tasks.<service>`` spreads over a Swarm service's replicas.
+``keepalive_timeout`` is replaced) and one that the receiver closed while idle is replaced without marking
+anything down: before anything is written to it when its socket shows the end already, else once, after
+the write it failed (see :class:`~.stats.ForwardStats` for what each case counts). Host names are
+resolved at start and every ``dns_refresh`` seconds (and when no endpoint is left), through ``resolver``
+(injectable); a name resolving to several addresses gives one endpoint each, which is how
+``tasks.<service>`` spreads over a Swarm service's replicas.
 """
 
 from __future__ import annotations
@@ -54,7 +71,7 @@ from forwardd.outputs.forward.failover import Failover
 from forwardd.outputs.forward.heartbeat import Heartbeats, HeartbeatType
 from forwardd.outputs.forward.messages import Message, messages_of
 from forwardd.outputs.forward.pool import Pool
-from forwardd.outputs.forward.settings import ForwardSettings
+from forwardd.outputs.forward.settings import MAX_IN_FLIGHT, ForwardSettings
 from forwardd.outputs.forward.stats import ForwardStats
 from forwardd.protocol.client import ClientSecurity, Compression, TimeFormat
 
@@ -88,6 +105,7 @@ class ForwardOutput(Output):
         hard_timeout: float = 60.0,
         recover_wait: float = 10.0,
         dns_refresh: float = 30.0,
+        in_flight: int = 1,
         ssl_context: ssl.SSLContext | None = None,
         tls_server_name: str | None = None,
         security: ClientSecurity | None = None,
@@ -98,6 +116,8 @@ class ForwardOutput(Output):
             raise ValueError("max_message_size must be positive")
         if not any(s.weight > 0 for s in servers):
             raise ValueError("every server has weight 0: nothing could be sent")
+        if not 1 <= in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"in_flight must be between 1 and {MAX_IN_FLIGHT}, got {in_flight}")
         self.name = name
         self.require_ack = require_ack_response
         self.ack_timeout = ack_response_timeout
@@ -111,6 +131,8 @@ class ForwardOutput(Output):
         self.heartbeat_type = heartbeat_type
         self.heartbeat_interval = heartbeat_interval
         self.dns_refresh = dns_refresh
+        #: Writes the delivery loop may have in flight at once: see the module doc (order).
+        self.concurrent_writes = in_flight
         self.ssl_context = ssl_context
         self.tls_server_name = tls_server_name
         self.security = security
@@ -133,6 +155,7 @@ class ForwardOutput(Output):
             keepalive=keepalive,
             keepalive_timeout=keepalive_timeout,
             clock=clock,
+            max_idle=in_flight,
         )
         self._dns = Resolution(name, self.balancer, resolver, clock, self._pool.drop_idle)
         self._failover = Failover(name, self.balancer, self._stats, self._dns, clock)
@@ -177,6 +200,7 @@ class ForwardOutput(Output):
             hard_timeout=s.hard_timeout,
             recover_wait=s.recover_wait,
             dns_refresh=s.dns_refresh,
+            in_flight=s.in_flight,
             ssl_context=ctx,
             tls_server_name=s.tls.server_name if s.tls is not None else None,
             security=security,
@@ -188,14 +212,17 @@ class ForwardOutput(Output):
         if self._started:
             return
         self._started = True
+        self._pool.closing = False
         self._dns.lock = asyncio.Lock()
-        await self._dns.resolve()
+        # Logged, not raised: this output is started already, and its refresh task is what retries.
+        await self._dns.resolve_or_log(via="start")
         log.info(
             "forward.started",
             output=self.name,
             servers=self.balancer.describe(),
             ack=self.require_ack,
             heartbeat=self.heartbeat_type,
+            in_flight=self.concurrent_writes,
             tls=self.ssl_context is not None,
             handshake=self.security is not None,
         )
@@ -219,8 +246,10 @@ class ForwardOutput(Output):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        for ep in self.balancer.endpoints:
-            await self._pool.drop_idle(ep)
+        self._pool.closing = True  # a write still in flight closes its connection when it ends
+        # At once: closing one may wait up to a second (a TLS receiver that does not answer close_notify),
+        # and one after another they could take the daemon's whole stop deadline.
+        await asyncio.gather(*(self._pool.drop_idle(ep) for ep in self.balancer.endpoints))
         self._started = False
 
     @property
@@ -234,6 +263,11 @@ class ForwardOutput(Output):
     # --- write ------------------------------------------------------------------------------------------
 
     async def write(self, chunk: Chunk) -> None:
+        if not self._started:
+            # Retryable: the delivery loop would isolate and dead-letter events for any other exception.
+            raise RetryableError(
+                f"forward output {self.name}: not started (a write before start() or after stop())"
+            )
         messages = await messages_of(
             chunk,
             name=self.name,
@@ -309,7 +343,10 @@ class ForwardOutput(Output):
             return False, refused
         progressed, failure = await self._sender.send(conn, tag, pending)
         if failure is not None and reused and not progressed and failure.kind == "lost":
-            # The receiver closed the idle connection (a restart, its idle timeout): not a failure of it.
+            # The kept-alive connection ended under the request (checkout looked at its socket, so the
+            # end came after, or only in answer to it): the receiver may be alive and have ended it while
+            # idle, so this is not a failure of the endpoint. What was written on it stays counted as
+            # unacked: it may also have been read by a receiver that died before acking (see stats).
             self._stats.stale_connections += 1
             try:
                 conn = await self._pool.open(ep)

@@ -12,7 +12,10 @@ from pydantic import Field
 from forwardd.config.types import Frozen, Name, NonEmpty, PositiveDuration, Problems, TlsVersion
 from forwardd.config.units import Duration, Size
 
-__all__ = ["ForwardSecurity", "ForwardServer", "ForwardSettings", "ForwardTls"]
+__all__ = ["MAX_IN_FLIGHT", "ForwardSecurity", "ForwardServer", "ForwardSettings", "ForwardTls"]
+
+#: Most chunks a forward output may have in flight at once (as the HTTP output's ``in_flight``).
+MAX_IN_FLIGHT = 64
 
 
 class ForwardServer(Frozen):
@@ -70,6 +73,10 @@ class ForwardSettings(Frozen):
     recover_wait: Duration = 10.0
     #: Host names are resolved again this often (0 = only at start and when no server is left).
     dns_refresh: Duration = 30.0
+    #: Chunks written at once (the output's ``concurrent_writes``), each over a connection of its own. 1
+    #: keeps the order of requests at the receivers; more gives it up across chunks (see
+    #: :mod:`forwardd.outputs.forward.output`).
+    in_flight: Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT)] = 1
     tls: ForwardTls | None = None
     security: ForwardSecurity | None = None
 
@@ -96,4 +103,5 @@ class ForwardSettings(Frozen):
             for srv in self.servers
         )
         ack = "acked" if self.require_ack_response else "no acks"
-        return f"forward {servers} {ack} compress={self.compress} heartbeat={self.heartbeat_type}"
+        text = f"forward {servers} {ack} compress={self.compress} heartbeat={self.heartbeat_type}"
+        return text + (f" in_flight={self.in_flight}" if self.in_flight > 1 else "")

@@ -20,9 +20,13 @@ class ForwardStats:
     bytes: int = 0
     acks: int = 0
     #: Events sent whose ack never came (connection lost, ack timeout): each was sent again, so this
-    #: bounds the duplicates a receiver can see.
+    #: bounds the duplicates a receiver can see. It counts what *may* have arrived: when a connection
+    #: ends after a request was written to it and before its ack, the request may have been read (the
+    #: receiver died before acking) or not (the connection was gone already and the request only drew
+    #: its reset); from this side the two look the same, so both count.
     unacked_events: int = 0
-    #: Events sent again within one write, to another endpoint or on a new connection.
+    #: Events sent again within one write, to another endpoint or on a new connection: those counted in
+    #: unacked_events, and those of a request whose own send failed.
     resent_events: int = 0
     #: Writes that moved on from an endpoint that failed to another one.
     failovers: int = 0
@@ -31,11 +35,17 @@ class ForwardStats:
     #: Connection failures by stage: connect, tls, handshake, refused, send_timeout, ack_timeout, lost,
     #: protocol.
     failures: dict[str, int] = field(default_factory=dict)
-    #: Kept-alive connections found closed by the receiver when reused (replaced, nothing marked down).
+    #: Kept-alive connections the receiver had ended while they were idle (its restart, its idle timeout),
+    #: replaced by a new one with nothing marked down. Most are found before a request is written to
+    #: them (their socket shows the end): a reconnect, nothing more. One whose end only comes back in
+    #: answer to a request (a FIN still on its way, a middlebox that forgot the connection) is found
+    #: after it: that request also counts in unacked_events and resent_events, since it may have been
+    #: read (see unacked_events).
     stale_connections: int = 0
     heartbeats: int = 0
     heartbeat_failures: int = 0
-    #: Entries dropped because they are no event (see wire_entries), and chunks whose times were rewritten.
+    #: Entries dropped because they are no event (see wire_entries), and chunks (writes: a chunk cut into
+    #: several requests counts once) whose times were rewritten.
     invalid_entries: int = 0
     rewritten_chunks: int = 0
     #: Each endpoint's state: "up" or "down (reason)".

@@ -39,10 +39,12 @@ outputs:
     return sink
 
 
-async def submit_all(sink: BufferedSink, start: int, n: int, per_chunk: int) -> None:
-    """Hand chunks to the sink and wait until each is committed (what a client's ack waits for)."""
+async def submit_all(sink: BufferedSink, start: int, n: int, per_chunk: int, tags: int = 1) -> None:
+    """Hand chunks to the sink and wait until each is committed (what a client's ack waits for); with
+    ``tags``, the chunks take turns among that many tags (per-container tags)."""
     for i in range(start, start + n, per_chunk):
-        waiter = sink.submit(chunk("app", i, per_chunk, pad=20))
+        tag = "app" if tags == 1 else f"c{i // per_chunk % tags}"
+        waiter = sink.submit(chunk(tag, i, per_chunk, pad=20))
         if waiter is not None:
             await waiter
 
@@ -108,3 +110,58 @@ async def test_refused_handshake_holds_the_queue_and_never_dead_letters(tmp_path
             assert srv.events == []
         finally:
             await sink.stop()
+
+
+# --- in_flight: several chunks (tags) written at once ---------------------------------------------------
+
+
+async def test_in_flight_writes_the_tags_of_a_batch_at_once_each_delivered_once(tmp_path: Path) -> None:
+    """The receiver holds its acks: with in_flight 4, four chunks of four tags are open at once, on four
+    connections (one write at a time would leave one). Released, every chunk arrives exactly once."""
+    async with TestServer(withhold_acks=True) as srv:
+        sink = forward_sink(tmp_path, srv.port, "    in_flight: 4\n")
+        await sink.start()
+        try:
+            await submit_all(sink, 0, 160, 20, tags=8)  # committed: acked to the clients
+            await wait_until(lambda: len(srv.sink.chunks) >= 4, what="four requests open at once")
+            assert len({c.tag for c in srv.sink.chunks}) == len(srv.sink.chunks) == 4
+            assert srv.stats.open_connections == 4
+            assert sink.stats.delivered_events == 0, "nothing acked yet"
+            srv.release_acks()
+            await wait_until(lambda: sink.stats.queued_chunks == 0, what="the queue to drain")
+            assert sorted(seqs(srv.events)) == list(range(160)), "each event exactly once"
+            for t in range(8):
+                mine = [s for s in range(160) if s // 20 % 8 == t]
+                assert seqs(srv.events, f"c{t}") == mine, "in order within a tag here: no retry happened"
+            out = sink.output
+            assert isinstance(out, ForwardOutput)
+            assert out.stats.unacked_events == out.stats.resent_events == 0
+        finally:
+            await sink.stop()
+
+
+async def test_receiver_crashing_with_writes_in_flight_loses_nothing(tmp_path: Path) -> None:
+    """As the crash above, with ten tags and four writes in flight: the writes cut off by the crash are
+    each sent again (once it is back), nothing is lost or dead-lettered, duplicates within the count."""
+    srv = await TestServer(ack_delay=0.03).start()
+    sink = forward_sink(tmp_path, srv.port, "    in_flight: 4\n")
+    await sink.start()
+    received: list[int] = []
+    try:
+        feed = asyncio.create_task(submit_all(sink, 0, 3000, 20, tags=10))
+        await srv.wait_for(600)
+        assert srv.stats.open_connections > 1, "writes in flight together"
+        await srv.listener.stop(grace=0)  # a crash: owed acks are never sent
+        received += seqs(srv.events)
+        srv = await restart(srv)
+        await feed
+        await wait_until(lambda: sink.stats.queued_chunks == 0, timeout=30, what="the queue to drain")
+        received += seqs(srv.events)
+        out = sink.output
+        assert isinstance(out, ForwardOutput)
+        check_delivery(received, 3000, duplicates_bound=out.stats.unacked_events, ordered=False)
+        assert out.stats.unacked_events > 0, "the crash left requests in doubt"
+        assert sink.stats.dead_lettered == 0
+    finally:
+        await sink.stop()
+        await srv.stop()

@@ -10,13 +10,16 @@ itself is checked on ``localhost``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from forwardd.errors import RetryableError
-from forwardd.outputs.forward import system_resolver
+from forwardd.outputs.forward import ForwardOutput, system_resolver
 from forwardd.protocol.client import ClientSecurity
 from forwardd.testing import TestServer
 from tests.outputs.forward.helpers import chunk, output, restart, seqs, server, started, wait_until
@@ -94,6 +97,131 @@ async def test_a_failed_resolution_keeps_the_addresses_it_had(
         assert seqs(a.events) == [0, 1, 2]
 
 
+def addresses(out: ForwardOutput) -> list[str]:
+    return [ep.address for ep in out.balancer.endpoints]
+
+
+class BrokenResolver(Dns):
+    """A resolver hook that raises what no resolver should (a bug in a custom one) while ``broken``."""
+
+    def __init__(self, *addresses: str) -> None:
+        super().__init__(*addresses)
+        self.broken = False
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        if self.broken:
+            self.asked += 1
+            raise RuntimeError("resolver bug")
+        return await super().__call__(host, port)
+
+
+async def test_a_resolver_raising_anything_is_logged_and_refreshing_goes_on(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    a, b = replicas
+    dns = BrokenResolver("127.0.0.2")
+    spec = server(a.port, host="tasks.aggregator")
+    async with started(output([spec], resolver=dns, dns_refresh=0.02)) as out:
+        with capture_logs() as logs:
+            dns.broken = True
+            asked = dns.asked
+            await wait_until(lambda: dns.asked > asked + 1, what="two failed resolutions")
+            dns.broken = False
+            dns.answer = ["127.0.0.3"]  # the refresh is still alive: it finds the replica that moved
+            await wait_until(lambda: addresses(out) == ["127.0.0.3"], what="the move")
+        failed = [x for x in logs if x["event"] == "forward.dns_failed"]
+        assert failed, [x["event"] for x in logs]
+        assert failed[0]["output"] == "fwd"
+        assert failed[0]["server"] == f"tasks.aggregator:{a.port}"
+        assert failed[0]["error"] == "RuntimeError: resolver bug"
+        await out.write(chunk("app", 0, 2))
+        assert seqs(b.events) == [0, 1]
+
+
+async def test_a_crash_of_the_refresh_is_logged_and_refreshing_goes_on(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """A bug past the resolver (here the balancer's update raises: a fault no real input makes, hence the
+    patched method) must not end refreshing for good, silently."""
+    a, b = replicas
+    dns = Dns("127.0.0.2")
+    spec = server(a.port, host="tasks.aggregator")
+    async with started(output([spec], resolver=dns, dns_refresh=0.02)) as out:
+        real = out.balancer.set_addresses
+        crashes = [0]
+
+        def broken(index: int, addresses: object) -> object:
+            crashes[0] += 1
+            raise KeyError("balancer bug")
+
+        with capture_logs() as logs:
+            out.balancer.set_addresses = broken  # type: ignore[assignment,method-assign]
+            await wait_until(lambda: crashes[0] >= 2, what="two crashed refreshes")
+            out.balancer.set_addresses = real  # type: ignore[method-assign]
+            dns.answer = ["127.0.0.3"]
+            await wait_until(lambda: addresses(out) == ["127.0.0.3"], what="the move")
+        crashed = [x for x in logs if x["event"] == "forward.dns_refresh_failed"]
+        assert len(crashed) >= 2
+        assert crashed[0]["output"] == "fwd"
+        assert crashed[0]["error"] == "KeyError: 'balancer bug'"
+        assert crashed[0]["log_level"] == "error"
+        await out.write(chunk("app", 0, 2))
+        assert seqs(b.events) == [0, 1]
+
+
+async def test_a_crash_of_the_resolution_a_write_asks_for_is_retryable(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """A write that finds no endpoint resolves again; a bug there (the balancer's update raising, patched
+    in as in the test above) must be a RetryableError, which backs off: any other exception makes the
+    delivery loop isolate and dead-letter the chunk's events."""
+    a, _ = replicas
+    dns = Dns("127.0.0.2")
+    now = [1000.0]
+    opts = {"resolver": dns, "dns_refresh": 0, "recover_wait": 60, "clock": lambda: now[0]}
+    async with started(output([server(a.port, host="tasks.aggregator")], **opts)) as out:
+        await a.stop()
+        with pytest.raises(RetryableError):
+            await out.write(chunk("app", 0, 1))  # the endpoint goes down; too soon to resolve again
+
+        def broken(index: int, addresses: object) -> object:
+            raise KeyError("balancer bug")
+
+        out.balancer.set_addresses = broken  # type: ignore[assignment,method-assign]
+        now[0] += 2
+        with capture_logs() as logs, pytest.raises(RetryableError, match="no server is up"):
+            await out.write(chunk("app", 0, 1))
+        crashed = [x for x in logs if x["event"] == "forward.dns_refresh_failed"]
+        assert len(crashed) == 1
+        assert crashed[0]["error"] == "KeyError: 'balancer bug'"
+
+
+async def test_a_crash_of_the_first_resolution_leaves_the_output_started_and_refreshing(
+    replicas: tuple[TestServer, TestServer],
+) -> None:
+    """start() set itself started before its first resolution: a failure there left an output that
+    refused a second start() and had neither heartbeats nor refreshing, for good."""
+    a, _ = replicas
+    dns = Dns("127.0.0.2")
+    out = output([server(a.port, host="tasks.aggregator")], resolver=dns, dns_refresh=0.02)
+    real = out.balancer.set_addresses
+
+    def broken(index: int, addresses: object) -> object:
+        raise KeyError("balancer bug")
+
+    out.balancer.set_addresses = broken  # type: ignore[assignment,method-assign]
+    with capture_logs() as logs:
+        await out.start()
+    try:
+        assert [x["via"] for x in logs if x["event"] == "forward.dns_refresh_failed"] == ["start"]
+        out.balancer.set_addresses = real  # type: ignore[method-assign]
+        await wait_until(lambda: addresses(out) == ["127.0.0.2"], what="the refresh resolving")
+        await out.write(chunk("app", 0, 2))
+        assert seqs(a.events) == [0, 1]
+    finally:
+        await out.stop()
+
+
 async def test_when_every_endpoint_is_down_the_name_is_resolved_again(
     replicas: tuple[TestServer, TestServer],
 ) -> None:
@@ -156,6 +284,54 @@ async def test_heartbeats_take_an_idle_server_down_and_bring_it_back(kind: str) 
     else:
         assert srv.stats.connections == 1
     await srv.stop()
+
+
+def udp_sockets_to(port: int) -> int:
+    """This process's open UDP sockets connected to ``port`` (its fds' inodes, looked up in /proc/net)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+async def move_to(out: ForwardOutput, dns: Dns, address: str, srv: TestServer) -> None:
+    """The name now resolves to ``address`` alone: wait until the output knows and has probed it."""
+    dns.answer = [address]
+    await wait_until(lambda: addresses(out) == [address], what=f"the move to {address}")
+    beats = srv.stats.heartbeats
+    await wait_until(lambda: srv.stats.heartbeats >= beats + 2, what=f"heartbeats to {address}")
+
+
+async def test_udp_heartbeat_sockets_of_addresses_gone_are_closed() -> None:
+    """A Swarm service rescheduled again and again: each address DNS ever returned had a UDP socket
+    until stop(). Only the addresses resolved now keep one."""
+    a = await TestServer(host="127.0.0.2", udp_heartbeat=True).start()
+    b = await TestServer(host="127.0.0.3", port=a.port, udp_heartbeat=True).start()
+    c = await TestServer(host="127.0.0.4", port=a.port, udp_heartbeat=True).start()
+    dns = Dns("127.0.0.2")
+    opts = {"resolver": dns, "dns_refresh": 0.02, "heartbeat_type": "udp", "heartbeat_interval": 0.02}
+    try:
+        async with started(output([server(a.port, host="tasks.aggregator")], **opts)) as out:
+            await wait_until(lambda: a.stats.heartbeats >= 2, what="heartbeats to the first replica")
+            assert udp_sockets_to(a.port) == 1
+            for address, srv in (("127.0.0.3", b), ("127.0.0.4", c)):
+                await move_to(out, dns, address, srv)
+                await wait_until(lambda: udp_sockets_to(a.port) == 1, timeout=2, what="one UDP socket left")
+        assert udp_sockets_to(a.port) == 0, "stop closes the rest"
+    finally:
+        for srv in (a, b, c):
+            await srv.stop()
 
 
 async def test_transport_heartbeat_does_the_handshake_and_a_wrong_key_shows_before_any_write() -> None:

@@ -45,6 +45,19 @@ def test_defaults_and_what_the_output_gets() -> None:
     assert "forward agg.internal:24224 w60 acked compress=none heartbeat=transport" in cfg.describe()
 
 
+def test_in_flight_is_the_outputs_concurrent_writes() -> None:
+    one = build_output("fwd", parse_config(BASE + "    servers: [{host: a}]\n", env={}).outputs["fwd"])
+    assert isinstance(one, ForwardOutput)
+    assert one.concurrent_writes == 1, "one write at a time unless asked: order kept"
+    cfg = parse_config(BASE + "    servers: [{host: a}]\n    in_flight: 8\n", env={})
+    out = build_output("fwd", cfg.outputs["fwd"])
+    assert isinstance(out, ForwardOutput)
+    assert out.concurrent_writes == 8
+    assert "in_flight=8" in cfg.describe()
+    with pytest.raises(ValueError, match="in_flight"):
+        ForwardOutput(servers=out.balancer.servers, in_flight=0)
+
+
 def test_tls_and_security_are_built(tmp_path: Path) -> None:
     import trustme
 
@@ -89,6 +102,8 @@ def test_tls_and_security_are_built(tmp_path: Path) -> None:
         ("    servers: [{host: a}]\n    heartbeat_type: tcp\n", "outputs.fwd.heartbeat_type"),
         ("    servers: [{host: a}]\n    compress: lz4\n", "outputs.fwd.compress"),
         ("    servers: [{host: a}]\n    max_message_size: 0\n", "outputs.fwd.max_message_size"),
+        ("    servers: [{host: a}]\n    in_flight: 0\n", "outputs.fwd.in_flight: expected a number >= 1"),
+        ("    servers: [{host: a}]\n    in_flight: 65\n", "outputs.fwd.in_flight: expected a number <= 64"),
     ],
 )
 def test_mistakes_are_located(text: str, message: str) -> None:

@@ -3,6 +3,8 @@ names checked, client certificates for mutual TLS, and each way it can fail."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from forwardd.errors import RetryableError
 from forwardd.outputs.forward import client_tls_context
 from forwardd.protocol.client import ClientSecurity
 from forwardd.server.tls import TlsSettings
-from forwardd.testing import TestServer
+from forwardd.testing import SyncTestServer, TestServer
 from tests.outputs.forward.helpers import chunk, output, seqs, server, started
 
 
@@ -110,3 +112,28 @@ async def test_plain_client_against_tls_listener_fails_cleanly(pki: Pki) -> None
             with pytest.raises(RetryableError):
                 await out.write(chunk("tls", 0, 5))
         assert srv.events == []
+
+
+async def test_stop_closes_idle_connections_at_once_not_one_after_another(pki: Pki) -> None:
+    """Closing an idle TLS connection waits for the receiver's close_notify, up to a second when it does
+    not come (a receiver frozen, or cut off). Four such receivers: a stop takes about one second, not
+    four, which would eat half the daemon's stop deadline."""
+    gate = threading.Event()
+    receivers = [SyncTestServer(tls=pki.listener()).start() for _ in range(4)]
+    try:
+        ctx = client_tls_context(ca_file=pki.ca_file)
+        out = output([server(r.server.port) for r in receivers], ssl_context=ctx)
+        await out.start()
+        for i in range(4):
+            await out.write(chunk("tls", i, 1))  # equal weights: one write, one idle connection each
+        assert [r.server.stats.acks for r in receivers] == [1, 1, 1, 1]
+        for r in receivers:  # each receiver's loop blocks: nothing answers the close_notify
+            r.server.loop.call_soon_threadsafe(gate.wait)
+        t = time.monotonic()
+        await out.stop()
+        took = time.monotonic() - t
+        assert 0.9 <= took < 2.5, f"stop took {took:.2f}s"
+    finally:
+        gate.set()
+        for r in receivers:
+            r.stop()
