@@ -401,7 +401,7 @@ def run_loop(
 
 
 @pytest.mark.skipif(message_run is None, reason="the C extension is not built")
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(message_runs(), min_size=1, max_size=20), st.data())
 def test_the_c_message_loop_gives_what_the_python_loop_gives(
     stream: list[bytes], data: st.DataObject
@@ -417,4 +417,4 @@ def test_the_c_message_loop_gives_what_the_python_loop_gives(
     limits = Limits(max_chunk_entries=data.draw(st.sampled_from([1, 2, 3, 8192])))
     native = run_loop(bytes(blob), cuts, True, merge, limits)
     python = run_loop(bytes(blob), cuts, False, merge, limits)
-    assert native == python
+    assert repr(native) == repr(python)  # repr: a NaN in a decoded record is not equal to itself
