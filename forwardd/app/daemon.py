@@ -267,7 +267,7 @@ class Daemon:
         sinks = {name: fresh_sinks.get(name) or self.sinks[name] for name in new.outputs}
         labels = self._build_labels(new, old)
         try:
-            RouteTable(labels, sinks, root_label=ROOT_LABEL)
+            table = RouteTable(labels, sinks, root_label=ROOT_LABEL)
         except RoutingError as exc:
             return self._refuse(source, [str(exc)])
         by_name = {ls.settings.name: ls for ls in self.listeners}
@@ -300,8 +300,10 @@ class Daemon:
                 await sink.stop(Deadline.after(1.0))
             return self._refuse(source, [f"{type(exc).__name__}: {exc}"])
         # 3. From here it is the new configuration. Stateful filters that go or change give back what
-        # they hold (through their old routes) and close their journal before their successor opens it;
-        # meanwhile the router keeps the chunks that come (their acks wait, no connection is closed).
+        # they hold (through their old routes) and close their journal before their successor opens it,
+        # and their successors recover it before the first chunk reaches them: one not started yet would
+        # hold a piece in memory only, acked without its journal. Meanwhile the router keeps the chunks
+        # that come (their acks wait, no connection is closed).
         running = set(self.router.stateful)
         kept = {f for routes in labels.values() for r in routes for f in r.filters if f in running}
         leaving = [f for f in self.router.stateful if f not in kept]
@@ -317,13 +319,13 @@ class Daemon:
                         await f.stop()
                     except Exception as exc:
                         log.error("filter.stop_failed", filter=f.name, error=repr(exc))
+            for _, _, f in table.stateful:
+                if f not in kept:
+                    await f.start()
         finally:
             self.config = new
             self.sinks = sinks
             self.router.replace(labels, sinks)
-        for f in self.router.stateful:
-            if f not in kept:
-                await f.start()
         self._set_error_routes(new)
         # 4. Sources: new addresses accept; a changed source on its old address takes over the socket;
         # what is replaced or removed stops accepting and drains its connections as on a stop.
