@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -57,9 +58,9 @@ def output(bootstrap: str, topic: str, generation: str) -> Kafka:
     )  # fmt: skip
 
 
-async def wait_until(cond: object, what: str) -> None:
+async def wait_until(cond: Callable[[], bool], what: str) -> None:
     async def poll() -> None:
-        while not cond():  # type: ignore[operator]
+        while not cond():
             await asyncio.sleep(0.01)  # polls state the loop changes; the timeout bounds it
 
     try:
