@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from forwardd.buffer import BufferedSink, DiskQueue
+from forwardd.buffer import BufferedSink, DiskQueue, RetryPolicy
 from forwardd.buffer.base import Taken
 from forwardd.buffer.delivery import Batching
 from forwardd.buffer.isolation import Work
+from forwardd.errors import RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
 from tests.buffer.test_delivery_isolation import entries_chunk, numbered, submit_all, wait_for
@@ -39,6 +40,8 @@ class Gate(Output):
         self.begun: list[str] = []
         self.delivered: list[int] = []
         self.cancelled: list[str] = []
+        #: Tags whose next write fails with a RetryableError (once each).
+        self.fail: set[str] = set()
         self.stopped = False
 
     def open(self, *tags: str) -> None:
@@ -53,6 +56,9 @@ class Gate(Output):
             except asyncio.CancelledError:
                 self.cancelled.append(chunk.tag)
                 raise
+        if chunk.tag in self.fail:
+            self.fail.discard(chunk.tag)
+            raise RetryableError(f"{chunk.tag} not now")
         self.delivered += [e.record["seq"] for e in chunk.events()]
 
     async def stop(self) -> None:
@@ -233,4 +239,60 @@ async def test_concurrent_writes_that_complete_while_retiring_are_not_written_ag
     assert old_out.cancelled == []
     assert sorted(old_out.delivered) == seqs(0, 1, 2)
     assert new_out.delivered == seqs(3)
+    assert await left_after_restart(tmp_path) == 0
+
+
+async def test_a_chunk_taken_in_the_loop_turn_that_retire_cuts_goes_to_the_successor(
+    queue: DiskQueue, successors: list[BufferedSink], tmp_path: Path
+) -> None:
+    """With a write backing off (nothing writing: retire cuts the loop at once) and room for more, the loop
+    waits for the head or for the next committed chunk. A reload that comes in the very loop turn that
+    chunk is taken must still find it in what retire hands over: the queue will not hand it out again."""
+    old_out = Gate("old", depth=3, opened=True)
+    old_out.fail.add("a")
+    old = BufferedSink("out", old_out, queue, RetryPolicy(initial=3600.0, max=3600.0, jitter=0.0))
+    await old.start()
+    await submit_all(old, [tagged("a", 0)])
+    await wait_for(lambda: old.stats.retries == 1, "the first write to fail and back off")
+    retiring: list[asyncio.Future[tuple[list[Taken], deque[Work]]]] = []
+    committed = old.submit(tagged("b", 1))
+    assert isinstance(committed, asyncio.Future)
+    # Retire from the commit's own callback: it runs before the loop's get has taken the chunk, and the
+    # retire after it, in the turn where the get is done and the loop has not woken yet.
+    committed.add_done_callback(lambda _: retiring.append(asyncio.ensure_future(old.retire(0.0))))
+    await wait_for(lambda: bool(retiring) and retiring[0].done(), "retire")
+    gathered, works = retiring[0].result()
+    new_out = Gate("new", depth=3, opened=True)
+    new = BufferedSink("out", new_out, queue)
+    successors.append(new)
+    await new.take_over(gathered, works)
+    await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
+    assert old_out.delivered == []
+    assert new_out.delivered == seqs(0, 1)
+    assert await left_after_restart(tmp_path) == 0
+
+
+async def test_a_chunk_taken_in_the_loop_turn_that_retire_cuts_a_growing_batch_goes_to_the_successor(
+    queue: DiskQueue, successors: list[BufferedSink], tmp_path: Path
+) -> None:
+    """The same turn while the loop holds a small batch to let it grow (Batching.max_wait) and waits for
+    the next committed chunk: taken then, it belongs to the batch that retire hands over."""
+    old_out = Gate("old", opened=True)
+    old = BufferedSink("out", old_out, queue, batching=Batching(max_wait=3600.0))
+    await old.start()
+    await submit_all(old, [tagged("a", 0)])
+    await wait_for(lambda: old.oldest_received_ns is not None, "the loop to take the first chunk")
+    retiring: list[asyncio.Future[tuple[list[Taken], deque[Work]]]] = []
+    committed = old.submit(tagged("a", 1))
+    assert isinstance(committed, asyncio.Future)
+    committed.add_done_callback(lambda _: retiring.append(asyncio.ensure_future(old.retire(0.0))))
+    await wait_for(lambda: bool(retiring) and retiring[0].done(), "retire")
+    gathered, works = retiring[0].result()
+    new_out = Gate("new", opened=True)
+    new = BufferedSink("out", new_out, queue)
+    successors.append(new)
+    await new.take_over(gathered, works)
+    await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
+    assert old_out.begun == []
+    assert new_out.delivered == seqs(0, 1)
     assert await left_after_restart(tmp_path) == 0
