@@ -123,11 +123,18 @@ class Daemon:
         self._started: list[BufferedSink] = []
         self.ops = attach_ops(self, ops_channel)
 
-    def _journals_of(self, config: Config, label: str) -> Callable[[int, int], Journal]:
+    def _journals_of(
+        self, config: Config, label: str, opened: set[tuple[str, int, int]] | None = None
+    ) -> Callable[[int, int], Journal]:
+        """What opens the journal of the filter at (``label``, route, position): a folder per place, so that
+        the filter at the same place after a restart or a reload holds again what it held. ``opened``
+        collects the places given one."""
         storage = Path(config.storage.path)
         worker = self.worker
 
         def journal_for(route: int, index: int) -> Journal:
+            if opened is not None:
+                opened.add((label, route, index))
             name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
             base = storage / "journal" / name
             journal = PieceJournal(str(worker_dir(base, worker)), name=name)
@@ -137,14 +144,17 @@ class Daemon:
 
         return journal_for
 
-    def _build_labels(self, config: Config, old: Config | None = None) -> dict[str, list[Route]]:
+    def _build_labels(
+        self, config: Config, old: Config | None = None, journals: set[tuple[str, int, int]] | None = None
+    ) -> dict[str, list[Route]]:
         """Every label's routes. With ``old`` (a reload), a stateful filter with the same settings at
-        the same place (label, route, position) is the running one, with what it holds."""
+        the same place (label, route, position) is the running one, with what it holds. ``journals``
+        collects the places whose filter keeps a journal."""
         labels: dict[str, list[Route]] = {
-            ROOT_LABEL: build_routes(config.routes, self._journals_of(config, ROOT_LABEL))
+            ROOT_LABEL: build_routes(config.routes, self._journals_of(config, ROOT_LABEL, journals))
         }
         for label, routes in config.labels.items():
-            labels[label] = build_routes(routes, self._journals_of(config, label))
+            labels[label] = build_routes(routes, self._journals_of(config, label, journals))
         if old is None:
             return labels
         running = {id(f) for f in self.router.stateful}
@@ -265,9 +275,10 @@ class Daemon:
                 name, new.outputs[name], storage, self.worker, new.workers, queue=self.sinks[name].queue
             )
         sinks = {name: fresh_sinks.get(name) or self.sinks[name] for name in new.outputs}
-        labels = self._build_labels(new, old)
+        journals: set[tuple[str, int, int]] = set()
+        labels = self._build_labels(new, old, journals)
         try:
-            RouteTable(labels, sinks, root_label=ROOT_LABEL)
+            table = RouteTable(labels, sinks, root_label=ROOT_LABEL)
         except RoutingError as exc:
             return self._refuse(source, [str(exc)])
         by_name = {ls.settings.name: ls for ls in self.listeners}
@@ -300,30 +311,40 @@ class Daemon:
                 await sink.stop(Deadline.after(1.0))
             return self._refuse(source, [f"{type(exc).__name__}: {exc}"])
         # 3. From here it is the new configuration. Stateful filters that go or change give back what
-        # they hold (through their old routes) and close their journal before their successor opens it;
-        # meanwhile the router keeps the chunks that come (their acks wait, no connection is closed).
+        # they hold (through their old routes) and close their journal before their successor opens it,
+        # and their successors recover it before the first chunk reaches them: one not started yet would
+        # hold a piece in memory only, acked without its journal. What a journal keeps stays in it only
+        # for a successor at the same place (a changed setting: the line completes whole there); a filter
+        # that is removed or moved gives back all it holds, since nothing would open its journal again.
+        # Meanwhile the router keeps the chunks that come (their acks wait, no connection is closed).
         running = set(self.router.stateful)
         kept = {f for routes in labels.values() for r in routes for f in r.filters if f in running}
         leaving = [f for f in self.router.stateful if f not in kept]
+        succeeded = {
+            f
+            for compiled, pos, f in self.router.table.stateful
+            if (compiled.label, compiled.index, pos) in journals
+        }
         self.router.hold()
         try:
             if leaving:
-                drained = self.router.drain_filters(leaving)
-                if drained is not None:
+                released = [self.router.drain_filters([f], keep=f in succeeded) for f in leaving]
+                drained = [r for r in released if r is not None]
+                if drained:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(drained, RELOAD_WAIT)
+                        await asyncio.wait_for(asyncio.gather(*drained), RELOAD_WAIT)
                 for f in leaving:
                     try:
                         await f.stop()
                     except Exception as exc:
                         log.error("filter.stop_failed", filter=f.name, error=repr(exc))
+            for _, _, f in table.stateful:
+                if f not in kept:
+                    await f.start()
         finally:
             self.config = new
             self.sinks = sinks
             self.router.replace(labels, sinks)
-        for f in self.router.stateful:
-            if f not in kept:
-                await f.start()
         self._set_error_routes(new)
         # 4. Sources: new addresses accept; a changed source on its old address takes over the socket;
         # what is replaced or removed stops accepting and drains its connections as on a stop.

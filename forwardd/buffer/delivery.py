@@ -521,14 +521,10 @@ class BufferedSink:
         get = asyncio.ensure_future(self.queue.get())
         try:
             await asyncio.wait((head, get), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not get.done():
-                get.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await get
-        # A get that completed while being cancelled still took its chunk: keep it, never drop it.
-        if get.done() and not get.cancelled():
-            self._gathered.append(get.result())
+        finally:  # also when this loop is cancelled (a stop, a reload's retire) in the turn the get took one
+            taken = await _took(get)
+            if taken is not None:
+                self._gathered.append(taken)
 
     async def _gather(self) -> None:
         """Take the next batch into ``self._gathered``: what is committed now, or held to grow for up to
@@ -562,14 +558,14 @@ class BufferedSink:
         hurry = asyncio.ensure_future(self._hurry.wait())
         try:
             await asyncio.wait((get, hurry), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (a stop, a reload's retire), maybe in the turn the get took one:
+            taken = await _took(get)  # it joins the batch being gathered, which retire hands over
+            if taken is not None:
+                self._gathered.append(taken)
+            raise
         finally:
             hurry.cancel()
-            if not get.done():
-                get.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await get
-        # A get that completed while being cancelled still took its chunk: keep it, never drop it.
-        return get.result() if get.done() and not get.cancelled() else None
+        return await _took(get)
 
     def _take_ready(self, takens: list[Taken], size: int, events: int) -> tuple[int, int]:
         """Append to ``takens`` what is committed now, up to the batch limits; the new size and events."""
@@ -615,6 +611,17 @@ class BufferedSink:
         self._started.pop(work, None)
         self._deliverer.progress.set()
         log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
+
+
+async def _took(get: asyncio.Future[Taken]) -> Taken | None:
+    """What a ``queue.get()`` raced against something else took: its chunk if it completed (even while
+    being cancelled: then it took one all the same), else None, once it is cancelled. The queue never hands
+    a taken chunk out again in this process, so the loop must keep it, never drop it."""
+    if not get.done():
+        get.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await get
+    return get.result() if not get.cancelled() else None
 
 
 def _merge(takens: list[Taken]) -> Chunk:

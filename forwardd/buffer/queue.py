@@ -447,7 +447,9 @@ class DiskQueue:
             if self._failing:
                 self._failing = False
                 log.info("buffer.write_recovered", buffer=self.name)
-            if self._pending:
+            # A close that came before this commit began woke the loop with the same wake-up that took
+            # this batch: without another, the loop would wait for good and the close with it.
+            if self._pending or self._closing:
                 self._wake.set()
 
     async def _back_off(self, delay: float) -> None:

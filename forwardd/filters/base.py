@@ -82,8 +82,12 @@ class StatefulFilter(Filter, Protocol):
         """What has been held too long (``now`` is ``time.monotonic()``), called about once a second."""
         ...
 
-    def drain(self) -> Released:
-        """At shutdown, once no chunk comes any more: everything that must not wait for a restart."""
+    def drain(self, *, keep: bool = True) -> Released:
+        """At shutdown, once no chunk comes any more: everything that must not wait for a restart.
+
+        ``keep=False`` when nothing will hold again what the filter keeps on disk (a reload removes it or
+        moves it to another place, whose journal is another): then that comes out too.
+        """
         ...
 
     async def stop(self) -> None:

@@ -28,8 +28,11 @@ piece survives a crash, the daemon gives the filter a :class:`~forwardd.filters.
 has recovered it, every chunk of pieces is committed to it before its ack, a journal entry is released once
 all the lines it holds pieces of were emitted and accepted by the sinks, and on start the pieces still in
 it are held again, so a line cut by a restart completes when docker sends the rest. At shutdown the open
-lines then stay in the journal instead of being flushed as fragments. Without a journal (``journal:
-false``, or the filter used on its own) held pieces live only in memory.
+lines then stay in the journal instead of being flushed as fragments; so do they on a reload that puts a
+docker_partial at the same place (the journal is the place's: the new filter holds them again), while a
+reload that removes the filter or moves it elsewhere flushes them, since no filter would read that journal
+again. Without a journal (``journal: false``, or the filter used on its own) held pieces live only in
+memory.
 """
 
 from __future__ import annotations
@@ -319,12 +322,14 @@ class DockerPartial:
             self._close(key, None, None, emitted)
         return self._emit(emitted, ready_lines)
 
-    def drain(self) -> Released:
+    def drain(self, *, keep: bool = True) -> Released:
         """At shutdown: give back everything held, as fragments. With a journal, open lines stay in it
-        instead, to be completed after the restart; only lines already emitted are handed on."""
+        instead, to be completed after the restart; only lines already emitted are handed on. ``keep=False``
+        (a reload removes or moves the filter: no filter will read this journal again): open lines come out
+        as fragments too, and leave the journal once they are accepted."""
         emitted, self._ready = self._ready, []
         self._closed, ready_lines, self._ready_lines = [], self._ready_lines, []
-        if not self._journaling:
+        if not self._journaling or not keep:
             while self._open:
                 self._close(next(iter(self._open)), None, None, emitted)
         return self._emit(emitted, ready_lines)

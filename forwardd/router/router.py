@@ -307,12 +307,17 @@ class Router:
         """Pass on everything filters hold (at shutdown, before the sinks stop), upstream filters first."""
         return self._release("drain", None)
 
-    def drain_filters(self, filters: Iterable[StatefulFilter]) -> Awaitable[None] | None:
+    def drain_filters(
+        self, filters: Iterable[StatefulFilter], *, keep: bool = True
+    ) -> Awaitable[None] | None:
         """Pass on everything these filters hold, through the rest of their routes in the current table
-        (a reload removing or changing them, between :meth:`hold` and :meth:`replace`)."""
-        return self._release("drain", None, {id(f) for f in filters})
+        (a reload removing or changing them, between :meth:`hold` and :meth:`replace`). ``keep``: as
+        :meth:`StatefulFilter.drain` says (False: what their journals keep comes out too)."""
+        return self._release("drain", None, {id(f) for f in filters}, keep)
 
-    def _release(self, hook: str, now: float | None, only: set[int] | None = None) -> Awaitable[None] | None:
+    def _release(
+        self, hook: str, now: float | None, only: set[int] | None = None, keep: bool = True
+    ) -> Awaitable[None] | None:
         if now is not None and self._held is not None:
             return None  # a reload is switching stateful filters: the next call expires what is due
         outcome = Outcome()
@@ -322,7 +327,7 @@ class Router:
             if only is not None and id(f) not in only:
                 continue
             try:
-                released = f.drain() if now is None else f.expire(now)
+                released = f.drain(keep=keep) if now is None else f.expire(now)
                 chunks = outcome.unwrap(released) if isinstance(released, Held) else released
             except Exception as exc:
                 self.stats.filter_errors += 1

@@ -481,3 +481,20 @@ async def test_records_committed_behind_a_backlog_are_not_held_in_memory(tmp_pat
         got.append(t.chunk.count)
     assert got == list(range(33))
     await q.close()
+
+
+async def test_close_right_after_a_submit_commits_it_and_returns(tmp_path: Path) -> None:
+    """A close in the same loop turn as a submit (a reload closing a filter's journal just after a piece
+    came): the commit loop takes the chunk with the close's wake-up, and must still see the close after
+    committing it rather than wait for a wake-up that already came."""
+    q = DiskQueue(str(tmp_path))
+    await q.start()
+    await asyncio.wait_for(q.submit(chunk(6)), TIMEOUT)  # the commit loop now waits for the next one
+    closing = asyncio.ensure_future(q.close())  # runs before the commit loop hears of the chunk
+    committed = q.submit(chunk(7))
+    await asyncio.wait_for(closing, TIMEOUT)
+    await asyncio.wait_for(committed, TIMEOUT)
+    again = DiskQueue(str(tmp_path))
+    await again.start()
+    assert [(await asyncio.wait_for(again.get(), TIMEOUT)).chunk.count for _ in range(2)] == [6, 7]
+    await again.close()

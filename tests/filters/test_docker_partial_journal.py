@@ -142,6 +142,18 @@ async def test_a_stop_keeps_open_lines_in_the_journal_instead_of_flushing_fragme
         await again.close()
 
 
+async def test_a_drain_that_may_not_keep_flushes_open_lines_and_empties_the_journal(rig: Rig) -> None:
+    """What a reload asks of a filter it removes or moves: nothing would open this journal again, so the
+    open lines come out as fragments and leave the journal once accepted."""
+    await accepted(rig.ingest(make_chunk("docker.web", [piece("p1", 1, False, "held-")])))
+    await accepted(rig.ingest(make_chunk("docker.web", [piece("p1", 2, False, "too")])))
+    await accepted(rig.router.drain_filters([rig.filter], keep=False))
+    (frag,) = [x for c in rig.sink.chunks for x in records(c)]
+    assert (frag["log"], frag["partial_incomplete"], frag["partial_id"]) == ("held-too", "true", "p1")
+    await asyncio.wait_for(_until(lambda: rig.journaled == 0), TIMEOUT)  # released once accepted
+    assert rig.filter.pending == 0
+
+
 async def test_an_expired_line_is_released_after_its_fragment_is_accepted(rig: Rig) -> None:
     await accepted(rig.ingest(make_chunk("docker.web", [piece("p1", 1, False, "alone")])))
     await accepted(rig.router.expire(10**9))

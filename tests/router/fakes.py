@@ -126,7 +126,7 @@ class Holder:
         self.held = [(t, c) for t, c in self.held if now - t < self.ttl]
         return old
 
-    def drain(self) -> list[Chunk]:
+    def drain(self, *, keep: bool = True) -> list[Chunk]:
         out = [c for _, c in self.held]
         self.held = []
         return out

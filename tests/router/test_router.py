@@ -649,7 +649,7 @@ def test_a_stateful_filter_used_twice_is_refused() -> None:
 
 def test_a_failing_drain_is_counted_and_the_others_still_drain() -> None:
     class BadDrain(Holder):
-        def drain(self) -> list:  # type: ignore[type-arg]
+        def drain(self, *, keep: bool = True) -> list:  # type: ignore[type-arg]
             raise RuntimeError("lost it")
 
     out = RecordingSink("out")
@@ -687,7 +687,7 @@ class Journaling:
     def expire(self, now: float):  # type: ignore[no-untyped-def]
         return Held([chunk("app.late")], None, lambda: self.accepted.append("late"))
 
-    def drain(self) -> list:  # type: ignore[type-arg]
+    def drain(self, *, keep: bool = True) -> list:  # type: ignore[type-arg]
         return []
 
     async def start(self) -> None:
