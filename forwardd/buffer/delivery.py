@@ -15,6 +15,13 @@ routes when the configuration has one, else to ``<storage>/dead-letter/<output>/
 (:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything while writes succeed: the hot path
 hands the batch to the output and marks its chunks.
 
+An output that defers its sync (:attr:`~forwardd.outputs.base.Output.defers_sync`: the file output's
+grouped fsyncs) has its written works kept, chunks unmarked, until a sync after them succeeded
+(:mod:`forwardd.buffer.unsynced` says when the loop syncs and what a failed sync costs). A kill -9 or a
+power cut then delivers again what was written and not yet synced: at most the output's ``sync_interval``
+(0.5 s by default) or :data:`~forwardd.buffer.unsynced.UNSYNCED_BYTES` of deliveries, on top of what the
+ledger's own sync interval redelivers.
+
 The delivery task itself cannot die silently: an exception escaping the loop (a bug here, in a queue, in a
 log processor) is logged as ``delivery.loop_crashed`` with its traceback, counted (``loop_crashes``), and the
 loop starts again after a short back-off with the batch it was delivering, whose chunks it still holds
@@ -42,6 +49,7 @@ from forwardd.buffer.base import ChunkQueue, Taken
 from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
+from forwardd.buffer.unsynced import UNSYNCED_BYTES, Unsynced
 from forwardd.lifecycle import Deadline
 from forwardd.model import Chunk
 from forwardd.ops.counters import DELIVERY_BUCKETS, LatencyHistogram, TagCounts
@@ -93,7 +101,11 @@ class Batching:
 
 @dataclass(slots=True)
 class SinkStats:
-    """A snapshot of one sink. Events and bytes are entry counts and entry bytes; ``dropped`` is events."""
+    """A snapshot of one sink. Events and bytes are entry counts and entry bytes; ``dropped`` is events.
+
+    ``delivered_*`` count what the output took; for an output that defers its sync (the file output's
+    grouped fsyncs) that is what it wrote, and its chunks stay in ``queued_*`` until the sync after it.
+    """
 
     queued_chunks: int = 0
     queued_bytes: int = 0
@@ -143,6 +155,7 @@ class BufferedSink:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         batching: Batching | None = None,
+        sync_bytes: int = UNSYNCED_BYTES,
     ) -> None:
         self.name = name
         self.output = output
@@ -176,6 +189,10 @@ class BufferedSink:
         self._works: deque[Work] = deque()
         #: For an output that takes concurrent writes: the delivery of each work begun, in self._works order.
         self._started: dict[Work, asyncio.Task[None]] = {}
+        if output.defers_sync and output.concurrent_writes > 1:
+            raise ValueError(f"output {name}: an output that defers its sync takes one write at a time")
+        #: Works written by an output that defers its sync, not yet synced (their chunks stay unmarked).
+        self._unsynced = Unsynced(output.sync_interval, sync_bytes)
 
     @property
     def error_route(self) -> Ingest | None:
@@ -245,6 +262,8 @@ class BufferedSink:
             except asyncio.CancelledError:
                 pass
         await self._cancel_in_flight()  # what is still in flight stays queued
+        # What the output wrote and did not sync yet is marked only if this last sync succeeds.
+        await self._sync_last(self.stop_timeout if deadline is None else deadline.left())
         q = self.queue
         # What is left here is what the next start delivers (a memory queue loses it, and says so).
         log.info(
@@ -284,6 +303,12 @@ class BufferedSink:
         # Writes still in flight end here: their works go to the new output with the pieces not yet
         # confirmed, never written by two outputs at once.
         await self._cancel_in_flight()
+        if not await self._sync_last(timeout):
+            # The old output's last writes may be lost: the new output writes them again, first, and
+            # the work it was in the middle of from its first piece.
+            rewrite = self._unsynced.take_all()
+            rewrite.extend(Work(w.takens, w.chunk) for w in self._works)
+            self._works = deque(rewrite)
         self.output.stop_deadline = time.monotonic() + timeout
         try:
             await self.output.stop()
@@ -292,6 +317,35 @@ class BufferedSink:
         gathered, works = self._gathered, self._works
         self._gathered, self._works = [], deque()
         return gathered, works
+
+    async def _sync_last(self, timeout: float) -> bool:
+        """One last sync of what the output wrote (a stop, a retire), within ``timeout``: the works it covers
+        are marked. False when it failed or took too long: those chunks stay queued (or go to the next
+        output), delivered again."""
+        unsynced = self._unsynced
+        if not unsynced:
+            return True
+        error: Exception | None
+        try:
+            error = await asyncio.wait_for(self._deliverer.sync(), max(timeout, 0.1))
+        except TimeoutError as exc:
+            error = exc
+        if error is None:
+            for work in unsynced.synced():
+                self._record(work)
+        else:
+            unsynced.failed()
+        if unsynced:
+            # Not marked: delivered again after the restart (a stop), or by the new output (a retire).
+            log.warning(
+                "delivery.last_sync_failed",
+                output=self.name,
+                works=len(unsynced),
+                bytes=unsynced.bytes,
+                error=describe(error) if error is not None else "written before a failed sync",
+            )
+            return False
+        return True
 
     async def _cancel_in_flight(self) -> None:
         """End the writes still in flight (an output taking concurrent writes); their works keep the pieces
@@ -344,7 +398,9 @@ class BufferedSink:
         is the first of what it holds; each per-tag work's chunk starts with its oldest. What is queued and
         not yet taken is newer than what is held.
         """
-        oldest: int | None = None
+        oldest = self._unsynced.oldest_received_ns()  # written before anything the loop still holds
+        if oldest is not None:
+            return oldest
         if self._gathered:
             oldest = self._gathered[0].chunk.received_ns
         for work in self._works:
@@ -442,6 +498,9 @@ class BufferedSink:
                 if work.pieces:
                     return  # stopping in the middle of it
                 self._finish(work)
+                unsynced = self._unsynced
+                if unsynced and unsynced.due(self._clock(), self.queue.full) and not await self._flush():
+                    return  # stopping: what is not synced stays queued
 
     async def _run_overlapped(self, depth: int) -> None:
         """The loop for an output that takes ``depth`` writes at once: the works of the next batches are
@@ -474,7 +533,16 @@ class BufferedSink:
             self._finish(head)
 
     def _finish(self, work: Work) -> None:
-        """``work`` (the head of self._works) has no piece left: its chunks leave the queue."""
+        """``work`` (the head of self._works) has no piece left: its chunks leave the queue, or wait for
+        the output's sync when it defers it."""
+        if self.output.defers_sync:
+            self._unsynced.add(work, self._clock())
+        else:
+            self._record(work)
+        self._works.popleft()
+
+    def _record(self, work: Work) -> None:
+        """``work`` is delivered for good: its chunks leave the queue, and it counts."""
         for taken in work.takens:
             self.queue.mark_delivered(taken)
         latency = time.time_ns() - work.chunk.received_ns
@@ -482,7 +550,40 @@ class BufferedSink:
         self.delivery_latency.observe(latency / 1e9)
         self.tag_events.add(work.chunk.tag, work.chunk.count)
         self._deliverer.progress.set()
-        self._works.popleft()
+
+    async def _flush(self) -> bool:
+        """Sync what the output wrote, then mark it, oldest first. A failed sync: back off, write every
+        work again, sync again (see :mod:`forwardd.buffer.unsynced`). False when stopping first."""
+        unsynced, deliverer = self._unsynced, self._deliverer
+        attempts = 0
+        while unsynced:
+            for written in unsynced.stale():
+                work = Work(written.work.takens, written.work.chunk)
+                await deliverer.deliver(work)
+                if work.pieces:
+                    return False  # stopping in the middle of it
+                unsynced.rewritten(written, work)
+            error = await deliverer.sync()
+            if error is None:
+                for work in unsynced.synced():
+                    self._record(work)
+                continue
+            unsynced.failed()
+            attempts += 1
+            log.warning(
+                "delivery.sync_failed",
+                output=self.name,
+                attempt=attempts,
+                works=len(unsynced),
+                bytes=unsynced.bytes,
+                error=describe(error),
+            )
+            if deliverer.stopping:
+                return False
+            await deliverer.back_off(attempts, error)
+            if deliverer.stopping:
+                return False
+        return True
 
     def _begin_ready(self, depth: int) -> None:
         """Begin the delivery of works not begun yet, taking what is committed now into new works (no
@@ -531,7 +632,7 @@ class BufferedSink:
         ``Batching.max_wait``."""
         batching = self.batching
         takens = self._gathered
-        first = await self.queue.get()
+        first = await self._next_or_sync()
         takens.append(first)
         size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
         if batching.max_wait > 0:
@@ -549,6 +650,17 @@ class BufferedSink:
                     break
                 takens.append(t)
                 size, events = self._take_ready(takens, size + len(t.chunk.entries), events + t.chunk.count)
+
+    async def _next_or_sync(self) -> Taken:
+        """The next committed chunk. While written works wait for their sync, wait no longer than it is
+        due (or, when stopping, than the queue has nothing ready), then sync."""
+        while self._unsynced:
+            taken = await self._next_within(self._unsynced.deadline() - self._clock())
+            if taken is not None:
+                return taken
+            if not await self._flush():
+                break  # stopping: what is not synced stays queued
+        return await self.queue.get()
 
     async def _next_within(self, timeout: float) -> Taken | None:
         """The next committed chunk if one comes within ``timeout`` and before a stop, else None."""

@@ -172,6 +172,32 @@ class Deliverer:
         finally:
             self._waiting -= 1
 
+    async def sync(self) -> Exception | None:
+        """The output's :meth:`~forwardd.outputs.base.Output.sync`, counted as a write in progress (stop and
+        retire wait for ``idle``); what it raised, or None when it succeeded."""
+        self._writing += 1
+        self.idle.clear()
+        try:
+            await self.output.sync()
+        except Exception as exc:
+            self.last_error = describe(exc)
+            self.last_error_at = time.time()
+            if self.failing_since is None:
+                self.failing_since = self._clock()
+            return exc
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self.idle.set()
+        self.failing_since = None
+        return None
+
+    async def back_off(self, attempts: int, exc: Exception) -> None:
+        """Wait as after ``attempts`` failed writes before trying again (a failed sync)."""
+        retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+        self.retries += 1
+        await self._wait(self.policy.delay(attempts, retry_after, self._rand))
+
     async def deliver(self, work: Work) -> None:
         """Deliver every piece of ``work``; returns with pieces left only when stopping."""
         policy = self.policy

@@ -11,6 +11,10 @@ Invariants
    counted and logged.)
 2. Chunks are delivered in commit order. A chunk is delivered again after a crash only if its delivery was
    in flight (taken, not yet marked) when the crash came: delivery is at-least-once, never at-most-once.
+   For an output that defers its sync (the file output's grouped fsyncs) a written chunk stays in flight
+   until the output's sync after it succeeded (:mod:`~forwardd.buffer.unsynced`), so a crash or a power
+   loss also redelivers what was written and not yet synced: at most the output's ``sync_interval``
+   (0.5 s) or 8 MiB of it.
 3. Starting never fails because of a bad file: damage is cut off or quarantined, and logged with its cost.
 
 Files (one directory per output)

@@ -6,6 +6,11 @@ once, see :attr:`Output.concurrent_writes`). It either returns (the whole chunk 
 be written again later, so outputs are at-least-once) or :class:`~forwardd.errors.PermanentError` (the
 chunk goes to the dead-letter folder). Outputs own no retry loops and no queues: the buffer does.
 
+An output may defer making its writes durable (:attr:`Output.defers_sync`, the file output's grouped
+fsyncs): a write that returned is then only *written*, and the buffer keeps its chunks in the queue until
+:meth:`Output.sync` returned after it, so that a crash before that delivers them again
+(:mod:`forwardd.buffer.unsynced`).
+
 An output that keeps counters of its own (requests, retries by status, broker errors) exposes them as
 :attr:`Output.stats`, an object with ``as_dict()`` of plain values, so that a report or a metrics endpoint
 reads every output the same way.
@@ -40,12 +45,25 @@ class Output(abc.ABC):
     #: outcome must concern its own chunk only. Chunks still leave the queue in order.
     concurrent_writes: int = 1
 
+    #: True: a write that returned may not be durable yet; the buffer calls :meth:`sync` (at most every
+    #: :attr:`sync_interval` seconds, or sooner) before its chunks leave the queue, so that one fsync
+    #: covers many writes. False (the default): a write that returned is delivered for good. An output
+    #: that defers its sync takes one write at a time (``concurrent_writes`` 1): a failed sync must be
+    #: able to say which writes it concerns, and with one write at a time it concerns all since the last.
+    defers_sync: bool = False
+    #: The longest the buffer lets a written chunk wait for :meth:`sync` (it syncs sooner under load).
+    sync_interval: float = 0.5
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections or files before the first write."""
 
     @abc.abstractmethod
     async def write(self, chunk: Chunk) -> None:
         """Deliver every event of ``chunk`` or raise RetryableError / PermanentError."""
+
+    async def sync(self) -> None:  # noqa: B027 - optional hook
+        """Make every write that returned before this call durable, or raise RetryableError: then any of
+        them may be lost, and the buffer writes them all again (:attr:`defers_sync`)."""
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Flush and close; called once after the last write."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -366,3 +367,82 @@ async def test_chunks_off_the_wire_write_the_same_files_as_decoded_events(tmp_pa
         outs[name] = {p.relative_to(tmp_path / name): p.read_bytes() for p in all_files(tmp_path / name)}
     assert outs["plain"] == outs["general"]
     assert sorted(i for data in outs["plain"].values() for i in seqs(data)) == list(range(12))
+
+
+class Fsyncs:
+    """Counts the file fsyncs of one output; ``fail`` makes the next ones fail with EIO. A failing fsync is
+    the one fault here no real filesystem can be made to produce on demand."""
+
+    def __init__(self, out: FileOutput) -> None:
+        self.calls = 0
+        self.fail = 0
+        out._disk.fsync_file = self
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.fail:
+            self.fail -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+
+async def test_grouped_syncs_fsync_once_per_file_in_sync_not_per_write(tmp_path):
+    grouped = FileOutput(name="g", path=str(tmp_path / "g" / "${tag}.log"), fsync="grouped")
+    per_write = FileOutput(name="w", path=str(tmp_path / "w" / "${tag}.log"))
+    assert grouped.defers_sync
+    assert not per_write.defers_sync
+    g, w = Fsyncs(grouped), Fsyncs(per_write)
+    for i in range(10):
+        for out in (grouped, per_write):
+            await out.write(chunk(i * 3, 3, tag="a"))
+            await out.write(chunk(i * 3, 3, tag="b"))
+    assert (g.calls, w.calls) == (0, 20)
+    assert seqs((tmp_path / "g" / "a.log").read_bytes()) == list(range(30))  # written, readable at once
+    await grouped.sync()
+    assert g.calls == 2  # one per file written since the last sync
+    await grouped.sync()
+    assert g.calls == 2  # nothing written since
+    await per_write.sync()  # a no-op for an output that does not defer it
+    assert w.calls == 20
+    for out in (grouped, per_write):
+        await out.stop()
+
+
+async def test_a_failed_grouped_fsync_fails_the_sync_and_later_writes_go_to_a_new_file(tmp_path):
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path), fsync="grouped")
+    fsyncs = Fsyncs(out)
+    await out.write(chunk(0, 3))
+    fsyncs.fail = 1
+    with pytest.raises(RetryableError, match=r"cannot fsync .*a\.log.*EIO"):
+        await out.sync()
+    # What that fsync concerned may be lost: the file is never appended to again. The caller writes the
+    # same chunk again, into a new file, and a sync after it succeeds.
+    await out.write(chunk(0, 3))
+    await out.write(chunk(3, 2))
+    await out.sync()
+    await out.stop()
+    assert seqs((tmp_path / "a.log.1").read_bytes()) == list(range(5))
+
+
+async def test_a_file_closed_between_grouped_syncs_whose_fsync_fails_fails_the_next_sync(tmp_path):
+    """One open file at most: writing to b closes a, fsyncing it; if that fails, a's lines written since
+    the last sync may be lost, and only a failing sync() tells the delivery loop to write them again."""
+    out = FileOutput(name="f", path=str(tmp_path / "${tag}.log"), fsync="grouped", max_open_files=1)
+    fsyncs = Fsyncs(out)
+    await out.write(chunk(0, 3, tag="a"))
+    await out.sync()
+    await out.write(chunk(3, 3, tag="a"))
+    fsyncs.fail = 1
+    await out.write(chunk(0, 3, tag="b"))  # closes a.log: its fsync fails, the write itself succeeds
+    with pytest.raises(RetryableError, match=r"a\.log"):
+        await out.sync()
+    await out.sync()  # said once: the writes after it are synced as usual
+    await out.stop()
+
+
+async def test_invalid_fsync_settings_are_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="fsync"):
+        FileOutput(name="f", path=str(tmp_path / "a"), fsync="always")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fsync_interval"):
+        FileOutput(name="f", path=str(tmp_path / "a"), fsync="grouped", fsync_interval=0)

@@ -20,6 +20,15 @@ Errors. ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP, EINVAL (the path itself cannot wor
 other OSError (ENOSPC, EIO, EACCES, EPERM, EROFS, EDQUOT, EMFILE, ...) → RetryableError. A failing symlink
 update is logged, never an error (the data is written).
 
+Grouped syncs (``defer``). Without it, :meth:`Disk.write` fsyncs every file it appended to (and every
+folder that got a new entry) before it returns. With it, write() only appends; :meth:`Disk.sync` fsyncs
+what was written since the last sync, for many writes at once (the delivery loop keeps their chunks
+queued until then, :mod:`forwardd.buffer.unsynced`). A file closed in between (rotation, the open-file
+limit, a failed write) is fsynced as it is closed; if that fsync fails the data written to it since the
+last sync may be lost, so the next sync() raises, and the delivery loop writes all of it again. A failed
+fsync marks that file broken (the page cache's state is unknown: a later fsync can succeed without the
+lost pages): later writes go to a new segment.
+
 Open files. At most ``max_open`` stay open (least recently written closed first); ``clock`` (monotonic
 seconds) is injectable for ``rotate_interval`` tests. Everything here runs in one worker thread per output.
 """
@@ -84,6 +93,7 @@ class Disk:
         fsync: bool,
         max_open: int,
         clock: Callable[[], float],
+        defer: bool = False,
     ) -> None:
         self.ext = EXTENSIONS[compress]
         self.compress = compress
@@ -92,6 +102,16 @@ class Disk:
         self.interval = interval
         self.symlink = os.path.abspath(symlink) if symlink else None
         self.fsync = fsync
+        #: Grouped syncs: write() does not fsync, sync() does (see the module doc).
+        self.defer = defer and fsync
+        #: Folders that got a new entry since the last sync (grouped syncs).
+        self._dirs: set[str] = set()
+        #: Why data written since the last sync may be lost already (an fsync failed as a file was closed):
+        #: the next sync() raises it.
+        self._lost: DeliveryError | None = None
+        #: What a file is fsynced with: a seam for the tests of a failing fsync, a fault no real filesystem
+        #: here can be made to produce on demand.
+        self.fsync_file: Callable[[int], None] = os.fsync
         self.max_open = max_open
         self.clock = clock
         self.segments: OrderedDict[str, Segment] = OrderedDict()
@@ -146,6 +166,13 @@ class Disk:
     def _fsync_dir(self, folder: str) -> None:
         if not self.fsync:
             return
+        if self.defer:
+            self._dirs.add(folder)
+            return
+        self._fsync_folder(folder)
+
+    @staticmethod
+    def _fsync_folder(folder: str) -> None:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -257,15 +284,37 @@ class Disk:
             return False
 
     def _close(self, seg: Segment) -> None:
+        """Close the segment's file, fsyncing what was written to it and not yet synced."""
         if seg.fd < 0:
             return
         try:
             if seg.dirty and self.fsync:
-                os.fsync(seg.fd)
-            seg.dirty = False
+                try:
+                    self.fsync_file(seg.fd)
+                except OSError as e:
+                    self._lose(seg, e)
+                    raise
         finally:
+            seg.dirty = False
             fd, seg.fd = seg.fd, -1
             os.close(fd)
+
+    def _lose(self, seg: Segment, e: OSError) -> None:
+        """An fsync of ``seg`` failed outside sync(): with grouped syncs, the next sync() must fail too."""
+        seg.broken = True  # after a failed fsync the page cache state is unknown
+        if self.defer and self._lost is None:
+            self._lost = classify(e, f"cannot fsync {seg.path}")
+
+    def _break(self, seg: Segment) -> None:
+        """After a failed fsync: never append to this file again (a new segment is started), and close it."""
+        seg.broken = True
+        seg.dirty = False
+        if seg.fd >= 0:
+            fd, seg.fd = seg.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # -- writing
 
@@ -292,15 +341,28 @@ class Disk:
                     os.ftruncate(seg.fd, old)
                 except OSError:
                     seg.broken = True
-            fd, seg.fd = seg.fd, -1
-            seg.dirty = False
-            os.close(fd)
+            self._release(seg)
             raise
         seg.size = old + len(data)
         seg.dirty = True
 
+    def _release(self, seg: Segment) -> None:
+        """Close the file after a failed append; what earlier writes put in it and no sync covered yet
+        (grouped syncs) is fsynced first, and if that fails the next sync() fails."""
+        fd, seg.fd = seg.fd, -1
+        try:
+            if seg.dirty and self.defer:
+                try:
+                    self.fsync_file(fd)
+                except OSError as e:
+                    self._lose(seg, e)
+        finally:
+            seg.dirty = False
+            os.close(fd)
+
     def write(self, groups: list[tuple[str, bytes]]) -> None:
-        """Append each group's data to its path's current segment, rotating first if due; then fsync."""
+        """Append each group's data to its path's current segment, rotating first if due; then fsync
+        (unless syncs are grouped: then :meth:`sync` does)."""
         touched: list[Segment] = []
         last: Segment | None = None
         try:
@@ -321,17 +383,49 @@ class Disk:
                     touched.append(seg)
                 last = seg
             for seg in touched:
+                if self.defer:
+                    break
                 if seg.dirty and seg.fd >= 0 and self.fsync:
                     try:
-                        os.fsync(seg.fd)
+                        self.fsync_file(seg.fd)
                     except OSError as e:
-                        seg.broken = True  # after a failed fsync the page cache state is unknown
+                        self._break(seg)  # after a failed fsync the page cache state is unknown
                         raise classify(e, f"cannot fsync {seg.path}") from e
                 seg.dirty = False
         finally:
             self._trim_open(exclude=touched)
         if last is not None and self.symlink:
             self._point_symlink(last.path)
+
+    def sync(self) -> None:
+        """Make every write since the last sync durable (grouped syncs): fsync each file written to, then
+        each folder that got a new entry. Raises RetryableError if any of it may be lost: the caller then
+        writes all of it again (the files that failed are broken: the new writes go to new segments)."""
+        error, self._lost = self._lost, None
+        for seg in self.segments.values():
+            if not seg.dirty:
+                continue
+            if seg.fd < 0:  # cannot happen: a file is fsynced as it is closed; never assume it synced
+                seg.dirty = False
+                error = error or RetryableError(f"{seg.path} was closed before its sync")
+                continue
+            try:
+                self.fsync_file(seg.fd)
+                seg.dirty = False
+            except OSError as e:
+                self._break(seg)
+                error = error or classify(e, f"cannot fsync {seg.path}")
+        dirs, self._dirs = self._dirs, set()
+        for folder in sorted(dirs):
+            try:
+                self._fsync_folder(folder)
+            except OSError as e:
+                error = error or classify(e, f"cannot fsync folder {folder}")
+        if error is not None:
+            if isinstance(error, RetryableError):
+                raise error
+            # Whatever the errno, a failed sync only means "write it again": never a verdict on the data.
+            raise RetryableError(str(error)) from error
 
     def _due(self, seg: Segment, nbytes: int) -> bool:
         if self.max_size is not None and seg.size + nbytes > self.max_size:
@@ -374,6 +468,12 @@ class Disk:
         for seg in self.segments.values():
             try:
                 self._close(seg)
+            except OSError as e:
+                err = e
+        dirs, self._dirs = self._dirs, set()
+        for folder in sorted(dirs):
+            try:
+                self._fsync_folder(folder)
             except OSError as e:
                 err = e
         if err is not None:

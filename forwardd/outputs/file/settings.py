@@ -7,10 +7,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from forwardd.config.types import Frozen, NonEmpty
+from forwardd.config.types import Frozen, NonEmpty, PositiveDuration
 from forwardd.config.units import Duration, Size
 
-__all__ = ["FileSettings", "Rotate", "worker_path"]
+__all__ = ["FileSettings", "FsyncMode", "Rotate", "worker_path"]
+
+#: When the file output fsyncs what it wrote (see :mod:`forwardd.outputs.file.output`).
+FsyncMode = Literal["write", "grouped"]
 
 
 class Rotate(Frozen):
@@ -27,6 +30,10 @@ class FileSettings(Frozen):
     symlink: str | None = None
     #: The longest a committed event waits to be written, so that writes and fsyncs are grouped.
     flush_interval: Duration = 0.1
+    #: ``grouped``: one fsync for the writes of up to ``fsync_interval`` (the buffer keeps their chunks
+    #: until then; a crash writes them again); ``write``: an fsync per write.
+    fsync: FsyncMode = "write"
+    fsync_interval: PositiveDuration = 0.5
 
     def describe(self) -> str:
         return f"file {self.path} format={self.format} compress={self.compress}"
