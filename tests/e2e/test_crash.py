@@ -58,7 +58,8 @@ class Sender(threading.Thread):
 
 
 @pytest.mark.slow
-def test_sigkill_loses_no_acked_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("file_fsync", ["grouped", "write"])
+def test_sigkill_loses_no_acked_event(tmp_path: Path, file_fsync: str) -> None:
     rng = random.Random(20261123)
     out = tmp_path / "out"
     config = {
@@ -66,7 +67,12 @@ def test_sigkill_loses_no_acked_event(tmp_path: Path) -> None:
         "sources": [{"name": "in", "bind": "127.0.0.1", "port": 0, "udp_heartbeat": False}],
         "routes": [{"match": "**", "outputs": ["files"]}],
         "outputs": {
-            "files": {"type": "file", "path": str(out / "${tag}.log"), "buffer": {"fsync": "always"}}
+            "files": {
+                "type": "file",
+                "path": str(out / "${tag}.log"),
+                "fsync": file_fsync,
+                "buffer": {"fsync": "always"},
+            }
         },
     }
     acked: list[list[int]] = [[] for _ in range(CLIENTS)]

@@ -139,12 +139,19 @@ def test_metrics_count_real_traffic_and_keep_increasing(
             c.packed("app.web", [{"k": k, "i": i} for i in range(20)], ack=True)
     src = (("source", "in"),)
     out = (("output", "files"),)
-    m = poll(
-        lambda: (lambda m: m if m[("forwardd_output_delivered_events_total", out)] == 200 else None)(
-            metrics(base)
-        ),
-        message="200 events delivered",
-    )
+
+    def delivered(n: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        """The metrics once ``n`` events are delivered and synced (the file output's grouped fsyncs keep
+        written chunks queued until their sync), else None."""
+        m = metrics(base)
+        if (
+            m[("forwardd_output_delivered_events_total", out)] == n
+            and m[("forwardd_output_queued_chunks", out)] == 0
+        ):
+            return m
+        return None
+
+    m = poll(lambda: delivered(200), message="200 events delivered and synced")
     names = {name for name, _ in m}
     for name in METRICS:  # every documented family is there (histograms as _bucket/_sum/_count)
         assert name in names or f"{name}_count" in names, name
@@ -167,12 +174,7 @@ def test_metrics_count_real_traffic_and_keep_increasing(
 
     with ForwardClient(port=port) as c:
         c.message("app.api", {"x": 1}, ack=True)
-    m2 = poll(
-        lambda: (lambda m: m if m[("forwardd_output_delivered_events_total", out)] == 201 else None)(
-            metrics(base)
-        ),
-        message="one more event delivered",
-    )
+    m2 = poll(lambda: delivered(201), message="one more event delivered and synced")
     assert m2[("forwardd_source_events_total", src)] == 201
     assert m2[("forwardd_source_acks_total", src)] == 11
     assert m2[("forwardd_source_connections_total", src)] == 2

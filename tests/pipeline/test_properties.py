@@ -157,6 +157,7 @@ def test_a_poison_record_costs_only_itself(
             p.feed([mp.message("after", NOW, {"n": i, "log": "plain"}, chunk=f"a{i}")])
         files = _json_lines(tmp_path / "files" / "file_json")
         assert sorted(r["n"] for r in files if r.get("tag") == "after") == [0, 0, 1, 1, 2, 2]  # two routes
+        assert p.outputs["file_json"].syncs  # grouped syncs: its chunks left the queue after one
         if mode == "packed":
             assert sorted(r["m"] for r in files if "m" in r) == sorted([0, 1, 2, 3] * 2)
         parked = [read_dead_letter(str(f)) for f in (tmp_path / "dead-letter").rglob("*.chunk")]

@@ -8,9 +8,10 @@ covers every file written to and the parent folder of every file or folder creat
     the writes since the last sync touched. The buffer keeps the chunks queued until a sync after their
     write returned (:mod:`forwardd.buffer.unsynced`: within ``fsync_interval``, default 0.5 s, or sooner
     under load), so a kill -9 or a power cut loses nothing acked: it delivers again what was written and
-    not yet synced (at most ``fsync_interval`` or 8 MiB of it), as lines repeated in the files. One fsync
-    for many writes: measured 1.2x the events/s of ``write`` into files with PackedForward and acks, and
-    no fsync per batch competing with the buffer's commits for the disk.
+    not yet synced (at most ``fsync_interval`` or 8 MiB of it), as lines repeated in the files (a power
+    cut first takes them from the files). One fsync for many writes instead of one per batch: small
+    batches (ack-per-request traffic) no longer compete with the buffer's commits for the disk with an
+    fsync each (``bench/README.md``, "Session 10").
 ``write`` (the constructor's default)
     ``write`` fsyncs before returning: what it wrote is durable when the buffer forgets the chunk.
 

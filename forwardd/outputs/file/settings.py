@@ -32,7 +32,7 @@ class FileSettings(Frozen):
     flush_interval: Duration = 0.1
     #: ``grouped``: one fsync for the writes of up to ``fsync_interval`` (the buffer keeps their chunks
     #: until then; a crash writes them again); ``write``: an fsync per write.
-    fsync: FsyncMode = "write"
+    fsync: FsyncMode = "grouped"
     fsync_interval: PositiveDuration = 0.5
 
     def describe(self) -> str:
