@@ -23,11 +23,20 @@ def assert_plain(d: dict[str, object]) -> None:
 
 async def test_file_output_counts_events_and_bytes(tmp_path: Path) -> None:
     out = FileOutput(name="f", path=str(tmp_path / "${tag}.log"))
-    assert out.stats.as_dict() == {"events": 0, "bytes": 0}
+    assert out.stats.as_dict() == {"events": 0, "bytes": 0, "syncs": 0}
     await out.write(Chunk.from_events("app", [Event(T0, {"a": 1}), Event(T0, {"a": 2})], T0))
     await out.stop()
     size = (tmp_path / "app.log").stat().st_size
-    assert out.stats.as_dict() == {"events": 2, "bytes": size}
+    assert out.stats.as_dict() == {"events": 2, "bytes": size, "syncs": 0}  # an fsync in each write
+
+
+async def test_file_output_counts_its_grouped_syncs(tmp_path: Path) -> None:
+    out = FileOutput(name="f", path=str(tmp_path / "${tag}.log"), fsync="grouped")
+    for _ in range(3):
+        await out.write(Chunk.from_events("app", [Event(T0, {"a": 1})], T0))
+    await out.sync()
+    await out.stop()
+    assert out.stats.as_dict()["syncs"] == 1
 
 
 def test_every_stats_object_is_flat_and_plain() -> None:

@@ -47,13 +47,15 @@ __all__ = ["FileOutput", "FileStats"]
 
 @dataclass(frozen=True, slots=True)
 class FileStats:
-    """Events and bytes (before compression) written since start."""
+    """Events and bytes (before compression) written since start, and grouped syncs done (``fsync:
+    grouped``: how many fsync rounds the writes cost)."""
 
     events: int = 0
     bytes: int = 0
+    syncs: int = 0
 
     def as_dict(self) -> dict[str, StatValue]:
-        return {"events": self.events, "bytes": self.bytes}
+        return {"events": self.events, "bytes": self.bytes, "syncs": self.syncs}
 
 
 class FileOutput(Output):
@@ -137,7 +139,7 @@ class FileOutput(Output):
 
     @property
     def stats(self) -> FileStats:
-        return FileStats(self.events_written, self.bytes_written)
+        return FileStats(self.events_written, self.bytes_written, self.syncs)
 
     @property
     def root(self) -> str:
