@@ -112,7 +112,8 @@ outputs:
 #: own disk buffers and files (``name.worker1.log`` for the second), to use both cores.
 WORKERS_2 = "workers: 2\n"
 
-#: End to end into JSON-lines files: disk buffer (fsync per commit) and the file output (fsync per write).
+#: End to end into JSON-lines files: disk buffer (fsync per commit) and the file output (its default grouped
+#: fsyncs; `fsync: write` before session 10).
 #: The queue is kept small so that, once it is full, ingest runs at the rate the files are written.
 FORWARDD_FILE_CONFIG = """\
 storage: {{path: ./data-file-{port}}}
