@@ -306,7 +306,7 @@ class BufferedSink:
         if not await self._sync_last(timeout):
             # The old output's last writes may be lost: the new output writes them again, first, and
             # the work it was in the middle of from its first piece.
-            rewrite = self._unsynced.take_all()
+            rewrite = [Work(takens, _merge(takens)) for takens in self._unsynced.take_all()]
             rewrite.extend(Work(w.takens, w.chunk) for w in self._works)
             self._works = deque(rewrite)
         self.output.stop_deadline = time.monotonic() + timeout
@@ -536,7 +536,7 @@ class BufferedSink:
         """``work`` (the head of self._works) has no piece left: its chunks leave the queue, or wait for
         the output's sync when it defers it."""
         if self.output.defers_sync:
-            self._unsynced.add(work, self._clock())
+            self._unsynced.add(_written(work), self._clock())
         else:
             self._record(work)
         self._works.popleft()
@@ -558,7 +558,7 @@ class BufferedSink:
         attempts = 0
         while unsynced:
             for written in unsynced.stale():
-                work = Work(written.work.takens, written.work.chunk)
+                work = Work(written.work.takens, _merge(written.work.takens))
                 await deliverer.deliver(work)
                 if work.pieces:
                     return False  # stopping in the middle of it
@@ -734,6 +734,18 @@ async def _took(get: asyncio.Future[Taken]) -> Taken | None:
         with contextlib.suppress(asyncio.CancelledError):
             await get
     return get.result() if not get.cancelled() else None
+
+
+def _written(work: Work) -> Work:
+    """What the loop keeps of a written work until the output's sync: its chunks, and of a merged chunk
+    the header only. The merged copy of their entries (and what the output decoded of it) would more than
+    double what the unsynced works pin; a rewrite merges them again."""
+    if len(work.takens) == 1:
+        return work
+    chunk = work.chunk
+    header = Chunk(chunk.tag, b"", chunk.count, chunk.received_ns)
+    header.invalid = chunk.invalid
+    return Work(work.takens, header)
 
 
 def _merge(takens: list[Taken]) -> Chunk:

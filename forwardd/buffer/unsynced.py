@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from forwardd.buffer.base import Taken
 from forwardd.buffer.isolation import Work
 
 __all__ = ["UNSYNCED_BYTES", "Unsynced", "Written"]
@@ -64,8 +65,10 @@ class Unsynced:
         return bool(self._written)
 
     def add(self, work: Work, now: float) -> None:
+        """``work`` was written at ``now``; its chunk may be a header only (the loop keeps the takens'
+        chunks, not a merged copy of them): its size is its takens'."""
         self._written.append(Written(work, now))
-        self.bytes += len(work.chunk.entries)
+        self.bytes += _size(work)
 
     def deadline(self) -> float:
         """When the oldest work is due for its sync (there must be one)."""
@@ -101,14 +104,18 @@ class Unsynced:
         written = self._written
         while written and not written[0].stale:
             work = written.popleft().work
-            self.bytes -= len(work.chunk.entries)
+            self.bytes -= _size(work)
             done.append(work)
         return done
 
-    def take_all(self) -> list[Work]:
-        """Everything here as fresh works to write again (a reload hands them to the new output after
-        the old one's last sync failed), oldest first; this is emptied."""
-        works = [Work(w.work.takens, w.work.chunk) for w in self._written]
+    def take_all(self) -> list[list[Taken]]:
+        """The chunks of every work here, to write again (a reload hands them to the new output after the
+        old one's last sync failed), oldest first; this is emptied."""
+        takens = [w.work.takens for w in self._written]
         self._written.clear()
         self.bytes = 0
-        return works
+        return takens
+
+
+def _size(work: Work) -> int:
+    return sum(len(t.chunk.entries) for t in work.takens)
