@@ -45,7 +45,10 @@ def aggregator(base: Path) -> dict[str, Any]:
                 "outputs": ["archive"],
             },
         ],
-        "outputs": {"archive": {"type": "file", "path": str(base / "out" / "${tag}.log")}},
+        # An fsync per write: the killed aggregator then repeats no line it wrote, so that the duplicates
+        # bounded below are the agent's forward output's alone (grouped syncs would also repeat what it
+        # wrote and had not synced: tests/e2e/test_crash.py).
+        "outputs": {"archive": {"type": "file", "path": str(base / "out" / "${tag}.log"), "fsync": "write"}},
     }
 
 
