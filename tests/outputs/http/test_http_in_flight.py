@@ -20,14 +20,15 @@ from typing import Any
 import pytest
 
 from forwardd.app import load_config, parse_config
-from forwardd.buffer import BufferedSink, DiskQueue, RetryPolicy
+from forwardd.buffer import BufferedSink, DiskQueue
 from forwardd.buffer.base import Taken
 from forwardd.config import ConfigError
 from forwardd.outputs.http import HttpOutput
 from tests.buffer.test_buffer_delivery import FakeTime
 
+from . import helpers
 from .conftest import Recorder, Reply, Seen, make_chunk
-from .test_http_outcomes import dead, records
+from .helpers import dead, http_sink, records
 
 TIMEOUT = 15.0
 #: How long a held request waits for others to be open at once before it gives up (and the test fails).
@@ -45,14 +46,7 @@ async def sinks(tmp_path: Path) -> AsyncIterator[Sinks]:
     made: list[BufferedSink] = []
 
     async def make(endpoint: str, **kwargs: Any) -> BufferedSink:
-        t = FakeTime()
-        out = HttpOutput(name="web", endpoint=endpoint, **kwargs)
-        q = DiskQueue(str(tmp_path / "q"), fsync="never")
-        s = BufferedSink(
-            "web", out, q, RetryPolicy(jitter=0.0), str(tmp_path / "dead"),
-            clock=t.clock, sleep=t.sleep, rand=lambda: 1.0,
-        )  # fmt: skip
-        await q.start()
+        s = await http_sink(tmp_path, endpoint, FakeTime(), **kwargs)
         made.append(s)
         return s
 
@@ -72,17 +66,7 @@ async def submit_tags(s: BufferedSink, tags: list[str], per_chunk: int = 10) -> 
 
 
 async def deliver_all(s: BufferedSink) -> None:
-    """Start the delivery loop and wait until every chunk has left the queue (delivered or dead-lettered)."""
-    await s.output.start()
-    s._task = asyncio.create_task(s._supervise())
-    q, progress = s.queue, s._deliverer.progress
-
-    async def empty() -> None:
-        while q.queued_chunks or q.pending_chunks:
-            progress.clear()
-            await progress.wait()
-
-    await asyncio.wait_for(empty(), TIMEOUT)
+    await helpers.deliver_all(s, TIMEOUT)
 
 
 def accepted(server: Recorder) -> Counter[tuple[str, int]]:
@@ -299,13 +283,8 @@ async def test_a_slow_request_holds_back_no_other_and_chunks_still_leave_the_que
             assert await asyncio.get_running_loop().run_in_executor(None, slow.wait, TIMEOUT)
 
     http_server.hold = hold
-    t = FakeTime()
     q = MarkOrder(str(tmp_path / "q"))
-    s = BufferedSink(
-        "web", HttpOutput(name="web", endpoint=http_server.url + "/in", in_flight=2), q,
-        RetryPolicy(jitter=0.0), str(tmp_path / "dead"), clock=t.clock, sleep=t.sleep, rand=lambda: 1.0,
-    )  # fmt: skip
-    await q.start()
+    s = await http_sink(tmp_path, http_server.url + "/in", FakeTime(), queue=q, in_flight=2)
     await submit_tags(s, tags)
     delivering = asyncio.create_task(deliver_all(s))
     try:
