@@ -40,6 +40,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -48,8 +49,9 @@ from forwardd.config.types import Count, Frozen
 from forwardd.config.units import Duration, Size
 from forwardd.filters.base import Held, Journal, Released
 from forwardd.model import Chunk, Event
+from forwardd.stats import StatValue
 
-__all__ = ["DockerPartial", "DockerPartialSettings"]
+__all__ = ["DockerPartial", "DockerPartialSettings", "DockerPartialStats"]
 
 log = structlog.get_logger("forwardd.filters")
 
@@ -103,6 +105,25 @@ class _Line:
 
 def _nbytes(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True, slots=True)
+class DockerPartialStats:
+    """What the filter holds and has done, at one moment (the ``filter.stats`` log line): a snapshot, so
+    that a reader cannot change the filter's counters, in the one shape every component's stats have."""
+
+    #: Lines with pieces held, waiting for the rest.
+    open_lines: int
+    #: Pieces received twice (a client resending after a lost ack) and dropped.
+    duplicates: int
+    #: Events emitted as fragments (timeout, eviction, size cap, drain).
+    incomplete: int
+    #: The journal's name (None without one), and the chunks it keeps for a restart.
+    journal: str | None
+    journaled_chunks: int
+
+    def as_dict(self) -> dict[str, StatValue]:
+        return asdict(self)
 
 
 class DockerPartialSettings(Frozen):
@@ -252,16 +273,16 @@ class DockerPartial:
         self._journaling = False
         await journal.close()
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> DockerPartialStats:
         """Open lines, dropped duplicates, fragments emitted, and what the journal keeps for a restart."""
         journal = self.journal
-        return {
-            "open_lines": len(self._open),
-            "duplicates": self.duplicates,
-            "incomplete": self.incomplete,
-            "journal": journal.name if journal is not None else None,
-            "journaled_chunks": journal.held if journal is not None else 0,
-        }
+        return DockerPartialStats(
+            open_lines=len(self._open),
+            duplicates=self.duplicates,
+            incomplete=self.incomplete,
+            journal=journal.name if journal is not None else None,
+            journaled_chunks=journal.held if journal is not None else 0,
+        )
 
     def _process(self, chunk: Chunk) -> Chunk | None:
         tag = chunk.tag
