@@ -74,8 +74,10 @@ DEFAULT_COMMANDS = {
     "forwardd": "{python} -m forwardd run --config {config}",
 }
 
-#: forwardd's configuration for the benchmark: one forward source, everything to a null output.
+#: forwardd's configuration for the benchmark: one forward source, everything to a null output. Its storage
+#: (the lock) is per port, like the other targets': with --ab two of them run side by side.
 FORWARDD_CONFIG = """\
+storage: {{path: ./data-null-{port}}}
 sources:
   - name: main
     type: forward

@@ -1,7 +1,8 @@
 """The one shape every component's counters export in: a flat map of plain values.
 
 Sources (:class:`~forwardd.server.stats.SourceStats`), buffers (:class:`~forwardd.buffer.SinkStats`), the
-router (:class:`~forwardd.router.stats.RouterStats`) and each output's own counters all have ``as_dict()``,
+router (:class:`~forwardd.router.stats.RouterStats`), each output's own counters and each stateful filter's
+(:class:`~forwardd.filters.docker_partial.DockerPartialStats`) all have ``as_dict()``,
 so that the daemon's report, and a metrics endpoint, read every one of them the same way.
 """
 

@@ -216,7 +216,7 @@ class Daemon:
             log.info("output.stats", output=name, **sink.stats.as_dict(), **extra)
         log.info("router.stats", **self.router.stats.as_dict())
         for f in self.router.stateful:
-            log.info("filter.stats", filter=f.name, **f.stats())
+            log.info("filter.stats", filter=f.name, **f.stats().as_dict())
 
     async def _report_loop(self) -> None:
         trim = _malloc_trim()

@@ -70,6 +70,10 @@ BATCH_MAX_BYTES = 4 * 1024 * 1024
 
 #: Entries in writes in flight at once, for an output that takes concurrent writes (at least one write goes).
 IN_FLIGHT_BYTES = 2 * BATCH_MAX_BYTES
+#: Works begun and not yet marked delivered (running, or done and waiting behind an older one), per write
+#: the output takes at once, and their entries: how much may pile up behind one slow write.
+UNMARKED_PER_SLOT = 4
+UNMARKED_BYTES = 4 * IN_FLIGHT_BYTES
 
 #: The restart back-off of a crashed delivery loop, and the crashes one batch may cause before it is parked.
 CRASH_DELAY = 0.1
@@ -587,11 +591,16 @@ class BufferedSink:
 
     def _begin_ready(self, depth: int) -> None:
         """Begin the delivery of works not begun yet, taking what is committed now into new works (no
-        waiting, no holding to grow: a write is in flight), while fewer than ``depth`` works and
-        IN_FLIGHT_BYTES of entries are in flight."""
+        waiting, no holding to grow: a write is in flight), while fewer than ``depth`` writes and
+        IN_FLIGHT_BYTES of entries are still running. A write that is done but not the oldest holds no
+        slot (it only waits to be marked, in order), or one slow write would hold back all the others;
+        what may wait so behind a slow one is bounded by UNMARKED_PER_SLOT and UNMARKED_BYTES."""
         deliverer = self._deliverer
         works, started = self._works, self._started
-        in_flight = sum(len(w.chunk.entries) for w in started)
+        running = [w for w, task in started.items() if not task.done()]
+        in_flight = sum(len(w.chunk.entries) for w in running)
+        unmarked = sum(len(w.chunk.entries) for w in started)
+        n_running = len(running)
         while not deliverer.stopping:
             work = next((w for w in works if w not in started), None)
             if work is None:
@@ -607,21 +616,38 @@ class BufferedSink:
                 self._gathered = []
                 continue
             size = len(work.chunk.entries)
-            if started and (len(started) >= depth or in_flight + size > IN_FLIGHT_BYTES):
+            if started and (
+                n_running >= depth
+                or in_flight + size > IN_FLIGHT_BYTES
+                or len(started) >= depth * UNMARKED_PER_SLOT
+                or unmarked + size > UNMARKED_BYTES
+            ):
                 return
             started[work] = asyncio.ensure_future(deliverer.deliver(work))
+            n_running += 1
             in_flight += size
+            unmarked += size
 
     async def _head_or_more(self, head: asyncio.Task[None], depth: int) -> None:
-        """Wait until the oldest work in flight is done, or, when there is room for another, until a chunk
-        is committed (it is kept in self._gathered)."""
-        room = len(self._started) < depth and all(w in self._started for w in self._works)
-        if not room or self._deliverer.stopping:
+        """Wait until the oldest work in flight is done, or another write ends (its slot may take the next
+        work), or, when there is room for another, until a chunk is committed (it is kept in
+        self._gathered)."""
+        if self._deliverer.stopping:
             await asyncio.wait((head,))
+            return
+        started = self._started
+        running = {task for task in started.values() if not task.done()}
+        room = (
+            len(running) < depth
+            and len(started) < depth * UNMARKED_PER_SLOT
+            and all(w in started for w in self._works)
+        )
+        if not room:
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             return
         get = asyncio.ensure_future(self.queue.get())
         try:
-            await asyncio.wait((head, get), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((*running, get), return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when this loop is cancelled (a stop, a reload's retire) in the turn the get took one
             taken = await _took(get)
             if taken is not None:

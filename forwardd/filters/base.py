@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from forwardd.model import Chunk
+from forwardd.stats import Stats
 
 __all__ = ["Filter", "FilterResult", "Held", "Journal", "Released", "StatefulFilter"]
 
@@ -94,8 +95,9 @@ class StatefulFilter(Filter, Protocol):
         """After the drain was accepted downstream: close what the filter keeps on disk."""
         ...
 
-    def stats(self) -> dict[str, object]:
-        """Counters and gauges for the periodic ``filter.stats`` log line."""
+    def stats(self) -> Stats:
+        """Counters and gauges for the periodic ``filter.stats`` log line, in the shape every component's
+        stats have (a snapshot with ``as_dict()``)."""
         ...
 
 

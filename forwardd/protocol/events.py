@@ -108,7 +108,7 @@ class PayloadReceived:
     already (``options``, ``chunk_raw``: the raw chunk id); ``size`` is the request's size on the wire.
     """
 
-    data: bytes
+    data: bytes | bytearray
     size: int
     received_ns: int
     limits: Limits

@@ -42,7 +42,7 @@ class Streamed:
     __slots__ = ("elements_after", "options", "payload", "size", "tag")
 
     def __init__(
-        self, tag: bytes, payload: bytes | None, options: bytes, elements_after: int, size: int
+        self, tag: bytes, payload: bytes | bytearray | None, options: bytes, elements_after: int, size: int
     ) -> None:
         self.tag = tag
         self.payload = payload
@@ -300,10 +300,26 @@ class Framer:
         self.fed = s.payload_end + used
         payload = None
         if not s.discard and size <= limit:
-            payload = bytes(memoryview(self.buf)[s.payload_start - self.base :])  # one copy, not two
+            payload = _take_tail(self.buf, s.payload_start - self.base)
         items.append(Streamed(s.tag, payload, bytes(s.options[:used]), s.elements_after, size))
         self._stream = None
         self.buf = bytearray()
         self.base = self.start = self.fed
         self._looked = False
         return memoryview(rest)
+
+
+def _take_tail(buf: bytearray, start: int) -> bytearray:
+    """``buf`` from ``start`` on, taken over rather than copied: the framing lets go of it right after.
+
+    A payload near the frame limit is ~64 MiB; copying it into ``bytes`` here cost ~60 ms of the event
+    loop per frame (fresh pages included), paid even for a request then rejected for its options (a bogus
+    codec), so peers pushing big frames stalled every other connection's acks. Dropping a bytearray's
+    prefix only moves its start; what needs ``bytes`` copies the slices it keeps later, in the worker
+    thread that finishes big requests.
+    """
+    try:
+        del buf[:start]
+    except BufferError:  # a view of it is still alive somewhere: copy, as before
+        return bytearray(memoryview(buf)[start:])
+    return buf

@@ -31,7 +31,7 @@ def finish_payload(job: PayloadReceived) -> list[Event]:
         decoder = Decoder(limits)
         decoder.received_ns = job.received_ns
         try:
-            events = decoder.read_frame(job.data)
+            events = decoder.read_frame(bytes(job.data))  # a whole frame comes as bytes: no copy
         except ProtocolError as exc:  # its head was checked: not expected, but a violation if it happens
             events = [ProtocolViolation(exc.reason, exc.detail, exc.reply)]
     if job.json:

@@ -171,7 +171,7 @@ class RequestReader:
     def _packed(
         self,
         tag: str,
-        payload: bytes,
+        payload: bytes | bytearray,
         options: dict[bytes, Any] | None,
         chunk_raw: bytes | None,
         size: int,

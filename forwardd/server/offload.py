@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forwardd.protocol import Event, PayloadReceived, ProtocolViolation, finish_payload
 from forwardd.server.logs import EdgeLog
@@ -51,17 +51,12 @@ class Offload:
     _job_bytes: int
     _backlog: list[Event]
 
-    def _handle(self, events: list[Event]) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the session's other parts; only declared, so that no stub shadows them at run time
 
-    def _flush_acks(self) -> None:
-        raise NotImplementedError
-
-    def _update_reading(self) -> None:
-        raise NotImplementedError
-
-    def _account(self) -> None:
-        raise NotImplementedError
+        def _handle(self, events: list[Event]) -> None: ...
+        def _flush_acks(self) -> None: ...
+        def _update_reading(self) -> None: ...
+        def _account(self) -> None: ...
 
     def _continue(self) -> None:
         if self.transport is None or self._job is not None:

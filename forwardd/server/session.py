@@ -8,6 +8,12 @@ request order, what it owes the client. An ack is written only when the ingest's
 Back-pressure: while more than ``max_inflight`` chunks wait for acceptance, or the peer does not read
 what we write, the session stops reading the socket. The kernel's buffers fill and the client blocks; no
 memory grows here and nothing is dropped.
+
+The session is one object (thousands sit idle on an aggregator: one slotted instance each) made of parts
+by role, each a mixin in its own module: :mod:`~forwardd.server.requests` (what is read becomes ingest calls
+and owed acks: the hot path), :mod:`~forwardd.server.acks` (acks in order), :mod:`~forwardd.server.offload`
+(big requests in a worker thread), :mod:`~forwardd.server.control` (handshake outcome, protocol faults,
+timeouts). This module is the connection's life: asyncio's callbacks, TLS, back-pressure, the stop.
 """
 
 from __future__ import annotations
@@ -19,23 +25,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from forwardd.errors import ChunkRejected
-from forwardd.model import Chunk
-from forwardd.protocol import (
-    EntriesReceived,
-    Event,
-    HandshakeCompleted,
-    HandshakeFailed,
-    Heartbeat,
-    PayloadReceived,
-    ProtocolViolation,
-    Rejected,
-    ServerConnection,
-)
+from forwardd.protocol import Event, ServerConnection
 from forwardd.server.acks import AckFlow, Pending, retrieve
 from forwardd.server.budget import BufferBudget
+from forwardd.server.control import Control
 from forwardd.server.logs import EdgeLog
-from forwardd.server.offload import CHUNK_WEIGHT, TURN_BUDGET, Offload
+from forwardd.server.offload import Offload
+from forwardd.server.requests import Requests
 from forwardd.server.settings import SessionHooks, SessionSettings
 from forwardd.server.stats import SourceStats
 from forwardd.server.tls import handshake_failure, run_now
@@ -43,16 +39,14 @@ from forwardd.sink import Ingest
 
 __all__ = ["Session", "SessionHooks", "SessionSettings"]
 
-#: Events that are no request: deny_keepalive waits for a request's response before it closes.
-_NOT_REQUESTS = (HandshakeCompleted, Heartbeat)
-
-
 #: The longest a stopping session reads on, waiting for its peer to pause (see Session.drain).
 DRAIN_READ_ON = 1.0
 
 
-class Session(AckFlow, Offload, asyncio.Protocol):
-    """A forward-protocol connection."""
+class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
+    """A forward-protocol connection: its life (TLS, the protocol core, reading or not, closing, the stop);
+    what it reads is handled by :class:`Requests`, what ends it by :class:`Control`, its acks by
+    :class:`AckFlow`, big requests by :class:`Offload`."""
 
     # Thousands of them sit idle on an aggregator: slots keep each small (and their memory comes back
     # whole when they close, with less left scattered between the objects that stay).
@@ -297,94 +291,6 @@ class Session(AckFlow, Offload, asyncio.Protocol):
         self._budget_wait = False
         self._update_reading()
 
-    def _handle(self, events: list[Event]) -> None:
-        """Handle events in request order. A big request goes to a worker thread; the events after it
-        wait in the backlog until its own events are handled (acks and chunks keep their order)."""
-        stats = self.stats
-        pending = self._pending
-        hooks = self.settings.hooks
-        warn_size = self.settings.limits.chunk_size_warn
-        received = self._last_activity  # the read that completed these requests (ack latency)
-        spent = 0
-        for i, ev in enumerate(events):
-            if type(ev) is EntriesReceived:
-                if self._draining:
-                    break  # closing after a fault: what follows is not read, not acked, resent
-                chunk = ev.chunk
-                if spent >= TURN_BUDGET:
-                    self._backlog = events[i:]  # the rest in the next turns of the loop
-                    asyncio.get_running_loop().call_soon(self._continue)
-                    self._update_reading()
-                    break
-                spent += len(chunk.entries) + CHUNK_WEIGHT
-                stats.chunks += ev.requests
-                self._requests += ev.requests
-                if hooks is not None and hooks.closes_after(self._requests):
-                    self._draining = True
-                    self._closing = True
-                    if self.transport is not None:
-                        self.transport.pause_reading()
-                stats.events += chunk.count
-                if ev.invalid is not None:
-                    self._invalid_entries(ev)
-                    if not chunk.count:  # nothing in it could be delivered: acked and dropped (counted)
-                        if ev.ack is not None:
-                            pending.append(Pending(None, ev.ack, chunk.tag, 0, ev.acks, received))
-                        continue
-                if self._transform:
-                    chunk = self._transformed(chunk)
-                try:
-                    waiter = self.ingest(chunk)
-                except ChunkRejected as exc:
-                    self._rejected_by_pipeline(exc, chunk.tag, chunk.count, ev.ack)
-                    continue
-                if waiter is None:
-                    if ev.ack is not None:
-                        pending.append(Pending(None, ev.ack, chunk.tag, chunk.count, ev.acks, received))
-                else:
-                    fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
-                    pending.append(Pending(fut, ev.ack, chunk.tag, chunk.count, ev.acks, received))
-                if ev.size > warn_size:
-                    self._log.limited(
-                        "warning",
-                        "chunk.large",
-                        listener=self.settings.listener,
-                        peer=self.peer,
-                        tag=chunk.tag,
-                        size=ev.size,
-                    )
-            elif type(ev) is PayloadReceived:
-                if self._draining:
-                    break
-                self._start_job(ev)
-                self._backlog = events[i + 1 :]
-                break
-            elif type(ev) is Heartbeat:
-                stats.heartbeats += 1
-            elif type(ev) is Rejected:
-                self._rejected(ev)
-            elif type(ev) is HandshakeCompleted:
-                self._handshake_completed(ev)
-            elif type(ev) is HandshakeFailed:
-                self._handshake_failed(ev)
-                return
-            elif type(ev) is ProtocolViolation:
-                self._protocol_error(ev)
-                return
-        if pending:
-            self._flush_acks()
-        elif self._idle_after(events):
-            self._close_after_response()
-
-    def _idle_after(self, events: list[Event]) -> bool:
-        """Whether, nothing being owed, the connection is to close after these events."""
-        if self._job is not None or self._backlog:
-            return False
-        if self._draining:
-            return True
-        # deny_keepalive closes after the first request's response; the PONG (or a heartbeat) is none.
-        return self.settings.deny_keepalive and any(type(ev) not in _NOT_REQUESTS for ev in events)
-
     def eof_received(self) -> bool | None:
         # Half-close: the client is done sending but may still wait for acks.
         if self._pending or self._job is not None or self._backlog:
@@ -411,139 +317,7 @@ class Session(AckFlow, Offload, asyncio.Protocol):
             self._paused_reading = False
             transport.resume_reading()
 
-    # --- events other than entries -------------------------------------------------------------------
-
-    def _rejected(self, ev: Rejected) -> None:
-        self.stats.rejected += 1
-        self._log.limited(
-            "warning",
-            "chunk.rejected",
-            listener=self.settings.listener,
-            peer=self.peer,
-            tag=ev.tag,
-            reason=ev.reason,
-            detail=ev.detail,
-            size=ev.size,
-            acked=ev.ack is not None,
-        )
-        if ev.ack is not None:
-            # Acked and dropped: no retry can make it valid, and an unacked client resends forever.
-            self._pending.append(Pending(None, ev.ack, ev.tag or "", 0))
-
-    def _invalid_entries(self, ev: EntriesReceived) -> None:
-        """Entries that decoding will drop: counted and shown (with a sample) where the peer is known."""
-        bad = ev.invalid
-        assert bad is not None
-        self.stats.invalid_entries += bad.count
-        self.stats.invalid_times += bad.bad_times
-        self._log.limited(
-            "warning",
-            "chunk.invalid_entries",
-            listener=self.settings.listener,
-            peer=self.peer,
-            tag=ev.chunk.tag,
-            invalid=bad.count,
-            bad_times=bad.bad_times,
-            events=ev.chunk.count,
-            reason=bad.reason,
-            sample=bad.sample,
-        )
-
-    def _handshake_completed(self, ev: HandshakeCompleted) -> None:
-        assert self.transport is not None
-        self.transport.write(ev.reply)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.settings.idle_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(self.settings.idle_timeout, self._idle_check)
-        self._log.log(
-            "debug",
-            "handshake.ok",
-            listener=self.settings.listener,
-            peer=self.peer,
-            hostname=ev.hostname,
-            username=ev.username or None,
-        )
-
-    def _handshake_failed(self, ev: HandshakeFailed) -> None:
-        self.stats.handshake_failures += 1
-        self._log.limited(
-            "warning", "handshake.failed", listener=self.settings.listener, peer=self.peer, reason=ev.reason
-        )
-        if self.transport is not None:
-            self.transport.write(ev.reply)
-        self._close_after_response()
-
-    def _protocol_error(self, exc: ProtocolViolation) -> None:
-        self.stats.protocol_errors += 1
-        self._log.limited(
-            "warning",
-            "conn.protocol_error",
-            listener=self.settings.listener,
-            peer=self.peer,
-            reason=exc.reason,
-            detail=exc.detail,
-            bytes_received=self._bytes_in,
-        )
-        if self.transport is not None:
-            if exc.reply:
-                self.transport.write(exc.reply)
-            # Acks already owed for chunks accepted before the error still go out.
-            self._closing = True
-            self._draining = True
-            if not self._pending:
-                self._close_after_response()
-            else:
-                self.transport.pause_reading()
-                self._flush_acks()
-
-    def _close_after_response(self) -> None:
-        """Close once what was written is flushed (the failure PONG must reach the client)."""
-        self._closing = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def _handshake_timeout(self) -> None:
-        if self.conn is not None and not self.conn.established and self.transport is not None:
-            self._log.limited(
-                "warning",
-                "handshake.timeout",
-                listener=self.settings.listener,
-                peer=self.peer,
-                timeout=self.settings.handshake_timeout,
-            )
-            self.transport.abort()
-
-    def _idle_check(self) -> None:
-        if self.transport is None:
-            return
-        idle = self.settings.idle_timeout
-        quiet = time.monotonic() - self._last_activity
-        if quiet >= idle and not self._pending:
-            self._log.limited(
-                "info", "conn.idle_timeout", listener=self.settings.listener, peer=self.peer, idle=idle
-            )
-            self.transport.close()
-            return
-        self._timer = asyncio.get_running_loop().call_later(max(idle - quiet, 0.05), self._idle_check)
-
-    # --- per-connection record changes ----------------------------------------------------------------
-
-    def _transformed(self, chunk: Chunk) -> Chunk:
-        s = self.settings
-        if s.tag is not None:
-            chunk = chunk.with_tag(s.tag)
-        elif s.add_tag_prefix:
-            chunk = chunk.with_tag(f"{s.add_tag_prefix}.{chunk.tag}")
-        extra: dict[str, Any] = {}
-        if s.source_address_key:
-            extra[s.source_address_key] = self.peer_address or self.peer
-        if s.source_hostname_key:
-            extra[s.source_hostname_key] = self.peer_hostname or self.peer_address or self.peer
-        if extra:
-            chunk = chunk.map_records(lambda r: {**r, **extra})
-        return chunk
+    # --- per-connection record changes (made in Requests._transformed) --------------------------------
 
     async def _resolve_hostname(self) -> None:
         if self.peer_address is None:

@@ -105,18 +105,41 @@ async def test_the_next_batches_are_written_while_the_oldest_is_in_flight(
     await wait_for(lambda: out.begun == ["a", "b", "c"], "a third write, up to the depth")
     assert out.in_flight == 3
     out.open("b", "c")
-    await wait_for(lambda: out.in_flight == 1, "b and c to be done")
-    # Chunks leave the queue oldest first, and a work holds its place until then: no room for d yet.
+    # A write that is done but not the oldest holds no slot: d begins while a is still in flight...
+    await wait_for(lambda: out.begun == ["a", "b", "c", "d"], "the fourth, in a slot b or c left")
+    assert out.in_flight == 2
+    # ...and chunks leave the queue oldest first: b and c wait for a.
     assert sink.stats.queued_chunks == 4
-    assert out.begun == ["a", "b", "c"]
     out.open("a")
     await wait_for(lambda: sink.stats.queued_chunks == 1, "a, b and c to leave the queue")
-    await wait_for(lambda: out.begun == ["a", "b", "c", "d"], "the fourth, once there is room")
     out.open("d")
     await wait_for(lambda: sink.stats.queued_chunks == 0, "d")
     assert sorted(out.delivered) == list(range(8))
     assert out.most_in_flight == 3
     assert sink.stats.delivered_events == 8
+
+
+async def test_what_waits_behind_a_slow_write_is_bounded(
+    tmp_path: Path, sinks: list[BufferedSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes done behind a slow oldest one hold no slot, but they hold their chunks until it is done:
+    at most UNMARKED_PER_SLOT times the depth of them are begun, the rest wait in the queue."""
+    monkeypatch.setattr(delivery, "UNMARKED_PER_SLOT", 2)
+    out = Gated(depth=2)
+    out.open(*"bcdefg")
+    sink = make(out, tmp_path, sinks, FakeTime(), memory=False)
+    await sink.queue.start()
+    await submit_all(sink, [tagged(tag, 2 * k) for k, tag in enumerate("abcdefg")])
+    await sink.start()
+    await wait_for(lambda: sorted(out.delivered) == list(range(2, 8)), "b, c and d, while a is gated")
+    for _ in range(50):  # let the loop run on: nothing it waits for is left but a (no I/O, no timer)
+        await asyncio.sleep(0)
+    assert out.begun == ["a", "b", "c", "d"]  # 2 x 2 begun and not marked: e, f and g wait
+    assert sink.stats.queued_chunks == 7
+    out.open("a")
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "every chunk")
+    assert sorted(out.delivered) == list(range(14))
+    assert out.begun == list("abcdefg")
 
 
 async def test_entries_in_flight_are_bounded_in_bytes(

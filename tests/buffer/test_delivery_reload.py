@@ -193,8 +193,9 @@ async def test_concurrent_writes_in_flight_each_completed_or_cut_off_never_both_
     queue: DiskQueue, successors: list[BufferedSink], tmp_path: Path
 ) -> None:
     """Three writes in flight (an output with concurrent_writes, as Kafka): b completes before retire,
-    behind a that has not (so b's chunks cannot leave the queue yet), a and c are cut off; d waits in the
-    queue. The successor writes a, c and d once each, b not again, and every chunk leaves the queue."""
+    behind a that has not (so b's chunks cannot leave the queue yet), and d takes the slot b left; a, c
+    and d are cut off. The successor writes a, c and d once each, b not again, and every chunk leaves the
+    queue."""
     old_out = Gate("old", depth=3)
     old = BufferedSink("out", old_out, queue)
     await old.start()
@@ -204,11 +205,12 @@ async def test_concurrent_writes_in_flight_each_completed_or_cut_off_never_both_
     await submit_all(old, [tagged("d", 3)])
     old_out.open("b")
     await wait_for(lambda: old_out.delivered == seqs(1), "b delivered")
+    await wait_for(lambda: old_out.begun == ["a", "b", "c", "d"], "d begun in the slot b left")
     assert queue.queued_chunks == 4  # chunks leave the queue oldest first: b waits for a
     new_out = Gate("new", depth=3, opened=True)
     await rebuild(old, new_out, successors, timeout=0.0)
     await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
-    assert sorted(old_out.cancelled) == ["a", "c"]
+    assert sorted(old_out.cancelled) == ["a", "c", "d"]
     assert old_out.delivered == seqs(1)
     assert new_out.begun == ["a", "c", "d"]
     assert new_out.delivered == seqs(0, 2, 3)

@@ -340,18 +340,18 @@ def test_the_fast_path_gives_exactly_what_the_general_decoder_gives(items: list[
 
 def test_plain_docker_entries_take_the_fast_path() -> None:
     """Guards the speed: docker-shaped entries must not fall back to the general decoder."""
-    from forwardd.model import _decode_plain
+    from forwardd.model.plain import decode_plain
 
     rec = {"container_id": "ab" * 32, "container_name": "/web", "source": "stdout", "log": "héllo\x00"}
     data = entries([ET, rec], [T, {"n": [1, 2.5, {"x": None, "y": True}]}], [1441588984.25, {}], [None, {}])
-    fast = _decode_plain(data, 4, RECV)
+    fast = decode_plain(data, 4, RECV)
     assert fast is not None
     assert fast.events() == decode_entries(data, RECV)[0]
     assert [e.time_ns for e in fast.events()] == [T * NS + 500_000_000, T * NS, T * NS + 250_000_000, RECV]
     # the two columnar shortcuts: all EventTime, all integer seconds
     for times, ns in (([ET, ET], T * NS + 500_000_000), ([T, T], T * NS)):
         data = entries(*([t, rec] for t in times))
-        cols = _decode_plain(data, 2, RECV)
+        cols = decode_plain(data, 2, RECV)
         assert cols is not None
         assert [e.time_ns for e in cols.events()] == [ns, ns]
         assert cols.events() == decode_entries(data, RECV)[0]

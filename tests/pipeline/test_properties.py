@@ -147,22 +147,32 @@ def test_a_poison_record_costs_only_itself(
     events of its own chunk and every chunk after it are delivered, and every stage raised only
     documented errors (the issue's first example, generalised)."""
     with Pipeline(tmp_path, log_format="json") as p:
-        if mode == "message":
-            p.feed([mp.message(tag, time_, record, chunk="poison")])
-        else:
-            good = [mp.entry(NOW, {"m": i, "log": "plain"}) for i in range(4)]
-            payload = b"".join(good[:2]) + mp.entry(time_, record) + b"".join(good[2:])
-            p.feed([mp.packed_forward(tag, payload, chunk="poison")])
-        for i in range(3):
-            p.feed([mp.message("after", NOW, {"n": i, "log": "plain"}, chunk=f"a{i}")])
-        files = _json_lines(tmp_path / "files" / "file_json")
-        assert sorted(r["n"] for r in files if r.get("tag") == "after") == [0, 0, 1, 1, 2, 2]  # two routes
-        assert p.outputs["file_json"].syncs  # grouped syncs: its chunks left the queue after one
-        if mode == "packed":
-            assert sorted(r["m"] for r in files if "m" in r) == sorted([0, 1, 2, 3] * 2)
+        _one_bad_entry_then_good_ones(p, tmp_path, mode, tag, time_, record, "poison")
         parked = [read_dead_letter(str(f)) for f in (tmp_path / "dead-letter").rglob("*.chunk")]
         in_errors = _json_lines(tmp_path / "files" / "errors")
         assert parked or in_errors, "the poison is neither in @ERROR's output nor in the dead-letter folder"
+
+
+def _one_bad_entry_then_good_ones(
+    p: Pipeline, tmp_path: Path, mode: str, tag: str, time_: Any, record: Any, chunk: str
+) -> list[dict[str, Any]]:
+    """Feed one entry (a Message, or the third of five in a PackedForward), then three good Messages of
+    tag ``after``; check that the good events were all written (by both routes), and return the lines
+    of the JSON file output."""
+    if mode == "message":
+        p.feed([mp.message(tag, time_, record, chunk=chunk)])
+    else:
+        good = [mp.entry(NOW, {"m": i, "log": "plain"}) for i in range(4)]
+        payload = b"".join(good[:2]) + mp.entry(time_, record) + b"".join(good[2:])
+        p.feed([mp.packed_forward(tag, payload, chunk=chunk)])
+    for i in range(3):
+        p.feed([mp.message("after", NOW, {"n": i, "log": "plain"}, chunk=f"a{i}")])
+    files = _json_lines(tmp_path / "files" / "file_json")
+    assert sorted(r["n"] for r in files if r.get("tag") == "after") == [0, 0, 1, 1, 2, 2]  # two routes
+    assert p.outputs["file_json"].syncs  # grouped syncs: its chunks left the queue after one
+    if mode == "packed":
+        assert sorted(r["m"] for r in files if "m" in r) == sorted([0, 1, 2, 3] * 2)
+    return files
 
 
 @pytest.mark.parametrize("time_", [2**62, 253_402_300_800, 2**64 - 1], ids=["2**62", "year-10000", "u64-max"])
@@ -172,18 +182,7 @@ def test_a_time_past_year_9999_is_left_out_at_the_edge(tmp_path: Path, time_: An
     the ack). The edge now leaves the entry out: it reaches no output, @ERROR or dead-letter folder, and
     the good events of its chunk and every chunk after it are delivered."""
     with Pipeline(tmp_path, log_format="json") as p:
-        if mode == "message":
-            p.feed([mp.message("app.time", time_, {"a": 1}, chunk="far")])
-        else:
-            good = [mp.entry(NOW, {"m": i, "log": "plain"}) for i in range(4)]
-            payload = b"".join(good[:2]) + mp.entry(time_, {"a": 1}) + b"".join(good[2:])
-            p.feed([mp.packed_forward("app.time", payload, chunk="far")])
-        for i in range(3):
-            p.feed([mp.message("after", NOW, {"n": i, "log": "plain"}, chunk=f"a{i}")])
-        files = _json_lines(tmp_path / "files" / "file_json")
-        assert sorted(r["n"] for r in files if r.get("tag") == "after") == [0, 0, 1, 1, 2, 2]  # two routes
-        if mode == "packed":
-            assert sorted(r["m"] for r in files if "m" in r) == sorted([0, 1, 2, 3] * 2)
+        files = _one_bad_entry_then_good_ones(p, tmp_path, mode, "app.time", time_, {"a": 1}, "far")
         assert not [r for r in files if r.get("a") == 1], "the entry past year 9999 was written"
         assert not list((tmp_path / "dead-letter").rglob("*.chunk")), "parked: it reached an output"
         assert not [r for r in _json_lines(tmp_path / "files" / "errors") if r.get("a") == 1], "in @ERROR"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict, dataclass
 
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk, Event
+from forwardd.stats import StatValue
 
 
 def chunk(tag: str, *records: dict[str, object]) -> Chunk:
@@ -107,6 +109,16 @@ class Boom:
         raise ValueError(f"cannot handle {chunk.tag}")
 
 
+@dataclass(frozen=True, slots=True)
+class HeldStats:
+    """A stateful fake's stats, in the shape the daemon reads every filter's in."""
+
+    held: int = 0
+
+    def as_dict(self) -> dict[str, StatValue]:
+        return asdict(self)
+
+
 class Holder:
     """Holds every chunk (like a partial-line joiner) until it is older than ``ttl`` or drained: a
     :class:`~forwardd.filters.base.StatefulFilter` with nothing on disk."""
@@ -137,8 +149,8 @@ class Holder:
     async def stop(self) -> None:
         pass
 
-    def stats(self) -> dict[str, object]:
-        return {"held": len(self.held)}
+    def stats(self) -> HeldStats:
+        return HeldStats(len(self.held))
 
 
 def records(sink: RecordingSink) -> list[dict[object, object]]:

@@ -19,6 +19,7 @@ from .fakes import (
     Boom,
     DropAll,
     FutureSink,
+    HeldStats,
     Holder,
     Mark,
     RecordingSink,
@@ -696,8 +697,8 @@ class Journaling:
     async def stop(self) -> None:
         pass
 
-    def stats(self) -> dict[str, object]:
-        return {}
+    def stats(self) -> HeldStats:
+        return HeldStats()
 
 
 async def test_held_commit_gates_acceptance_and_the_callback_follows_the_sinks() -> None:

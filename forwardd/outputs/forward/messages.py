@@ -5,7 +5,7 @@ Apart from the write path because it is done once per write, before any endpoint
 payloads are sent again, unchanged, to the next endpoint after a failover, and each request keeps which
 entries of the chunk it holds so that a partial delivery can name exactly what was not acked. A chunk over
 ``max_message_size`` entry bytes is cut at entry boundaries (an entry bigger than that goes alone); times a
-receiver could refuse are rewritten (:func:`~forwardd.protocol.client.wire_entries`), and entries that are
+receiver could refuse are rewritten (:func:`~forwardd.protocol.outgoing.wire_entries`), and entries that are
 no event are dropped there, counted and logged; big payloads are compressed in a worker thread.
 """
 
@@ -18,7 +18,7 @@ import structlog
 from forwardd.model import Chunk
 from forwardd.outputs.forward.stats import ForwardStats
 from forwardd.pieces import entry_ends
-from forwardd.protocol.client import Compression, TimeFormat, compress_entries, wire_entries
+from forwardd.protocol.outgoing import Compression, TimeFormat, compress_entries, wire_entries
 
 __all__ = ["Message", "messages_of"]
 

@@ -71,16 +71,31 @@ async def test_receiver_down_holds_the_queue_and_everything_goes_when_it_is_back
         await srv.stop()
 
 
-async def test_receiver_crashing_mid_stream_costs_only_counted_duplicates(tmp_path: Path) -> None:
-    """The receiver has the events of its last requests but dies before acking them (its connections
-    are aborted with the acks still owed): they are sent again, to the receiver once it is back."""
+class Crashed:
+    """What :func:`crash_mid_stream` saw: the sequence numbers the receiver got (before and after its
+    crash), the output, the sink's dead-letter files, and the receiver's connections at the crash."""
+
+    def __init__(
+        self, received: list[int], out: ForwardOutput, dead_lettered: int, open_at_crash: int
+    ) -> None:
+        self.received = received
+        self.out = out
+        self.dead_lettered = dead_lettered
+        self.open_at_crash = open_at_crash
+
+
+async def crash_mid_stream(tmp_path: Path, extra: str = "", tags: int = 1) -> Crashed:
+    """3,000 events in chunks of 20 (taking turns among ``tags`` tags) to a receiver that dies after
+    600, before acking its last requests (its connections are aborted with the acks still owed), and
+    comes back; returns once the queue has drained."""
     srv = await TestServer(ack_delay=0.03).start()
-    sink = forward_sink(tmp_path, srv.port)
+    sink = forward_sink(tmp_path, srv.port, extra)
     await sink.start()
     received: list[int] = []
     try:
-        feed = asyncio.create_task(submit_all(sink, 0, 3000, 20))
+        feed = asyncio.create_task(submit_all(sink, 0, 3000, 20, tags=tags))
         await srv.wait_for(600)
+        open_at_crash = srv.stats.open_connections
         await srv.listener.stop(grace=0)  # a crash: owed acks are never sent
         received += seqs(srv.events)
         srv = await restart(srv)
@@ -89,13 +104,20 @@ async def test_receiver_crashing_mid_stream_costs_only_counted_duplicates(tmp_pa
         received += seqs(srv.events)
         out = sink.output
         assert isinstance(out, ForwardOutput)
-        check_delivery(received, 3000, duplicates_bound=out.stats.unacked_events)
-        assert out.stats.unacked_events > 0, "the crash left requests in doubt"
-        assert len(received) > 3000, "and they were delivered twice"
-        assert sink.stats.dead_lettered == 0
+        return Crashed(received, out, sink.stats.dead_lettered, open_at_crash)
     finally:
         await sink.stop()
         await srv.stop()
+
+
+async def test_receiver_crashing_mid_stream_costs_only_counted_duplicates(tmp_path: Path) -> None:
+    """The receiver has the events of its last requests but dies before acking them: they are sent
+    again, to the receiver once it is back."""
+    crashed = await crash_mid_stream(tmp_path)
+    check_delivery(crashed.received, 3000, duplicates_bound=crashed.out.stats.unacked_events)
+    assert crashed.out.stats.unacked_events > 0, "the crash left requests in doubt"
+    assert len(crashed.received) > 3000, "and they were delivered twice"
+    assert crashed.dead_lettered == 0
 
 
 async def test_refused_handshake_holds_the_queue_and_never_dead_letters(tmp_path: Path) -> None:
@@ -143,25 +165,8 @@ async def test_in_flight_writes_the_tags_of_a_batch_at_once_each_delivered_once(
 async def test_receiver_crashing_with_writes_in_flight_loses_nothing(tmp_path: Path) -> None:
     """As the crash above, with ten tags and four writes in flight: the writes cut off by the crash are
     each sent again (once it is back), nothing is lost or dead-lettered, duplicates within the count."""
-    srv = await TestServer(ack_delay=0.03).start()
-    sink = forward_sink(tmp_path, srv.port, "    in_flight: 4\n")
-    await sink.start()
-    received: list[int] = []
-    try:
-        feed = asyncio.create_task(submit_all(sink, 0, 3000, 20, tags=10))
-        await srv.wait_for(600)
-        assert srv.stats.open_connections > 1, "writes in flight together"
-        await srv.listener.stop(grace=0)  # a crash: owed acks are never sent
-        received += seqs(srv.events)
-        srv = await restart(srv)
-        await feed
-        await wait_until(lambda: sink.stats.queued_chunks == 0, timeout=30, what="the queue to drain")
-        received += seqs(srv.events)
-        out = sink.output
-        assert isinstance(out, ForwardOutput)
-        check_delivery(received, 3000, duplicates_bound=out.stats.unacked_events, ordered=False)
-        assert out.stats.unacked_events > 0, "the crash left requests in doubt"
-        assert sink.stats.dead_lettered == 0
-    finally:
-        await sink.stop()
-        await srv.stop()
+    crashed = await crash_mid_stream(tmp_path, "    in_flight: 4\n", tags=10)
+    assert crashed.open_at_crash > 1, "writes in flight together"
+    check_delivery(crashed.received, 3000, duplicates_bound=crashed.out.stats.unacked_events, ordered=False)
+    assert crashed.out.stats.unacked_events > 0, "the crash left requests in doubt"
+    assert crashed.dead_lettered == 0

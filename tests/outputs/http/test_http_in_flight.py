@@ -11,6 +11,7 @@ first is open, in_flight 1) is short.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,13 +20,15 @@ from typing import Any
 import pytest
 
 from forwardd.app import load_config, parse_config
-from forwardd.buffer import BufferedSink, DiskQueue, RetryPolicy
+from forwardd.buffer import BufferedSink, DiskQueue
+from forwardd.buffer.base import Taken
 from forwardd.config import ConfigError
 from forwardd.outputs.http import HttpOutput
 from tests.buffer.test_buffer_delivery import FakeTime
 
+from . import helpers
 from .conftest import Recorder, Reply, Seen, make_chunk
-from .test_http_outcomes import dead, records
+from .helpers import dead, http_sink, records
 
 TIMEOUT = 15.0
 #: How long a held request waits for others to be open at once before it gives up (and the test fails).
@@ -43,14 +46,7 @@ async def sinks(tmp_path: Path) -> AsyncIterator[Sinks]:
     made: list[BufferedSink] = []
 
     async def make(endpoint: str, **kwargs: Any) -> BufferedSink:
-        t = FakeTime()
-        out = HttpOutput(name="web", endpoint=endpoint, **kwargs)
-        q = DiskQueue(str(tmp_path / "q"), fsync="never")
-        s = BufferedSink(
-            "web", out, q, RetryPolicy(jitter=0.0), str(tmp_path / "dead"),
-            clock=t.clock, sleep=t.sleep, rand=lambda: 1.0,
-        )  # fmt: skip
-        await q.start()
+        s = await http_sink(tmp_path, endpoint, FakeTime(), **kwargs)
         made.append(s)
         return s
 
@@ -70,17 +66,7 @@ async def submit_tags(s: BufferedSink, tags: list[str], per_chunk: int = 10) -> 
 
 
 async def deliver_all(s: BufferedSink) -> None:
-    """Start the delivery loop and wait until every chunk has left the queue (delivered or dead-lettered)."""
-    await s.output.start()
-    s._task = asyncio.create_task(s._supervise())
-    q, progress = s.queue, s._deliverer.progress
-
-    async def empty() -> None:
-        while q.queued_chunks or q.pending_chunks:
-            progress.clear()
-            await progress.wait()
-
-    await asyncio.wait_for(empty(), TIMEOUT)
+    await helpers.deliver_all(s, TIMEOUT)
 
 
 def accepted(server: Recorder) -> Counter[tuple[str, int]]:
@@ -268,3 +254,52 @@ outputs:
     with pytest.raises(ConfigError) as info:
         load_config(main, env={})
     assert str(info.value) == f"{main}:7: outputs.web.in_flight: expected {why}, got {value!r}"
+
+
+class MarkOrder(DiskQueue):
+    """A DiskQueue that notes the tag of each chunk as it leaves the queue."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, fsync="never")
+        self.marked: list[str] = []
+
+    def mark_delivered(self, taken: Taken) -> None:
+        self.marked.append(taken.chunk.tag)
+        super().mark_delivered(taken)
+
+
+async def test_a_slow_request_holds_back_no_other_and_chunks_still_leave_the_queue_in_order(
+    http_server: Recorder, tmp_path: Path
+) -> None:
+    """``in_flight: 2``, six chunks; the oldest one's request is held open until the test lets it go. The
+    other five are each written and answered meanwhile, two at a time at most: an answered request that
+    is not the oldest holds no slot (it held one before: with app.0 held, app.1 went and nothing after
+    it). None leaves the queue before app.0, then all of them, oldest first."""
+    tags = [f"app.{k}" for k in range(6)]
+    slow = threading.Event()
+
+    async def hold(seen: Seen) -> None:
+        if seen.events[0]["tag"] == "app.0":  # on the server's loop: wait for the test in a thread
+            assert await asyncio.get_running_loop().run_in_executor(None, slow.wait, TIMEOUT)
+
+    http_server.hold = hold
+    q = MarkOrder(str(tmp_path / "q"))
+    s = await http_sink(tmp_path, http_server.url + "/in", FakeTime(), queue=q, in_flight=2)
+    await submit_tags(s, tags)
+    delivering = asyncio.create_task(deliver_all(s))
+    try:
+        # The five others, answered while app.0 is held (the wait fails past TIMEOUT).
+        await asyncio.to_thread(http_server.wait_until, lambda r: len(r.requests) == 5, TIMEOUT)
+        assert sorted(tags_in_answer_order(http_server)) == tags[1:]  # all but the held one, answered
+        assert q.marked == []  # behind app.0: none has left the queue
+        assert s.stats.queued_chunks == 6
+        slow.set()
+        await asyncio.wait_for(delivering, TIMEOUT)
+    finally:
+        slow.set()
+        await s.stop()
+    assert q.marked == tags
+    assert http_server.max_open == 2
+    got = accepted(http_server)
+    assert set(got) == {(tag, k * 10 + i) for k, tag in enumerate(tags) for i in range(10)}
+    assert set(got.values()) == {1}

@@ -8,58 +8,32 @@ again nor dead-lettered; a retryable failure re-sends only what was not accepted
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from forwardd.buffer import BufferedSink, DiskQueue, RetryPolicy, read_dead_letter
+from forwardd.buffer import BufferedSink
 from forwardd.errors import RecordsRejected
 from forwardd.outputs.http import HttpOutput
 from tests.buffer.test_buffer_delivery import FakeTime
 
 from .conftest import Recorder, Reply, make_chunk
+from .helpers import dead, deliver_all, http_sink, records
 
 TIMEOUT = 10.0
-
-
-def records(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [{"seq": i} for i in range(start, start + n)]
-
-
-def dead(folder: Path) -> list[tuple[list[int], dict[str, Any]]]:
-    out = []
-    for sidecar in sorted(folder.glob("*.json")):
-        chunk = read_dead_letter(str(sidecar.with_suffix(".chunk")))
-        out.append(([e.record["seq"] for e in chunk.events()], json.loads(sidecar.read_text())))
-    return out
 
 
 @pytest.fixture
 async def sink(http_server: Recorder, tmp_path: Path) -> AsyncIterator[tuple[BufferedSink, FakeTime]]:
     t = FakeTime()
-    out = HttpOutput(name="web", endpoint=http_server.url + "/in", max_events=5)
-    q = DiskQueue(str(tmp_path / "q"), fsync="never")
-    s = BufferedSink(
-        "web", out, q, RetryPolicy(jitter=0.0), str(tmp_path / "dead"),
-        clock=t.clock, sleep=t.sleep, rand=lambda: 1.0,
-    )  # fmt: skip
-    await q.start()
+    s = await http_sink(tmp_path, http_server.url + "/in", t, max_events=5)
     yield s, t
     await s.stop()
 
 
 async def run_until_empty(s: BufferedSink) -> None:
-    await s.output.start()
-    s._task = asyncio.create_task(s._supervise())
-
-    async def empty() -> None:
-        while s.stats.queued_chunks:
-            await asyncio.sleep(0.005)  # polls the queue the loop empties; bounded by the timeout
-
-    await asyncio.wait_for(empty(), TIMEOUT)
+    await deliver_all(s, TIMEOUT)
 
 
 async def test_each_request_of_a_merged_chunk_has_its_own_outcome(
