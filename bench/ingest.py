@@ -114,8 +114,8 @@ outputs:
 #: own disk buffers and files (``name.worker1.log`` for the second), to use both cores.
 WORKERS_2 = "workers: 2\n"
 
-#: End to end into JSON-lines files: disk buffer (fsync per commit) and the file output (its default grouped
-#: fsyncs; `fsync: write` before session 10).
+#: End to end into JSON-lines files: disk buffer (fsync per commit) and the file output (its default, an
+#: fsync per write; ``forwardd-file-grouped``: its opt-in ``fsync: grouped``).
 #: The queue is kept small so that, once it is full, ingest runs at the rate the files are written.
 FORWARDD_FILE_CONFIG = """\
 storage: {{path: ./data-file-{port}}}
@@ -133,6 +133,10 @@ outputs:
     path: ./files-{port}/${{tag}}.log
     buffer: {{type: disk, fsync: always, max_size: 32MiB}}
 """
+FORWARDD_FILE_GROUPED_CONFIG = FORWARDD_FILE_CONFIG.replace(
+    "    type: file\n", "    type: file\n    fsync: grouped\n"
+)
+assert FORWARDD_FILE_GROUPED_CONFIG != FORWARDD_FILE_CONFIG
 
 
 #: The stop-and-wait scenario that the physical floor is measured beside.
@@ -538,6 +542,7 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         "forwardd": args.forwardd_cmd,
         "forwardd-buffer": args.forwardd_cmd,
         "forwardd-file": args.forwardd_cmd,
+        "forwardd-file-grouped": args.forwardd_cmd,
         "forwardd-buffer-w2": args.forwardd_cmd,
         "forwardd-file-w2": args.forwardd_cmd,
     }
@@ -545,6 +550,7 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
     templates = {
         "forwardd-buffer": FORWARDD_BUFFER_CONFIG,
         "forwardd-file": FORWARDD_FILE_CONFIG,
+        "forwardd-file-grouped": FORWARDD_FILE_GROUPED_CONFIG,
         "forwardd-buffer-w2": WORKERS_2 + FORWARDD_BUFFER_CONFIG,
         "forwardd-file-w2": WORKERS_2 + FORWARDD_FILE_CONFIG,
     }
@@ -619,6 +625,7 @@ def _parser() -> argparse.ArgumentParser:
         default="baseline,forwardd",
         help="comma-separated: baseline, forwardd (null output, memory buffer), forwardd-buffer "
         "(disk buffer, fsync per commit, null output), forwardd-file (disk buffer and JSON-lines files), "
+        "forwardd-file-grouped (the file output's opt-in fsync: grouped), "
         "forwardd-buffer-w2 and forwardd-file-w2 (the same with workers: 2)",
     )
     ap.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")

@@ -124,7 +124,12 @@ def pipeline_config(root: Path) -> dict[str, Any]:
     ]
     outputs: dict[str, Any] = {}
     for name, (fmt, path) in _FILE_OUTPUTS.items():
-        outputs[name] = {"type": "file", "format": fmt, "path": str(root / "files" / name / path)}
+        outputs[name] = {
+            "type": "file",
+            "format": fmt,
+            "path": str(root / "files" / name / path),
+            "fsync": "grouped",  # the loop's written-not-synced path runs under the properties too
+        }
     for name, fmt in _HTTP_OUTPUTS.items():
         outputs[name] = {
             "type": "http",

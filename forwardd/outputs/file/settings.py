@@ -30,9 +30,9 @@ class FileSettings(Frozen):
     symlink: str | None = None
     #: The longest a committed event waits to be written, so that writes and fsyncs are grouped.
     flush_interval: Duration = 0.1
-    #: ``grouped``: one fsync for the writes of up to ``fsync_interval`` (the buffer keeps their chunks
-    #: until then; a crash writes them again); ``write``: an fsync per write.
-    fsync: FsyncMode = "grouped"
+    #: ``write``: an fsync per write. ``grouped``: one fsync for the writes of up to ``fsync_interval`` (the
+    #: buffer keeps their chunks until then; a crash writes them again: more repeated lines after a kill -9).
+    fsync: FsyncMode = "write"
     fsync_interval: PositiveDuration = 0.5
 
     def describe(self) -> str:
