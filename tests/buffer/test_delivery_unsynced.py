@@ -251,14 +251,22 @@ async def test_a_failed_sync_writes_everything_unsynced_again_and_marks_nothing_
     assert sink.stats.retries == 2
 
 
-async def test_retire_syncs_what_the_old_output_wrote_before_handing_over(
+async def five_written_to_be_retired(
     made: list[BufferedSink], tmp_path: Path
-) -> None:
+) -> tuple[BufferedSink, JournalingFiles, JournalingQueue, Journal]:
+    """A started sink that wrote five chunks, not synced yet; the test retires it (not the fixture)."""
     sink, out, q, journal = sink_of(made, tmp_path)
     made.remove(sink)
     await sink.start()
     await submit_all(sink, chunks(5))
     await wait_for(lambda: out.events_written == 5 * PER_CHUNK, "the writes")
+    return sink, out, q, journal
+
+
+async def test_retire_syncs_what_the_old_output_wrote_before_handing_over(
+    made: list[BufferedSink], tmp_path: Path
+) -> None:
+    sink, out, q, journal = await five_written_to_be_retired(made, tmp_path)
     assert q.queued_chunks == 5
     gathered, works = await sink.retire(5.0)
     assert out.syncs == 1
@@ -272,11 +280,7 @@ async def test_retire_syncs_what_the_old_output_wrote_before_handing_over(
 async def test_retire_hands_what_a_failed_last_sync_concerned_to_the_successor(
     made: list[BufferedSink], tmp_path: Path
 ) -> None:
-    sink, out, q, journal = sink_of(made, tmp_path)
-    made.remove(sink)
-    await sink.start()
-    await submit_all(sink, chunks(5))
-    await wait_for(lambda: out.events_written == 5 * PER_CHUNK, "the writes")
+    sink, out, q, journal = await five_written_to_be_retired(made, tmp_path)
     out.fail = 1
     gathered, works = await sink.retire(5.0)
     assert journal.marked() == []

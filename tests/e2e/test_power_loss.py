@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,15 +173,7 @@ def test_a_power_cut_loses_no_acked_event_and_redelivers_about_a_second(
         window = counter.poll() - counter.at(t_cut - WINDOW)
         windows.append(window)
         allowed += window
-    final = Proc(config, tmp_path)
-    final.port()
-    assert final.terminate() == 0  # a clean stop delivers what is queued first
-    counter.stop.set()
-    counter.join()
-    seen = Counter(json.loads(line)["seq"] for line in out.read_text().splitlines())
-    missing = set(acked) - set(seen)
-    assert not missing, f"{len(missing)} acked events lost, e.g. {sorted(missing)[:5]}"
-    dup = sum(n - 1 for n in seen.values())
+    dup = _after_the_cuts(config, tmp_path, counter, out, acked)
     print(
         f"\n{len(acked)} acked events at {RATE * CHUNK}/s, {ROUNDS} power cuts: {dup} duplicates "
         f"({dup / ROUNDS / (RATE * CHUNK):.2f} s of traffic per cut); delivered in the {WINDOW} s before "
@@ -233,15 +226,7 @@ def test_a_power_cut_under_the_file_output_loses_no_acked_line_and_redelivers_wh
         window = counter.lines[-1] - counter.at(t_cut - WINDOW_ON_DISK)
         windows.append(window)
         allowed += window
-    final = Proc(config, tmp_path)
-    final.port()
-    assert final.terminate() == 0  # a clean stop delivers what is queued first
-    counter.stop.set()
-    counter.join()
-    seen = Counter(json.loads(line)["seq"] for line in out.read_text().splitlines())
-    missing = set(acked) - set(seen)
-    assert not missing, f"{len(missing)} acked events lost, e.g. {sorted(missing)[:5]}"
-    dup = sum(n - 1 for n in seen.values())
+    dup = _after_the_cuts(config, tmp_path, counter, out, acked)
     print(
         f"\n{len(acked)} acked events at {RATE * CHUNK}/s, {ROUNDS} power cuts with the output on the disk: "
         f"{dup} duplicates ({dup / ROUNDS / (RATE * CHUNK):.2f} s of traffic per cut); lines each cut took "
@@ -251,3 +236,19 @@ def test_a_power_cut_under_the_file_output_loses_no_acked_line_and_redelivers_wh
     assert dup <= allowed, (
         f"{dup} duplicates, more than the {allowed} delivered in the last {WINDOW_ON_DISK} s"
     )
+
+
+def _after_the_cuts(
+    config: dict[str, Any], tmp_path: Path, counter: LineCounter, out: Path, acked: list[int]
+) -> int:
+    """A last daemon delivers what is queued and stops cleanly; every acked event must then be in
+    ``out``. The duplicates there."""
+    final = Proc(config, tmp_path)
+    final.port()
+    assert final.terminate() == 0  # a clean stop delivers what is queued first
+    counter.stop.set()
+    counter.join()
+    seen = Counter(json.loads(line)["seq"] for line in out.read_text().splitlines())
+    missing = set(acked) - set(seen)
+    assert not missing, f"{len(missing)} acked events lost, e.g. {sorted(missing)[:5]}"
+    return sum(n - 1 for n in seen.values())
