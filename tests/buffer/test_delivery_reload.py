@@ -97,9 +97,16 @@ async def rebuild(
     """What a reload does: retire the running sink, and start a new one over the same queue with what the
     old one had taken."""
     gathered, works = await old.retire(timeout)
+    return await succeed(old, new_output, made, (gathered, works))
+
+
+async def succeed(
+    old: BufferedSink, new_output: Output, made: list[BufferedSink], handed: tuple[list[Taken], deque[Work]]
+) -> BufferedSink:
+    """A new sink over ``old``'s queue that takes over what ``old``'s retire handed (``handed``)."""
     new = BufferedSink(old.name, new_output, old.queue)
     made.append(new)
-    await new.take_over(gathered, works)
+    await new.take_over(*handed)
     return new
 
 
@@ -142,9 +149,7 @@ async def test_a_write_that_completes_while_retiring_is_not_written_again(
     gathered, works = await asyncio.wait_for(retiring, TIMEOUT)
     assert old_out.stopped
     new_out = Gate("new", opened=True)
-    new = BufferedSink("out", new_out, queue)
-    successors.append(new)
-    await new.take_over(gathered, works)
+    new = await succeed(old, new_out, successors, (gathered, works))
     await submit_all(new, [tagged("c", 3)])  # the queue accepted all along
     await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
     assert old_out.delivered == seqs(0)
@@ -234,9 +239,7 @@ async def test_concurrent_writes_that_complete_while_retiring_are_not_written_ag
     old_out.open("c", "a")
     gathered, works = await asyncio.wait_for(retiring, TIMEOUT)
     new_out = Gate("new", depth=3, opened=True)
-    new = BufferedSink("out", new_out, queue)
-    successors.append(new)
-    await new.take_over(gathered, works)
+    await succeed(old, new_out, successors, (gathered, works))
     await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
     assert old_out.cancelled == []
     assert sorted(old_out.delivered) == seqs(0, 1, 2)
@@ -265,9 +268,7 @@ async def test_a_chunk_taken_in_the_loop_turn_that_retire_cuts_goes_to_the_succe
     await wait_for(lambda: bool(retiring) and retiring[0].done(), "retire")
     gathered, works = retiring[0].result()
     new_out = Gate("new", depth=3, opened=True)
-    new = BufferedSink("out", new_out, queue)
-    successors.append(new)
-    await new.take_over(gathered, works)
+    await succeed(old, new_out, successors, (gathered, works))
     await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
     assert old_out.delivered == []
     assert new_out.delivered == seqs(0, 1)
@@ -291,9 +292,7 @@ async def test_a_chunk_taken_in_the_loop_turn_that_retire_cuts_a_growing_batch_g
     await wait_for(lambda: bool(retiring) and retiring[0].done(), "retire")
     gathered, works = retiring[0].result()
     new_out = Gate("new", opened=True)
-    new = BufferedSink("out", new_out, queue)
-    successors.append(new)
-    await new.take_over(gathered, works)
+    await succeed(old, new_out, successors, (gathered, works))
     await wait_for(lambda: queue.queued_chunks == 0, "every chunk delivered")
     assert old_out.begun == []
     assert new_out.delivered == seqs(0, 1)
