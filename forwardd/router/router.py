@@ -19,7 +19,9 @@ error label to redirect to, else a coroutine (await it once, or close it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from forwardd.errors import ChunkRejected
@@ -37,9 +39,20 @@ from forwardd.router.table import (
     RoutingError,
 )
 from forwardd.router.walk import Walk
-from forwardd.sink import Ingest, Sink
+from forwardd.sink import Gate, Ingest, Sink
 
-__all__ = ["Router"]
+__all__ = ["MAX_PARKED_BYTES", "MAX_PARKED_CHUNKS", "REPLAY_IN_FLIGHT", "REPLAY_SLICE", "Router"]
+
+#: The longest the routing of a reload's pile keeps the loop at once, in seconds (see Router.replace)...
+REPLAY_SLICE = 0.005
+#: ...and the most of its chunks waiting for their sinks at once: the buffers' group commits then settle a
+#: few thousand chunks at a time, not the whole pile in one loop turn.
+REPLAY_IN_FLIGHT = 2_000
+#: Beyond these, kept during a reload, the router shuts its gate (sessions owing acks stop reading)...
+MAX_PARKED_CHUNKS = 20_000
+MAX_PARKED_BYTES = 64 * 1024 * 1024
+#: ...and opens it again under this share of them (not at once: no flapping).
+_REOPEN_AT = 0.5
 
 
 class Router:
@@ -54,6 +67,8 @@ class Router:
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
         dead_letter_dir: str | None = None,
+        max_parked_chunks: int = MAX_PARKED_CHUNKS,
+        max_parked_bytes: int = MAX_PARKED_BYTES,
     ) -> None:
         self.stats = RouterStats()
         self.table = RouteTable(
@@ -69,9 +84,21 @@ class Router:
         self._deciders: dict[str, Callable[[str], Ingest]] = {
             label: self._decide_fn(label) for label in self.table.routes
         }
-        #: While a reload switches what needs a pause (stateful filters): the chunks that came meanwhile.
-        self._held: list[tuple[str, Chunk, asyncio.Future[None]]] | None = None
+        #: From a reload's hold until what came meanwhile is routed: the chunks kept, in the order they came
+        #: (see :meth:`replace`); ``_holding`` between hold and replace, ``_replay`` routing the pile after.
+        self._held: deque[tuple[str, Chunk, asyncio.Future[None]]] | None = None
+        self._holding = False
+        self._replay: asyncio.Task[None] | None = None
+        self._replay_decisions: dict[tuple[str, str], Ingest] = {}
+        self._parked_bytes = 0
+        #: Replayed chunks not accepted yet, and the replay waiting for them to fall (REPLAY_IN_FLIGHT).
+        self._in_flight = 0
+        self._room: asyncio.Future[None] | None = None
         self._settling: set[asyncio.Future[None]] = set()
+        #: Shut while the pile is over these bounds: the sessions owing acks stop reading (see Gate).
+        self.gate = Gate()
+        self.max_parked_chunks = max_parked_chunks
+        self.max_parked_bytes = max_parked_bytes
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -127,9 +154,11 @@ class Router:
     def hold(self) -> None:
         """Until :meth:`replace`, keep every chunk that comes (its session waits for its ack) instead of
         routing it: what a reload does meanwhile (draining and restarting stateful filters) must see no
-        chunk. Chunks already routed finish on the old table; their acks follow their sinks as always."""
+        chunk. Chunks already routed finish on the old table; their acks follow their sinks as always.
+        A replay of an earlier reload's pile still under way stops until the next :meth:`replace`."""
         if self._held is None:
-            self._held = []
+            self._held = deque()
+        self._holding = True
         for cache in self._decisions.values():
             cache.clear()
 
@@ -137,8 +166,12 @@ class Router:
         """Route every chunk from now on by a new table (a reload); the old one is returned.
 
         Synchronous, on the loop, between two chunks: a chunk is routed wholly by the old table or wholly
-        by the new one. Chunks kept since :meth:`hold` are routed now by the new one, in the order they
-        came. Raises :class:`RoutingError` (and changes nothing) when the new table cannot work.
+        by the new one. Chunks kept since :meth:`hold` are routed by the new one, in the order they came,
+        in slices of at most :data:`REPLAY_SLICE` seconds of the loop (a pile left by thousands of
+        connections, routed at once, would keep every connection waiting for as long); chunks that come
+        meanwhile join the end of the pile, so each connection's chunks still go in the order they came.
+        :meth:`replayed` waits for the end. Raises :class:`RoutingError` (and changes nothing) when the new
+        table cannot work.
         """
         table = RouteTable(
             labels,
@@ -155,10 +188,23 @@ class Router:
         for cache in self._decisions.values():
             cache.clear()
         self._deciders = {label: self._decide_fn(label) for label in table.routes}
-        held, self._held = self._held, None
-        for label, chunk, fut in held or ():
-            self._resume(label, chunk, fut)
+        self._holding = False
+        self._replay_decisions.clear()
+        if not self._held:
+            self._held = None
+        elif self._replay is None:
+            self._replay = asyncio.get_running_loop().create_task(self._replay_held(), name="router-replay")
         return old
+
+    async def replayed(self) -> None:
+        """Wait until the chunks kept during a reload have all been routed (not necessarily accepted)."""
+        while self._replay is not None:
+            await asyncio.shield(self._replay)
+
+    @property
+    def parked(self) -> int:
+        """Chunks kept during a reload and not routed yet."""
+        return len(self._held) if self._held is not None else 0
 
     def _park(self, label: str) -> Ingest:
         held = self._held
@@ -167,34 +213,109 @@ class Router:
         def park(chunk: Chunk) -> Awaitable[None]:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             held.append((label, chunk, fut))
+            self._parked_bytes += len(chunk.entries)
+            if not self.gate.closed and (
+                len(held) > self.max_parked_chunks or self._parked_bytes > self.max_parked_bytes
+            ):
+                self.gate.close()
+                log().warning(
+                    "router.parked_limit",
+                    parked_chunks=len(held),
+                    parked_bytes=self._parked_bytes,
+                    max_chunks=self.max_parked_chunks,
+                    max_bytes=self.max_parked_bytes,
+                    hint="a reload is holding the routes: connections owing acks stop reading for now",
+                )
             return fut
 
         return park
 
+    async def _replay_held(self) -> None:
+        """Route the pile kept during a reload, oldest first, a slice per loop turn (see :meth:`replace`);
+        until it is empty, chunks that come are kept behind it. A new :meth:`hold` stops it (the next
+        :meth:`replace` starts it again)."""
+        held = self._held
+        assert held is not None
+        clock = time.monotonic
+        try:
+            while held and not self._holding:
+                until = clock() + REPLAY_SLICE
+                while held and not self._holding:
+                    label, chunk, fut = held.popleft()
+                    self._parked_bytes -= len(chunk.entries)
+                    self._resume(label, chunk, fut)
+                    if clock() >= until or self._in_flight >= REPLAY_IN_FLIGHT:
+                        break
+                self._open_gate_if_room()
+                if not held or self._holding:
+                    break
+                if self._in_flight >= REPLAY_IN_FLIGHT:
+                    self._room = asyncio.get_running_loop().create_future()
+                    await self._room
+                else:
+                    await asyncio.sleep(0)  # every connection gets its turn between two slices
+        except asyncio.CancelledError:
+            # The loop is going away: what is left is refused for now (no ack; the clients resend).
+            while held:
+                _label, _chunk, fut = held.popleft()
+                if not fut.done():
+                    fut.set_exception(ChunkRejected("stopped during a reload", permanent=False))
+            self._parked_bytes = 0
+            raise
+        finally:
+            self._replay = None
+            if not held and not self._holding:
+                self._held = None
+                self._replay_decisions.clear()
+                self.gate.open()
+
+    def _open_gate_if_room(self) -> None:
+        held = self._held
+        if (
+            self.gate.closed
+            and (held is None or len(held) <= self.max_parked_chunks * _REOPEN_AT)
+            and self._parked_bytes <= self.max_parked_bytes * _REOPEN_AT
+        ):
+            self.gate.open()
+
     def _resume(self, label: str, chunk: Chunk, fut: asyncio.Future[None]) -> None:
         """A chunk kept during a reload, routed now; its future settles as its routing does."""
         try:
-            result = self._miss(label, chunk.tag)(chunk)
+            key = (label, chunk.tag)
+            handle = self._replay_decisions.get(key)
+            if handle is None:
+                handle = self._handle_for(label, chunk.tag)
+                self._replay_decisions[key] = handle
+            result = handle(chunk)
         except BaseException as exc:
             fut.set_exception(exc)
             return
         if result is None:
             fut.set_result(None)
             return
+        self._in_flight += 1
+        if not isinstance(result, asyncio.Future):  # a coroutine (see the module doc)
+            result = asyncio.ensure_future(result)
+            self._settling.add(result)
+            result.add_done_callback(self._settling.discard)
+        result.add_done_callback(functools.partial(self._settle, fut))
 
-        async def settle(awaitable: Awaitable[None]) -> None:
-            try:
-                await awaitable
-            except BaseException as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
-                return
-            if not fut.done():
-                fut.set_result(None)
-
-        task = asyncio.ensure_future(settle(result))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+    def _settle(self, fut: asyncio.Future[None], result: asyncio.Future[None]) -> None:
+        """A replayed chunk's future follows the one its routing returned."""
+        self._in_flight -= 1
+        room = self._room
+        if room is not None and self._in_flight <= REPLAY_IN_FLIGHT // 2:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        if fut.done():
+            return
+        if result.cancelled():
+            fut.set_exception(ChunkRejected("cancelled", permanent=False))
+        elif (exc := result.exception()) is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
 
     def _gone(self, label: str) -> Ingest:
         """A label a reload removed, asked by a session of a source that is draining: refused for now
@@ -213,29 +334,32 @@ class Router:
         The cache is a plain dict, evicting the oldest decision when full (Fluentd's MatchCache does the
         same): a hit then costs one dict lookup, where an LRU's bookkeeping would double the hot path.
         """
-        matching = self.table.matching(label)
-        in_error = label == self.table.error_label
         cache = self._decisions[label]
         size = self.table.cache_size
+        handle_for = self._handle_for
 
         def decide(tag: str) -> Ingest:
-            matched = matching(tag)
-            handle: Ingest
-            if not matched:
-                handle = self._unmatched(label)
-            elif len(matched) == 1 and matched[0].relabel is None and len(matched[0].sinks) == 1:
-                if matched[0].filters:
-                    handle = self._linear(matched[0], in_error)
-                else:
-                    handle = self._single(matched[0].sinks[0], in_error)
-            else:
-                handle = self._general(matched, in_error)
+            handle = handle_for(label, tag)
             if len(cache) >= size:
                 del cache[next(iter(cache))]
             cache[tag] = handle
             return handle
 
         return decide
+
+    def _handle_for(self, label: str, tag: str) -> Ingest:
+        """The decision for ``tag`` in ``label`` by the current table, not remembered."""
+        if label not in self.table.routes:
+            return self._gone(label)
+        matched = self.table.matching(label)(tag)
+        in_error = label == self.table.error_label
+        if not matched:
+            return self._unmatched(label)
+        if len(matched) == 1 and matched[0].relabel is None and len(matched[0].sinks) == 1:
+            if matched[0].filters:
+                return self._linear(matched[0], in_error)
+            return self._single(matched[0].sinks[0], in_error)
+        return self._general(matched, in_error)
 
     def _unmatched(self, label: str) -> Ingest:
         note = self._walk.note_unmatched

@@ -9,7 +9,8 @@ before the reload keeps working. What each sink got is read back from its DiskQu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,112 @@ async def test_a_replace_without_a_hold_routes_a_cached_tag_by_the_new_table(
     await acked([entry(numbered("app.a", 2))])
     assert queued(sinks["old"]) == [("app.a", 0), ("app.a", 1)]
     assert queued(sinks["new"]) == [("app.a", 2)]
+
+
+class LoopLag:
+    """A callback that reschedules itself on every loop turn and keeps the longest gap between two runs:
+    how long the loop was kept from everything else (every session) at once."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self.longest = max(self.longest, now - self._last)
+        self._last = now
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> float:
+        self._handle.cancel()
+        self._tick()
+        self._handle.cancel()
+        return self.longest
+
+
+async def test_a_large_pile_kept_during_a_reload_is_routed_in_slices_that_let_the_loop_run(
+    sinks: dict[str, BufferedSink],
+) -> None:
+    """Many connections send without waiting for acks while a reload holds the router: the pile they leave
+    (30,000 chunks here) used to be routed in one loop turn by replace(), seconds in which no connection
+    was served. Now it is routed in short slices: the longest loop stall is a small part of the whole
+    replay, and every chunk is delivered once, each connection's in order, its later chunks after it."""
+    connections, per_connection, later = 300, 100, 5
+    pad = "x" * 1000  # docker-sized lines: the disk queue commits a few dozen per inline write, as it would
+    router = Router({ROOT_LABEL: to("old")}, sinks)
+    entries = [router.entry() for _ in range(connections)]
+    router.hold()
+    results: list[Awaitable[None] | None] = [
+        entries[k](numbered(f"app.c{k}", n, pad=pad))
+        for n in range(per_connection)
+        for k in range(connections)
+    ]
+    assert reached_a_sink(sinks) == 0
+    # Later chunks of the same connections, handed over while the pile is still being routed (made
+    # beforehand: encoding them is the test's work, not the router's).
+    later_chunks = [
+        (k, numbered(f"app.c{k}", n, pad=pad))
+        for n in range(per_connection, per_connection + later)
+        for k in range(connections)
+    ]
+    pile = asyncio.gather(*(r for r in results if r is not None))  # 30,000 callbacks added: not timed
+    # A full collection of the test process's heap (pytest's, and the pile this test built) lands in
+    # whichever loop turn it likes: the test process's cost, not the router's. Frozen, it is not scanned.
+    gc.collect()
+    gc.freeze()
+    try:
+        loop = asyncio.get_running_loop()
+        lag = LoopLag()
+        began = loop.time()
+        router.replace({ROOT_LABEL: to("new")}, sinks)
+        after = [entries[k](c) for k, c in later_chunks]
+        await asyncio.wait_for(pile, TIMEOUT)
+        await acked(after)
+        took = loop.time() - began
+        longest = lag.stop()
+    finally:
+        gc.unfreeze()
+    assert longest < max(0.05, took / 10), f"the loop stalled {longest:.3f}s of a {took:.3f}s replay"
+    assert queued(sinks["old"]) == []
+    got = queued(sinks["new"])
+    assert len(got) == connections * (per_connection + later), "a chunk lost or routed twice"
+    for k in range(connections):
+        mine = [n for t, n in got if t == f"app.c{k}"]
+        assert mine == list(range(per_connection + later)), f"app.c{k} out of order"
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Wait on the loop for a server counter, which has no event to wait on."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.002)
+
+
+async def test_a_reload_that_holds_again_while_the_last_pile_is_routed_pauses_it_and_loses_nothing(
+    sinks: dict[str, BufferedSink],
+) -> None:
+    """A second reload can begin while the first one's pile is still being routed: its hold must stop the
+    routing (its stateful filters are being switched), and its replace routes what is left, then what
+    came since, by its own table, each chunk once and in order."""
+    router = Router({ROOT_LABEL: to("old")}, sinks)
+    entry = router.entry()
+    router.hold()
+    first = [entry(numbered("app.a", n)) for n in range(20_000)]
+    router.replace({ROOT_LABEL: to("new")}, sinks)
+    await until(lambda: 0 < router.parked < 20_000, "the replay to begin")
+    router.hold()
+    left = router.parked
+    routed = reached_a_sink(sinks)
+    second = [entry(numbered("app.a", n)) for n in range(20_000, 20_100)]
+    for _ in range(10):
+        await asyncio.sleep(0)  # loop turns in which a replay that went on would route more
+    assert reached_a_sink(sinks) == routed
+    assert router.parked == left + 100
+    router.replace({ROOT_LABEL: to("old")}, sinks)
+    await acked(first + second)
+    got = queued(sinks["new"]) + queued(sinks["old"])
+    assert [n for _, n in got] == list(range(20_100))
