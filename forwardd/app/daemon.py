@@ -111,7 +111,9 @@ class Daemon:
         )
         self._set_error_routes(config)
         self.listeners = [
-            ForwardListener(listener_settings(s, reuse_port=reuse_port), self.router.entry(s.label))
+            ForwardListener(
+                listener_settings(s, reuse_port=reuse_port), self.router.entry(s.label), gate=self.router.gate
+            )
             for s in config.sources
         ]
         #: Listeners a reload replaced or removed, while their connections drain.
@@ -292,7 +294,9 @@ class Daemon:
                 except (OSError, ValueError) as exc:
                     return self._refuse(source, [f"sources.{name}.tls: {exc}"])
             was = by_name.get(name)
-            fresh[name] = ForwardListener(settings, _not_yet, stats=was.stats if was is not None else None)
+            fresh[name] = ForwardListener(
+                settings, _not_yet, stats=was.stats if was is not None else None, gate=self.router.gate
+            )
         # 2. Bind the new addresses, not accepting yet; then recover the added outputs' queues.
         bound: list[ForwardListener] = []
         started: list[BufferedSink] = []

@@ -23,7 +23,7 @@ from forwardd.server.logs import EdgeLog
 from forwardd.server.session import Session, SessionSettings
 from forwardd.server.stats import SourceStats
 from forwardd.server.tls import TlsSettings, server_context
-from forwardd.sink import Ingest
+from forwardd.sink import Gate, Ingest
 
 __all__ = ["ForwardListener", "ListenerSettings"]
 
@@ -67,10 +67,18 @@ class _Heartbeat(asyncio.DatagramProtocol):
 class ForwardListener:
     """One configured forward source."""
 
-    def __init__(self, settings: ListenerSettings, ingest: Ingest, stats: SourceStats | None = None) -> None:
-        """``stats``: a reload replacing a source of the same name goes on counting where it was."""
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        ingest: Ingest,
+        stats: SourceStats | None = None,
+        gate: Gate | None = None,
+    ) -> None:
+        """``stats``: a reload replacing a source of the same name goes on counting where it was.
+        ``gate``: the ingest path's back-pressure across connections (the router's, see Gate)."""
         self.settings = settings
         self.ingest = ingest
+        self.gate = gate
         self.stats = SourceStats() if stats is None else stats
         self.sessions: set[Session] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -101,6 +109,7 @@ class ForwardListener:
             self._log,
             self.budget,
             self._tls,
+            self.gate,
         )
         self.sessions.add(s)
         return s

@@ -35,7 +35,7 @@ from forwardd.server.requests import Requests
 from forwardd.server.settings import SessionHooks, SessionSettings
 from forwardd.server.stats import SourceStats
 from forwardd.server.tls import handshake_failure, run_now
-from forwardd.sink import Ingest
+from forwardd.sink import Gate, Ingest
 
 __all__ = ["Session", "SessionHooks", "SessionSettings"]
 
@@ -52,10 +52,10 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
     # whole when they close, with less left scattered between the objects that stay).
     __slots__ = (
         "__weakref__", "_backlog", "_budget", "_budget_told", "_budget_wait", "_bytes_in", "_closing",
-        "_drained", "_draining", "_early", "_job", "_job_bytes", "_last_activity", "_log", "_lost",
-        "_on_close", "_paused_reading", "_paused_writing", "_pending", "_requests", "_resolver",
-        "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "conn", "ingest", "peer",
-        "peer_address", "peer_hostname", "settings", "stats", "transport",
+        "_drained", "_draining", "_early", "_gate", "_gate_wait", "_job", "_job_bytes", "_last_activity",
+        "_log", "_lost", "_on_close", "_paused_reading", "_paused_writing", "_pending", "_requests",
+        "_resolver", "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "conn",
+        "ingest", "peer", "peer_address", "peer_hostname", "settings", "stats", "transport",
     )  # fmt: skip
 
     def __init__(
@@ -67,6 +67,7 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         edgelog: EdgeLog,
         budget: BufferBudget | None = None,
         tls: ssl.SSLContext | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
@@ -99,6 +100,9 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         self._budget = budget
         self._budget_wait = False
         self._budget_told = 0
+        #: The ingest path's back-pressure across connections (see Gate), and whether it stops this one.
+        self._gate = gate
+        self._gate_wait = False
         #: TLS: the context, and the handshake in progress (the forward protocol begins after it).
         self._tls = tls
         self._tls_step: Callable[[], None] | None = None
@@ -298,16 +302,27 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
             return True
         return None
 
+    def gate_opened(self) -> None:
+        """The ingest path's gate is open again."""
+        self._gate_wait = False
+        self._update_reading()
+
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None:
             return
+        gate = self._gate
+        if gate is not None and gate.closed and self._pending and not self._gate_wait:
+            # Only a connection that owes acks waits: one that owes none has nothing parked to wait for.
+            self._gate_wait = True
+            gate.wait(self)
         want_pause = (
             self._paused_writing
             or len(self._pending) >= self.settings.max_inflight
             or self._job is not None
             or bool(self._backlog)  # a big request's chunks still being handed on
             or self._budget_wait
+            or self._gate_wait
         )
         if want_pause and not self._paused_reading:
             self._paused_reading = True

@@ -19,7 +19,10 @@ from forwardd.buffer import BufferedSink, DiskQueue
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk, Event
 from forwardd.outputs.debug import NullOutput
+from forwardd.protocol import Limits, encode
 from forwardd.router import ROOT_LABEL, Route, Router, compile_pattern
+from forwardd.server.listener import ForwardListener, ListenerSettings
+from forwardd.server.session import SessionSettings
 
 TIMEOUT = 10.0
 
@@ -250,6 +253,56 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
     while not predicate():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.002)
+
+
+async def test_connections_stop_reading_while_the_pile_of_a_reload_is_over_its_bound(
+    sinks: dict[str, BufferedSink],
+) -> None:
+    """Each connection bounds only its own chunks awaiting acks (64 by default); a pile across thousands
+    of connections is bounded by the router's gate: once the pile is over ``max_parked_chunks``, every
+    connection that owes acks stops reading (real sockets, real sessions) until the replay has brought
+    the pile down, and then everything is delivered, each connection's in order."""
+    router = Router({ROOT_LABEL: to("old")}, sinks, max_parked_chunks=10)
+    session = SessionSettings(listener="in", limits=Limits())
+    listener = ForwardListener(
+        ListenerSettings(name="in", session=session, bind="127.0.0.1", port=0, udp_heartbeat=False),
+        router.entry(),
+        gate=router.gate,
+    )
+    await listener.start()
+    stats = listener.stats
+
+    def messages(tag: str, numbers: range) -> bytes:
+        """A Forward request per event (a chunk each; no ack asked: the client sends on at once)."""
+        return b"".join(encode.forward(tag, [(1_700_000_000, {"n": n})]) for n in numbers)
+
+    writers = []
+    try:
+        router.hold()
+        _, a = await asyncio.open_connection("127.0.0.1", listener.port)
+        writers.append(a)
+        a.write(messages("app.a", range(12)))
+        await until(lambda: stats.backpressure_pauses == 1, "the first connection to stop reading")
+        assert router.gate.closed
+        parked = router.parked
+        assert 10 < parked <= 12
+        a.write(messages("app.a", range(12, 62)))  # well under its own max_inflight: only the gate stops it
+        _, b = await asyncio.open_connection("127.0.0.1", listener.port)
+        writers.append(b)
+        b.write(messages("app.b", range(1)))  # a connection that owes nothing reads once...
+        await until(lambda: router.parked == parked + 1, "the second connection's first chunk")
+        await until(lambda: stats.backpressure_pauses == 2, "the second connection to stop reading")
+        b.write(messages("app.b", range(1, 51)))  # ...and then waits too
+        router.replace({ROOT_LABEL: to("new")}, sinks)
+        await until(lambda: sinks["new"].queue.queued_chunks == 113, "everything sent to be committed")
+        assert not router.gate.closed
+    finally:
+        for w in writers:
+            w.close()
+        await listener.stop(1.0)
+    got = queued(sinks["new"])
+    assert [n for t, n in got if t == "app.a"] == list(range(62))
+    assert [n for t, n in got if t == "app.b"] == list(range(51))
 
 
 async def test_a_reload_that_holds_again_while_the_last_pile_is_routed_pauses_it_and_loses_nothing(
