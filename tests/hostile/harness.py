@@ -302,10 +302,9 @@ class Steady(threading.Thread):
             )
             _wait(0.02)
         self.attack_from = len(self.latencies)
-        self.baseline_p99 = percentile(self.latencies[warm : self.attack_from], 99)
-        scale = max(1.0, P99_FACTOR * self.baseline_p99 / P99_FLOOR)
-        self.p99_bound = P99_FLOOR * scale
-        self.worst_bound = WORST_FLOOR * scale
+        self.baseline_p99, self.p99_bound, self.worst_bound = latency_bounds(
+            self.latencies[warm : self.attack_from]
+        )
 
     def finish(self) -> None:
         self._halt.set()
@@ -343,6 +342,16 @@ class Steady(threading.Thread):
         )
         assert p99 <= self.p99_bound, what
         assert worst <= self.worst_bound, what
+
+
+def latency_bounds(baseline: list[float]) -> tuple[float, float, float]:
+    """The p99 of a client's ack latencies ``baseline`` (measured just before an attack, on the same server
+    in the same run) and the bounds of its p99 and worst wait during the attack: the floors P99_FLOOR and
+    WORST_FLOOR, both scaled by the same ratio once P99_FACTOR times that p99 is over P99_FLOOR (see the
+    module doc: a loaded machine slows every ack, a stalled loop many times more)."""
+    p99 = percentile(baseline, 99)
+    scale = max(1.0, P99_FACTOR * p99 / P99_FLOOR)
+    return p99, P99_FLOOR * scale, WORST_FLOOR * scale
 
 
 def percentile(values: list[float], pct: int) -> float:

@@ -20,8 +20,12 @@ import pytest
 import zstandard
 
 from forwardd.protocol import encode
+from tests.hostile.harness import BASELINE_ACKS, latency_bounds, percentile
 
 from .support import Served
+
+#: Requests that warm the connection and the output up before the baseline is measured.
+WARM_UP = 20
 
 MiB = 1 << 20
 
@@ -79,6 +83,7 @@ class AckTimer(threading.Thread):
         self.served = served
         self.latencies: list[tuple[float, float]] = []  # (when sent, seconds to the ack)
         self.stop = threading.Event()
+        #: Set once the warm-up and the baseline (BASELINE_ACKS requests after it) are done.
         self.warm = threading.Event()
         self.error: BaseException | None = None
 
@@ -91,7 +96,7 @@ class AckTimer(threading.Thread):
                     c.message("good", {"i": i}, ack=True)
                     self.latencies.append((t0, time.monotonic() - t0))
                     i += 1
-                    if i == 20:
+                    if i == WARM_UP + BASELINE_ACKS:
                         self.warm.set()
         except BaseException as exc:  # reported by the test
             self.error = exc
@@ -109,8 +114,12 @@ def test_another_client_keeps_its_ack_latency_during_the_attack(serve, attack: C
     served = serve()
     timer = AckTimer(served)
     timer.start()
-    assert timer.warm.wait(10)
+    assert timer.warm.wait(30)
+    # The bounds follow the client's own latency just before the attack, as in the hostile harness: a
+    # loaded machine slows every ack, a stalled loop many times more (tests/hostile/harness.py).
     t_start = time.monotonic()
+    baseline = [lat for sent, lat in timer.latencies[WARM_UP:] if sent < t_start]
+    baseline_p99, p99_bound, worst_bound = latency_bounds(baseline)
     try:
         with served.client(timeout=120) as evil:
             evil.send(frame)
@@ -122,7 +131,8 @@ def test_another_client_keeps_its_ack_latency_during_the_attack(serve, attack: C
     assert timer.error is None, timer.error
     during = sorted(lat for sent, lat in timer.latencies if t_start <= sent <= t_end)
     assert len(during) >= 3, (len(during), t_end - t_start)  # the client was served during the attack
-    p99 = during[min(len(during) - 1, int(len(during) * 0.99))]
-    assert p99 <= 0.25, (p99, during[-5:], t_end - t_start)
-    assert during[-1] < 1.0, (during[-5:], t_end - t_start)
+    p99 = percentile(during, 99)
+    bounds = (p99_bound, worst_bound, baseline_p99)  # the bounds, and the p99 before the attack
+    assert p99 <= p99_bound, (p99, bounds, during[-5:], t_end - t_start)
+    assert during[-1] <= worst_bound, (during[-5:], bounds, t_end - t_start)
     assert served.stats.offloaded == 1  # it was finished in a worker thread
