@@ -193,9 +193,9 @@ def test_a_time_past_year_9999_is_left_out_at_the_edge(tmp_path: Path, time_: An
 
 
 def _log_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Lists and maps of ``children``: st.recursive's extend, a named function (Hypothesis reads a lambda's
-    source to check it uses its argument, and a lambda cut over lines with another one beside it read as
-    ignoring it: the strategy would not recurse)."""
+    """Lists and maps of ``children``: st.recursive's extend. Hypothesis reads the extend's source to check
+    that it uses its argument (else it cannot recurse, and it warns); a named function's source reads the
+    same on every Python, where a lambda over several lines beside another one depends on the lookup."""
     return st.lists(children, max_size=3) | st.dictionaries(
         st.one_of(st.text(max_size=4), st.integers()), children, max_size=3
     )
