@@ -2,8 +2,8 @@
 them leave the queue once every event is delivered or dead-lettered.
 
 Outputs own no retries and no queues (:mod:`forwardd.outputs.base`). This loop does. It takes what is
-committed (held up to :class:`Batching`'s ``max_wait`` to let a batch grow, then merged per tag into one
-chunk each, see :meth:`BufferedSink._batch`) and gives each such :class:`~forwardd.buffer.isolation.Work`
+committed (:mod:`forwardd.buffer.batching`: held up to :class:`Batching`'s ``max_wait`` to let a batch grow,
+then merged per tag into one chunk each) and gives each such :class:`~forwardd.buffer.isolation.Work`
 to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by piece: retries with back-off,
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
 The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 import structlog
 
 from forwardd.buffer.base import ChunkQueue, Taken
+from forwardd.buffer.batching import BATCH_MAX_BYTES, Batching, BatchTaker, merge
 from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
@@ -64,10 +64,6 @@ log = structlog.get_logger("forwardd.delivery")
 #: How many recent deliveries the latency percentiles are computed over.
 LATENCY_WINDOW = 1024
 
-#: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
-BATCH_MAX_CHUNKS = 4096
-BATCH_MAX_BYTES = 4 * 1024 * 1024
-
 #: Entries in writes in flight at once, for an output that takes concurrent writes (at least one write goes).
 IN_FLIGHT_BYTES = 2 * BATCH_MAX_BYTES
 #: Works begun and not yet marked delivered (running, or done and waiting behind an older one), per write
@@ -79,28 +75,6 @@ UNMARKED_BYTES = 4 * IN_FLIGHT_BYTES
 CRASH_DELAY = 0.1
 CRASH_DELAY_MAX = 5.0
 CRASHES_PER_BATCH = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Batching:
-    """How long the delivery loop may hold a small batch to let it grow, and what counts as big enough.
-
-    Without it, a chunk is written as soon as it is committed, with whatever else is committed by then.
-    Docker clients that wait for each ack make those batches a handful of events. Each batch costs the
-    file output a write and an fsync per file, and the HTTP output a request. ``max_wait`` bounds the extra
-    delay; the batch goes as soon as it holds ``max_events`` events or ``enough_bytes`` bytes (default
-    ``max_bytes``, the most one batch takes). The chunks wait in the queue, not in memory beyond it, and
-    an ack never waits for this: acks follow the commit.
-
-    ``enough_bytes`` below ``max_bytes`` suits the file output: a batch of 64 KiB is already worth its own
-    write and fsync, and holding bulk traffic (PackedForward chunks of ~240 KB) until it reaches the 4 MiB
-    cap only delays it (measured: 186k -> 165k events/s and twice the ack p99 into files, 1 connection).
-    """
-
-    max_wait: float = 0.0
-    max_events: int = sys.maxsize
-    max_bytes: int = BATCH_MAX_BYTES
-    enough_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -164,9 +138,6 @@ class BufferedSink:
         self.name = name
         self.output = output
         self.queue = queue
-        self.batching = batching or Batching()
-        #: Set when stopping: a batch held to grow (Batching.max_wait) goes at once.
-        self._hurry = asyncio.Event()
         self.retry_policy = retry_policy or RetryPolicy()
         self.dead_letter_dir = dead_letter_dir
         self.stop_timeout = stop_timeout
@@ -188,8 +159,8 @@ class BufferedSink:
         #: Set while the loop waits to restart after a crash (the endpoint's /ready says so).
         self.restarting = False
         #: What the loop has taken and not finished, kept here so that a restart after a crash goes on
-        #: with it: chunks taken for the next batch, and the batch's per-tag works still to deliver.
-        self._gathered: list[Taken] = []
+        #: with it: chunks taken for the next batch (the taker's ``gathered``), and the batch's per-tag
+        #: works still to deliver.
         self._works: deque[Work] = deque()
         #: For an output that takes concurrent writes: the delivery of each work begun, in self._works order.
         self._started: dict[Work, asyncio.Task[None]] = {}
@@ -197,6 +168,16 @@ class BufferedSink:
             raise ValueError(f"output {name}: an output that defers its sync takes one write at a time")
         #: Works written by an output that defers its sync, not yet synced (their chunks stay unmarked).
         self._unsynced = Unsynced(output.sync_interval, sync_bytes)
+        self._taker = BatchTaker(queue, batching or Batching(), self._unsynced, self._flush, clock)
+
+    @property
+    def batching(self) -> Batching:
+        """How the loop lets a small batch grow (:class:`Batching`)."""
+        return self._taker.batching
+
+    @batching.setter
+    def batching(self, batching: Batching) -> None:
+        self._taker.batching = batching
 
     @property
     def error_route(self) -> Ingest | None:
@@ -230,7 +211,7 @@ class BufferedSink:
         (``time.monotonic``)."""
         q = self.queue
         q.stop_accepting()
-        self._hurry.set()
+        self._taker.hurry.set()
         if self._task is None:
             return
         deliverer = self._deliverer
@@ -293,7 +274,7 @@ class BufferedSink:
         without it those chunks would wait for a restart."""
         deliverer = self._deliverer
         deliverer.stopping = True
-        self._hurry.set()
+        self._taker.hurry.set()
         task = self._task
         if task is not None:
             if not deliverer.idle.is_set():
@@ -310,7 +291,7 @@ class BufferedSink:
         if not await self._sync_last(timeout):
             # The old output's last writes may be lost: the new output writes them again, first, and
             # the work it was in the middle of from its first piece.
-            rewrite = [Work(takens, _merge(takens)) for takens in self._unsynced.take_all()]
+            rewrite = [Work(takens, merge(takens)) for takens in self._unsynced.take_all()]
             rewrite.extend(Work(w.takens, w.chunk) for w in self._works)
             self._works = deque(rewrite)
         self.output.stop_deadline = time.monotonic() + timeout
@@ -318,8 +299,8 @@ class BufferedSink:
             await self.output.stop()
         except Exception as exc:  # the old output failing to close must not stop the new one
             log.error("output.stop_failed", output=self.name, error=repr(exc))
-        gathered, works = self._gathered, self._works
-        self._gathered, self._works = [], deque()
+        gathered, works = self._taker.gathered, self._works
+        self._taker.gathered, self._works = [], deque()
         return gathered, works
 
     async def _sync_last(self, timeout: float) -> bool:
@@ -363,7 +344,7 @@ class BufferedSink:
     async def take_over(self, gathered: list[Taken], works: deque[Work]) -> None:
         """Start in place of a sink that :meth:`retire` stopped, over its queue (already started and
         accepting): what it had taken is delivered first, in order."""
-        self._gathered = gathered
+        self._taker.gathered = gathered
         self._works = works
         await self.output.start()
         self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
@@ -405,8 +386,9 @@ class BufferedSink:
         oldest = self._unsynced.oldest_received_ns()  # written before anything the loop still holds
         if oldest is not None:
             return oldest
-        if self._gathered:
-            oldest = self._gathered[0].chunk.received_ns
+        gathered = self._taker.gathered
+        if gathered:
+            oldest = gathered[0].chunk.received_ns
         for work in self._works:
             if work.pieces:
                 t = work.chunk.received_ns
@@ -486,13 +468,12 @@ class BufferedSink:
         if self.output.concurrent_writes > 1:
             await self._run_overlapped(self.output.concurrent_writes)
             return
-        deliverer = self._deliverer
+        deliverer, taker = self._deliverer, self._taker
         while not deliverer.stopping:
             if not self._works:
-                if not self._gathered:
-                    await self._gather()
-                self._works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
-                self._gathered = []
+                if not taker.gathered:
+                    await taker.gather()
+                self._works.extend(taker.take_works())
             works = self._works
             while works:
                 if deliverer.stopping:
@@ -518,9 +499,8 @@ class BufferedSink:
             if not works:
                 if deliverer.stopping:
                     return
-                await self._gather()
-                works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
-                self._gathered = []
+                await self._taker.gather()
+                works.extend(self._taker.take_works())
                 continue
             head = works[0]
             task = started.get(head)
@@ -562,7 +542,7 @@ class BufferedSink:
         attempts = 0
         while unsynced:
             for written in unsynced.stale():
-                work = Work(written.work.takens, _merge(written.work.takens))
+                work = Work(written.work.takens, merge(written.work.takens))
                 await deliverer.deliver(work)
                 if work.pieces:
                     return False  # stopping in the middle of it
@@ -606,14 +586,9 @@ class BufferedSink:
             if work is None:
                 if not started:
                     return  # nothing in flight: the loop waits for a batch as the plain loop does
-                if not self._gathered:
-                    t = self.queue.take_nowait()
-                    if t is None:
-                        return
-                    self._gathered.append(t)
-                    self._take_ready(self._gathered, len(t.chunk.entries), t.chunk.count)
-                works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
-                self._gathered = []
+                if not self._taker.gather_ready():
+                    return
+                works.extend(self._taker.take_works())
                 continue
             size = len(work.chunk.entries)
             if started and (
@@ -630,8 +605,7 @@ class BufferedSink:
 
     async def _head_or_more(self, head: asyncio.Task[None], depth: int) -> None:
         """Wait until the oldest work in flight is done, or another write ends (its slot may take the next
-        work), or, when there is room for another, until a chunk is committed (it is kept in
-        self._gathered)."""
+        work), or, when there is room for another, until a chunk is committed (the taker keeps it)."""
         if self._deliverer.stopping:
             await asyncio.wait((head,))
             return
@@ -645,96 +619,7 @@ class BufferedSink:
         if not room:
             await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             return
-        get = asyncio.ensure_future(self.queue.get())
-        try:
-            await asyncio.wait((*running, get), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when this loop is cancelled (a stop, a reload's retire) in the turn the get took one
-            taken = await _took(get)
-            if taken is not None:
-                self._gathered.append(taken)
-
-    async def _gather(self) -> None:
-        """Take the next batch into ``self._gathered``: what is committed now, or held to grow for up to
-        ``Batching.max_wait``."""
-        batching = self.batching
-        takens = self._gathered
-        first = await self._next_or_sync()
-        takens.append(first)
-        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
-        if batching.max_wait > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + batching.max_wait
-            enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
-            while (
-                size < enough
-                and events < batching.max_events
-                and len(takens) < BATCH_MAX_CHUNKS
-                and not self._hurry.is_set()
-            ):
-                t = await self._next_within(deadline - loop.time())
-                if t is None:
-                    break
-                takens.append(t)
-                size, events = self._take_ready(takens, size + len(t.chunk.entries), events + t.chunk.count)
-
-    async def _next_or_sync(self) -> Taken:
-        """The next committed chunk. While written works wait for their sync, wait no longer than it is
-        due (or, when stopping, than the queue has nothing ready), then sync."""
-        while self._unsynced:
-            taken = await self._next_within(self._unsynced.deadline() - self._clock())
-            if taken is not None:
-                return taken
-            if not await self._flush():
-                break  # stopping: what is not synced stays queued
-        return await self.queue.get()
-
-    async def _next_within(self, timeout: float) -> Taken | None:
-        """The next committed chunk if one comes within ``timeout`` and before a stop, else None."""
-        if timeout <= 0:
-            return None
-        get = asyncio.ensure_future(self.queue.get())
-        hurry = asyncio.ensure_future(self._hurry.wait())
-        try:
-            await asyncio.wait((get, hurry), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # cancelled (a stop, a reload's retire), maybe in the turn the get took one:
-            taken = await _took(get)  # it joins the batch being gathered, which retire hands over
-            if taken is not None:
-                self._gathered.append(taken)
-            raise
-        finally:
-            hurry.cancel()
-        return await _took(get)
-
-    def _take_ready(self, takens: list[Taken], size: int, events: int) -> tuple[int, int]:
-        """Append to ``takens`` what is committed now, up to the batch limits; the new size and events."""
-        batching = self.batching
-        max_bytes = min(BATCH_MAX_BYTES, batching.max_bytes)
-        max_events = batching.max_events
-        take = self.queue.take_nowait
-        while len(takens) < BATCH_MAX_CHUNKS and size < max_bytes and events < max_events:
-            t = take()
-            if t is None:
-                break
-            takens.append(t)
-            size += len(t.chunk.entries)
-            events += t.chunk.count
-        return size, events
-
-    def _batch(self, takens: list[Taken]) -> list[tuple[list[Taken], Chunk]]:
-        """The taken chunks merged into one chunk per tag.
-
-        Docker sends one event per message, so without this every event would cost the output a write
-        (and the file output an fsync). Entries of one tag are concatenated as bytes, not decoded. A
-        merged chunk's receive time is its first chunk's, which only matters for events sent with no
-        time (0 or nil), whose time is taken from it.
-        """
-        first = takens[0]
-        if len(takens) == 1:
-            return [(takens, first.chunk)]
-        groups: dict[str, list[Taken]] = {}
-        for t in takens:
-            groups.setdefault(t.chunk.tag, []).append(t)
-        return [(ts, _merge(ts)) for ts in groups.values()]
+        await self._taker.gather_or_wait(running)
 
     async def _park(self, work: Work, exc: BaseException) -> None:
         """The batch crashed the loop again and again: its pieces go to the dead-letter folder as they are
@@ -751,17 +636,6 @@ class BufferedSink:
         log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
 
 
-async def _took(get: asyncio.Future[Taken]) -> Taken | None:
-    """What a ``queue.get()`` raced against something else took: its chunk if it completed (even while
-    being cancelled: then it took one all the same), else None, once it is cancelled. The queue never hands
-    a taken chunk out again in this process, so the loop must keep it, never drop it."""
-    if not get.done():
-        get.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await get
-    return get.result() if not get.cancelled() else None
-
-
 def _written(work: Work) -> Work:
     """What the loop keeps of a written work until the output's sync: its chunks, and of a merged chunk
     the header only. The merged copy of their entries (and what the output decoded of it) would more than
@@ -772,15 +646,3 @@ def _written(work: Work) -> Work:
     header = Chunk(chunk.tag, b"", chunk.count, chunk.received_ns)
     header.invalid = chunk.invalid
     return Work(work.takens, header)
-
-
-def _merge(takens: list[Taken]) -> Chunk:
-    if len(takens) == 1:
-        return takens[0].chunk
-    first = takens[0].chunk
-    chunks = [t.chunk for t in takens]
-    merged = Chunk(
-        first.tag, b"".join(c.entries for c in chunks), sum(c.count for c in chunks), first.received_ns
-    )
-    merged.invalid = sum(c.invalid for c in chunks)
-    return merged
