@@ -7,13 +7,11 @@ then merged per tag into one chunk each) and gives each such :class:`~forwardd.b
 to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by piece: retries with back-off,
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
 The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
-(:attr:`~forwardd.outputs.base.Output.concurrent_writes`: the Kafka output, the HTTP and forward
-outputs' ``in_flight``) gets the next works while the earlier ones still wait for their destination: up
-to that many, and :data:`IN_FLIGHT_BYTES` of entries, are in flight, each delivered (retried, isolated) on its
-own, and their chunks leave the queue oldest work first. "Dead-lettered" means: to the ``@ERROR`` label's
-routes when the configuration has one, else to ``<storage>/dead-letter/<output>/``
-(:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything while writes succeed: the hot path
-hands the batch to the output and marks its chunks.
+gets the next works while the earlier ones still wait for their destination
+(:mod:`forwardd.buffer.in_flight`), their chunks leaving the queue oldest work first. "Dead-lettered"
+means: to the ``@ERROR`` label's routes when the configuration has one, else to
+``<storage>/dead-letter/<output>/`` (:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything
+while writes succeed: the hot path hands the batch to the output and marks its chunks.
 
 An output that defers its sync (:attr:`~forwardd.outputs.base.Output.defers_sync`: the file output's
 grouped fsyncs) has its written works kept, chunks unmarked, until a sync after them succeeded
@@ -45,8 +43,9 @@ from dataclasses import dataclass
 import structlog
 
 from forwardd.buffer.base import ChunkQueue, Taken
-from forwardd.buffer.batching import BATCH_MAX_BYTES, Batching, BatchTaker, merge
+from forwardd.buffer.batching import Batching, BatchTaker, merge
 from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
+from forwardd.buffer.in_flight import InFlight
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
 from forwardd.buffer.unsynced import UNSYNCED_BYTES, Unsynced
@@ -63,13 +62,6 @@ log = structlog.get_logger("forwardd.delivery")
 
 #: How many recent deliveries the latency percentiles are computed over.
 LATENCY_WINDOW = 1024
-
-#: Entries in writes in flight at once, for an output that takes concurrent writes (at least one write goes).
-IN_FLIGHT_BYTES = 2 * BATCH_MAX_BYTES
-#: Works begun and not yet marked delivered (running, or done and waiting behind an older one), per write
-#: the output takes at once, and their entries: how much may pile up behind one slow write.
-UNMARKED_PER_SLOT = 4
-UNMARKED_BYTES = 4 * IN_FLIGHT_BYTES
 
 #: The restart back-off of a crashed delivery loop, and the crashes one batch may cause before it is parked.
 CRASH_DELAY = 0.1
@@ -162,13 +154,14 @@ class BufferedSink:
         #: with it: chunks taken for the next batch (the taker's ``gathered``), and the batch's per-tag
         #: works still to deliver.
         self._works: deque[Work] = deque()
-        #: For an output that takes concurrent writes: the delivery of each work begun, in self._works order.
-        self._started: dict[Work, asyncio.Task[None]] = {}
         if output.defers_sync and output.concurrent_writes > 1:
             raise ValueError(f"output {name}: an output that defers its sync takes one write at a time")
         #: Works written by an output that defers its sync, not yet synced (their chunks stay unmarked).
         self._unsynced = Unsynced(output.sync_interval, sync_bytes)
         self._taker = BatchTaker(queue, batching or Batching(), self._unsynced, self._flush, clock)
+        #: For an output that takes concurrent writes: the works begun (it shares self._works, which is
+        #: therefore never replaced, only emptied and refilled).
+        self._in_flight = InFlight(self._deliverer, self._taker, self._works, self._finish)
 
     @property
     def batching(self) -> Batching:
@@ -246,7 +239,7 @@ class BufferedSink:
                 await task
             except asyncio.CancelledError:
                 pass
-        await self._cancel_in_flight()  # what is still in flight stays queued
+        await self._in_flight.cancel()  # what is still in flight stays queued
         # What the output wrote and did not sync yet is marked only if this last sync succeeds.
         await self._sync_last(self.stop_timeout if deadline is None else deadline.left())
         q = self.queue
@@ -287,20 +280,22 @@ class BufferedSink:
                 await task
         # Writes still in flight end here: their works go to the new output with the pieces not yet
         # confirmed, never written by two outputs at once.
-        await self._cancel_in_flight()
+        await self._in_flight.cancel()
         if not await self._sync_last(timeout):
             # The old output's last writes may be lost: the new output writes them again, first, and
             # the work it was in the middle of from its first piece.
             rewrite = [Work(takens, merge(takens)) for takens in self._unsynced.take_all()]
             rewrite.extend(Work(w.takens, w.chunk) for w in self._works)
-            self._works = deque(rewrite)
+            self._works.clear()
+            self._works.extend(rewrite)
         self.output.stop_deadline = time.monotonic() + timeout
         try:
             await self.output.stop()
         except Exception as exc:  # the old output failing to close must not stop the new one
             log.error("output.stop_failed", output=self.name, error=repr(exc))
-        gathered, works = self._taker.gathered, self._works
-        self._taker.gathered, self._works = [], deque()
+        gathered, works = self._taker.gathered, deque(self._works)
+        self._taker.gathered = []
+        self._works.clear()
         return gathered, works
 
     async def _sync_last(self, timeout: float) -> bool:
@@ -332,20 +327,12 @@ class BufferedSink:
             return False
         return True
 
-    async def _cancel_in_flight(self) -> None:
-        """End the writes still in flight (an output taking concurrent writes); their works keep the pieces
-        not yet confirmed."""
-        in_flight = list(self._started.values())
-        for started in in_flight:
-            started.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        self._started.clear()
-
     async def take_over(self, gathered: list[Taken], works: deque[Work]) -> None:
         """Start in place of a sink that :meth:`retire` stopped, over its queue (already started and
         accepting): what it had taken is delivered first, in order."""
         self._taker.gathered = gathered
-        self._works = works
+        self._works.clear()
+        self._works.extend(works)
         await self.output.start()
         self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
 
@@ -466,7 +453,7 @@ class BufferedSink:
 
     async def _run(self) -> None:
         if self.output.concurrent_writes > 1:
-            await self._run_overlapped(self.output.concurrent_writes)
+            await self._in_flight.run(self.output.concurrent_writes)
             return
         deliverer, taker = self._deliverer, self._taker
         while not deliverer.stopping:
@@ -486,35 +473,6 @@ class BufferedSink:
                 unsynced = self._unsynced
                 if unsynced and unsynced.due(self._clock(), self.queue.full) and not await self._flush():
                     return  # stopping: what is not synced stays queued
-
-    async def _run_overlapped(self, depth: int) -> None:
-        """The loop for an output that takes ``depth`` writes at once: the works of the next batches are
-        begun while the oldest is still in flight, and marked delivered oldest first. When stopping,
-        nothing more is begun and what is in flight is marked as it finishes. Works begun before a crash
-        of this loop go on; the loop picks them up again when it restarts."""
-        deliverer = self._deliverer
-        works, started = self._works, self._started
-        while True:
-            self._begin_ready(depth)
-            if not works:
-                if deliverer.stopping:
-                    return
-                await self._taker.gather()
-                works.extend(self._taker.take_works())
-                continue
-            head = works[0]
-            task = started.get(head)
-            if task is None:
-                return  # stopping: the rest stays queued and is delivered after the restart
-            if not task.done():
-                await self._head_or_more(task, depth)
-                if not task.done():
-                    continue  # more is committed: begin it while the head is in flight
-            del started[head]
-            task.result()  # what deliver() raised is a crash of this loop, for the head work
-            if head.pieces:
-                return  # stopping in the middle of it
-            self._finish(head)
 
     def _finish(self, work: Work) -> None:
         """``work`` (the head of self._works) has no piece left: its chunks leave the queue, or wait for
@@ -569,58 +527,6 @@ class BufferedSink:
                 return False
         return True
 
-    def _begin_ready(self, depth: int) -> None:
-        """Begin the delivery of works not begun yet, taking what is committed now into new works (no
-        waiting, no holding to grow: a write is in flight), while fewer than ``depth`` writes and
-        IN_FLIGHT_BYTES of entries are still running. A write that is done but not the oldest holds no
-        slot (it only waits to be marked, in order), or one slow write would hold back all the others;
-        what may wait so behind a slow one is bounded by UNMARKED_PER_SLOT and UNMARKED_BYTES."""
-        deliverer = self._deliverer
-        works, started = self._works, self._started
-        running = [w for w, task in started.items() if not task.done()]
-        in_flight = sum(len(w.chunk.entries) for w in running)
-        unmarked = sum(len(w.chunk.entries) for w in started)
-        n_running = len(running)
-        while not deliverer.stopping:
-            work = next((w for w in works if w not in started), None)
-            if work is None:
-                if not started:
-                    return  # nothing in flight: the loop waits for a batch as the plain loop does
-                if not self._taker.gather_ready():
-                    return
-                works.extend(self._taker.take_works())
-                continue
-            size = len(work.chunk.entries)
-            if started and (
-                n_running >= depth
-                or in_flight + size > IN_FLIGHT_BYTES
-                or len(started) >= depth * UNMARKED_PER_SLOT
-                or unmarked + size > UNMARKED_BYTES
-            ):
-                return
-            started[work] = asyncio.ensure_future(deliverer.deliver(work))
-            n_running += 1
-            in_flight += size
-            unmarked += size
-
-    async def _head_or_more(self, head: asyncio.Task[None], depth: int) -> None:
-        """Wait until the oldest work in flight is done, or another write ends (its slot may take the next
-        work), or, when there is room for another, until a chunk is committed (the taker keeps it)."""
-        if self._deliverer.stopping:
-            await asyncio.wait((head,))
-            return
-        started = self._started
-        running = {task for task in started.values() if not task.done()}
-        room = (
-            len(running) < depth
-            and len(started) < depth * UNMARKED_PER_SLOT
-            and all(w in started for w in self._works)
-        )
-        if not room:
-            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            return
-        await self._taker.gather_or_wait(running)
-
     async def _park(self, work: Work, exc: BaseException) -> None:
         """The batch crashed the loop again and again: its pieces go to the dead-letter folder as they are
         (no @ERROR route, no isolation: either may be what crashes), so the rest of the queue moves."""
@@ -631,7 +537,7 @@ class BufferedSink:
         for taken in work.takens:
             self.queue.mark_delivered(taken)
         self._works.popleft()
-        self._started.pop(work, None)
+        self._in_flight.started.pop(work, None)
         self._deliverer.progress.set()
         log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
 
