@@ -14,11 +14,14 @@ import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from forwardd.buffer.base import ChunkQueue, Taken
 from forwardd.buffer.isolation import Work
-from forwardd.buffer.unsynced import Unsynced
 from forwardd.model import Chunk
+
+if TYPE_CHECKING:  # unsynced.py imports merge from here
+    from forwardd.buffer.unsynced import Unsynced
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_CHUNKS", "BatchTaker", "Batching", "merge"]
 

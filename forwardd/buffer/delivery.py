@@ -48,7 +48,7 @@ from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter,
 from forwardd.buffer.in_flight import InFlight
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
-from forwardd.buffer.unsynced import UNSYNCED_BYTES, Unsynced
+from forwardd.buffer.unsynced import UNSYNCED_BYTES, Syncer, Unsynced
 from forwardd.lifecycle import Deadline
 from forwardd.model import Chunk
 from forwardd.ops.counters import DELIVERY_BUCKETS, LatencyHistogram, TagCounts
@@ -158,7 +158,8 @@ class BufferedSink:
             raise ValueError(f"output {name}: an output that defers its sync takes one write at a time")
         #: Works written by an output that defers its sync, not yet synced (their chunks stay unmarked).
         self._unsynced = Unsynced(output.sync_interval, sync_bytes)
-        self._taker = BatchTaker(queue, batching or Batching(), self._unsynced, self._flush, clock)
+        self._syncer = Syncer(name, self._unsynced, self._deliverer, self._record)
+        self._taker = BatchTaker(queue, batching or Batching(), self._unsynced, self._syncer.flush, clock)
         #: For an output that takes concurrent writes: the works begun (it shares self._works, which is
         #: therefore never replaced, only emptied and refilled).
         self._in_flight = InFlight(self._deliverer, self._taker, self._works, self._finish)
@@ -241,7 +242,7 @@ class BufferedSink:
                 pass
         await self._in_flight.cancel()  # what is still in flight stays queued
         # What the output wrote and did not sync yet is marked only if this last sync succeeds.
-        await self._sync_last(self.stop_timeout if deadline is None else deadline.left())
+        await self._syncer.last(self.stop_timeout if deadline is None else deadline.left())
         q = self.queue
         # What is left here is what the next start delivers (a memory queue loses it, and says so).
         log.info(
@@ -281,7 +282,7 @@ class BufferedSink:
         # Writes still in flight end here: their works go to the new output with the pieces not yet
         # confirmed, never written by two outputs at once.
         await self._in_flight.cancel()
-        if not await self._sync_last(timeout):
+        if not await self._syncer.last(timeout):
             # The old output's last writes may be lost: the new output writes them again, first, and
             # the work it was in the middle of from its first piece.
             rewrite = [Work(takens, merge(takens)) for takens in self._unsynced.take_all()]
@@ -297,35 +298,6 @@ class BufferedSink:
         self._taker.gathered = []
         self._works.clear()
         return gathered, works
-
-    async def _sync_last(self, timeout: float) -> bool:
-        """One last sync of what the output wrote (a stop, a retire), within ``timeout``: the works it covers
-        are marked. False when it failed or took too long: those chunks stay queued (or go to the next
-        output), delivered again."""
-        unsynced = self._unsynced
-        if not unsynced:
-            return True
-        error: Exception | None
-        try:
-            error = await asyncio.wait_for(self._deliverer.sync(), max(timeout, 0.1))
-        except TimeoutError as exc:
-            error = exc
-        if error is None:
-            for work in unsynced.synced():
-                self._record(work)
-        else:
-            unsynced.failed()
-        if unsynced:
-            # Not marked: delivered again after the restart (a stop), or by the new output (a retire).
-            log.warning(
-                "delivery.last_sync_failed",
-                output=self.name,
-                works=len(unsynced),
-                bytes=unsynced.bytes,
-                error=describe(error) if error is not None else "written before a failed sync",
-            )
-            return False
-        return True
 
     async def take_over(self, gathered: list[Taken], works: deque[Work]) -> None:
         """Start in place of a sink that :meth:`retire` stopped, over its queue (already started and
@@ -471,14 +443,18 @@ class BufferedSink:
                     return  # stopping in the middle of it
                 self._finish(work)
                 unsynced = self._unsynced
-                if unsynced and unsynced.due(self._clock(), self.queue.full) and not await self._flush():
+                if (
+                    unsynced
+                    and unsynced.due(self._clock(), self.queue.full)
+                    and not await self._syncer.flush()
+                ):
                     return  # stopping: what is not synced stays queued
 
     def _finish(self, work: Work) -> None:
         """``work`` (the head of self._works) has no piece left: its chunks leave the queue, or wait for
         the output's sync when it defers it."""
         if self.output.defers_sync:
-            self._unsynced.add(_written(work), self._clock())
+            self._syncer.add(work, self._clock())
         else:
             self._record(work)
         self._works.popleft()
@@ -493,40 +469,6 @@ class BufferedSink:
         self.tag_events.add(work.chunk.tag, work.chunk.count)
         self._deliverer.progress.set()
 
-    async def _flush(self) -> bool:
-        """Sync what the output wrote, then mark it, oldest first. A failed sync: back off, write every
-        work again, sync again (see :mod:`forwardd.buffer.unsynced`). False when stopping first."""
-        unsynced, deliverer = self._unsynced, self._deliverer
-        attempts = 0
-        while unsynced:
-            for written in unsynced.stale():
-                work = Work(written.work.takens, merge(written.work.takens))
-                await deliverer.deliver(work)
-                if work.pieces:
-                    return False  # stopping in the middle of it
-                unsynced.rewritten(written, work)
-            error = await deliverer.sync()
-            if error is None:
-                for work in unsynced.synced():
-                    self._record(work)
-                continue
-            unsynced.failed()
-            attempts += 1
-            log.warning(
-                "delivery.sync_failed",
-                output=self.name,
-                attempt=attempts,
-                works=len(unsynced),
-                bytes=unsynced.bytes,
-                error=describe(error),
-            )
-            if deliverer.stopping:
-                return False
-            await deliverer.back_off(attempts, error)
-            if deliverer.stopping:
-                return False
-        return True
-
     async def _park(self, work: Work, exc: BaseException) -> None:
         """The batch crashed the loop again and again: its pieces go to the dead-letter folder as they are
         (no @ERROR route, no isolation: either may be what crashes), so the rest of the queue moves."""
@@ -540,15 +482,3 @@ class BufferedSink:
         self._in_flight.started.pop(work, None)
         self._deliverer.progress.set()
         log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
-
-
-def _written(work: Work) -> Work:
-    """What the loop keeps of a written work until the output's sync: its chunks, and of a merged chunk
-    the header only. The merged copy of their entries (and what the output decoded of it) would more than
-    double what the unsynced works pin; a rewrite merges them again."""
-    if len(work.takens) == 1:
-        return work
-    chunk = work.chunk
-    header = Chunk(chunk.tag, b"", chunk.count, chunk.received_ns)
-    header.invalid = chunk.invalid
-    return Work(work.takens, header)
