@@ -2,18 +2,16 @@
 them leave the queue once every event is delivered or dead-lettered.
 
 Outputs own no retries and no queues (:mod:`forwardd.outputs.base`). This loop does. It takes what is
-committed (held up to :class:`Batching`'s ``max_wait`` to let a batch grow, then merged per tag into one
-chunk each, see :meth:`BufferedSink._batch`) and gives each such :class:`~forwardd.buffer.isolation.Work`
+committed (:mod:`forwardd.buffer.batching`: held up to :class:`Batching`'s ``max_wait`` to let a batch grow,
+then merged per tag into one chunk each) and gives each such :class:`~forwardd.buffer.isolation.Work`
 to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by piece: retries with back-off,
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
 The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
-(:attr:`~forwardd.outputs.base.Output.concurrent_writes`: the Kafka output, the HTTP and forward
-outputs' ``in_flight``) gets the next works while the earlier ones still wait for their destination: up
-to that many, and :data:`IN_FLIGHT_BYTES` of entries, are in flight, each delivered (retried, isolated) on its
-own, and their chunks leave the queue oldest work first. "Dead-lettered" means: to the ``@ERROR`` label's
-routes when the configuration has one, else to ``<storage>/dead-letter/<output>/``
-(:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything while writes succeed: the hot path
-hands the batch to the output and marks its chunks.
+gets the next works while the earlier ones still wait for their destination
+(:mod:`forwardd.buffer.in_flight`), their chunks leaving the queue oldest work first. "Dead-lettered"
+means: to the ``@ERROR`` label's routes when the configuration has one, else to
+``<storage>/dead-letter/<output>/`` (:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything
+while writes succeed: the hot path hands the batch to the output and marks its chunks.
 
 An output that defers its sync (:attr:`~forwardd.outputs.base.Output.defers_sync`: the file output's
 grouped fsyncs) has its written works kept, chunks unmarked, until a sync after them succeeded
@@ -37,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,10 +43,12 @@ from dataclasses import dataclass
 import structlog
 
 from forwardd.buffer.base import ChunkQueue, Taken
+from forwardd.buffer.batching import Batching, BatchTaker, merge
 from forwardd.buffer.dead_letter import DeadLetters, describe, read_dead_letter, write_dead_letter
+from forwardd.buffer.in_flight import InFlight
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.retry import RetryPolicy
-from forwardd.buffer.unsynced import UNSYNCED_BYTES, Unsynced
+from forwardd.buffer.unsynced import UNSYNCED_BYTES, Syncer, Unsynced
 from forwardd.lifecycle import Deadline
 from forwardd.model import Chunk
 from forwardd.ops.counters import DELIVERY_BUCKETS, LatencyHistogram, TagCounts
@@ -64,43 +63,10 @@ log = structlog.get_logger("forwardd.delivery")
 #: How many recent deliveries the latency percentiles are computed over.
 LATENCY_WINDOW = 1024
 
-#: Most chunks and bytes merged into one write of the output (see BufferedSink._batch).
-BATCH_MAX_CHUNKS = 4096
-BATCH_MAX_BYTES = 4 * 1024 * 1024
-
-#: Entries in writes in flight at once, for an output that takes concurrent writes (at least one write goes).
-IN_FLIGHT_BYTES = 2 * BATCH_MAX_BYTES
-#: Works begun and not yet marked delivered (running, or done and waiting behind an older one), per write
-#: the output takes at once, and their entries: how much may pile up behind one slow write.
-UNMARKED_PER_SLOT = 4
-UNMARKED_BYTES = 4 * IN_FLIGHT_BYTES
-
 #: The restart back-off of a crashed delivery loop, and the crashes one batch may cause before it is parked.
 CRASH_DELAY = 0.1
 CRASH_DELAY_MAX = 5.0
 CRASHES_PER_BATCH = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Batching:
-    """How long the delivery loop may hold a small batch to let it grow, and what counts as big enough.
-
-    Without it, a chunk is written as soon as it is committed, with whatever else is committed by then.
-    Docker clients that wait for each ack make those batches a handful of events. Each batch costs the
-    file output a write and an fsync per file, and the HTTP output a request. ``max_wait`` bounds the extra
-    delay; the batch goes as soon as it holds ``max_events`` events or ``enough_bytes`` bytes (default
-    ``max_bytes``, the most one batch takes). The chunks wait in the queue, not in memory beyond it, and
-    an ack never waits for this: acks follow the commit.
-
-    ``enough_bytes`` below ``max_bytes`` suits the file output: a batch of 64 KiB is already worth its own
-    write and fsync, and holding bulk traffic (PackedForward chunks of ~240 KB) until it reaches the 4 MiB
-    cap only delays it (measured: 186k -> 165k events/s and twice the ack p99 into files, 1 connection).
-    """
-
-    max_wait: float = 0.0
-    max_events: int = sys.maxsize
-    max_bytes: int = BATCH_MAX_BYTES
-    enough_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -164,9 +130,6 @@ class BufferedSink:
         self.name = name
         self.output = output
         self.queue = queue
-        self.batching = batching or Batching()
-        #: Set when stopping: a batch held to grow (Batching.max_wait) goes at once.
-        self._hurry = asyncio.Event()
         self.retry_policy = retry_policy or RetryPolicy()
         self.dead_letter_dir = dead_letter_dir
         self.stop_timeout = stop_timeout
@@ -188,15 +151,27 @@ class BufferedSink:
         #: Set while the loop waits to restart after a crash (the endpoint's /ready says so).
         self.restarting = False
         #: What the loop has taken and not finished, kept here so that a restart after a crash goes on
-        #: with it: chunks taken for the next batch, and the batch's per-tag works still to deliver.
-        self._gathered: list[Taken] = []
+        #: with it: chunks taken for the next batch (the taker's ``gathered``), and the batch's per-tag
+        #: works still to deliver.
         self._works: deque[Work] = deque()
-        #: For an output that takes concurrent writes: the delivery of each work begun, in self._works order.
-        self._started: dict[Work, asyncio.Task[None]] = {}
         if output.defers_sync and output.concurrent_writes > 1:
             raise ValueError(f"output {name}: an output that defers its sync takes one write at a time")
         #: Works written by an output that defers its sync, not yet synced (their chunks stay unmarked).
         self._unsynced = Unsynced(output.sync_interval, sync_bytes)
+        self._syncer = Syncer(name, self._unsynced, self._deliverer, self._record)
+        self._taker = BatchTaker(queue, batching or Batching(), self._unsynced, self._syncer.flush, clock)
+        #: For an output that takes concurrent writes: the works begun (it shares self._works, which is
+        #: therefore never replaced, only emptied and refilled).
+        self._in_flight = InFlight(self._deliverer, self._taker, self._works, self._finish)
+
+    @property
+    def batching(self) -> Batching:
+        """How the loop lets a small batch grow (:class:`Batching`)."""
+        return self._taker.batching
+
+    @batching.setter
+    def batching(self, batching: Batching) -> None:
+        self._taker.batching = batching
 
     @property
     def error_route(self) -> Ingest | None:
@@ -230,7 +205,7 @@ class BufferedSink:
         (``time.monotonic``)."""
         q = self.queue
         q.stop_accepting()
-        self._hurry.set()
+        self._taker.hurry.set()
         if self._task is None:
             return
         deliverer = self._deliverer
@@ -265,9 +240,9 @@ class BufferedSink:
                 await task
             except asyncio.CancelledError:
                 pass
-        await self._cancel_in_flight()  # what is still in flight stays queued
+        await self._in_flight.cancel()  # what is still in flight stays queued
         # What the output wrote and did not sync yet is marked only if this last sync succeeds.
-        await self._sync_last(self.stop_timeout if deadline is None else deadline.left())
+        await self._syncer.last(self.stop_timeout if deadline is None else deadline.left())
         q = self.queue
         # What is left here is what the next start delivers (a memory queue loses it, and says so).
         log.info(
@@ -293,7 +268,7 @@ class BufferedSink:
         without it those chunks would wait for a restart."""
         deliverer = self._deliverer
         deliverer.stopping = True
-        self._hurry.set()
+        self._taker.hurry.set()
         task = self._task
         if task is not None:
             if not deliverer.idle.is_set():
@@ -306,65 +281,30 @@ class BufferedSink:
                 await task
         # Writes still in flight end here: their works go to the new output with the pieces not yet
         # confirmed, never written by two outputs at once.
-        await self._cancel_in_flight()
-        if not await self._sync_last(timeout):
+        await self._in_flight.cancel()
+        if not await self._syncer.last(timeout):
             # The old output's last writes may be lost: the new output writes them again, first, and
             # the work it was in the middle of from its first piece.
-            rewrite = [Work(takens, _merge(takens)) for takens in self._unsynced.take_all()]
+            rewrite = [Work(takens, merge(takens)) for takens in self._unsynced.take_all()]
             rewrite.extend(Work(w.takens, w.chunk) for w in self._works)
-            self._works = deque(rewrite)
+            self._works.clear()
+            self._works.extend(rewrite)
         self.output.stop_deadline = time.monotonic() + timeout
         try:
             await self.output.stop()
         except Exception as exc:  # the old output failing to close must not stop the new one
             log.error("output.stop_failed", output=self.name, error=repr(exc))
-        gathered, works = self._gathered, self._works
-        self._gathered, self._works = [], deque()
+        gathered, works = self._taker.gathered, deque(self._works)
+        self._taker.gathered = []
+        self._works.clear()
         return gathered, works
-
-    async def _sync_last(self, timeout: float) -> bool:
-        """One last sync of what the output wrote (a stop, a retire), within ``timeout``: the works it covers
-        are marked. False when it failed or took too long: those chunks stay queued (or go to the next
-        output), delivered again."""
-        unsynced = self._unsynced
-        if not unsynced:
-            return True
-        error: Exception | None
-        try:
-            error = await asyncio.wait_for(self._deliverer.sync(), max(timeout, 0.1))
-        except TimeoutError as exc:
-            error = exc
-        if error is None:
-            for work in unsynced.synced():
-                self._record(work)
-        else:
-            unsynced.failed()
-        if unsynced:
-            # Not marked: delivered again after the restart (a stop), or by the new output (a retire).
-            log.warning(
-                "delivery.last_sync_failed",
-                output=self.name,
-                works=len(unsynced),
-                bytes=unsynced.bytes,
-                error=describe(error) if error is not None else "written before a failed sync",
-            )
-            return False
-        return True
-
-    async def _cancel_in_flight(self) -> None:
-        """End the writes still in flight (an output taking concurrent writes); their works keep the pieces
-        not yet confirmed."""
-        in_flight = list(self._started.values())
-        for started in in_flight:
-            started.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        self._started.clear()
 
     async def take_over(self, gathered: list[Taken], works: deque[Work]) -> None:
         """Start in place of a sink that :meth:`retire` stopped, over its queue (already started and
         accepting): what it had taken is delivered first, in order."""
-        self._gathered = gathered
-        self._works = works
+        self._taker.gathered = gathered
+        self._works.clear()
+        self._works.extend(works)
         await self.output.start()
         self._task = asyncio.create_task(self._supervise(), name=f"delivery:{self.name}")
 
@@ -405,8 +345,9 @@ class BufferedSink:
         oldest = self._unsynced.oldest_received_ns()  # written before anything the loop still holds
         if oldest is not None:
             return oldest
-        if self._gathered:
-            oldest = self._gathered[0].chunk.received_ns
+        gathered = self._taker.gathered
+        if gathered:
+            oldest = gathered[0].chunk.received_ns
         for work in self._works:
             if work.pieces:
                 t = work.chunk.received_ns
@@ -484,15 +425,14 @@ class BufferedSink:
 
     async def _run(self) -> None:
         if self.output.concurrent_writes > 1:
-            await self._run_overlapped(self.output.concurrent_writes)
+            await self._in_flight.run(self.output.concurrent_writes)
             return
-        deliverer = self._deliverer
+        deliverer, taker = self._deliverer, self._taker
         while not deliverer.stopping:
             if not self._works:
-                if not self._gathered:
-                    await self._gather()
-                self._works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
-                self._gathered = []
+                if not taker.gathered:
+                    await taker.gather()
+                self._works.extend(taker.take_works())
             works = self._works
             while works:
                 if deliverer.stopping:
@@ -503,44 +443,18 @@ class BufferedSink:
                     return  # stopping in the middle of it
                 self._finish(work)
                 unsynced = self._unsynced
-                if unsynced and unsynced.due(self._clock(), self.queue.full) and not await self._flush():
+                if (
+                    unsynced
+                    and unsynced.due(self._clock(), self.queue.full)
+                    and not await self._syncer.flush()
+                ):
                     return  # stopping: what is not synced stays queued
-
-    async def _run_overlapped(self, depth: int) -> None:
-        """The loop for an output that takes ``depth`` writes at once: the works of the next batches are
-        begun while the oldest is still in flight, and marked delivered oldest first. When stopping,
-        nothing more is begun and what is in flight is marked as it finishes. Works begun before a crash
-        of this loop go on; the loop picks them up again when it restarts."""
-        deliverer = self._deliverer
-        works, started = self._works, self._started
-        while True:
-            self._begin_ready(depth)
-            if not works:
-                if deliverer.stopping:
-                    return
-                await self._gather()
-                works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
-                self._gathered = []
-                continue
-            head = works[0]
-            task = started.get(head)
-            if task is None:
-                return  # stopping: the rest stays queued and is delivered after the restart
-            if not task.done():
-                await self._head_or_more(task, depth)
-                if not task.done():
-                    continue  # more is committed: begin it while the head is in flight
-            del started[head]
-            task.result()  # what deliver() raised is a crash of this loop, for the head work
-            if head.pieces:
-                return  # stopping in the middle of it
-            self._finish(head)
 
     def _finish(self, work: Work) -> None:
         """``work`` (the head of self._works) has no piece left: its chunks leave the queue, or wait for
         the output's sync when it defers it."""
         if self.output.defers_sync:
-            self._unsynced.add(_written(work), self._clock())
+            self._syncer.add(work, self._clock())
         else:
             self._record(work)
         self._works.popleft()
@@ -555,187 +469,6 @@ class BufferedSink:
         self.tag_events.add(work.chunk.tag, work.chunk.count)
         self._deliverer.progress.set()
 
-    async def _flush(self) -> bool:
-        """Sync what the output wrote, then mark it, oldest first. A failed sync: back off, write every
-        work again, sync again (see :mod:`forwardd.buffer.unsynced`). False when stopping first."""
-        unsynced, deliverer = self._unsynced, self._deliverer
-        attempts = 0
-        while unsynced:
-            for written in unsynced.stale():
-                work = Work(written.work.takens, _merge(written.work.takens))
-                await deliverer.deliver(work)
-                if work.pieces:
-                    return False  # stopping in the middle of it
-                unsynced.rewritten(written, work)
-            error = await deliverer.sync()
-            if error is None:
-                for work in unsynced.synced():
-                    self._record(work)
-                continue
-            unsynced.failed()
-            attempts += 1
-            log.warning(
-                "delivery.sync_failed",
-                output=self.name,
-                attempt=attempts,
-                works=len(unsynced),
-                bytes=unsynced.bytes,
-                error=describe(error),
-            )
-            if deliverer.stopping:
-                return False
-            await deliverer.back_off(attempts, error)
-            if deliverer.stopping:
-                return False
-        return True
-
-    def _begin_ready(self, depth: int) -> None:
-        """Begin the delivery of works not begun yet, taking what is committed now into new works (no
-        waiting, no holding to grow: a write is in flight), while fewer than ``depth`` writes and
-        IN_FLIGHT_BYTES of entries are still running. A write that is done but not the oldest holds no
-        slot (it only waits to be marked, in order), or one slow write would hold back all the others;
-        what may wait so behind a slow one is bounded by UNMARKED_PER_SLOT and UNMARKED_BYTES."""
-        deliverer = self._deliverer
-        works, started = self._works, self._started
-        running = [w for w, task in started.items() if not task.done()]
-        in_flight = sum(len(w.chunk.entries) for w in running)
-        unmarked = sum(len(w.chunk.entries) for w in started)
-        n_running = len(running)
-        while not deliverer.stopping:
-            work = next((w for w in works if w not in started), None)
-            if work is None:
-                if not started:
-                    return  # nothing in flight: the loop waits for a batch as the plain loop does
-                if not self._gathered:
-                    t = self.queue.take_nowait()
-                    if t is None:
-                        return
-                    self._gathered.append(t)
-                    self._take_ready(self._gathered, len(t.chunk.entries), t.chunk.count)
-                works.extend(Work(group, chunk) for group, chunk in self._batch(self._gathered))
-                self._gathered = []
-                continue
-            size = len(work.chunk.entries)
-            if started and (
-                n_running >= depth
-                or in_flight + size > IN_FLIGHT_BYTES
-                or len(started) >= depth * UNMARKED_PER_SLOT
-                or unmarked + size > UNMARKED_BYTES
-            ):
-                return
-            started[work] = asyncio.ensure_future(deliverer.deliver(work))
-            n_running += 1
-            in_flight += size
-            unmarked += size
-
-    async def _head_or_more(self, head: asyncio.Task[None], depth: int) -> None:
-        """Wait until the oldest work in flight is done, or another write ends (its slot may take the next
-        work), or, when there is room for another, until a chunk is committed (it is kept in
-        self._gathered)."""
-        if self._deliverer.stopping:
-            await asyncio.wait((head,))
-            return
-        started = self._started
-        running = {task for task in started.values() if not task.done()}
-        room = (
-            len(running) < depth
-            and len(started) < depth * UNMARKED_PER_SLOT
-            and all(w in started for w in self._works)
-        )
-        if not room:
-            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            return
-        get = asyncio.ensure_future(self.queue.get())
-        try:
-            await asyncio.wait((*running, get), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when this loop is cancelled (a stop, a reload's retire) in the turn the get took one
-            taken = await _took(get)
-            if taken is not None:
-                self._gathered.append(taken)
-
-    async def _gather(self) -> None:
-        """Take the next batch into ``self._gathered``: what is committed now, or held to grow for up to
-        ``Batching.max_wait``."""
-        batching = self.batching
-        takens = self._gathered
-        first = await self._next_or_sync()
-        takens.append(first)
-        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
-        if batching.max_wait > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + batching.max_wait
-            enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
-            while (
-                size < enough
-                and events < batching.max_events
-                and len(takens) < BATCH_MAX_CHUNKS
-                and not self._hurry.is_set()
-            ):
-                t = await self._next_within(deadline - loop.time())
-                if t is None:
-                    break
-                takens.append(t)
-                size, events = self._take_ready(takens, size + len(t.chunk.entries), events + t.chunk.count)
-
-    async def _next_or_sync(self) -> Taken:
-        """The next committed chunk. While written works wait for their sync, wait no longer than it is
-        due (or, when stopping, than the queue has nothing ready), then sync."""
-        while self._unsynced:
-            taken = await self._next_within(self._unsynced.deadline() - self._clock())
-            if taken is not None:
-                return taken
-            if not await self._flush():
-                break  # stopping: what is not synced stays queued
-        return await self.queue.get()
-
-    async def _next_within(self, timeout: float) -> Taken | None:
-        """The next committed chunk if one comes within ``timeout`` and before a stop, else None."""
-        if timeout <= 0:
-            return None
-        get = asyncio.ensure_future(self.queue.get())
-        hurry = asyncio.ensure_future(self._hurry.wait())
-        try:
-            await asyncio.wait((get, hurry), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # cancelled (a stop, a reload's retire), maybe in the turn the get took one:
-            taken = await _took(get)  # it joins the batch being gathered, which retire hands over
-            if taken is not None:
-                self._gathered.append(taken)
-            raise
-        finally:
-            hurry.cancel()
-        return await _took(get)
-
-    def _take_ready(self, takens: list[Taken], size: int, events: int) -> tuple[int, int]:
-        """Append to ``takens`` what is committed now, up to the batch limits; the new size and events."""
-        batching = self.batching
-        max_bytes = min(BATCH_MAX_BYTES, batching.max_bytes)
-        max_events = batching.max_events
-        take = self.queue.take_nowait
-        while len(takens) < BATCH_MAX_CHUNKS and size < max_bytes and events < max_events:
-            t = take()
-            if t is None:
-                break
-            takens.append(t)
-            size += len(t.chunk.entries)
-            events += t.chunk.count
-        return size, events
-
-    def _batch(self, takens: list[Taken]) -> list[tuple[list[Taken], Chunk]]:
-        """The taken chunks merged into one chunk per tag.
-
-        Docker sends one event per message, so without this every event would cost the output a write
-        (and the file output an fsync). Entries of one tag are concatenated as bytes, not decoded. A
-        merged chunk's receive time is its first chunk's, which only matters for events sent with no
-        time (0 or nil), whose time is taken from it.
-        """
-        first = takens[0]
-        if len(takens) == 1:
-            return [(takens, first.chunk)]
-        groups: dict[str, list[Taken]] = {}
-        for t in takens:
-            groups.setdefault(t.chunk.tag, []).append(t)
-        return [(ts, _merge(ts)) for ts in groups.values()]
-
     async def _park(self, work: Work, exc: BaseException) -> None:
         """The batch crashed the loop again and again: its pieces go to the dead-letter folder as they are
         (no @ERROR route, no isolation: either may be what crashes), so the rest of the queue moves."""
@@ -746,41 +479,6 @@ class BufferedSink:
         for taken in work.takens:
             self.queue.mark_delivered(taken)
         self._works.popleft()
-        self._started.pop(work, None)
+        self._in_flight.started.pop(work, None)
         self._deliverer.progress.set()
         log.error("delivery.batch_parked", output=self.name, tag=work.chunk.tag, error=describe(exc))
-
-
-async def _took(get: asyncio.Future[Taken]) -> Taken | None:
-    """What a ``queue.get()`` raced against something else took: its chunk if it completed (even while
-    being cancelled: then it took one all the same), else None, once it is cancelled. The queue never hands
-    a taken chunk out again in this process, so the loop must keep it, never drop it."""
-    if not get.done():
-        get.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await get
-    return get.result() if not get.cancelled() else None
-
-
-def _written(work: Work) -> Work:
-    """What the loop keeps of a written work until the output's sync: its chunks, and of a merged chunk
-    the header only. The merged copy of their entries (and what the output decoded of it) would more than
-    double what the unsynced works pin; a rewrite merges them again."""
-    if len(work.takens) == 1:
-        return work
-    chunk = work.chunk
-    header = Chunk(chunk.tag, b"", chunk.count, chunk.received_ns)
-    header.invalid = chunk.invalid
-    return Work(work.takens, header)
-
-
-def _merge(takens: list[Taken]) -> Chunk:
-    if len(takens) == 1:
-        return takens[0].chunk
-    first = takens[0].chunk
-    chunks = [t.chunk for t in takens]
-    merged = Chunk(
-        first.tag, b"".join(c.entries for c in chunks), sum(c.count for c in chunks), first.received_ns
-    )
-    merged.invalid = sum(c.invalid for c in chunks)
-    return merged

@@ -101,6 +101,27 @@ class Work:
         self.crashes = 0
 
 
+class _Writes:
+    """The writes (and syncs) of an output in progress: a context manager around each, so that ``idle`` is
+    clear while any runs (several when the output takes concurrent writes); stop and retire wait for it."""
+
+    __slots__ = ("count", "idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            self.idle.set()
+
+
 #: What Deliverer._failed returns besides a RetryableError.
 _NEXT = object()
 _QUICK = object()
@@ -133,9 +154,8 @@ class Deliverer:
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self._writing = 0  # writes in progress (several when the output takes concurrent writes)
+        self._writing = _Writes()
+        self.idle = self._writing.idle
         self._waiting = 0  # deliver() calls waiting to try again (several, likewise)
         self.progress = asyncio.Event()
         self.stopping = False
@@ -161,8 +181,21 @@ class Deliverer:
 
     def settle_idle(self) -> None:
         """After a crash of the loop: ``idle`` again, unless writes of other deliveries are in flight."""
-        if not self._writing:
+        if not self._writing.count:
             self.idle.set()
+
+    def _errored(self, exc: Exception) -> None:
+        """A write or sync failed: what the report and the metrics endpoint show as the last error."""
+        self.last_error = describe(exc)
+        self.last_error_at = time.time()
+
+    def _failing(self, failing: bool) -> None:
+        """Whether the head keeps failing, for ``failing_since``: set when it begins failing (back-off
+        between attempts), kept while it goes on failing, cleared once it went through or was given up."""
+        if not failing:
+            self.failing_since = None
+        elif self.failing_since is None:
+            self.failing_since = self._clock()
 
     async def _wait(self, delay: float) -> None:
         self._waiting += 1
@@ -175,21 +208,14 @@ class Deliverer:
     async def sync(self) -> Exception | None:
         """The output's :meth:`~forwardd.outputs.base.Output.sync`, counted as a write in progress (stop and
         retire wait for ``idle``); what it raised, or None when it succeeded."""
-        self._writing += 1
-        self.idle.clear()
         try:
-            await self.output.sync()
+            with self._writing:
+                await self.output.sync()
         except Exception as exc:
-            self.last_error = describe(exc)
-            self.last_error_at = time.time()
-            if self.failing_since is None:
-                self.failing_since = self._clock()
+            self._errored(exc)
+            self._failing(True)
             return exc
-        finally:
-            self._writing -= 1
-            if not self._writing:
-                self.idle.set()
-        self.failing_since = None
+        self._failing(False)
         return None
 
     async def back_off(self, attempts: int, exc: Exception) -> None:
@@ -209,34 +235,28 @@ class Deliverer:
             if attempts == 0:
                 first = self._clock()
             attempts += 1
-            self._writing += 1
-            self.idle.clear()
             try:
-                await self.output.write(piece.chunk)
+                with self._writing:
+                    await self.output.write(piece.chunk)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
                 failure = None
-            finally:
-                self._writing -= 1
-                if not self._writing:
-                    self.idle.set()
             if failure is None:
                 pieces.popleft()
                 self.delivered_events += piece.chunk.count
                 self.delivered_bytes += len(piece.chunk.entries)
                 attempts = 0
-                self.failing_since = None
+                self._failing(False)
                 continue
             step = await self._failed(work, piece, failure, attempts)
             if step is _NEXT:
                 attempts = 0
-                self.failing_since = None
+                self._failing(False)
                 continue
             if self.stopping:
                 return
-            if self.failing_since is None:
-                self.failing_since = self._clock()
+            self._failing(True)
             if step is _QUICK:
                 await self._wait(UNEXPECTED_DELAY * 2 ** (pieces[0].failures - 1))
                 continue
@@ -246,7 +266,7 @@ class Deliverer:
                 pieces.popleft()
                 await self._dead_letter(head.chunk, "retries_exhausted", step, attempts, head.isolated)
                 attempts = 0
-                self.failing_since = None
+                self._failing(False)
                 continue
             delay = policy.delay(attempts, step.retry_after, self._rand)
             self.retries += 1
@@ -267,8 +287,7 @@ class Deliverer:
         at the head), _QUICK (a short wait, then the head again) or a RetryableError (back off, then the
         head again)."""
         pieces = work.pieces
-        self.last_error = describe(exc)
-        self.last_error_at = time.time()
+        self._errored(exc)
         if isinstance(exc, PartialDelivery):
             self.delivered_events += max(exc.delivered, 0)
             if exc.rejected is not None and exc.rejected.count:

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from forwardd.buffer.base import Taken, WhenFull
-from forwardd.buffer.delivery import Batching, BufferedSink
+from forwardd.buffer.batching import Batching
+from forwardd.buffer.delivery import BufferedSink
 from forwardd.buffer.retry import RetryPolicy
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk

@@ -26,13 +26,21 @@ sync that followed its new write succeeded.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+import structlog
 
 from forwardd.buffer.base import Taken
-from forwardd.buffer.isolation import Work
+from forwardd.buffer.batching import merge
+from forwardd.buffer.dead_letter import describe
+from forwardd.buffer.isolation import Deliverer, Work
+from forwardd.model import Chunk
 
-__all__ = ["UNSYNCED_BYTES", "Unsynced", "Written"]
+__all__ = ["UNSYNCED_BYTES", "Syncer", "Unsynced", "Written"]
+
+log = structlog.get_logger("forwardd.delivery")
 
 #: Entry bytes of written works that make the loop sync at once.
 UNSYNCED_BYTES = 8 * 1024 * 1024
@@ -119,3 +127,95 @@ class Unsynced:
 
 def _size(work: Work) -> int:
     return sum(len(t.chunk.entries) for t in work.takens)
+
+
+class Syncer:
+    """The delivery loop's part: it keeps what the output wrote in ``unsynced`` (:meth:`add`), syncs it
+    and hands what a sync covered to ``record`` (the sink marks those chunks delivered, oldest first)."""
+
+    def __init__(
+        self, name: str, unsynced: Unsynced, deliverer: Deliverer, record: Callable[[Work], None]
+    ) -> None:
+        self.name = name
+        self.unsynced = unsynced
+        self._deliverer = deliverer
+        self._record = record
+
+    def add(self, work: Work, now: float) -> None:
+        """``work`` was written at ``now`` and waits for a sync (what is kept of it: :func:`_kept`)."""
+        self.unsynced.add(_kept(work), now)
+
+    async def flush(self) -> bool:
+        """Sync what the output wrote, then mark it, oldest first. A failed sync: back off, write every
+        work again, sync again (see the module doc). False when stopping first."""
+        unsynced, deliverer = self.unsynced, self._deliverer
+        attempts = 0
+        while unsynced:
+            for written in unsynced.stale():
+                work = Work(written.work.takens, merge(written.work.takens))
+                await deliverer.deliver(work)
+                if work.pieces:
+                    return False  # stopping in the middle of it
+                unsynced.rewritten(written, work)
+            error = await deliverer.sync()
+            if error is None:
+                for work in unsynced.synced():
+                    self._record(work)
+                continue
+            unsynced.failed()
+            attempts += 1
+            log.warning(
+                "delivery.sync_failed",
+                output=self.name,
+                attempt=attempts,
+                works=len(unsynced),
+                bytes=unsynced.bytes,
+                error=describe(error),
+            )
+            if deliverer.stopping:
+                return False
+            await deliverer.back_off(attempts, error)
+            if deliverer.stopping:
+                return False
+        return True
+
+    async def last(self, timeout: float) -> bool:
+        """One last sync of what the output wrote (a stop, a retire), within ``timeout``: the works it covers
+        are marked. False when it failed or took too long: those chunks stay queued (or go to the next
+        output), delivered again."""
+        unsynced = self.unsynced
+        if not unsynced:
+            return True
+        error: Exception | None
+        try:
+            error = await asyncio.wait_for(self._deliverer.sync(), max(timeout, 0.1))
+        except TimeoutError as exc:
+            error = exc
+        if error is None:
+            for work in unsynced.synced():
+                self._record(work)
+        else:
+            unsynced.failed()
+        if unsynced:
+            # Not marked: delivered again after the restart (a stop), or by the new output (a retire).
+            log.warning(
+                "delivery.last_sync_failed",
+                output=self.name,
+                works=len(unsynced),
+                bytes=unsynced.bytes,
+                error=describe(error) if error is not None else "written before a failed sync",
+            )
+            return False
+        return True
+
+
+def _kept(work: Work) -> Work:
+    """What the loop keeps of a written work until the output's sync: its chunks, and of a merged chunk
+    the header only. The merged copy of their entries (and what the output decoded of it) would more than
+    double what the unsynced works pin; a rewrite merges them again."""
+    if len(work.takens) == 1:
+        return work
+    chunk = work.chunk
+    header = Chunk(chunk.tag, b"", chunk.count, chunk.received_ns)
+    header.invalid = chunk.invalid
+    return Work(work.takens, header)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, delivery
+from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, in_flight
 from forwardd.buffer.delivery import CRASHES_PER_BATCH
 from forwardd.errors import RetryableError
 from forwardd.model import Chunk
@@ -124,7 +124,7 @@ async def test_what_waits_behind_a_slow_write_is_bounded(
 ) -> None:
     """Writes done behind a slow oldest one hold no slot, but they hold their chunks until it is done:
     at most UNMARKED_PER_SLOT times the depth of them are begun, the rest wait in the queue."""
-    monkeypatch.setattr(delivery, "UNMARKED_PER_SLOT", 2)
+    monkeypatch.setattr(in_flight, "UNMARKED_PER_SLOT", 2)
     out = Gated(depth=2)
     out.open(*"bcdefg")
     sink = make(out, tmp_path, sinks, FakeTime(), memory=False)
@@ -148,7 +148,7 @@ async def test_entries_in_flight_are_bounded_in_bytes(
     """Four works of a batch, each more than half the byte bound: one in flight at a time, whatever the
     depth."""
     first = tagged("a", 0)
-    monkeypatch.setattr(delivery, "IN_FLIGHT_BYTES", len(first.entries) * 3 // 2)
+    monkeypatch.setattr(in_flight, "IN_FLIGHT_BYTES", len(first.entries) * 3 // 2)
     out = Gated(depth=8)
     sink = make(out, tmp_path, sinks, FakeTime(), memory=False)
     await sink.queue.start()

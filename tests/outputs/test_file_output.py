@@ -441,6 +441,35 @@ async def test_a_file_closed_between_grouped_syncs_whose_fsync_fails_fails_the_n
     await out.stop()
 
 
+async def test_a_write_cut_part_way_fsyncs_what_earlier_grouped_writes_left_and_a_failure_fails_the_sync(
+    tmp_path, file_size_limit
+):
+    """A failed append closes its file. With grouped syncs the lines earlier writes put in it are not
+    synced yet: they are fsynced as it closes, and if that fails only the next sync() can say so (the
+    delivery loop then writes them again); the append's own error is what the write raises."""
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path), fsync="grouped")
+    fsyncs = Fsyncs(out)
+    await out.write(chunk(0, 3))
+    size = path.stat().st_size
+    fsyncs.fail = 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))  # the next write gets cut part-way
+    try:
+        with pytest.raises(RetryableError, match="EFBIG"):
+            await out.write(chunk(3, 5))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert path.stat().st_size == size  # the part that went in is cut off again
+    assert fsyncs.calls == 1  # the earlier write's lines, as the file closed
+    with pytest.raises(RetryableError, match=r"cannot fsync .*a\.log.*EIO"):
+        await out.sync()
+    await out.write(chunk(0, 8))  # what the loop writes again goes to a new file, and syncs
+    await out.sync()
+    await out.stop()
+    assert seqs((tmp_path / "a.log.1").read_bytes()) == list(range(8))
+
+
 async def test_invalid_fsync_settings_are_config_errors(tmp_path):
     with pytest.raises(ValueError, match="fsync"):
         FileOutput(name="f", path=str(tmp_path / "a"), fsync="always")  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from forwardd.protocol import (
     finish_payload,
 )
 from forwardd.protocol.encode import forward, message, packed_forward
+from forwardd.protocol.framing import Framer, Streamed
 
 from .test_properties import RECV, cuts_for, frames, outcome
 from .violations import split_off, violation
@@ -140,3 +141,34 @@ def test_a_rejected_big_request_keeps_its_ack() -> None:
     [rej] = finish_payload(job)
     assert isinstance(rej, Rejected)
     assert (rej.reason, rej.ack) == ("unknown_compression", b"\x81\xa3ack\xa1r")
+
+
+@pytest.mark.parametrize("view_held", [False, True])
+def test_a_streamed_payload_is_taken_over_or_copied_while_a_view_of_its_buffer_lives(view_held: bool) -> None:
+    """A streamed payload is the framer's own buffer with its prefix dropped, not a copy. Dropping it raises
+    BufferError while the buffer is exported: ``Framer.buf`` is public (the decoder reads frames out of it
+    through memoryviews), so a view of it may outlive a feed. Then the payload is copied, and the view
+    still sees the bytes it saw."""
+    entries = [(T, {"k": i, "pad": "x" * 20}) for i in range(50)]
+    frame = packed_forward("t", entries, chunk="a")
+    opts = msgpack.packb({"chunk": "a"})
+    assert frame.endswith(opts)
+    framer = Framer(Limits(stream_from=16, inline_request_size=64))
+    items, broke, rest = framer.feed(frame[: -len(opts)])  # the head and the whole payload, no options
+    assert (items, broke, bytes(rest)) == ([], None, b"")
+    framer.consumed()
+    buf = framer.buf
+    view = memoryview(buf) if view_held else None
+    seen = bytes(buf)
+    items, broke, rest = framer.feed(opts)
+    assert (broke, bytes(rest)) == (None, b"")
+    [streamed] = items
+    assert isinstance(streamed, Streamed)
+    assert (streamed.tag, streamed.options, streamed.size) == (b"t", opts, len(frame))
+    assert streamed.payload == msgpack.unpackb(frame)[1]
+    if view is None:
+        assert streamed.payload is buf  # taken over
+    else:
+        assert streamed.payload is not buf  # copied
+        assert bytes(view) == seen
+        view.release()

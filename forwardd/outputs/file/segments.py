@@ -35,6 +35,7 @@ seconds) is injectable for ``rotate_interval`` tests. Everything here runs in on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -283,21 +284,33 @@ class Disk:
         except FileNotFoundError:
             return False
 
-    def _close(self, seg: Segment) -> None:
-        """Close the segment's file, fsyncing what was written to it and not yet synced."""
+    def _shut(self, seg: Segment, *, fsync: bool) -> OSError | None:
+        """The one way a segment's file is closed. With ``fsync``, what was written to it and no fsync
+        covered yet is fsynced first; if that fails the segment is broken and, with grouped syncs, the next
+        sync() fails (:meth:`_lose`), and the error is returned: what it means is the caller's to say. An
+        error closing the descriptor itself is raised."""
         if seg.fd < 0:
-            return
+            return None
+        error: OSError | None = None
         try:
-            if seg.dirty and self.fsync:
+            if fsync and seg.dirty:
                 try:
                     self.fsync_file(seg.fd)
                 except OSError as e:
                     self._lose(seg, e)
-                    raise
+                    error = e
         finally:
             seg.dirty = False
             fd, seg.fd = seg.fd, -1
             os.close(fd)
+        return error
+
+    def _close(self, seg: Segment) -> None:
+        """Close the segment's file (rotation, the open-file limit, a renamed file, the end), fsyncing what
+        was written to it and not yet synced; a failed fsync is raised."""
+        error = self._shut(seg, fsync=self.fsync)
+        if error is not None:
+            raise error
 
     def _lose(self, seg: Segment, e: OSError) -> None:
         """An fsync of ``seg`` failed outside sync(): with grouped syncs, the next sync() must fail too."""
@@ -306,15 +319,12 @@ class Disk:
             self._lost = classify(e, f"cannot fsync {seg.path}")
 
     def _break(self, seg: Segment) -> None:
-        """After a failed fsync: never append to this file again (a new segment is started), and close it."""
+        """After a failed fsync: never append to this file again (a new segment is started), and close it,
+        without another fsync and whatever the close says (the fsync's error is the one reported)."""
         seg.broken = True
         seg.dirty = False
-        if seg.fd >= 0:
-            fd, seg.fd = seg.fd, -1
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with contextlib.suppress(OSError):
+            self._shut(seg, fsync=False)
 
     # -- writing
 
@@ -341,24 +351,12 @@ class Disk:
                     os.ftruncate(seg.fd, old)
                 except OSError:
                     seg.broken = True
-            self._release(seg)
+            # What earlier writes put in the file and no sync covered yet (grouped syncs) is fsynced as
+            # it is closed; if that fails the next sync() fails. This write's own error is the one raised.
+            self._shut(seg, fsync=self.defer)
             raise
         seg.size = old + len(data)
         seg.dirty = True
-
-    def _release(self, seg: Segment) -> None:
-        """Close the file after a failed append; what earlier writes put in it and no sync covered yet
-        (grouped syncs) is fsynced first, and if that fails the next sync() fails."""
-        fd, seg.fd = seg.fd, -1
-        try:
-            if seg.dirty and self.defer:
-                try:
-                    self.fsync_file(fd)
-                except OSError as e:
-                    self._lose(seg, e)
-        finally:
-            seg.dirty = False
-            os.close(fd)
 
     def write(self, groups: list[tuple[str, bytes]]) -> None:
         """Append each group's data to its path's current segment, rotating first if due; then fsync
@@ -382,16 +380,15 @@ class Disk:
                 if seg not in touched:
                     touched.append(seg)
                 last = seg
-            for seg in touched:
-                if self.defer:
-                    break
-                if seg.dirty and seg.fd >= 0 and self.fsync:
-                    try:
-                        self.fsync_file(seg.fd)
-                    except OSError as e:
-                        self._break(seg)  # after a failed fsync the page cache state is unknown
-                        raise classify(e, f"cannot fsync {seg.path}") from e
-                seg.dirty = False
+            if not self.defer:  # grouped syncs: sync() fsyncs them, for many writes at once
+                for seg in touched:
+                    if seg.dirty and seg.fd >= 0 and self.fsync:
+                        try:
+                            self.fsync_file(seg.fd)
+                        except OSError as e:
+                            self._break(seg)  # after a failed fsync the page cache state is unknown
+                            raise classify(e, f"cannot fsync {seg.path}") from e
+                    seg.dirty = False
         finally:
             self._trim_open(exclude=touched)
         if last is not None and self.symlink:
@@ -415,17 +412,27 @@ class Disk:
             except OSError as e:
                 self._break(seg)
                 error = error or classify(e, f"cannot fsync {seg.path}")
-        dirs, self._dirs = self._dirs, set()
-        for folder in sorted(dirs):
-            try:
-                self._fsync_folder(folder)
-            except OSError as e:
-                error = error or classify(e, f"cannot fsync folder {folder}")
+        failed = self._sync_folders()
+        if failed and error is None:
+            folder, folder_error = failed[0]
+            error = classify(folder_error, f"cannot fsync folder {folder}")
         if error is not None:
             if isinstance(error, RetryableError):
                 raise error
             # Whatever the errno, a failed sync only means "write it again": never a verdict on the data.
             raise RetryableError(str(error)) from error
+
+    def _sync_folders(self) -> list[tuple[str, OSError]]:
+        """fsync every folder that got a new entry since the last sync (grouped syncs), each one even when
+        another fails; the folders that failed, with their errors."""
+        failed: list[tuple[str, OSError]] = []
+        dirs, self._dirs = self._dirs, set()
+        for folder in sorted(dirs):
+            try:
+                self._fsync_folder(folder)
+            except OSError as e:
+                failed.append((folder, e))
+        return failed
 
     def _due(self, seg: Segment, nbytes: int) -> bool:
         if self.max_size is not None and seg.size + nbytes > self.max_size:
@@ -470,11 +477,8 @@ class Disk:
                 self._close(seg)
             except OSError as e:
                 err = e
-        dirs, self._dirs = self._dirs, set()
-        for folder in sorted(dirs):
-            try:
-                self._fsync_folder(folder)
-            except OSError as e:
-                err = e
+        failed = self._sync_folders()
+        if failed:
+            err = failed[-1][1]
         if err is not None:
             raise classify(err, "cannot close")

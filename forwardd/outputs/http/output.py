@@ -11,7 +11,7 @@ written only once the one before it is delivered (or dead-lettered), so the endp
 order the events were received. ``in_flight: N`` (up to 64; the output's
 :attr:`~forwardd.outputs.base.Output.concurrent_writes`) lets the delivery loop write N chunks at once,
 each over a connection of its own, so the output no longer waits a round trip of the endpoint between
-chunks (the loop bounds the entries in flight by ``IN_FLIGHT_BYTES`` of :mod:`forwardd.buffer.delivery`,
+chunks (the loop bounds the entries in flight by ``IN_FLIGHT_BYTES`` of :mod:`forwardd.buffer.in_flight`,
 whatever N). It gives up order across chunks: requests of different chunks may reach the endpoint out of
 order, and on a retry a later chunk may land before an earlier one that failed. Events within one
 request, and the requests of one chunk, stay in order, and each chunk's outcome is still its own (a 400 on

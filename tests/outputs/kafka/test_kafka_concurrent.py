@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from forwardd.buffer.delivery import BATCH_MAX_BYTES, IN_FLIGHT_BYTES
+from forwardd.buffer.batching import BATCH_MAX_BYTES
+from forwardd.buffer.in_flight import IN_FLIGHT_BYTES
 from forwardd.errors import PartialDelivery, RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.kafka import KafkaOutput

@@ -1,0 +1,214 @@
+"""How the delivery loop takes its next batch from the queue: what is committed now, held up to
+:class:`Batching`'s ``max_wait`` to let it grow, then merged per tag into one chunk each.
+
+The loop (:mod:`forwardd.buffer.delivery`) owns one :class:`BatchTaker`. What the taker has taken and not
+handed over as works yet stays in its ``gathered`` list, never only in a local: a disk queue does not hand
+a taken chunk out twice in one process, so a crash of the loop, a stop or a reload's retire in the middle
+of a batch must find those chunks there (the restarted loop, or the successor, delivers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from forwardd.buffer.base import ChunkQueue, Taken
+from forwardd.buffer.isolation import Work
+from forwardd.model import Chunk
+
+if TYPE_CHECKING:  # unsynced.py imports merge from here
+    from forwardd.buffer.unsynced import Unsynced
+
+__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_CHUNKS", "BatchTaker", "Batching", "merge"]
+
+#: Most chunks and bytes merged into one write of the output (see BatchTaker._batch).
+BATCH_MAX_CHUNKS = 4096
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How long the delivery loop may hold a small batch to let it grow, and what counts as big enough.
+
+    Without it, a chunk is written as soon as it is committed, with whatever else is committed by then.
+    Docker clients that wait for each ack make those batches a handful of events. Each batch costs the
+    file output a write and an fsync per file, and the HTTP output a request. ``max_wait`` bounds the extra
+    delay; the batch goes as soon as it holds ``max_events`` events or ``enough_bytes`` bytes (default
+    ``max_bytes``, the most one batch takes). The chunks wait in the queue, not in memory beyond it, and
+    an ack never waits for this: acks follow the commit.
+
+    ``enough_bytes`` below ``max_bytes`` suits the file output: a batch of 64 KiB is already worth its own
+    write and fsync, and holding bulk traffic (PackedForward chunks of ~240 KB) until it reaches the 4 MiB
+    cap only delays it (measured: 186k -> 165k events/s and twice the ack p99 into files, 1 connection).
+    """
+
+    max_wait: float = 0.0
+    max_events: int = sys.maxsize
+    max_bytes: int = BATCH_MAX_BYTES
+    enough_bytes: int | None = None
+
+
+class BatchTaker:
+    """The delivery loop's side of the queue: takes the next batch into ``gathered`` and hands it over as
+    per-tag works (:meth:`take_works`).
+
+    ``hurry`` is set when the loop stops: a batch held to grow goes at once. While an output that defers
+    its sync has written works waiting for it (``unsynced``), waiting for the next chunk lasts no longer
+    than that sync is due; then ``flush`` (the loop's sync-and-mark, False when stopping) runs.
+    """
+
+    def __init__(
+        self,
+        queue: ChunkQueue,
+        batching: Batching,
+        unsynced: Unsynced,
+        flush: Callable[[], Awaitable[bool]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.queue = queue
+        self.batching = batching
+        self.hurry = asyncio.Event()
+        #: Taken for the next batch and not handed over as works yet (see the module doc).
+        self.gathered: list[Taken] = []
+        self._unsynced = unsynced
+        self._flush = flush
+        self._clock = clock
+
+    def take_works(self) -> list[Work]:
+        """What is gathered, as one work per tag (see :meth:`_batch`); ``gathered`` is empty after it."""
+        works = [Work(group, chunk) for group, chunk in self._batch(self.gathered)]
+        self.gathered = []
+        return works
+
+    async def gather(self) -> None:
+        """Take the next batch into ``gathered``: what is committed now, or held to grow for up to
+        ``Batching.max_wait``."""
+        batching = self.batching
+        takens = self.gathered
+        first = await self._next_or_sync()
+        takens.append(first)
+        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
+        if batching.max_wait > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + batching.max_wait
+            enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
+            while (
+                size < enough
+                and events < batching.max_events
+                and len(takens) < BATCH_MAX_CHUNKS
+                and not self.hurry.is_set()
+            ):
+                t = await self._next_within(deadline - loop.time())
+                if t is None:
+                    break
+                takens.append(t)
+                size, events = self._take_ready(takens, size + len(t.chunk.entries), events + t.chunk.count)
+
+    def gather_ready(self) -> bool:
+        """Take what is committed now into ``gathered``, without waiting or holding it to grow (a write is
+        in flight: the batch goes next to it); False when nothing is gathered."""
+        if not self.gathered:
+            t = self.queue.take_nowait()
+            if t is None:
+                return False
+            self.gathered.append(t)
+            self._take_ready(self.gathered, len(t.chunk.entries), t.chunk.count)
+        return True
+
+    async def gather_or_wait(self, running: set[asyncio.Task[None]]) -> None:
+        """Wait until a chunk is committed (it is kept in ``gathered``) or one of ``running`` ends."""
+        get = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait((*running, get), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the loop is cancelled (a stop, a reload's retire) in the turn the get took one
+            taken = await _took(get)
+            if taken is not None:
+                self.gathered.append(taken)
+
+    async def _next_or_sync(self) -> Taken:
+        """The next committed chunk. While written works wait for their sync, wait no longer than it is
+        due (or, when stopping, than the queue has nothing ready), then sync."""
+        while self._unsynced:
+            taken = await self._next_within(self._unsynced.deadline() - self._clock())
+            if taken is not None:
+                return taken
+            if not await self._flush():
+                break  # stopping: what is not synced stays queued
+        return await self.queue.get()
+
+    async def _next_within(self, timeout: float) -> Taken | None:
+        """The next committed chunk if one comes within ``timeout`` and before a stop, else None."""
+        if timeout <= 0:
+            return None
+        get = asyncio.ensure_future(self.queue.get())
+        hurry = asyncio.ensure_future(self.hurry.wait())
+        try:
+            await asyncio.wait((get, hurry), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (a stop, a reload's retire), maybe in the turn the get took one:
+            taken = await _took(get)  # it joins the batch being gathered, which retire hands over
+            if taken is not None:
+                self.gathered.append(taken)
+            raise
+        finally:
+            hurry.cancel()
+        return await _took(get)
+
+    def _take_ready(self, takens: list[Taken], size: int, events: int) -> tuple[int, int]:
+        """Append to ``takens`` what is committed now, up to the batch limits; the new size and events."""
+        batching = self.batching
+        max_bytes = min(BATCH_MAX_BYTES, batching.max_bytes)
+        max_events = batching.max_events
+        take = self.queue.take_nowait
+        while len(takens) < BATCH_MAX_CHUNKS and size < max_bytes and events < max_events:
+            t = take()
+            if t is None:
+                break
+            takens.append(t)
+            size += len(t.chunk.entries)
+            events += t.chunk.count
+        return size, events
+
+    @staticmethod
+    def _batch(takens: list[Taken]) -> list[tuple[list[Taken], Chunk]]:
+        """The taken chunks merged into one chunk per tag.
+
+        Docker sends one event per message, so without this every event would cost the output a write
+        (and the file output an fsync). Entries of one tag are concatenated as bytes, not decoded. A
+        merged chunk's receive time is its first chunk's, which only matters for events sent with no
+        time (0 or nil), whose time is taken from it.
+        """
+        first = takens[0]
+        if len(takens) == 1:
+            return [(takens, first.chunk)]
+        groups: dict[str, list[Taken]] = {}
+        for t in takens:
+            groups.setdefault(t.chunk.tag, []).append(t)
+        return [(ts, merge(ts)) for ts in groups.values()]
+
+
+async def _took(get: asyncio.Future[Taken]) -> Taken | None:
+    """What a ``queue.get()`` raced against something else took: its chunk if it completed (even while
+    being cancelled: then it took one all the same), else None, once it is cancelled. The queue never hands
+    a taken chunk out again in this process, so the loop must keep it, never drop it."""
+    if not get.done():
+        get.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await get
+    return get.result() if not get.cancelled() else None
+
+
+def merge(takens: list[Taken]) -> Chunk:
+    """The chunks of one tag as one chunk: their entries concatenated, the first one's receive time."""
+    if len(takens) == 1:
+        return takens[0].chunk
+    first = takens[0].chunk
+    chunks = [t.chunk for t in takens]
+    merged = Chunk(
+        first.tag, b"".join(c.entries for c in chunks), sum(c.count for c in chunks), first.received_ns
+    )
+    merged.invalid = sum(c.invalid for c in chunks)
+    return merged
