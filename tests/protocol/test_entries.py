@@ -199,6 +199,7 @@ def test_native_framing_equals_the_reference(blob: bytes, start: int, shift: int
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=120), st.integers(0, 5), st.integers(-1, 6))
 @example(b"\x92\x00\x81\xd9", 0, -1)  # cut short inside a container: a str8 header,
+@example(b"\x92\x00\x81\xd9\x05abc", 0, -1)  # a str8,
 @example(b"\x92\x00\x81\xd7\x00abc", 0, -1)  # a fixext8,
 @example(in_a_map(b"\xda\x00"), 0, -1)  # a str16 header
 def test_native_scan_equals_the_reference_on_any_bytes(blob: bytes, start: int, max_entries: int) -> None:
