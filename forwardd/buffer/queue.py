@@ -61,13 +61,14 @@ every future of the batch resolves. Chunks submitted while that commit runs form
 fsync (~0.3-1 ms here) serves every connection that sent something meanwhile.
 
 Where the commit runs depends on its size. A batch of up to ``inline_commit_max`` bytes (64 KiB: dozens of
-docker messages) is written on the event loop thread. Its cost is the fdatasync's latency, and handing it to
-a thread costs more: the woken thread waits for the GIL and a CPU while the loop is busy, 0.3-0.5 ms per
-hand-off on a 2-core machine, twice per commit. Measured with 16 docker-style clients that each wait for
-their ack, committing inline carried 30-45% more events per second. Larger batches (PackedForward chunks,
-bursts) go to the single writer thread, so the loop keeps reading sockets while megabytes are written and
-synced. A disk whose commits become slow (average over ``INLINE_MAX_SECONDS``) sends every batch to the thread
-until it is fast again: a stalling disk must not freeze the event loop, its other connections and outputs.
+docker messages) and ``INLINE_COMMIT_CHUNKS`` chunks is written on the event loop thread. Its cost is the
+fdatasync's latency, and handing it to a thread costs more: the woken thread waits for the GIL and a CPU
+while the loop is busy, 0.3-0.5 ms per hand-off on a 2-core machine, twice per commit. Measured with 16
+docker-style clients that each wait for their ack, committing inline carried 30-45% more events per
+second. Larger batches (PackedForward chunks, bursts, thousands of tiny chunks) go to the single writer
+thread, so the loop keeps reading sockets while they are framed, written and synced. A disk whose commits
+become slow (average over ``INLINE_MAX_SECONDS``) sends every batch to the thread until it is fast again: a
+stalling disk must not freeze the event loop, its other connections and outputs.
 
 Before a small commit under ``always``, the commit task waits up to ``COMMIT_GATHER_SECONDS`` (0.3 ms) for
 as many chunks as the previous commit carried, reading sockets meanwhile (:meth:`DiskQueue._gather`).
@@ -148,7 +149,13 @@ from forwardd.buffer.store import DEFAULT_MAX_SEGMENT_SIZE, SegmentStore, WriteE
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
 
-__all__ = ["DEFAULT_MAX_SEGMENT_SIZE", "DEFAULT_MAX_SIZE", "INLINE_COMMIT_MAX", "DiskQueue"]
+__all__ = [
+    "DEFAULT_MAX_SEGMENT_SIZE",
+    "DEFAULT_MAX_SIZE",
+    "INLINE_COMMIT_CHUNKS",
+    "INLINE_COMMIT_MAX",
+    "DiskQueue",
+]
 
 _T = TypeVar("_T")
 
@@ -159,8 +166,11 @@ DEFAULT_MAX_SIZE = 1024 * 1024 * 1024
 
 _Pending = tuple[Chunk, "asyncio.Future[None]", int]
 
-#: Batches up to this many bytes are committed on the event loop thread (see "Group commit").
+#: Batches up to this many bytes are committed on the event loop thread (see "Group commit")...
 INLINE_COMMIT_MAX = 64 * 1024
+#: ...and up to this many chunks: framing costs per chunk, and 64 KiB of tiny chunks (thousands, from many
+#: connections at once) kept the loop 7-15 ms per commit, each connection waiting as long.
+INLINE_COMMIT_CHUNKS = 256
 #: Commits slower than this on average go to the writer thread, whatever their size.
 INLINE_MAX_SECONDS = 0.005
 #: The longest a small commit waits for as many chunks as the previous one carried (see ``_gather``).
@@ -498,6 +508,7 @@ class DiskQueue:
         if (
             self._thread_jobs == 0  # never beside the thread: the store's writer side is single-threaded
             and self.commit_seconds <= INLINE_MAX_SECONDS
+            and len(batch) <= INLINE_COMMIT_CHUNKS
             and sum(p[2] for p in batch) <= self.inline_commit_max
         ):
             self.inline_commits += 1

@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forwardd.buffer import DiskQueue
+from forwardd.buffer.queue import INLINE_COMMIT_CHUNKS
 from forwardd.buffer.segment import frame_size, scan
 from forwardd.buffer.store import SegmentStore
 from forwardd.errors import ChunkRejected
@@ -89,6 +90,38 @@ async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_
     assert queue.inline_commits == 1
     got = [(await queue.get()).chunk.count for _ in range(41)]
     assert got == [*range(40), 1]
+    await queue.close()
+
+
+async def test_many_tiny_chunks_commit_in_the_writer_thread(tmp_path: Path) -> None:
+    """64 KiB of tiny chunks is thousands of records to frame: past INLINE_COMMIT_CHUNKS a batch goes to
+    the writer thread however few its bytes, so the loop keeps reading while it is framed and written."""
+    queue = DiskQueue(str(tmp_path), inline_commit_max=64 * 1024)
+    await queue.start()
+    store = queue._store
+    assert store is not None
+    threads: list[int] = []
+    real_write = store.write
+
+    def spied_write(chunks: list[Chunk], **kw: bool):
+        threads.append(threading.get_ident())
+        return real_write(chunks, **kw)
+
+    store.write = spied_write  # type: ignore[method-assign]
+    n = INLINE_COMMIT_CHUNKS + 1
+    tiny = [Chunk("t", bytes([i % 256]) * 4, i, i) for i in range(n)]
+    assert sum(frame_size(c) for c in tiny) < 64 * 1024  # few bytes: only the count sends it off the loop
+    await asyncio.wait_for(asyncio.gather(*(queue.submit(c) for c in tiny)), TIMEOUT)
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
+    assert queue.inline_commits == 0
+    got = [(await queue.get()).chunk.count for _ in range(n)]
+    assert got == list(range(n))
+    await asyncio.wait_for(  # as many as the limit: on the loop
+        asyncio.gather(*(queue.submit(c) for c in tiny[:INLINE_COMMIT_CHUNKS])), TIMEOUT
+    )
+    assert threads[1] == threading.get_ident()
+    assert queue.inline_commits == 1
     await queue.close()
 
 
