@@ -98,6 +98,11 @@ ROUTER_METRICS = (
     ("forwardd_router_filter_failed_events", "filter_failed_events", "Events isolated as failing a filter."),
     ("forwardd_router_error_label_events", "to_error_label", "Filter-failed events sent to @ERROR."),
     ("forwardd_router_held_rejected_chunks", "held_rejected", "Held chunks an output refused on release."),
+    (
+        "forwardd_router_parked_limit_reached",
+        "parked_limit_reached",
+        "Times chunks kept during a reload passed their bound: connections owing acks stopped reading.",
+    ),
 )
 
 #: Every metric name exported (as scraped: counters with ``_total``), for the README's table and tests.

@@ -218,6 +218,7 @@ class Router:
                 len(held) > self.max_parked_chunks or self._parked_bytes > self.max_parked_bytes
             ):
                 self.gate.close()
+                self.stats.parked_limit_reached += 1
                 log().warning(
                     "router.parked_limit",
                     parked_chunks=len(held),

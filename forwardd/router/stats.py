@@ -36,6 +36,9 @@ class RouterStats:
     filter_dropped: int = 0
     to_error_label: int = 0
     held_rejected: int = 0
+    #: Times the chunks kept during a reload passed their bound and the gate shut (connections owing acks
+    #: stopped reading until the pile came down; see Router.hold).
+    parked_limit_reached: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name, for the ``router.stats`` log line."""

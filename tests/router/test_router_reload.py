@@ -284,6 +284,7 @@ async def test_connections_stop_reading_while_the_pile_of_a_reload_is_over_its_b
         a.write(messages("app.a", range(12)))
         await until(lambda: stats.backpressure_pauses == 1, "the first connection to stop reading")
         assert router.gate.closed
+        assert router.stats.parked_limit_reached == 1  # on /metrics: the operator sees why reads stopped
         parked = router.parked
         assert 10 < parked <= 12
         a.write(messages("app.a", range(12, 62)))  # well under its own max_inflight: only the gate stops it
@@ -296,6 +297,7 @@ async def test_connections_stop_reading_while_the_pile_of_a_reload_is_over_its_b
         router.replace({ROOT_LABEL: to("new")}, sinks)
         await until(lambda: sinks["new"].queue.queued_chunks == 113, "everything sent to be committed")
         assert not router.gate.closed
+        assert router.stats.parked_limit_reached == 1  # once per shut, not per chunk kept meanwhile
     finally:
         for w in writers:
             w.close()
