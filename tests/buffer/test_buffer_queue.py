@@ -64,11 +64,8 @@ async def test_one_commit_serves_every_submit_made_while_another_commit_runs(tmp
     await queue.close()
 
 
-async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_thread(
-    tmp_path: Path,
-) -> None:
-    queue = DiskQueue(str(tmp_path), inline_commit_max=64 * 1024)
-    await queue.start()
+def commit_threads(queue: DiskQueue) -> list[int]:
+    """The thread of each of ``queue``'s commits from now on (the loop's, or the writer thread's)."""
     store = queue._store
     assert store is not None
     threads: list[int] = []
@@ -79,6 +76,15 @@ async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_
         return real_write(chunks)
 
     store.write = spied_write  # type: ignore[method-assign]
+    return threads
+
+
+async def test_small_batches_commit_on_the_loop_thread_large_ones_in_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    queue = DiskQueue(str(tmp_path), inline_commit_max=64 * 1024)
+    await queue.start()
+    threads = commit_threads(queue)
     small = [queue.submit(chunk(i)) for i in range(40)]  # 40 x ~250 B: one inline commit
     await asyncio.wait_for(asyncio.gather(*small), TIMEOUT)
     assert threads == [threading.get_ident()]
@@ -98,16 +104,7 @@ async def test_many_tiny_chunks_commit_in_the_writer_thread(tmp_path: Path) -> N
     the writer thread however few its bytes, so the loop keeps reading while it is framed and written."""
     queue = DiskQueue(str(tmp_path), inline_commit_max=64 * 1024)
     await queue.start()
-    store = queue._store
-    assert store is not None
-    threads: list[int] = []
-    real_write = store.write
-
-    def spied_write(chunks: list[Chunk], **kw: bool):
-        threads.append(threading.get_ident())
-        return real_write(chunks, **kw)
-
-    store.write = spied_write  # type: ignore[method-assign]
+    threads = commit_threads(queue)
     n = INLINE_COMMIT_CHUNKS + 1
     tiny = [Chunk("t", bytes([i % 256]) * 4, i, i) for i in range(n)]
     assert sum(frame_size(c) for c in tiny) < 64 * 1024  # few bytes: only the count sends it off the loop
