@@ -1120,6 +1120,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.compare is not None:
+        args.compare = str(Path(args.compare).resolve())  # the targets run in other directories
     if args.events % (1000 * args.conns):
         raise SystemExit("--events must be a multiple of 1000 x --conns")
     if args.profile:
