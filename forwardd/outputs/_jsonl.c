@@ -194,6 +194,19 @@ static void init_class(void) {
     CLASS['\\'] = 1;
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* True when none of the 8 bytes in v is below 0x20, '"', '\\' or above 0x7F: copied as they are. Each
+ * test is the exact "has a byte less than" of Bit Twiddling Hacks (a borrow can only mark bytes above a
+ * byte that is truly marked), so the OR is exact too. */
+static inline int plain8(uint64_t v) {
+    uint64_t q = v ^ (ONES * '"');
+    uint64_t b = v ^ (ONES * '\\');
+    uint64_t hit = (v | ((v - ONES * 0x20) & ~v) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
+    return hit == 0;
+}
+
 /* A JSON string for the n bytes at s, escaped as msgspec and orjson escape (short forms for \b \t \n \f
  * \r, \u00XX for other controls, nothing else); NOT_PLAIN when s is not valid UTF-8. */
 static int write_string(Out *o, const uint8_t *s, Py_ssize_t n) {
@@ -209,6 +222,17 @@ static int write_string(Out *o, const uint8_t *s, Py_ssize_t n) {
     *w++ = '"';
     Py_ssize_t i = 0;
     while (i < n) {
+        /* Eight bytes at a time while none needs a look (log lines are mostly plain ASCII). */
+        while (n - i >= 8) {
+            uint64_t v;
+            memcpy(&v, s + i, 8);
+            if (!plain8(v)) {
+                break;
+            }
+            memcpy(w, &v, 8);
+            w += 8;
+            i += 8;
+        }
         Py_ssize_t start = i;
         while (i < n && CLASS[s[i]] == 0) {
             i++;

@@ -188,6 +188,34 @@ def test_tag_that_was_not_utf8_is_written_readable():
     assert native.data == ref == b'{"time":"2023-11-14T22:13:20.000000000Z","tag":"app.\\\\xff","a":1}\n'
 
 
+def test_every_byte_at_every_offset_of_the_word_scan():
+    """Strings are scanned eight bytes at a time while no byte needs a look. Each byte value, at each
+    offset of the words of a 24-byte string (and in the short tail after them), must be escaped, checked
+    as UTF-8 or copied exactly as the Python path does, whichever word it falls in."""
+    lines = []
+    entries = b""
+    for value in range(256):
+        for offset in range(0, 27, 1):
+            raw = bytearray(b"a" * 27)
+            raw[offset] = value
+            if value >= 0x80:  # a lone lead or continuation byte is no UTF-8: make it a whole character
+                raw[offset : offset + 1] = chr(value).encode()
+            text = bytes(raw).decode()
+            entries += _entry(pack_event_time(T0 * 10**9), {"k": text, text[:9]: 1})
+            lines.append(text)
+    native, ref = _both(_chunk(entries, len(lines)))
+    assert native is not None and native.data == ref
+
+
+@pytest.mark.parametrize("bad", [b"\xff", b"\xc3", b"\xe4\xb8", b"\xed\xa0\x80"])
+@pytest.mark.parametrize("offset", [0, 7, 8, 15, 16, 20])
+def test_invalid_utf8_in_any_word_is_declined(bad, offset):
+    raw = b"a" * offset + bad + b"a" * 20
+    record = b"\x81\xa1k" + (b"\xd9" + bytes([len(raw)]) + raw)
+    entries = b"\x92" + pack_event_time(T0 * 10**9) + record
+    assert native_json_lines(_chunk(entries, 1)) is None
+
+
 def test_without_the_extension_the_python_path_answers(monkeypatch):
     monkeypatch.setattr(formats, "_jsonl", None)
     chunk = _chunk(_entry(msgpack.packb(T0), {"a": 1}), 1)
