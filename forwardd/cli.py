@@ -172,13 +172,15 @@ def _run_worker(
     """Run one daemon until it is stopped. ``parent_watch``: a forked worker's end of the pipe that tells
     it its parent is gone (:func:`forwardd.lifecycle.watch_parent`); ``ops``: its channel to the parent's
     operators' endpoint; ``path``: the configuration file SIGHUP re-reads (None: the built-in one)."""
-    from forwardd.app import Daemon
+    from forwardd.app import Daemon, heap
 
     _install_loop_policy()
     # The disk buffer's writer thread needs the GIL back the moment its fsync returns, or every ack
     # waits for the event loop to yield it: Python's default 5 ms switch interval would be added to
     # each group commit. 0.5 ms keeps the loop's throughput and the commit latency both.
     sys.setswitchinterval(0.0005)
+    # Buffers of hundreds of KiB stay in the heap instead of being mapped and faulted in each time.
+    heap.tune()
 
     async def serve(daemon: Daemon) -> None:
         if parent_watch is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import faulthandler
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from forwardd.app import heap
 from forwardd.app.build import build_routes, build_sink
 from forwardd.app.config import Config
 from forwardd.app.reload import fixed_changes, plan_reload
@@ -57,22 +57,6 @@ STATS_INTERVAL = 60.0
 #: The longest a reload waits for a write in progress of an output it rebuilds or removes, and for what a
 #: stateful filter it removes gives back to be accepted.
 RELOAD_WAIT = 5.0
-#: How often freed heap memory is handed back to the OS (see _malloc_trim).
-TRIM_INTERVAL = 10.0
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None elsewhere.
-
-    Connections come and go with read and frame buffers of hundreds of KiB; glibc keeps what they freed in
-    its heap, fragmented, and RSS creeps up with every wave of connections (bench/soak.py showed ~10 MiB
-    a minute). Trimming every few seconds gives it back; it costs a heap walk of a few ms.
-    """
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
-        return trim
-    except (OSError, AttributeError):
-        return None
 
 
 def _not_yet(chunk: Chunk) -> None:
@@ -221,11 +205,11 @@ class Daemon:
             log.info("filter.stats", filter=f.name, **f.stats().as_dict())
 
     async def _report_loop(self) -> None:
-        trim = _malloc_trim()
+        trim = heap.trimmer()
         waited = 0.0
         while True:
-            await asyncio.sleep(TRIM_INTERVAL)
-            waited += TRIM_INTERVAL
+            await asyncio.sleep(heap.TRIM_INTERVAL)
+            waited += heap.TRIM_INTERVAL
             if trim is not None:
                 trim(0)
             if waited >= self.stats_interval:
