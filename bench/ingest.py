@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -605,6 +606,10 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
     finally:
         for t in targets:
             t.stop()
+        # The targets' buffers and files (gigabytes after a long run) go; their logs stay for a look.
+        for p in logdir.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
     order = [(s.name, row_name) for s in selected for row_name, _, _ in plan]
     rows = summarise(runs, order)
     for r in rows:
