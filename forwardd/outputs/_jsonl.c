@@ -36,16 +36,38 @@ typedef struct {
     char *buf;
     Py_ssize_t len;
     Py_ssize_t cap;
+    PyThreadState *saved; /* while the GIL is released (a big call): see with_gil / without_gil */
 } Out;
 
 /* -1 and a Python exception set: out of memory. 0: fine. 1: not plain (no exception). */
 #define NOT_PLAIN 1
 
+/* A big call writes with the GIL released, so that a thread of the caller's (the file output's, the
+ * HTTP output's) transcodes while the event loop runs. Everything that touches Python objects or the
+ * Python allocator (growing the bytes, an exception, a float's repr) takes it back around itself. */
+static inline void with_gil(Out *o) {
+    if (o->saved != NULL) {
+        PyEval_RestoreThread(o->saved);
+    }
+}
+
+static inline void without_gil(Out *o) {
+    if (o->saved != NULL) {
+        o->saved = PyEval_SaveThread();
+    }
+}
+
+static int no_memory(Out *o) {
+    with_gil(o);
+    PyErr_NoMemory();
+    without_gil(o);
+    return -1;
+}
+
 static int out_grow(Out *o, Py_ssize_t need) {
     Py_ssize_t cap = o->cap;
     if (need > PY_SSIZE_T_MAX - o->len) {
-        PyErr_NoMemory();
-        return -1;
+        return no_memory(o);
     }
     while (cap - o->len < need) {
         if (cap > PY_SSIZE_T_MAX / 2) {
@@ -54,7 +76,10 @@ static int out_grow(Out *o, Py_ssize_t need) {
         }
         cap *= 2;
     }
-    if (_PyBytes_Resize(&o->bytes, cap) < 0) {
+    with_gil(o);
+    int failed = _PyBytes_Resize(&o->bytes, cap) < 0;
+    without_gil(o);
+    if (failed) {
         return -1;
     }
     o->buf = PyBytes_AS_STRING(o->bytes);
@@ -212,8 +237,7 @@ static inline int plain8(uint64_t v) {
 static int write_string(Out *o, const uint8_t *s, Py_ssize_t n) {
     /* Worst case 6 output bytes per input byte, plus the quotes. */
     if (n > (PY_SSIZE_T_MAX - 2) / 6) {
-        PyErr_NoMemory();
-        return -1;
+        return no_memory(o);
     }
     if (out_reserve(o, 6 * n + 2) < 0) {
         return -1;
@@ -325,8 +349,10 @@ static int write_double(Out *o, double d) {
     if (!isfinite(d)) {
         return out_write(o, "null", 4);
     }
+    with_gil(o); /* PyOS_double_to_string allocates with PyMem_Malloc: the text is made under the GIL */
     char *text = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (text == NULL) {
+        without_gil(o);
         return -1;
     }
     char buf[64];
@@ -346,6 +372,7 @@ static int write_double(Out *o, double d) {
             }
         }
         PyMem_Free(text);
+        without_gil(o);
         return out_write(o, buf, (Py_ssize_t)k);
     }
     while (*t && k < sizeof(buf) - 1) {
@@ -363,6 +390,7 @@ static int write_double(Out *o, double d) {
         }
     }
     PyMem_Free(text);
+    without_gil(o);
     return out_write(o, buf, (Py_ssize_t)k);
 }
 
@@ -704,6 +732,41 @@ static void format_second(int64_t s, char *w) {
 
 /* ---------------------------------------------------------------------------------------------- entry */
 
+/* A call over at least this many bytes of entries (about 64 docker events, some 30 us of work) writes
+ * with the GIL released; a smaller one is not worth a hand-over of the GIL. */
+#define RELEASE_GIL_BYTES (16 * 1024)
+
+/* The runs of one call, kept in C until the GIL is back. */
+#define RUNS_FEW 16
+typedef struct {
+    int64_t sec;
+    Py_ssize_t end, count;
+} Run;
+
+typedef struct {
+    Run *at; /* few, or PyMem_Raw memory once more than RUNS_FEW */
+    Py_ssize_t n, cap;
+    Run few[RUNS_FEW];
+} Runs;
+
+static int runs_push(Out *o, Runs *rs, int64_t sec, Py_ssize_t end, Py_ssize_t count) {
+    if (rs->n == rs->cap) {
+        Py_ssize_t cap = rs->cap * 2;
+        Run *at = rs->at == rs->few ? PyMem_RawMalloc((size_t)cap * sizeof(Run))
+                                    : PyMem_RawRealloc(rs->at, (size_t)cap * sizeof(Run));
+        if (at == NULL) {
+            return no_memory(o);
+        }
+        if (rs->at == rs->few) {
+            memcpy(at, rs->few, sizeof(rs->few));
+        }
+        rs->at = at;
+        rs->cap = cap;
+    }
+    rs->at[rs->n++] = (Run){sec, end, count};
+    return 0;
+}
+
 static PyObject *add_run(PyObject *runs, int64_t sec, Py_ssize_t end, Py_ssize_t count) {
     PyObject *t = Py_BuildValue("(Lnn)", (long long)sec, end, count);
     if (t == NULL) {
@@ -814,7 +877,11 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     Py_ssize_t count;
     long long received_ns;
     PyObject *result = NULL, *runs = NULL;
-    Out o = {NULL, NULL, 0, 0};
+    Out o = {NULL, NULL, 0, 0, NULL};
+    Runs rs;
+    rs.at = rs.few;
+    rs.n = 0;
+    rs.cap = RUNS_FEW;
     Line l;
     if (!PyArg_ParseTuple(args, "y*nLz*z*z*z*", &entries, &count, &received_ns, &time_head, &tag_field,
                           &skip_a, &skip_b)) {
@@ -836,13 +903,14 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
         goto done;
     }
     o.buf = PyBytes_AS_STRING(o.bytes);
-    runs = PyList_New(0);
-    if (runs == NULL) {
-        goto done;
-    }
     Reader r = {(const uint8_t *)entries.buf, (const uint8_t *)entries.buf + entries.len};
     int64_t run_sec = -1;
     int rc = 0;
+    /* The entries and the injected fields are held (Py_buffer) and o.bytes is this call's alone: with
+     * the GIL released, nothing here can change under the transcoder. */
+    if (entries.len >= RELEASE_GIL_BYTES) {
+        o.saved = PyEval_SaveThread();
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t start = o.len;
         int64_t sec = 0;
@@ -850,8 +918,7 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
             break;
         }
         if (sec != run_sec) {
-            if (run_sec >= 0 && add_run(runs, run_sec, start, i) == NULL) {
-                rc = -1;
+            if (run_sec >= 0 && (rc = runs_push(&o, &rs, run_sec, start, i))) {
                 break;
             }
             run_sec = sec;
@@ -860,6 +927,13 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     if (rc == 0 && r.p != r.end) {
         rc = NOT_PLAIN; /* more bytes than `count` entries: not what the framing said */
     }
+    if (rc == 0) {
+        rc = runs_push(&o, &rs, run_sec, o.len, count);
+    }
+    if (o.saved != NULL) {
+        PyEval_RestoreThread(o.saved);
+        o.saved = NULL;
+    }
     if (rc < 0) {
         goto done;
     }
@@ -867,14 +941,23 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    if (add_run(runs, run_sec, o.len, count) == NULL) {
+    runs = PyList_New(0);
+    if (runs == NULL) {
         goto done;
+    }
+    for (Py_ssize_t k = 0; k < rs.n; k++) {
+        if (add_run(runs, rs.at[k].sec, rs.at[k].end, rs.at[k].count) == NULL) {
+            goto done;
+        }
     }
     if (_PyBytes_Resize(&o.bytes, o.len) < 0) {
         goto done;
     }
     result = Py_BuildValue("(OO)", o.bytes, runs);
 done:
+    if (rs.at != rs.few) {
+        PyMem_RawFree(rs.at);
+    }
     Py_XDECREF(o.bytes);
     Py_XDECREF(runs);
     release_all(&entries, &time_head, &tag_field, &skip_a, &skip_b);
@@ -895,7 +978,7 @@ static PyObject *json_values(PyObject *self, PyObject *args) {
     Py_ssize_t start, limit;
     long long received_ns;
     PyObject *result = NULL, *values = NULL;
-    Out o = {NULL, NULL, 0, 0};
+    Out o = {NULL, NULL, 0, 0, NULL};
     Line l;
     if (!PyArg_ParseTuple(args, "y*nnLz*z*z*z*", &entries, &start, &limit, &received_ns, &time_head,
                           &tag_field, &skip_a, &skip_b)) {

@@ -204,7 +204,8 @@ def test_every_byte_at_every_offset_of_the_word_scan():
             entries += _entry(pack_event_time(T0 * 10**9), {"k": text, text[:9]: 1})
             lines.append(text)
     native, ref = _both(_chunk(entries, len(lines)))
-    assert native is not None and native.data == ref
+    assert native is not None
+    assert native.data == ref
 
 
 @pytest.mark.parametrize("bad", [b"\xff", b"\xc3", b"\xe4\xb8", b"\xed\xa0\x80"])
@@ -214,6 +215,47 @@ def test_invalid_utf8_in_any_word_is_declined(bad, offset):
     record = b"\x81\xa1k" + (b"\xd9" + bytes([len(raw)]) + raw)
     entries = b"\x92" + pack_event_time(T0 * 10**9) + record
     assert native_json_lines(_chunk(entries, 1)) is None
+
+
+def _big_mixed_chunk(n: int = 600) -> tuple[Chunk, list[bytes]]:
+    """Over RELEASE_GIL_BYTES of entries, so that the transcoder writes with the GIL released: floats (their
+    text is made under the GIL again), strings of control characters (the output grows past its first
+    guess, under the GIL), and a new second every 10 events (more runs than kept without allocating)."""
+    entries = []
+    for i in range(n):
+        record = {"log": "x" * (i % 40), "f": i / 7, "c": "\x01" * (i % 90), "n": i}
+        entries.append(_entry(pack_event_time((T0 + i // 10) * 10**9 + i), record))
+    return _chunk(b"".join(entries), n), entries
+
+
+def test_a_big_chunk_is_written_with_the_gil_released_and_means_the_same():
+    chunk, _ = _big_mixed_chunk()
+    assert len(chunk.entries) >= 16 * 1024
+    native, ref = _both(chunk)
+    assert native is not None
+    assert native.data == ref
+    assert len(native.runs) == 60
+
+
+def test_a_big_chunk_not_plain_at_its_end_is_declined():
+    _, entries = _big_mixed_chunk()
+    bad = _entry(pack_event_time(T0 * 10**9), {"b": b"bin"})
+    assert native_json_lines(_chunk(b"".join(entries) + bad, len(entries) + 1)) is None
+
+
+def test_threads_transcode_at_once_without_the_gil():
+    """Four threads transcode big chunks at the same time as this one builds Python objects: each text is
+    still the Python path's (a transcoder touching Python state without the GIL would corrupt or crash)."""
+    import concurrent.futures
+
+    chunk, _ = _big_mixed_chunk(800)
+    _, ref = _both(chunk)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(native_json_lines, chunk) for _ in range(40)]
+        garbage = [{"k": [i] * 10} for i in range(20_000)]
+        results = [f.result() for f in futures]
+    assert len(garbage) == 20_000
+    assert all(r is not None and r.data == ref for r in results)
 
 
 def test_without_the_extension_the_python_path_answers(monkeypatch):
