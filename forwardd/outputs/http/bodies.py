@@ -51,9 +51,22 @@ class Bodies:
         encoder of plain chunks, or decoded events.
         """
         if self.format != "msgpack":
-            native = native_json_lines(chunk, time_key=self.time_key, tag_key=self.tag_key)
+            native = self.native(chunk)
             if native is not None:
-                return native.count, native.data, None
+                return native[0], native[1], None
+        return self.items_in_python(chunk)
+
+    def native(self, chunk: Chunk) -> tuple[int, bytes] | None:
+        """``(events, JSON lines)`` from the C transcoder, or None (msgpack bodies, or a chunk that is not
+        plain). It releases the GIL for a big chunk, so a thread may run it beside the event loop."""
+        if self.format == "msgpack":
+            return None
+        lines = native_json_lines(chunk, time_key=self.time_key, tag_key=self.tag_key)
+        return None if lines is None else (lines.count, lines.data)
+
+    def items_in_python(self, chunk: Chunk) -> tuple[int, bytes, list[int] | None]:
+        """:meth:`items` without the C transcoder (which declined the chunk, or does not write msgpack)."""
+        if self.format != "msgpack":
             plain = chunk.plain_entries()
             if plain is not None:
                 text = plain_json_lines(plain, chunk.tag, time_key=self.time_key, tag_key=self.tag_key)

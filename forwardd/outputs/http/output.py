@@ -29,8 +29,10 @@ not allowed, and UnprocessableError (before any request) for a record the encode
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import aiohttp
@@ -47,6 +49,9 @@ from forwardd.outputs.http.settings import MAX_IN_FLIGHT, HttpSettings
 __all__ = ["HttpOutput"]
 
 _USER_AGENT = "forwardd/0.1"
+#: Chunks with at least this many bytes of entries are transcoded in the output's thread (see _items);
+#: smaller ones are not worth the hand-off (the C transcoder keeps the GIL for them anyway).
+_THREAD_BYTES = 64 * 1024
 
 
 class HttpOutput(Output):
@@ -104,6 +109,7 @@ class HttpOutput(Output):
         self._endpoint = Endpoint(endpoint, allowed_hosts)
         self.allowed_hosts = self._endpoint.allowed_hosts
         self._bodies = Bodies(format, time_key, tag_key)
+        self._executor: ThreadPoolExecutor | None = None
 
         hdrs = {"User-Agent": _USER_AGENT, "Content-Type": CONTENT_TYPES[format]}
         if basic_auth is not None:
@@ -171,7 +177,12 @@ class HttpOutput(Output):
         await self._client.start()
 
     async def stop(self) -> None:
-        await self._client.stop()
+        try:
+            await self._client.stop()
+        finally:
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.shutdown(wait=True)
 
     @property
     def stats(self) -> HttpStats:
@@ -188,10 +199,23 @@ class HttpOutput(Output):
     def _body(self, items: bytes | memoryview, n: int) -> bytes:
         return self._bodies.body(items, n)
 
+    async def _items(self, chunk: Chunk) -> tuple[int, bytes, list[int] | None]:
+        """The chunk's items; a big chunk's JSON lines are written in the output's thread, where the C
+        transcoder runs without the GIL beside the event loop."""
+        bodies = self._bodies
+        if len(chunk.entries) < _THREAD_BYTES or bodies.format == "msgpack":
+            return bodies.items(chunk)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{self.name}")
+        native = await asyncio.get_running_loop().run_in_executor(self._executor, bodies.native, chunk)
+        if native is not None:
+            return native[0], native[1], None
+        return bodies.items_in_python(chunk)
+
     async def write(self, chunk: Chunk) -> None:
         url = self._endpoint.url_for(chunk.tag)  # before any work: a forbidden host is rejected outright
         bodies = self._bodies
-        n, items, ends = bodies.items(chunk)
+        n, items, ends = await self._items(chunk)
         if n == 0:
             return
         send = self._client.send
