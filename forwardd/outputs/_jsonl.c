@@ -732,8 +732,9 @@ static void format_second(int64_t s, char *w) {
 
 /* ---------------------------------------------------------------------------------------------- entry */
 
-/* A call over at least this many bytes of entries (about 64 docker events, some 30 us of work) writes
- * with the GIL released; a smaller one is not worth a hand-over of the GIL. */
+/* A call asked to (`release`: a caller's thread, not the event loop's, whose GIL it would hand to other
+ * threads and then wait for) over at least this many bytes of entries (about 64 docker events, some 30 us
+ * of work) writes with the GIL released; a smaller one is not worth a hand-over of the GIL. */
 #define RELEASE_GIL_BYTES (16 * 1024)
 
 /* The runs of one call, kept in C until the GIL is back. */
@@ -864,7 +865,7 @@ static void release_all(Py_buffer *a, Py_buffer *b, Py_buffer *c, Py_buffer *d, 
 }
 
 PyDoc_STRVAR(json_lines_doc,
-             "json_lines(entries, count, received_ns, time_head, tag_field, skip_a, skip_b)\n"
+             "json_lines(entries, count, received_ns, time_head, tag_field, skip_a, skip_b, release=False)\n"
              "--\n\n"
              "JSON lines for `count` plain PackedForward entries, or None when any entry is not plain.\n\n"
              "Each line is '{' + time_head + 'YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ\"' + ',' + tag_field + ',' +\n"
@@ -883,8 +884,9 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     rs.n = 0;
     rs.cap = RUNS_FEW;
     Line l;
-    if (!PyArg_ParseTuple(args, "y*nLz*z*z*z*", &entries, &count, &received_ns, &time_head, &tag_field,
-                          &skip_a, &skip_b)) {
+    int release = 0;
+    if (!PyArg_ParseTuple(args, "y*nLz*z*z*z*|p", &entries, &count, &received_ns, &time_head, &tag_field,
+                          &skip_a, &skip_b, &release)) {
         return NULL;
     }
     line_init(&l, received_ns, &time_head, &tag_field, &skip_a, &skip_b);
@@ -908,7 +910,7 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     int rc = 0;
     /* The entries and the injected fields are held (Py_buffer) and o.bytes is this call's alone: with
      * the GIL released, nothing here can change under the transcoder. */
-    if (entries.len >= RELEASE_GIL_BYTES) {
+    if (release && entries.len >= RELEASE_GIL_BYTES) {
         o.saved = PyEval_SaveThread();
     }
     for (Py_ssize_t i = 0; i < count; i++) {

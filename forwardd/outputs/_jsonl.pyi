@@ -8,6 +8,7 @@ def json_lines(
     tag_field: bytes | None,
     skip_a: bytes | None,
     skip_b: bytes | None,
+    release: bool = False,
     /,
 ) -> tuple[bytes, list[tuple[int, int, int]]] | None: ...
 def json_values(

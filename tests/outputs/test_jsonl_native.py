@@ -203,9 +203,12 @@ def test_every_byte_at_every_offset_of_the_word_scan():
             text = bytes(raw).decode()
             entries += _entry(pack_event_time(T0 * 10**9), {"k": text, text[:9]: 1})
             lines.append(text)
-    native, ref = _both(_chunk(entries, len(lines)))
-    assert native is not None
-    assert native.data == ref
+    chunk = _chunk(entries, len(lines))
+    _, ref = _both(chunk)
+    for release_gil in (False, True):
+        native = native_json_lines(chunk, release_gil=release_gil)
+        assert native is not None
+        assert native.data == ref
 
 
 @pytest.mark.parametrize("bad", [b"\xff", b"\xc3", b"\xe4\xb8", b"\xed\xa0\x80"])
@@ -231,7 +234,8 @@ def _big_mixed_chunk(n: int = 600) -> tuple[Chunk, list[bytes]]:
 def test_a_big_chunk_is_written_with_the_gil_released_and_means_the_same():
     chunk, _ = _big_mixed_chunk()
     assert len(chunk.entries) >= 16 * 1024
-    native, ref = _both(chunk)
+    _, ref = _both(chunk)
+    native = native_json_lines(chunk, release_gil=True)
     assert native is not None
     assert native.data == ref
     assert len(native.runs) == 60
@@ -240,7 +244,7 @@ def test_a_big_chunk_is_written_with_the_gil_released_and_means_the_same():
 def test_a_big_chunk_not_plain_at_its_end_is_declined():
     _, entries = _big_mixed_chunk()
     bad = _entry(pack_event_time(T0 * 10**9), {"b": b"bin"})
-    assert native_json_lines(_chunk(b"".join(entries) + bad, len(entries) + 1)) is None
+    assert native_json_lines(_chunk(b"".join(entries) + bad, len(entries) + 1), release_gil=True) is None
 
 
 def test_threads_transcode_at_once_without_the_gil():
@@ -251,7 +255,7 @@ def test_threads_transcode_at_once_without_the_gil():
     chunk, _ = _big_mixed_chunk(800)
     _, ref = _both(chunk)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(native_json_lines, chunk) for _ in range(40)]
+        futures = [pool.submit(native_json_lines, chunk, release_gil=True) for _ in range(40)]
         garbage = [{"k": [i] * 10} for i in range(20_000)]
         results = [f.result() for f in futures]
     assert len(garbage) == 20_000

@@ -199,7 +199,7 @@ class FileOutput(Output):
         """In the output's thread: the chunk as the C transcoder's JSON lines, written; (events, bytes),
         or None (nothing written) when the chunk is not plain and must take :meth:`encode`'s other ways."""
         try:
-            lines = native_json_lines(chunk, time_key=self._time_key, tag_key=self._tag_key)
+            lines = native_json_lines(chunk, time_key=self._time_key, tag_key=self._tag_key, release_gil=True)
             if lines is None:
                 return None
             groups = self.template.group_lines(lines, chunk.tag)

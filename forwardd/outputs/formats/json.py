@@ -182,12 +182,20 @@ class JsonLines:
 
 @unprocessable
 def native_json_lines(
-    chunk: Chunk, *, time_key: str | None = "time", tag_key: str | None = "tag"
+    chunk: Chunk,
+    *,
+    time_key: str | None = "time",
+    tag_key: str | None = "tag",
+    release_gil: bool = False,
 ) -> JsonLines | None:
     """The text of :func:`plain_json_lines` for ``chunk``, written by the C transcoder straight from the
     entries' bytes; None when the extension is missing or an entry is not plain in its stricter sense
     (it also refuses duplicate keys, maps of more than 64 keys, fractions of a second >= 1 and years past
-    9999), and then :func:`encode_json_lines` is the way."""
+    9999), and then :func:`encode_json_lines` is the way.
+
+    ``release_gil``: from a thread other than the event loop's, a big chunk is written with the GIL
+    released, beside the loop. Not from the loop itself: it would hand the GIL to other threads and then
+    wait for it back."""
     if _jsonl is None or (time_key is not None and time_key == tag_key):
         return None
     out = _jsonl.json_lines(
@@ -198,6 +206,7 @@ def native_json_lines(
         None if tag_key is None else _tag_field(tag_key, chunk.tag),
         None if time_key is None else _utf8(time_key),
         None if tag_key is None else _utf8(tag_key),
+        release_gil,
     )
     return None if out is None else JsonLines(*out)
 

@@ -56,12 +56,14 @@ class Bodies:
                 return native[0], native[1], None
         return self.items_in_python(chunk)
 
-    def native(self, chunk: Chunk) -> tuple[int, bytes] | None:
+    def native(self, chunk: Chunk, *, release_gil: bool = False) -> tuple[int, bytes] | None:
         """``(events, JSON lines)`` from the C transcoder, or None (msgpack bodies, or a chunk that is not
-        plain). It releases the GIL for a big chunk, so a thread may run it beside the event loop."""
+        plain). ``release_gil`` from a thread: see :func:`~forwardd.outputs.formats.native_json_lines`."""
         if self.format == "msgpack":
             return None
-        lines = native_json_lines(chunk, time_key=self.time_key, tag_key=self.tag_key)
+        lines = native_json_lines(
+            chunk, time_key=self.time_key, tag_key=self.tag_key, release_gil=release_gil
+        )
         return None if lines is None else (lines.count, lines.data)
 
     def items_in_python(self, chunk: Chunk) -> tuple[int, bytes, list[int] | None]:

@@ -50,10 +50,12 @@ def expected(tag: str, recs: list[dict[str, Any]], t0: int = T0) -> list[dict[st
 async def test_a_big_chunk_is_transcoded_in_the_outputs_thread(
     http_server: Recorder, make_output, fmt: str, plain: bool
 ) -> None:
-    """Past 64 KiB of entries the JSON lines are written in the output's thread (the C transcoder without
-    the GIL); a chunk the transcoder declines (a binary value: not plain) takes the Python path after it.
-    Either way every event arrives, in order, and stop() ends the thread."""
-    out = make_output(http_server.url + "/in", format=fmt, max_events=10_000, max_bytes=16 * 1024**2)
+    """With writes in flight, past 64 KiB of entries the JSON lines are written in the output's thread
+    (the C transcoder without the GIL); a chunk the transcoder declines (a binary value: not plain) takes
+    the Python path after it. Either way every event arrives, in order, and stop() ends the thread."""
+    out = make_output(
+        http_server.url + "/in", format=fmt, max_events=10_000, max_bytes=16 * 1024**2, in_flight=2
+    )
     recs = records(400, pad=200)
     if not plain:
         recs[-1]["blob"] = b"\x00\xff"
