@@ -51,24 +51,9 @@ class Bodies:
         encoder of plain chunks, or decoded events.
         """
         if self.format != "msgpack":
-            native = self.native(chunk)
+            native = native_json_lines(chunk, time_key=self.time_key, tag_key=self.tag_key)
             if native is not None:
-                return native[0], native[1], None
-        return self.items_in_python(chunk)
-
-    def native(self, chunk: Chunk, *, release_gil: bool = False) -> tuple[int, bytes] | None:
-        """``(events, JSON lines)`` from the C transcoder, or None (msgpack bodies, or a chunk that is not
-        plain). ``release_gil`` from a thread: see :func:`~forwardd.outputs.formats.native_json_lines`."""
-        if self.format == "msgpack":
-            return None
-        lines = native_json_lines(
-            chunk, time_key=self.time_key, tag_key=self.tag_key, release_gil=release_gil
-        )
-        return None if lines is None else (lines.count, lines.data)
-
-    def items_in_python(self, chunk: Chunk) -> tuple[int, bytes, list[int] | None]:
-        """:meth:`items` without the C transcoder (which declined the chunk, or does not write msgpack)."""
-        if self.format != "msgpack":
+                return native.count, native.data, None
             plain = chunk.plain_entries()
             if plain is not None:
                 text = plain_json_lines(plain, chunk.tag, time_key=self.time_key, tag_key=self.tag_key)

@@ -29,11 +29,8 @@ not allowed, and UnprocessableError (before any request) for a record the encode
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import aiohttp
@@ -50,9 +47,6 @@ from forwardd.outputs.http.settings import MAX_IN_FLIGHT, HttpSettings
 __all__ = ["HttpOutput"]
 
 _USER_AGENT = "forwardd/0.1"
-#: Chunks with at least this many bytes of entries are transcoded in the output's thread (see _items);
-#: smaller ones are not worth the hand-off (the C transcoder keeps the GIL for them anyway).
-_THREAD_BYTES = 64 * 1024
 
 
 class HttpOutput(Output):
@@ -110,7 +104,6 @@ class HttpOutput(Output):
         self._endpoint = Endpoint(endpoint, allowed_hosts)
         self.allowed_hosts = self._endpoint.allowed_hosts
         self._bodies = Bodies(format, time_key, tag_key)
-        self._executor: ThreadPoolExecutor | None = None
 
         hdrs = {"User-Agent": _USER_AGENT, "Content-Type": CONTENT_TYPES[format]}
         if basic_auth is not None:
@@ -178,12 +171,7 @@ class HttpOutput(Output):
         await self._client.start()
 
     async def stop(self) -> None:
-        try:
-            await self._client.stop()
-        finally:
-            executor, self._executor = self._executor, None
-            if executor is not None:
-                executor.shutdown(wait=True)
+        await self._client.stop()
 
     @property
     def stats(self) -> HttpStats:
@@ -200,28 +188,10 @@ class HttpOutput(Output):
     def _body(self, items: bytes | memoryview, n: int) -> bytes:
         return self._bodies.body(items, n)
 
-    async def _items(self, chunk: Chunk) -> tuple[int, bytes, list[int] | None]:
-        """The chunk's items. With writes in flight, a big chunk's JSON lines are written in the output's
-        thread, where the C transcoder runs without the GIL beside the event loop while other writes wait
-        for the endpoint. One write at a time keeps it on the loop: there the hand-off (and the wait for
-        the GIL back from a busy loop, up to its switch interval) would come before every request, with
-        nothing to overlap it (0.85x in bench.e2e_outputs, in_flight 1)."""
-        bodies = self._bodies
-        if self.concurrent_writes == 1 or len(chunk.entries) < _THREAD_BYTES or bodies.format == "msgpack":
-            return bodies.items(chunk)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{self.name}")
-        native = await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(bodies.native, chunk, release_gil=True)
-        )
-        if native is not None:
-            return native[0], native[1], None
-        return bodies.items_in_python(chunk)
-
     async def write(self, chunk: Chunk) -> None:
         url = self._endpoint.url_for(chunk.tag)  # before any work: a forbidden host is rejected outright
         bodies = self._bodies
-        n, items, ends = await self._items(chunk)
+        n, items, ends = bodies.items(chunk)
         if n == 0:
             return
         send = self._client.send

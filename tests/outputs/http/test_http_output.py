@@ -45,34 +45,6 @@ def expected(tag: str, recs: list[dict[str, Any]], t0: int = T0) -> list[dict[st
 # --- bodies ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["ndjson", "json_array"])
-@pytest.mark.parametrize("plain", [True, False])
-async def test_a_big_chunk_is_transcoded_in_the_outputs_thread(
-    http_server: Recorder, make_output, fmt: str, plain: bool
-) -> None:
-    """With writes in flight, past 64 KiB of entries the JSON lines are written in the output's thread
-    (the C transcoder without the GIL); a chunk the transcoder declines (a binary value: not plain) takes
-    the Python path after it. Either way every event arrives, in order, and stop() ends the thread."""
-    out = make_output(
-        http_server.url + "/in", format=fmt, max_events=10_000, max_bytes=16 * 1024**2, in_flight=2
-    )
-    recs = records(400, pad=200)
-    if not plain:
-        recs[-1]["blob"] = b"\x00\xff"
-    chunk = make_chunk("app.big", recs)
-    assert len(chunk.entries) >= 64 * 1024
-    await out.write(chunk)
-    [req] = http_server.requests
-    want = expected("app.big", recs)
-    if not plain:  # bytes as the Python path writes them (its own tests say how)
-        assert isinstance(req.events[-1]["blob"], str)
-        want[-1]["blob"] = req.events[-1]["blob"]
-    assert req.events == want
-    assert out._executor is not None  # the thread path was taken
-    await out.stop()
-    assert out._executor is None
-
-
 @pytest.mark.parametrize("compress", ["none", "gzip"])
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_every_event_arrives(http_server: Recorder, make_output, fmt: str, compress: str) -> None:
