@@ -414,8 +414,14 @@ class DiskQueue:
                 if self._closing:
                     return
                 continue
-            if self._pending_bytes <= self.inline_commit_max and not self._closing:
-                # One more loop iteration first: requests read in the same poll join this commit.
+            if (
+                self._pending_bytes <= self.inline_commit_max
+                and not self._closing
+                and (self._last_batch > 1 or len(self._pending) > 1)
+            ):
+                # One more loop iteration first: requests read in the next poll join this commit. Not for a
+                # lone client (one chunk, as the last commit): the wake-up came after every read of its
+                # poll, there is no one else to wait for, and the turn would only delay its ack.
                 await asyncio.sleep(0)
                 if self.fsync == "always":
                     await self._gather()

@@ -146,6 +146,33 @@ async def test_a_commit_waits_briefly_for_as_many_chunks_as_the_last_one(tmp_pat
     await queue.close()
 
 
+async def test_a_lone_clients_chunk_is_committed_in_the_turn_after_its_read(tmp_path: Path) -> None:
+    """One client waiting for each ack (docker with fluentd-request-ack): the commit task wakes after every
+    read of that poll, and there is no one else to wait for, so it commits at once; a turn of the loop in
+    between is only latency on every ack. Counted in loop turns: a callback chain beside the submit."""
+    queue = DiskQueue(str(tmp_path))
+    await queue.start()
+    loop = asyncio.get_running_loop()
+    for n in range(3):  # the first commit sets _last_batch to 1; the others are the lone client's
+        turns: list[int] = []  # one entry per loop turn while the ack is awaited (this round's own chain)
+
+        def tick(turns: list[int] = turns) -> None:
+            if len(turns) < 100 and turns[-1:] != [-1]:
+                turns.append(0)
+                loop.call_soon(tick)
+
+        queue.commit_seconds = 0.0  # inline, however slow this machine's first fsyncs were
+        loop.call_soon(tick)
+        await queue.submit(chunk(n))  # (wait_for would add turns of its own)
+        counted = len(turns)
+        turns.append(-1)  # stops this round's chain
+        assert queue._last_batch == 1
+        # The commit task wakes and commits in one turn, this coroutine resumes in the next (3 before: a
+        # turn between the wake-up and the commit).
+        assert counted <= 2, f"submit {n}: {counted} loop turns to the ack"
+    await queue.close()
+
+
 async def test_a_slow_disk_moves_commits_off_the_loop_thread(tmp_path: Path) -> None:
     """A disk that stalls must not stall the event loop: once commits are slow on average, even small
     batches go to the writer thread (a delay injected into the store stands in for the slow disk)."""
