@@ -33,8 +33,9 @@ it alone. One writer per file: two outputs must not share paths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -164,9 +165,9 @@ class FileOutput(Output):
         """
         tag = chunk.tag
         if native and self._native:
-            lines = native_json_lines(chunk, time_key=self._time_key, tag_key=self._tag_key)
-            if lines is not None:
-                return self.template.group_lines(lines, tag), lines.count
+            by_native = self._native_groups(chunk)
+            if by_native is not None:
+                return by_native
         if self._encode_plain is not None:
             plain = chunk.plain_entries()
             if plain is not None:
@@ -187,36 +188,34 @@ class FileOutput(Output):
                 # runs on the other core, beside the event loop (a quarter of the loop's time otherwise).
                 done = await loop.run_in_executor(self._pool(), self._write_native, chunk)
             if done is None:
-                groups, count = self._encoded(chunk)  # msgspec and Python hold the GIL: on the loop
+                with _encoding(chunk.tag):  # msgspec and Python hold the GIL: on the loop
+                    groups, count = self.encode(chunk, native=False)  # the transcoder declined it
                 if not groups:
                     return
                 await loop.run_in_executor(self._pool(), self._disk.write, groups)
-                done = count, sum(len(data) for _, data in groups)
+                done = count, _size(groups)
         self.events_written += done[0]
         self.bytes_written += done[1]
+
+    def _native_groups(
+        self, chunk: Chunk, *, release_gil: bool = False
+    ) -> tuple[list[tuple[str, bytes]], int] | None:
+        """:meth:`encode`'s first way: the C transcoder's JSON lines by path; None when it declines."""
+        lines = native_json_lines(
+            chunk, time_key=self._time_key, tag_key=self._tag_key, release_gil=release_gil
+        )
+        return None if lines is None else (self.template.group_lines(lines, chunk.tag), lines.count)
 
     def _write_native(self, chunk: Chunk) -> tuple[int, int] | None:
         """In the output's thread: the chunk as the C transcoder's JSON lines, written; (events, bytes),
         or None (nothing written) when the chunk is not plain and must take :meth:`encode`'s other ways."""
-        try:
-            lines = native_json_lines(chunk, time_key=self._time_key, tag_key=self._tag_key, release_gil=True)
-            if lines is None:
-                return None
-            groups = self.template.group_lines(lines, chunk.tag)
-        except DeliveryError:
-            raise
-        except Exception as e:
-            raise UnprocessableError(f"cannot encode chunk of {chunk.tag!r}: {e}") from e
+        with _encoding(chunk.tag):
+            encoded = self._native_groups(chunk, release_gil=True)
+        if encoded is None:
+            return None
+        groups, count = encoded
         self._disk.write(groups)
-        return lines.count, sum(len(data) for _, data in groups)
-
-    def _encoded(self, chunk: Chunk) -> tuple[list[tuple[str, bytes]], int]:
-        try:
-            return self.encode(chunk, native=False)  # the thread's transcoder already declined it
-        except DeliveryError:
-            raise
-        except Exception as e:  # a record no encoder or path can represent: the loop isolates it
-            raise UnprocessableError(f"cannot encode chunk of {chunk.tag!r}: {e}") from e
+        return count, _size(groups)
 
     async def sync(self) -> None:
         """Fsync what every write since the last sync touched; RetryableError if any of it may be lost."""
@@ -235,3 +234,19 @@ class FileOutput(Output):
             finally:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+
+@contextlib.contextmanager
+def _encoding(tag: str) -> Iterator[None]:
+    """A record no encoder or path can represent raises UnprocessableError (the data's verdict, not the
+    destination's): the delivery loop isolates the event and dead-letters it alone."""
+    try:
+        yield
+    except DeliveryError:
+        raise
+    except Exception as e:
+        raise UnprocessableError(f"cannot encode chunk of {tag!r}: {e}") from e
+
+
+def _size(groups: list[tuple[str, bytes]]) -> int:
+    return sum(len(data) for _, data in groups)
