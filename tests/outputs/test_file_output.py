@@ -330,6 +330,23 @@ async def test_unencodable_record_is_unprocessable_and_nothing_is_written(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_path_that_fails_in_the_file_thread_is_unprocessable_too(tmp_path, monkeypatch):
+    """A plain chunk is transcoded and grouped by path in the output's thread: a failure there is the
+    data's verdict as on the loop (UnprocessableError, nothing written), not a retryable write error. No
+    real path of a plain chunk fails to resolve, so the template is made to fail."""
+    out = FileOutput(name="f", path=str(tmp_path / "${tag}.log"))
+
+    def no_path(*_: object) -> None:
+        raise ValueError("no path for this")
+
+    monkeypatch.setattr(out.template, "group_lines", no_path)
+    with pytest.raises(UnprocessableError, match="cannot encode chunk of 'app': no path for this"):
+        await out.write(chunk(0, 3))
+    await out.stop()
+    assert list(tmp_path.iterdir()) == []
+    assert out.events_written == 0
+
+
 async def test_invalid_settings_are_config_errors(tmp_path):
     with pytest.raises(ValueError, match="compress"):
         FileOutput(name="f", path=str(tmp_path / "a"), compress="lz4")

@@ -8,6 +8,7 @@ must decline), and on mutated bytes (where it may do either, but never crash or 
 
 from __future__ import annotations
 
+import concurrent.futures
 import struct
 from typing import Any
 
@@ -190,12 +191,13 @@ def test_tag_that_was_not_utf8_is_written_readable():
 
 def test_every_byte_at_every_offset_of_the_word_scan():
     """Strings are scanned eight bytes at a time while no byte needs a look. Each byte value, at each
-    offset of the words of a 24-byte string (and in the short tail after them), must be escaped, checked
-    as UTF-8 or copied exactly as the Python path does, whichever word it falls in."""
+    offset of the words of a 27-byte string (and in the short tail after them), must be escaped, checked
+    as UTF-8 or copied exactly as the Python path does, whichever word it falls in; with the GIL held and
+    released (the chunk is big enough for that)."""
     lines = []
     entries = b""
     for value in range(256):
-        for offset in range(0, 27, 1):
+        for offset in range(27):
             raw = bytearray(b"a" * 27)
             raw[offset] = value
             if value >= 0x80:  # a lone lead or continuation byte is no UTF-8: make it a whole character
@@ -250,8 +252,6 @@ def test_a_big_chunk_not_plain_at_its_end_is_declined():
 def test_threads_transcode_at_once_without_the_gil():
     """Four threads transcode big chunks at the same time as this one builds Python objects: each text is
     still the Python path's (a transcoder touching Python state without the GIL would corrupt or crash)."""
-    import concurrent.futures
-
     chunk, _ = _big_mixed_chunk(800)
     _, ref = _both(chunk)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
