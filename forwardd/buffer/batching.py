@@ -23,11 +23,23 @@ from forwardd.model import Chunk
 if TYPE_CHECKING:  # unsynced.py imports merge from here
     from forwardd.buffer.unsynced import Unsynced
 
-__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_CHUNKS", "BatchTaker", "Batching", "merge"]
+__all__ = [
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_CHUNKS",
+    "HOLD_STEP_MAX",
+    "HOLD_STEP_MIN",
+    "BatchTaker",
+    "Batching",
+    "hold_step",
+    "merge",
+]
 
 #: Most chunks and bytes merged into one write of the output (see BatchTaker._batch).
 BATCH_MAX_CHUNKS = 4096
 BATCH_MAX_BYTES = 4 * 1024 * 1024
+#: Bounds of the interval at which a batch held to grow takes what was committed meanwhile (hold_step).
+HOLD_STEP_MIN = 0.001
+HOLD_STEP_MAX = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +49,9 @@ class Batching:
     Without it, a chunk is written as soon as it is committed, with whatever else is committed by then.
     Docker clients that wait for each ack make those batches a handful of events. Each batch costs the
     file output a write and an fsync per file, and the HTTP output a request. ``max_wait`` bounds the extra
-    delay; the batch goes as soon as it holds ``max_events`` events or ``enough_bytes`` bytes (default
-    ``max_bytes``, the most one batch takes). The chunks wait in the queue, not in memory beyond it, and
-    an ack never waits for this: acks follow the commit.
+    delay; the batch goes within a step (:func:`hold_step`, 1-10 ms) of holding ``max_events`` events or
+    ``enough_bytes`` bytes (default ``max_bytes``, the most one batch takes). The chunks wait in the
+    queue, not in memory beyond it, and an ack never waits for this: acks follow the commit.
 
     ``enough_bytes`` below ``max_bytes`` suits the file output: a batch of 64 KiB is already worth its own
     write and fsync, and holding bulk traffic (PackedForward chunks of ~240 KB) until it reaches the 4 MiB
@@ -77,6 +89,7 @@ class BatchTaker:
         self._unsynced = unsynced
         self._flush = flush
         self._clock = clock
+        self._pause_fut: asyncio.Future[None] | None = None
 
     def take_works(self) -> list[Work]:
         """What is gathered, as one work per tag (see :meth:`_batch`); ``gathered`` is empty after it."""
@@ -96,17 +109,38 @@ class BatchTaker:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + batching.max_wait
             enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
+            step = hold_step(batching.max_wait)
             while (
                 size < enough
                 and events < batching.max_events
                 and len(takens) < BATCH_MAX_CHUNKS
                 and not self.hurry.is_set()
             ):
-                t = await self._next_within(deadline - loop.time())
-                if t is None:
+                left = deadline - loop.time()
+                if left <= 0:
                     break
-                takens.append(t)
-                size, events = self._take_ready(takens, size + len(t.chunk.entries), events + t.chunk.count)
+                await self._pause(min(step, left))
+                size, events = self._take_ready(takens, size, events)
+
+    def hurry_up(self) -> None:
+        """A batch held to grow goes at once (the loop stops or retires)."""
+        self.hurry.set()
+        pause = self._pause_fut
+        if pause is not None and not pause.done():
+            pause.set_result(None)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` or until :meth:`hurry_up`: one future and one timer, where racing a
+        ``queue.get()`` against the hurry event cost two tasks and an ``asyncio.wait`` per chunk."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _wake, fut)
+        self._pause_fut = fut
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._pause_fut = None
 
     def gather_ready(self) -> bool:
         """Take what is committed now into ``gathered``, without waiting or holding it to grow (a write is
@@ -188,6 +222,19 @@ class BatchTaker:
         for t in takens:
             groups.setdefault(t.chunk.tag, []).append(t)
         return [(ts, merge(ts)) for ts in groups.values()]
+
+
+def hold_step(max_wait: float) -> float:
+    """How often a held batch looks at the queue: a sixteenth of ``max_wait``, within 1-10 ms.
+
+    The batch goes within one step of being big enough. Waking once per committed chunk instead cost an
+    ack-per-request client (a chunk per commit) about a tenth of the receiver's CPU."""
+    return min(HOLD_STEP_MAX, max(HOLD_STEP_MIN, max_wait / 16))
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _took(get: asyncio.Future[Taken]) -> Taken | None:

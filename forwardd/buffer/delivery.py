@@ -205,7 +205,7 @@ class BufferedSink:
         (``time.monotonic``)."""
         q = self.queue
         q.stop_accepting()
-        self._taker.hurry.set()
+        self._taker.hurry_up()
         if self._task is None:
             return
         deliverer = self._deliverer
@@ -268,7 +268,7 @@ class BufferedSink:
         without it those chunks would wait for a restart."""
         deliverer = self._deliverer
         deliverer.stopping = True
-        self._taker.hurry.set()
+        self._taker.hurry_up()
         task = self._task
         if task is not None:
             if not deliverer.idle.is_set():

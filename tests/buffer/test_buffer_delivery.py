@@ -351,6 +351,37 @@ async def test_batching_sends_at_once_when_the_batch_is_big_enough(
 
 
 @pytest.mark.parametrize("memory", [False, True])
+async def test_a_held_batch_does_not_wake_the_loop_per_committed_chunk(
+    make_sink: SinkFactory, memory: bool
+) -> None:
+    """An ack-per-request client commits one chunk at a time. While a batch is held to grow, the loop
+    takes what was committed every few milliseconds; racing a ``queue.get()`` per chunk cost a tenth of
+    the receiver's CPU. Counted by the queue's ``get`` calls: one per batch, not one per chunk."""
+    out = ScriptedOutput()
+    batching = Batching(max_wait=2.0, max_events=40)
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=batching)
+    queue = sink.queue
+    real_get = queue.get
+    gets = 0
+
+    async def counting_get() -> object:
+        nonlocal gets
+        gets += 1
+        return await real_get()
+
+    queue.get = counting_get  # type: ignore[method-assign]
+    await sink.start()
+    for i in range(40):  # one commit each, and loop turns between them as a client's round trip gives
+        await submit_all(sink, [Chunk("a", bytes([i]), 1, i)])
+        for _ in range(3):
+            await asyncio.sleep(0)
+    await out.wait_delivered(1)
+    while sum(c.count for c in out.delivered) < 40:  # a slow machine may have split the batch
+        await out.wait_delivered(len(out.delivered) + 1)
+    assert gets <= len(out.delivered) + 1, (gets, len(out.delivered))
+
+
+@pytest.mark.parametrize("memory", [False, True])
 async def test_stop_does_not_wait_for_a_held_batch(make_sink: SinkFactory, memory: bool) -> None:
     out = ScriptedOutput()
     sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=Batching(max_wait=60.0))
