@@ -144,7 +144,7 @@ def _file(name: str, s: FileSettings, worker: int) -> Output:
 
 
 def _file_batching(s: FileSettings) -> Batching:
-    return Batching(max_wait=s.flush_interval, enough_bytes=64 * 1024)
+    return Batching(max_wait=s.flush_interval, enough_bytes=64 * 1024, small_enough_bytes=1024 * 1024)
 
 
 def _kafka(name: str, s: KafkaSettings, worker: int) -> Output:

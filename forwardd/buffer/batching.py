@@ -28,6 +28,7 @@ __all__ = [
     "BATCH_MAX_CHUNKS",
     "HOLD_STEP_MAX",
     "HOLD_STEP_MIN",
+    "SMALL_CHUNK_BYTES",
     "BatchTaker",
     "Batching",
     "hold_step",
@@ -40,6 +41,9 @@ BATCH_MAX_BYTES = 4 * 1024 * 1024
 #: Bounds of the interval at which a batch held to grow takes what was committed meanwhile (hold_step).
 HOLD_STEP_MIN = 0.001
 HOLD_STEP_MAX = 0.01
+#: Chunks averaging under this are ack-per-event traffic for Batching.small_enough_bytes (docker's are
+#: one event of a few hundred bytes; PackedForward's are hundreds of KB).
+SMALL_CHUNK_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,25 @@ class Batching:
     ``enough_bytes`` below ``max_bytes`` suits the file output: a batch of 64 KiB is already worth its own
     write and fsync, and holding bulk traffic (PackedForward chunks of ~240 KB) until it reaches the 4 MiB
     cap only delays it (measured: 186k -> 165k events/s and twice the ack p99 into files, 1 connection).
+
+    ``small_enough_bytes`` (when set) replaces ``enough_bytes`` for a batch whose chunks average under
+    :data:`SMALL_CHUNK_BYTES`: clients that wait for an ack per event, whose rate is far below what the
+    output writes, so that holding costs it no throughput. Into files, 1 MiB instead of 64 KiB there
+    made a write (and its fsync) every 0.1 s instead of every ~20 ms, and acks ~1.15x faster with 16
+    and 32 such clients: the files' fsyncs no longer compete as often with the buffer's commits.
     """
 
     max_wait: float = 0.0
     max_events: int = sys.maxsize
     max_bytes: int = BATCH_MAX_BYTES
     enough_bytes: int | None = None
+    small_enough_bytes: int | None = None
+
+    def enough(self, size: int, chunks: int) -> bool:
+        """Whether a batch of ``size`` entry bytes in ``chunks`` chunks is big enough to go."""
+        if self.small_enough_bytes is not None and size < chunks * SMALL_CHUNK_BYTES:
+            return size >= self.small_enough_bytes
+        return size >= (self.max_bytes if self.enough_bytes is None else self.enough_bytes)
 
 
 class BatchTaker:
@@ -108,10 +125,9 @@ class BatchTaker:
         if batching.max_wait > 0:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + batching.max_wait
-            enough = batching.max_bytes if batching.enough_bytes is None else batching.enough_bytes
             step = hold_step(batching.max_wait)
             while (
-                size < enough
+                not batching.enough(size, len(takens))
                 and events < batching.max_events
                 and len(takens) < BATCH_MAX_CHUNKS
                 and not self.hurry.is_set()

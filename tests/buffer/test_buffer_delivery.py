@@ -381,6 +381,32 @@ async def test_a_held_batch_does_not_wake_the_loop_per_committed_chunk(
     assert gets <= len(out.delivered) + 1, (gets, len(out.delivered))
 
 
+def test_small_chunks_are_held_to_small_enough_bytes_and_big_ones_go_at_enough_bytes() -> None:
+    b = Batching(max_wait=0.1, enough_bytes=64 * 1024, small_enough_bytes=1024 * 1024)
+    assert b.enough(240_000, 1)  # one PackedForward chunk: worth its own write
+    assert b.enough(64 * 1024, 16)  # 4 KiB chunks are not small
+    assert not b.enough(100_000, 400)  # 400 docker events of 250 bytes: held on
+    assert b.enough(1024 * 1024, 4000)
+    assert Batching(max_wait=0.1, enough_bytes=64 * 1024).enough(100_000, 400)  # not set: as before
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_a_batch_of_small_chunks_is_held_past_enough_bytes(
+    make_sink: SinkFactory, memory: bool
+) -> None:
+    """Ack-per-event clients: past ``enough_bytes`` their batch is held on to ``small_enough_bytes``."""
+    out = ScriptedOutput()
+    batching = Batching(max_wait=60.0, enough_bytes=1000, small_enough_bytes=3000)
+    sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=batching)
+    await sink.start()
+    for i in range(40):
+        await submit_all(sink, [Chunk("a", bytes([i]) * 100, 1, i)])
+        for _ in range(3):
+            await asyncio.sleep(0)
+    await out.wait_delivered(1)
+    assert len(out.delivered[0].entries) >= 3000  # not cut at 1000
+
+
 @pytest.mark.parametrize("memory", [False, True])
 async def test_stop_does_not_wait_for_a_held_batch(make_sink: SinkFactory, memory: bool) -> None:
     out = ScriptedOutput()
