@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # unsynced.py imports merge from here
 __all__ = [
     "BATCH_MAX_BYTES",
     "BATCH_MAX_CHUNKS",
+    "COALESCE_BYTES",
+    "COALESCE_SECONDS",
     "HOLD_STEP_MAX",
     "HOLD_STEP_MIN",
     "SMALL_CHUNK_BYTES",
@@ -41,6 +43,10 @@ BATCH_MAX_BYTES = 4 * 1024 * 1024
 #: Bounds of the interval at which a batch held to grow takes what was committed meanwhile (hold_step).
 HOLD_STEP_MIN = 0.001
 HOLD_STEP_MAX = 0.01
+#: How long, and up to how many entry bytes, a batch of small chunks gathered while writes are in flight
+#: waits for the next commits (BatchTaker.coalesce).
+COALESCE_SECONDS = 0.001
+COALESCE_BYTES = 64 * 1024
 #: Chunks averaging under this are ack-per-event traffic for Batching.small_enough_bytes (docker's are
 #: one event of a few hundred bytes; PackedForward's are hundreds of KB).
 SMALL_CHUNK_BYTES = 4096
@@ -178,6 +184,19 @@ class BatchTaker:
             taken = await _took(get)
             if taken is not None:
                 self.gathered.append(taken)
+
+    async def coalesce(self) -> None:
+        """Writes are in flight and what was just gathered is small chunks (clients that wait for an ack
+        per event, one commit each): give it :data:`COALESCE_SECONDS` to take the next commits too, so
+        that one write carries them instead of a write per commit. Bulk chunks go at once."""
+        takens = self.gathered
+        if not takens or self.hurry.is_set():
+            return
+        size = sum(len(t.chunk.entries) for t in takens)
+        if size >= COALESCE_BYTES or size >= len(takens) * SMALL_CHUNK_BYTES:
+            return
+        await self._pause(COALESCE_SECONDS)
+        self._take_ready(takens, size, sum(t.chunk.count for t in takens))
 
     async def _next_or_sync(self) -> Taken:
         """The next committed chunk. While written works wait for their sync, wait no longer than it is

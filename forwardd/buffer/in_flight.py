@@ -135,3 +135,4 @@ class InFlight:
             await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             return
         await self._taker.gather_or_wait(running)
+        await self._taker.coalesce()

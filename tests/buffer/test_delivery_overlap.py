@@ -119,6 +119,29 @@ async def test_the_next_batches_are_written_while_the_oldest_is_in_flight(
     assert sink.stats.delivered_events == 8
 
 
+@pytest.mark.parametrize("memory", [False, True])
+async def test_small_commits_made_while_a_write_is_in_flight_share_a_write(
+    tmp_path: Path, sinks: list[BufferedSink], memory: bool
+) -> None:
+    """Clients that wait for an ack per event commit one small chunk at a time. While a write is in
+    flight, the next one waits a moment (COALESCE_SECONDS) for the commits after it, instead of a write
+    per commit (the code before made ten writes of b here)."""
+    out = Gated(depth=4)
+    out.open("b")
+    sink = make(out, tmp_path, sinks, FakeTime(), memory)
+    await sink.start()
+    await submit_all(sink, [tagged("a", 0)])
+    await wait_for(lambda: out.begun == ["a"], "the first write, held open")
+    for k in range(10):  # one commit each, the loop's turns between them
+        await submit_all(sink, [tagged("b", 2 + 2 * k)])
+        for _ in range(3):
+            await asyncio.sleep(0)
+    await wait_for(lambda: sorted(out.delivered) == list(range(2, 22)), "every b")
+    assert 1 <= out.begun.count("b") < 10
+    out.open("a")
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "every chunk")
+
+
 async def test_what_waits_behind_a_slow_write_is_bounded(
     tmp_path: Path, sinks: list[BufferedSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
