@@ -145,7 +145,7 @@ class BatchTaker:
                 size, events = self._take_ready(takens, size, events)
 
     def hurry_up(self) -> None:
-        """A batch held to grow goes at once (the loop stops or retires)."""
+        """A batch held to grow, or coalescing, goes at once (the loop stops or retires)."""
         self.hurry.set()
         pause = self._pause_fut
         if pause is not None and not pause.done():
@@ -262,8 +262,8 @@ class BatchTaker:
 def hold_step(max_wait: float) -> float:
     """How often a held batch looks at the queue: a sixteenth of ``max_wait``, within 1-10 ms.
 
-    The batch goes within one step of being big enough. Waking once per committed chunk instead cost an
-    ack-per-request client (a chunk per commit) about a tenth of the receiver's CPU."""
+    The batch goes within one step of being big enough. Waking once per committed chunk instead cost a
+    lone ack-per-request client (a chunk per commit) over a quarter of forwardd's CPU per request."""
     return min(HOLD_STEP_MAX, max(HOLD_STEP_MIN, max_wait / 16))
 
 

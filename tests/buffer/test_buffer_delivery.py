@@ -355,8 +355,9 @@ async def test_a_held_batch_does_not_wake_the_loop_per_committed_chunk(
     make_sink: SinkFactory, memory: bool
 ) -> None:
     """An ack-per-request client commits one chunk at a time. While a batch is held to grow, the loop
-    takes what was committed every few milliseconds; racing a ``queue.get()`` per chunk cost a tenth of
-    the receiver's CPU. Counted by the queue's ``get`` calls: one per batch, not one per chunk."""
+    takes what was committed every few milliseconds; racing a ``queue.get()`` per chunk cost over a
+    quarter of forwardd's CPU per request. Counted by the queue's ``get`` calls: one per batch, not one
+    per chunk."""
     out = ScriptedOutput()
     batching = Batching(max_wait=2.0, max_events=40)
     sink = make_sink(out, RetryPolicy(), FakeTime(), memory=memory, batching=batching)
