@@ -35,6 +35,7 @@ __all__ = [
     "Batching",
     "hold_step",
     "merge",
+    "small_chunks",
 ]
 
 #: Most chunks and bytes merged into one write of the output (see BatchTaker._batch).
@@ -82,7 +83,7 @@ class Batching:
 
     def enough(self, size: int, chunks: int) -> bool:
         """Whether a batch of ``size`` entry bytes in ``chunks`` chunks is big enough to go."""
-        if self.small_enough_bytes is not None and size < chunks * SMALL_CHUNK_BYTES:
+        if self.small_enough_bytes is not None and small_chunks(size, chunks):
             return size >= self.small_enough_bytes
         return size >= (self.max_bytes if self.enough_bytes is None else self.enough_bytes)
 
@@ -193,7 +194,7 @@ class BatchTaker:
         if not takens or self.hurry.is_set():
             return
         size = sum(len(t.chunk.entries) for t in takens)
-        if size >= COALESCE_BYTES or size >= len(takens) * SMALL_CHUNK_BYTES:
+        if size >= COALESCE_BYTES or not small_chunks(size, len(takens)):
             return
         await self._pause(COALESCE_SECONDS)
         self._take_ready(takens, size, sum(t.chunk.count for t in takens))
@@ -257,6 +258,12 @@ class BatchTaker:
         for t in takens:
             groups.setdefault(t.chunk.tag, []).append(t)
         return [(ts, merge(ts)) for ts in groups.values()]
+
+
+def small_chunks(size: int, chunks: int) -> bool:
+    """Whether ``chunks`` chunks of ``size`` entry bytes in all are ack-per-event traffic (they average
+    under :data:`SMALL_CHUNK_BYTES`): the one rule behind ``small_enough_bytes`` and :meth:`coalesce`."""
+    return size < chunks * SMALL_CHUNK_BYTES
 
 
 def hold_step(max_wait: float) -> float:
