@@ -42,8 +42,8 @@ typedef struct {
 /* -1 and a Python exception set: out of memory. 0: fine. 1: not plain (no exception). */
 #define NOT_PLAIN 1
 
-/* A big call asked to writes with the GIL released, so that a thread of the caller's (the file
- * output's) transcodes while the event loop runs. Everything that touches Python objects or the
+/* A big call whose caller asks for it (release_gil) writes with the GIL released, so that a thread of
+ * the caller's (the file output's) transcodes while the event loop runs. Everything that touches Python objects or the
  * Python allocator (growing the bytes, an exception, a float's repr) takes it back around itself. */
 static inline void with_gil(Out *o) {
     if (o->saved != NULL) {
