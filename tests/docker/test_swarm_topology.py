@@ -138,7 +138,9 @@ def test_swarm_task_through_agent_to_two_aggregators_one_killed(docker: Docker, 
         wait(lambda: seen() >= 300 or not task.is_alive(), 240, "the first lines at the aggregators")
         assert task.is_alive(), f"the task ended before the kill: {report}"
         aggs[0].kill()
-        killed_with = len(lines(tmp_path / "agg0"))
+        # What its files held at the kill, to tell its own redelivery after the restart from the agent's.
+        in_agg0_files = Counter(r["log"] for r in lines(tmp_path / "agg0"))
+        killed_with = sum(in_agg0_files.values())
         (gate / "go").touch()
         task.join(300)
         assert not task.is_alive()
@@ -162,7 +164,14 @@ def test_swarm_task_through_agent_to_two_aggregators_one_killed(docker: Docker, 
     want = {str(i) for i in range(1, N + 1)} | {"long " + "x" * LONG}
     assert set(counts) == want, "every line at least once, the long one joined whole"
     stats = next(x for x in reversed(agent_proc.lines) if x.get("event") == "output.stats")["output_stats"]
-    assert sum(counts.values()) - len(counts) <= stats["unacked_events"], (stats, Counter(counts.values()))
+    # Duplicates come from two places, each bounded by what it had in flight. The agent sends again what
+    # the killed aggregator had not acked (its unacked_events). The killed aggregator, started again,
+    # writes again the batch its file output had written and not yet marked delivered at the SIGKILL (at
+    # least once, as tests/e2e/test_crash.py shows for one process): lines its files already held.
+    rewritten = Counter(r["log"] for r in lines(tmp_path / "agg0")) - in_agg0_files
+    redone = sum(n for log, n in rewritten.items() if log in in_agg0_files)
+    dups = sum(counts.values()) - len(counts)
+    assert dups <= stats["unacked_events"] + redone, (stats, redone, Counter(counts.values()))
     tasks = set()
     for r in got:
         assert r["service"] == "fwdtopo"
