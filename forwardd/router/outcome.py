@@ -4,8 +4,9 @@ A walk may reach several sinks (fan-out, ``continue``, relabel, the error label)
 commit, and refusals along the way; the chunk counts as accepted only when every one of them has it
 (:mod:`forwardd.sink`). An :class:`Outcome` collects them as the walk goes, and :meth:`Outcome.result`
 turns them into what an entry returns: ``None`` when everything was accepted synchronously, the one
-awaitable when there is exactly one, else a coroutine that waits for all and then fails if any did (a
-rejection is permanent only when every failure is). Callbacks of filters that hold events
+awaitable when there is exactly one, else one that waits for all and then fails if any did (a
+rejection is permanent only when every failure is): a future joined by callbacks when every sink gave a
+future (the disk buffer's submit), a coroutine otherwise. Callbacks of filters that hold events
 (:attr:`forwardd.filters.base.Held.on_accepted`) run once all is in, or after a permanent refusal (the
 client is acked anyway and will not resend), never after a temporary one.
 
@@ -85,7 +86,54 @@ class Outcome:
             return None
         if refusals is None and len(waits) == 1:
             return waits[0]
+        if all(type(w) is _Future for w in waits):
+            return _join(waits, refusals or [])  # type: ignore[arg-type]  # checked just above
         return _gather(waits, refusals or [])
+
+
+_Future = asyncio.Future
+
+
+def _join(waits: list[asyncio.Future[None]], refusals: list[ChunkRejected]) -> asyncio.Future[None]:
+    """:func:`_gather` for sinks that all returned futures (the disk buffer's submit), without a task: a
+    fan-out is taken for every request of a copy route, and a task with its steps (``ensure_future`` in
+    the session included) cost more than the rest of the route. Resolves when the last future does, with
+    the outcome :func:`_gather` gives: cancelled if a sink's future was, else the first bug, else the
+    rejections combined, else success."""
+    joined: asyncio.Future[None] = waits[0].get_loop().create_future()
+    left = len(waits)
+
+    def one_done(_: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        if left:
+            return
+        failures = list(refusals)
+        bug: BaseException | None = None
+        cancelled = False
+        for w in waits:  # every exception is retrieved, even when the owner gave up on `joined`
+            if w.cancelled():
+                cancelled = True  # _gather raises the CancelledError when it meets it, before any bug
+                continue
+            exc = w.exception()
+            if isinstance(exc, ChunkRejected):
+                failures.append(exc)
+            elif exc is not None and bug is None:
+                bug = exc
+        if joined.done():  # cancelled by its owner
+            return
+        if cancelled:
+            joined.cancel()
+        elif bug is not None:
+            joined.set_exception(bug)
+        elif failures:
+            joined.set_exception(combine(failures))
+        else:
+            joined.set_result(None)
+
+    for w in waits:
+        w.add_done_callback(one_done)
+    return joined
 
 
 async def _gather_then(
