@@ -55,6 +55,7 @@ class AckFlow:
     peer: str
     _log: EdgeLog
     _pending: deque[Pending]
+    _watched: asyncio.Future[Any] | None
     _job: Any
     _backlog: list[Any]
     _draining: bool
@@ -76,8 +77,9 @@ class AckFlow:
             w = p.waiter
             if w is not None:
                 if not w.done():
-                    w.remove_done_callback(self._flush_acks_cb)
-                    w.add_done_callback(self._flush_acks_cb)
+                    if w is not self._watched:  # once per waiter: each request's read flushes too
+                        self._watched = w  # type: ignore[misc]  # a slot of Session
+                        w.add_done_callback(self._flush_acks_cb)
                     break
                 exc = w.exception() if not w.cancelled() else ChunkRejected("cancelled", permanent=False)
                 if exc is not None:

@@ -54,7 +54,8 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         "__weakref__", "_backlog", "_budget", "_budget_told", "_budget_wait", "_bytes_in", "_closing",
         "_drained", "_draining", "_early", "_gate", "_gate_wait", "_job", "_job_bytes", "_last_activity",
         "_log", "_lost", "_on_close", "_paused_reading", "_paused_writing", "_pending", "_requests",
-        "_resolver", "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "conn",
+        "_resolver", "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "_watched",
+        "conn",
         "ingest", "peer", "peer_address", "peer_hostname", "settings", "stats", "transport",
     )  # fmt: skip
 
@@ -80,6 +81,8 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         self.peer_hostname: str | None = None
         self.conn: ServerConnection | None = None
         self._pending: deque[Pending] = deque()
+        #: The waiter the ack flush is registered on (see AckFlow._flush_acks).
+        self._watched: asyncio.Future[Any] | None = None
         self._paused_reading = False
         self._paused_writing = False
         self._closing = False
@@ -231,6 +234,7 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
                 p.waiter.remove_done_callback(self._flush_acks_cb)
                 p.waiter.add_done_callback(retrieve)
         self._pending.clear()
+        self._watched = None
         self._backlog = []
         if self._job is not None:
             self._job.remove_done_callback(self._job_done)  # its result is dropped: the client resends
