@@ -139,6 +139,18 @@ FORWARDD_FILE_GROUPED_CONFIG = FORWARDD_FILE_CONFIG.replace(
 )
 assert FORWARDD_FILE_GROUPED_CONFIG != FORWARDD_FILE_CONFIG
 
+#: A copy route: every chunk into the JSON-lines files and, beside them, a second durable output (a disk
+#: buffer in front of a null output, standing in for Kafka): the ack waits for both buffers' commits.
+FORWARDD_COPY_CONFIG = (
+    FORWARDD_FILE_CONFIG.replace("outputs: [files]", "outputs: [files, copy]")
+    + """\
+  copy:
+    type: "null"
+    buffer: {{type: disk, fsync: always, max_size: 32MiB}}
+"""
+)
+assert "[files, copy]" in FORWARDD_COPY_CONFIG
+
 
 #: The stop-and-wait scenario that the physical floor is measured beside.
 FLOOR_SCENARIO = "message-ack-w1-1conn"
@@ -544,6 +556,7 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         "forwardd-buffer": args.forwardd_cmd,
         "forwardd-file": args.forwardd_cmd,
         "forwardd-file-grouped": args.forwardd_cmd,
+        "forwardd-copy": args.forwardd_cmd,
         "forwardd-buffer-w2": args.forwardd_cmd,
         "forwardd-file-w2": args.forwardd_cmd,
     }
@@ -552,6 +565,7 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
         "forwardd-buffer": FORWARDD_BUFFER_CONFIG,
         "forwardd-file": FORWARDD_FILE_CONFIG,
         "forwardd-file-grouped": FORWARDD_FILE_GROUPED_CONFIG,
+        "forwardd-copy": FORWARDD_COPY_CONFIG,
         "forwardd-buffer-w2": WORKERS_2 + FORWARDD_BUFFER_CONFIG,
         "forwardd-file-w2": WORKERS_2 + FORWARDD_FILE_CONFIG,
     }
@@ -630,7 +644,8 @@ def _parser() -> argparse.ArgumentParser:
         default="baseline,forwardd",
         help="comma-separated: baseline, forwardd (null output, memory buffer), forwardd-buffer "
         "(disk buffer, fsync per commit, null output), forwardd-file (disk buffer and JSON-lines files), "
-        "forwardd-file-grouped (the file output's opt-in fsync: grouped), "
+        "forwardd-file-grouped (the file output's opt-in fsync: grouped), forwardd-copy (a copy route: the "
+        "files and a second disk-buffered output), "
         "forwardd-buffer-w2 and forwardd-file-w2 (the same with workers: 2)",
     )
     ap.add_argument("--scenarios", default="", help="comma-separated scenario names (default: all)")
