@@ -22,14 +22,13 @@ from pathlib import Path
 import structlog
 
 from forwardd.app import heap
-from forwardd.app.build import build_routes, build_sink
+from forwardd.app.build import build_labels, build_sink, wire_error_routes
 from forwardd.app.config import Config
 from forwardd.app.reload import fixed_changes, plan_reload
 from forwardd.buffer import BufferedSink, DiskQueue
-from forwardd.buffer.journal import PieceJournal
 from forwardd.config import ConfigError
 from forwardd.errors import ChunkRejected
-from forwardd.filters.base import Filter, Journal
+from forwardd.filters.base import Filter
 from forwardd.lifecycle import (
     STOP_SIGNALS,
     Deadline,
@@ -45,7 +44,6 @@ from forwardd.router import ROOT_LABEL, Route, Router, RouteTable, RoutingError
 from forwardd.server.listener import ForwardListener
 from forwardd.server.source import listener_settings
 from forwardd.server.tls import server_context
-from forwardd.storage import adopted_dirs, worker_dir
 
 __all__ = ["RELOAD_WAIT", "STATS_INTERVAL", "Daemon"]
 
@@ -88,12 +86,12 @@ class Daemon:
         }
 
         self.router = Router(
-            self._build_labels(config),
+            build_labels(config, worker),
             self.sinks,
             root_label=ROOT_LABEL,
             dead_letter_dir=str(storage / "dead-letter"),
         )
-        self._set_error_routes(config)
+        wire_error_routes(self.sinks, self.router, config)
         self.listeners = [
             ForwardListener(
                 listener_settings(s, reuse_port=reuse_port), self.router.entry(s.label), gate=self.router.gate
@@ -109,47 +107,16 @@ class Daemon:
         self._started: list[BufferedSink] = []
         self.ops = attach_ops(self, ops_channel)
 
-    def _journals_of(
-        self, config: Config, label: str, opened: set[tuple[str, int, int]] | None = None
-    ) -> Callable[[int, int], Journal]:
-        """What opens the journal of the filter at (``label``, route, position): a folder per place, so that
-        the filter at the same place after a restart or a reload holds again what it held. ``opened``
-        collects the places given one."""
-        storage = Path(config.storage.path)
-        worker = self.worker
-
-        def journal_for(route: int, index: int) -> Journal:
-            if opened is not None:
-                opened.add((label, route, index))
-            name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
-            base = storage / "journal" / name
-            journal = PieceJournal(str(worker_dir(base, worker)), name=name)
-            # Pieces an old worker held are held again here; the rest of their lines comes here now.
-            journal.queue.adopt([str(d) for d in adopted_dirs(base, worker, config.workers)])
-            return journal
-
-        return journal_for
-
-    def _build_labels(
-        self, config: Config, old: Config | None = None, journals: set[tuple[str, int, int]] | None = None
-    ) -> dict[str, list[Route]]:
-        """Every label's routes. With ``old`` (a reload), a stateful filter with the same settings at
-        the same place (label, route, position) is the running one, with what it holds. ``journals``
-        collects the places whose filter keeps a journal."""
-        labels: dict[str, list[Route]] = {
-            ROOT_LABEL: build_routes(config.routes, self._journals_of(config, ROOT_LABEL, journals))
-        }
-        for label, routes in config.labels.items():
-            labels[label] = build_routes(routes, self._journals_of(config, label, journals))
-        if old is None:
-            return labels
+    def _keep_running_filters(self, labels: dict[str, list[Route]], old: Config, new: Config) -> None:
+        """In ``labels`` (built for ``new``), a stateful filter with the same settings at the same place
+        (label, route, position) as in ``old`` is the running one, with what it holds."""
         running = {id(f) for f in self.router.stateful}
         for label, built in labels.items():
             if label not in self.router.table.routes:
                 continue
             before = old.label_routes(label)
             compiled = self.router.table.routes[label]
-            after = config.label_routes(label)
+            after = new.label_routes(label)
             for ri, route in enumerate(built):
                 if ri >= len(before) or ri >= len(compiled):
                     break
@@ -162,20 +129,6 @@ class Daemon:
                     ):
                         filters[fi] = f_old
                 built[ri] = dataclasses.replace(route, filters=tuple(filters))
-        return labels
-
-    def _set_error_routes(self, config: Config) -> None:
-        """What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
-        they reject goes to the dead-letter folder rather than round in a loop)."""
-        error_label = self.router.error_label
-        error_entry = self.router.entry(error_label) if error_label is not None else None
-        error_outputs = (
-            {name for r in config.label_routes(error_label) for name in r.outputs}
-            if error_label is not None
-            else set()
-        )
-        for name, sink in self.sinks.items():
-            sink.error_route = error_entry if name not in error_outputs else None
 
     async def start(self) -> None:
         await self.ops.start()  # first: /health answers while buffers recover, /ready says 503 until ready
@@ -262,7 +215,8 @@ class Daemon:
             )
         sinks = {name: fresh_sinks.get(name) or self.sinks[name] for name in new.outputs}
         journals: set[tuple[str, int, int]] = set()
-        labels = self._build_labels(new, old, journals)
+        labels = build_labels(new, self.worker, journals)
+        self._keep_running_filters(labels, old, new)
         try:
             table = RouteTable(labels, sinks, root_label=ROOT_LABEL)
         except RoutingError as exc:
@@ -333,7 +287,7 @@ class Daemon:
             self.config = new
             self.sinks = sinks
             self.router.replace(labels, sinks)
-        self._set_error_routes(new)
+        wire_error_routes(self.sinks, self.router, new)
         # 4. Sources: new addresses accept; a changed source on its old address takes over the socket;
         # what is replaced or removed stops accepting and drains its connections as on a stop.
         listeners: list[ForwardListener] = []
