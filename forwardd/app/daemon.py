@@ -23,9 +23,8 @@ import structlog
 from forwardd.app import heap
 from forwardd.app.build import build_labels, build_sink, wire_error_routes
 from forwardd.app.config import Config
-from forwardd.app.reloading import Reloading
+from forwardd.app.reloading import Reloading, SignalledReloads
 from forwardd.buffer import BufferedSink
-from forwardd.config import ConfigError
 from forwardd.lifecycle import (
     STOP_SIGNALS,
     Deadline,
@@ -196,8 +195,8 @@ class Daemon(Reloading):
         parent forwards is the second copy of one the process group already got, not a second request.
         ``watchdog`` (the command line's processes, never a test's) ends the process if the stop overruns.
         ``reload_from``: SIGHUP re-reads the configuration with it (``reload_path`` names it in logs) and
-        :meth:`reload` s; SIGHUP must be blocked in every thread (:class:`ReloadSignals`); a worker passes
-        its parent's pid as ``reload_only_from``.
+        reloads (:class:`SignalledReloads`); SIGHUP must be blocked in every thread (:class:`ReloadSignals`);
+        a worker passes its parent's pid as ``reload_only_from``.
         """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -220,38 +219,13 @@ class Daemon(Reloading):
             log.info("forwardd.stopping", signal=name, worker=self.worker, deadline=round(times.daemon, 3))
             stop.set()
 
-        reloads: list[asyncio.Task[None]] = []
-        again = [False]
-
-        async def reload_loop() -> None:
-            assert reload_from is not None
-            while True:
-                again[0] = False
-                try:
-                    new = await asyncio.to_thread(reload_from)
-                except ConfigError as exc:
-                    self._refuse(reload_path, str(exc).splitlines())
-                except Exception as exc:
-                    self._refuse(reload_path, [f"{type(exc).__name__}: {exc}"])
-                else:
-                    await self.reload(new, source=reload_path)
-                if not again[0] or stop.is_set():
-                    return
-
-        def on_reload(sender: int) -> None:
-            if stop.is_set():
-                return
-            log.info("config.reloading", path=reload_path, sender=sender, worker=self.worker)
-            if reloads and not reloads[-1].done():
-                again[0] = True  # once more after the one in progress: it may have read the file before
-                return
-            reloads.append(asyncio.create_task(reload_loop(), name="reload"))
-
         for s in signals:
             loop.add_signal_handler(s, on_signal, s)
-        hup = None
+        hup: ReloadSignals | None = None
+        reloads: SignalledReloads | None = None
         if reload_from is not None:
-            hup = ReloadSignals(loop, on_reload, only_from=reload_only_from, worker=self.worker)
+            reloads = SignalledReloads(self, reload_from, reload_path, stop)
+            hup = ReloadSignals(loop, reloads.request, only_from=reload_only_from, worker=self.worker)
             hup.start()
         unblock_stop_signals()  # one that came before (see block_stop_signals) is handled now
         try:
@@ -279,9 +253,8 @@ class Daemon(Reloading):
                 deadline.append(Deadline.after(times.daemon))
             if hup is not None:
                 hup.close()
-            if reloads and not reloads[-1].done():  # finish the reload in progress: it is bounded
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(reloads[-1]), deadline[0].soft_left())
+            if reloads is not None:
+                await reloads.finish(deadline[0])
             await self.stop(deadline=deadline[0])
             # Blocked again before the handlers go: a signal now, as the process exits, must not kill it
             # by its default action (exit code -15 after a clean stop).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -21,6 +22,7 @@ from forwardd.app.build import build_labels, build_sink, wire_error_routes
 from forwardd.app.config import Config
 from forwardd.app.reload import ReloadPlan, fixed_changes, plan_reload
 from forwardd.buffer import BufferedSink, DiskQueue
+from forwardd.config import ConfigError
 from forwardd.errors import ChunkRejected
 from forwardd.filters.base import Filter
 from forwardd.lifecycle import Deadline
@@ -30,7 +32,7 @@ from forwardd.server.listener import ForwardListener
 from forwardd.server.source import listener_settings
 from forwardd.server.tls import server_context
 
-__all__ = ["RELOAD_WAIT", "Reloading"]
+__all__ = ["RELOAD_WAIT", "Reloading", "SignalledReloads"]
 
 log = structlog.get_logger("forwardd")
 
@@ -79,6 +81,17 @@ class Reloading:
                     exc_info=exc,
                 )
                 return False
+
+    async def reread(self, load: Callable[[], Config], path: str) -> bool:
+        """Re-read the configuration with ``load`` (in a thread: it reads a file) and :meth:`reload` it; one
+        that does not load is refused as one that cannot run."""
+        try:
+            new = await asyncio.to_thread(load)
+        except ConfigError as exc:
+            return self._refuse(path, str(exc).splitlines())
+        except Exception as exc:
+            return self._refuse(path, [f"{type(exc).__name__}: {exc}"])
+        return await self.reload(new, source=path)
 
     def _refuse(self, source: str, errors: list[str]) -> bool:
         """Say why ``source`` is not run; False, for the caller to return (the running one goes on)."""
@@ -274,3 +287,42 @@ class Reloading:
         task = asyncio.create_task(listener.stop(self.config.shutdown_timeout), name="listener-retire")
         self._retiring[listener] = task
         task.add_done_callback(lambda _t: self._retiring.pop(listener, None))
+
+
+class SignalledReloads:
+    """SIGHUPs turned into reloads, one at a time: one that comes during a reload asks for one more after it
+    (the one in progress may have read the file before it changed); none once the daemon is stopping."""
+
+    def __init__(
+        self, daemon: Reloading, load: Callable[[], Config], path: str, stopping: asyncio.Event
+    ) -> None:
+        self._daemon = daemon
+        self._load = load
+        self._path = path
+        self._stopping = stopping
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self, sender: int) -> None:
+        """A SIGHUP from pid ``sender`` (:class:`~forwardd.lifecycle.ReloadSignals` calls it on the loop)."""
+        if self._stopping.is_set():
+            return
+        log.info("config.reloading", path=self._path, sender=sender, worker=self._daemon.worker)
+        if self._task is not None and not self._task.done():
+            self._again = True  # once more after the one in progress: it may have read the file before
+            return
+        self._task = asyncio.create_task(self._run(), name="reload")
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            await self._daemon.reread(self._load, self._path)
+            if not self._again or self._stopping.is_set():
+                return
+
+    async def finish(self, deadline: Deadline) -> None:
+        """Let the reload in progress end within ``deadline`` (a stop's): it is bounded."""
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), deadline.soft_left())
