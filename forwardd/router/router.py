@@ -1,10 +1,11 @@
 """Tag routing: which filters and outputs a chunk goes through, decided once per tag and cached.
 
 The router puts together the parts of routing, each in its own module: the checked table of labels and
-routes (:mod:`.table`), the walk of a chunk through filters, sinks and relabels (:mod:`.walk`, with
-:mod:`.isolation` for a filter that raises), the acceptance bookkeeping (:mod:`.outcome`), and the
-chunks kept while a reload holds the routes (:mod:`.pile`). What it adds is the entry a session hands
-chunks to, and the release of what stateful filters hold.
+routes (:mod:`.table`), the shapes a per-tag decision compiles to (:mod:`.decisions`), the walk of a
+chunk through filters, sinks and relabels (:mod:`.walk`, with :mod:`.isolation` for a filter that raises),
+the acceptance bookkeeping (:mod:`.outcome`), and the chunks kept while a reload holds the routes
+(:mod:`.pile`). What it adds is the entry a session hands chunks to, its per-tag cache, the switch of a
+reload, and the release of what stateful filters hold.
 
 Why a per-tag decision: a stream is a handful of tags, and most of them take the simplest shape. The
 decision for a (label, tag) is compiled into one callable and kept in a plain dict: the common case (one
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from forwardd.errors import ChunkRejected
 from forwardd.filters.base import Held, StatefulFilter
 from forwardd.model import Chunk
+from forwardd.router.decisions import decision, make_gone
 from forwardd.router.outcome import Outcome
 from forwardd.router.pile import MAX_PARKED_BYTES, MAX_PARKED_CHUNKS, Pile
 from forwardd.router.stats import RouterStats, log
@@ -33,7 +35,6 @@ from forwardd.router.table import (
     DEFAULT_CACHE_SIZE,
     ERROR_LABEL,
     ROOT_LABEL,
-    CompiledRoute,
     Route,
     RouteTable,
     RoutingError,
@@ -125,7 +126,7 @@ class Router:
             return self._pile.park(label)
         decide = self._deciders.get(label)
         if decide is None:
-            return self._gone(label)
+            return make_gone(label)
         return decide(tag)
 
     # --- reload -----------------------------------------------------------------------------------------
@@ -177,15 +178,6 @@ class Router:
         """Chunks kept during a reload and not routed yet."""
         return self._pile.parked
 
-    def _gone(self, label: str) -> Ingest:
-        """A label a reload removed, asked by a session of a source that is draining: refused for now
-        (no ack, the client resends to the source that replaced it)."""
-
-        def gone(chunk: Chunk) -> None:
-            raise ChunkRejected(f"label {label} was removed by a reload", permanent=False)
-
-        return gone
-
     # --- per-tag decisions ------------------------------------------------------------------------------
 
     def _decide_fn(self, label: str) -> Callable[[str], Ingest]:
@@ -209,77 +201,7 @@ class Router:
 
     def _handle_for(self, label: str, tag: str) -> Ingest:
         """The decision for ``tag`` in ``label`` by the current table, not remembered."""
-        if label not in self.table.routes:
-            return self._gone(label)
-        matched = self.table.matching(label)(tag)
-        in_error = label == self.table.error_label
-        if not matched:
-            return self._unmatched(label)
-        if len(matched) == 1 and matched[0].relabel is None and len(matched[0].sinks) == 1:
-            if matched[0].filters:
-                return self._linear(matched[0], in_error)
-            return self._single(matched[0].sinks[0], in_error)
-        return self._general(matched, in_error)
-
-    def _unmatched(self, label: str) -> Ingest:
-        note = self._walk.note_unmatched
-
-        def unmatched(chunk: Chunk) -> None:
-            note(label, chunk)
-
-        return unmatched
-
-    def _single(self, named: tuple[str, Sink], in_error: bool) -> Ingest:
-        """One route, no filters, one sink: the hot path, kept to a counter and the sink's submit."""
-        stats = self.stats
-        submit = self._walk.submitter(named, in_error)
-
-        def single(chunk: Chunk) -> Awaitable[None] | None:
-            stats.routed += 1
-            return submit(chunk)
-
-        return single
-
-    def _linear(self, compiled: CompiledRoute, in_error: bool) -> Ingest:
-        """One route with filters into one sink (a docker stream with a partial-line joiner): no lists
-        unless a filter fails, splits the chunk or holds, when the general walk takes over from there."""
-        stats = self.stats
-        calls = compiled.calls
-        walk = self._walk
-        submit = walk.submitter(compiled.sinks[0], in_error)
-
-        def linear(chunk: Chunk) -> Awaitable[None] | None:
-            stats.routed += 1
-            for pos, call in enumerate(calls):
-                try:
-                    out = call(chunk)
-                except ChunkRejected:
-                    raise  # a filter that cannot take the chunk now (its journal): as a sink refusing it
-                except Exception as exc:
-                    outcome = Outcome()
-                    walk.filter_failed(compiled, pos, chunk, exc, outcome, in_error)
-                    return outcome.result()
-                if out is None:
-                    return None
-                if type(out) is not Chunk:  # a list, or a Held
-                    return walk.go_on_alone(compiled, pos + 1, out, in_error)
-                chunk = out
-            return submit(chunk)
-
-        return linear
-
-    def _general(self, matched: tuple[CompiledRoute, ...], in_error: bool) -> Ingest:
-        stats = self.stats
-        run = self._walk.run
-
-        def general(chunk: Chunk) -> Awaitable[None] | None:
-            stats.routed += 1
-            outcome = Outcome()
-            for compiled in matched:
-                run(compiled, 0, chunk, outcome, in_error)
-            return outcome.result()
-
-        return general
+        return decision(self.table, self._walk, self.stats, label, tag)
 
     # --- what stateful filters hold ---------------------------------------------------------------------
 
