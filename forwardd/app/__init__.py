@@ -6,7 +6,8 @@ the typed builder, and the daemon that runs what it builds.
 - :mod:`.checks`: mistakes across sections, asked of the components that own each rule.
 - :mod:`.describe`: ``check-config``'s summary.
 - :mod:`.build`: outputs, their buffers, filters and routes, from their settings.
-- :mod:`.daemon`: :class:`Daemon`, one process's forwardd (start, report, stop).
+- :mod:`.daemon`: :class:`Daemon`, one process's forwardd (start, report, stop, run).
+- :mod:`.reload`: what a reload may change, and what changed; :mod:`.reloading`: the daemon's hot reload.
 
 The top of the package's layers: it imports the components, none of them imports it.
 """

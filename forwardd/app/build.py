@@ -1,29 +1,37 @@
 """From a validated configuration to components: each built from its own settings, through the registry.
 
 Nothing here names a filter or an output type: :mod:`forwardd.app.registry` maps each ``type:`` to its
-settings model and factory. What is decided here is where things live on disk (per output and per worker)
-and which buffer stands in front of each output.
+settings model and factory. What is decided here is where things live on disk (per output, per filter's
+journal and per worker), which buffer stands in front of each output, and where what an output rejects goes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import structlog
 
-from forwardd.app.config import FilterEntry, OutputEntry, RouteSettings
+from forwardd.app.config import Config, FilterEntry, OutputEntry, RouteSettings
 from forwardd.app.registry import FILTERS, OUTPUTS, JournalOpener
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink
 from forwardd.buffer.base import ChunkQueue
+from forwardd.buffer.journal import PieceJournal
 from forwardd.buffer.memory import MemoryQueue
 from forwardd.filters.base import Filter, Journal
 from forwardd.outputs.base import Output
-from forwardd.router import Route, compile_pattern
+from forwardd.router import ROOT_LABEL, Route, Router, compile_pattern
 from forwardd.storage import adopted_dirs, worker_dir
 
-__all__ = ["build_filter", "build_output", "build_routes", "build_sink"]
+__all__ = [
+    "build_filter",
+    "build_labels",
+    "build_output",
+    "build_routes",
+    "build_sink",
+    "wire_error_routes",
+]
 
 log = structlog.get_logger("forwardd")
 
@@ -115,3 +123,51 @@ def build_routes(
 
 def _opener(journal_for: Callable[[int, int], Journal], route: int, index: int) -> JournalOpener:
     return lambda: journal_for(route, index)
+
+
+def _journals_of(
+    config: Config, label: str, worker: int = 0, opened: set[tuple[str, int, int]] | None = None
+) -> Callable[[int, int], Journal]:
+    """What opens the journal of the filter at (``label``, route, position): a folder per place, so that
+    the filter at the same place after a restart or a reload holds again what it held. ``opened``
+    collects the places given one."""
+    storage = Path(config.storage.path)
+
+    def journal_for(route: int, index: int) -> Journal:
+        if opened is not None:
+            opened.add((label, route, index))
+        name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
+        base = storage / "journal" / name
+        journal = PieceJournal(str(worker_dir(base, worker)), name=name)
+        # Pieces an old worker held are held again here; the rest of their lines comes here now.
+        journal.queue.adopt([str(d) for d in adopted_dirs(base, worker, config.workers)])
+        return journal
+
+    return journal_for
+
+
+def build_labels(
+    config: Config, worker: int = 0, journals: set[tuple[str, int, int]] | None = None
+) -> dict[str, list[Route]]:
+    """Every label's routes, their filters' journals kept by worker ``worker``. ``journals`` collects the
+    places whose filter keeps a journal (a reload's successors, see :mod:`forwardd.app.reloading`)."""
+    labels: dict[str, list[Route]] = {
+        ROOT_LABEL: build_routes(config.routes, _journals_of(config, ROOT_LABEL, worker, journals))
+    }
+    for label, routes in config.labels.items():
+        labels[label] = build_routes(routes, _journals_of(config, label, worker, journals))
+    return labels
+
+
+def wire_error_routes(sinks: Mapping[str, BufferedSink], router: Router, config: Config) -> None:
+    """What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
+    they reject goes to the dead-letter folder rather than round in a loop)."""
+    error_label = router.error_label
+    error_entry = router.entry(error_label) if error_label is not None else None
+    error_outputs = (
+        {name for r in config.label_routes(error_label) for name in r.outputs}
+        if error_label is not None
+        else set()
+    )
+    for name, sink in sinks.items():
+        sink.error_route = error_entry if name not in error_outputs else None

@@ -5,14 +5,13 @@ that nothing is accepted before there is somewhere safe to put it. Stop order is
 does it: listeners stop accepting and send the acks they owe, the router gives back what filters hold,
 then each sink finishes its current write and closes its queue, all within one deadline
 (``shutdown_timeout``, :mod:`forwardd.lifecycle`). A second signal aborts a single process; a worker
-only logs it (see :meth:`Daemon.run`).
+only logs it (see :meth:`Daemon.run`). A reload, on SIGHUP, is :mod:`forwardd.app.reloading`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import faulthandler
 import signal
 import socket
@@ -22,14 +21,10 @@ from pathlib import Path
 import structlog
 
 from forwardd.app import heap
-from forwardd.app.build import build_routes, build_sink
+from forwardd.app.build import build_labels, build_sink, wire_error_routes
 from forwardd.app.config import Config
-from forwardd.app.reload import fixed_changes, plan_reload
-from forwardd.buffer import BufferedSink, DiskQueue
-from forwardd.buffer.journal import PieceJournal
-from forwardd.config import ConfigError
-from forwardd.errors import ChunkRejected
-from forwardd.filters.base import Filter, Journal
+from forwardd.app.reloading import Reloading, SignalledReloads
+from forwardd.buffer import BufferedSink
 from forwardd.lifecycle import (
     STOP_SIGNALS,
     Deadline,
@@ -38,34 +33,22 @@ from forwardd.lifecycle import (
     block_stop_signals,
     unblock_stop_signals,
 )
-from forwardd.model import Chunk
 from forwardd.ops.attach import attach as attach_ops
 from forwardd.outputs.formats import NATIVE
-from forwardd.router import ROOT_LABEL, Route, Router, RouteTable, RoutingError
+from forwardd.router import ROOT_LABEL, Router
 from forwardd.server.listener import ForwardListener
 from forwardd.server.source import listener_settings
-from forwardd.server.tls import server_context
-from forwardd.storage import adopted_dirs, worker_dir
 
-__all__ = ["RELOAD_WAIT", "STATS_INTERVAL", "Daemon"]
+__all__ = ["STATS_INTERVAL", "Daemon"]
 
 log = structlog.get_logger("forwardd")
 
 
 #: How often the daemon logs each source's and each output's counters (``source.stats``, ``output.stats``).
 STATS_INTERVAL = 60.0
-#: The longest a reload waits for a write in progress of an output it rebuilds or removes, and for what a
-#: stateful filter it removes gives back to be accepted.
-RELOAD_WAIT = 5.0
 
 
-def _not_yet(chunk: Chunk) -> None:
-    """The ingest of a listener a reload has bound but not yet opened: never called (it accepts nothing
-    until its label's routes are in place)."""
-    raise ChunkRejected("source not ready", permanent=False)
-
-
-class Daemon:
+class Daemon(Reloading):
     """One process's forwardd."""
 
     def __init__(
@@ -79,103 +62,33 @@ class Daemon:
     ) -> None:
         """``ops_channel``: with ``workers: N``, this worker's pipe to the parent, which serves the
         operators' endpoint (:mod:`forwardd.ops`)."""
+        super().__init__()
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
         storage = Path(config.storage.path)
-        self.sinks: dict[str, BufferedSink] = {
+        self.sinks = {
             name: build_sink(name, o, storage, worker, config.workers) for name, o in config.outputs.items()
         }
 
         self.router = Router(
-            self._build_labels(config),
+            build_labels(config, worker),
             self.sinks,
             root_label=ROOT_LABEL,
             dead_letter_dir=str(storage / "dead-letter"),
         )
-        self._set_error_routes(config)
+        wire_error_routes(self.sinks, self.router, config)
         self.listeners = [
             ForwardListener(
                 listener_settings(s, reuse_port=reuse_port), self.router.entry(s.label), gate=self.router.gate
             )
             for s in config.sources
         ]
-        #: Listeners a reload replaced or removed, while their connections drain.
-        self._retiring: dict[ForwardListener, asyncio.Task[None]] = {}
-        self._reload_lock = asyncio.Lock()
         self._expiry: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self.stats_interval = stats_interval
-        self._started: list[BufferedSink] = []
+        self._started = []
         self.ops = attach_ops(self, ops_channel)
-
-    def _journals_of(
-        self, config: Config, label: str, opened: set[tuple[str, int, int]] | None = None
-    ) -> Callable[[int, int], Journal]:
-        """What opens the journal of the filter at (``label``, route, position): a folder per place, so that
-        the filter at the same place after a restart or a reload holds again what it held. ``opened``
-        collects the places given one."""
-        storage = Path(config.storage.path)
-        worker = self.worker
-
-        def journal_for(route: int, index: int) -> Journal:
-            if opened is not None:
-                opened.add((label, route, index))
-            name = f"{label.lstrip('@').lower()}-route{route}-filter{index}"
-            base = storage / "journal" / name
-            journal = PieceJournal(str(worker_dir(base, worker)), name=name)
-            # Pieces an old worker held are held again here; the rest of their lines comes here now.
-            journal.queue.adopt([str(d) for d in adopted_dirs(base, worker, config.workers)])
-            return journal
-
-        return journal_for
-
-    def _build_labels(
-        self, config: Config, old: Config | None = None, journals: set[tuple[str, int, int]] | None = None
-    ) -> dict[str, list[Route]]:
-        """Every label's routes. With ``old`` (a reload), a stateful filter with the same settings at
-        the same place (label, route, position) is the running one, with what it holds. ``journals``
-        collects the places whose filter keeps a journal."""
-        labels: dict[str, list[Route]] = {
-            ROOT_LABEL: build_routes(config.routes, self._journals_of(config, ROOT_LABEL, journals))
-        }
-        for label, routes in config.labels.items():
-            labels[label] = build_routes(routes, self._journals_of(config, label, journals))
-        if old is None:
-            return labels
-        running = {id(f) for f in self.router.stateful}
-        for label, built in labels.items():
-            if label not in self.router.table.routes:
-                continue
-            before = old.label_routes(label)
-            compiled = self.router.table.routes[label]
-            after = config.label_routes(label)
-            for ri, route in enumerate(built):
-                if ri >= len(before) or ri >= len(compiled):
-                    break
-                filters: list[Filter] = list(route.filters)
-                for fi, f_old in enumerate(compiled[ri].filters):
-                    if (
-                        id(f_old) in running
-                        and fi < len(filters)
-                        and before[ri].filters[fi] == after[ri].filters[fi]
-                    ):
-                        filters[fi] = f_old
-                built[ri] = dataclasses.replace(route, filters=tuple(filters))
-        return labels
-
-    def _set_error_routes(self, config: Config) -> None:
-        """What an output rejects for good goes to the @ERROR routes (their outputs excepted: a chunk
-        they reject goes to the dead-letter folder rather than round in a loop)."""
-        error_label = self.router.error_label
-        error_entry = self.router.entry(error_label) if error_label is not None else None
-        error_outputs = (
-            {name for r in config.label_routes(error_label) for name in r.outputs}
-            if error_label is not None
-            else set()
-        )
-        for name, sink in self.sinks.items():
-            sink.error_route = error_entry if name not in error_outputs else None
 
     async def start(self) -> None:
         await self.ops.start()  # first: /health answers while buffers recover, /ready says 503 until ready
@@ -215,185 +128,6 @@ class Daemon:
             if waited >= self.stats_interval:
                 waited = 0.0
                 self.report()
-
-    # --- reload ---------------------------------------------------------------------------------------
-
-    async def reload(self, new: Config, *, source: str = "<config>") -> bool:
-        """Run ``new`` in place of the running configuration without closing a client connection
-        (:mod:`forwardd.app.reload` says what may change). False, with ``config.reload_failed`` logged,
-        when it cannot: the running configuration then goes on untouched. One reload at a time."""
-        async with self._reload_lock:
-            try:
-                return await self._reload(new, source)
-            except Exception as exc:  # a bug here must not take the running configuration down
-                log.error(
-                    "config.reload_failed",
-                    path=source,
-                    worker=self.worker,
-                    error=f"{type(exc).__name__}: {exc}",
-                    exc_info=exc,
-                )
-                return False
-
-    def _refuse(self, source: str, errors: list[str]) -> bool:
-        log.error(
-            "config.reload_failed",
-            path=source,
-            worker=self.worker,
-            errors=errors,
-            hint="the running configuration goes on unchanged",
-        )
-        return False
-
-    async def _reload(self, new: Config, source: str) -> bool:
-        old = self.config
-        fixed = fixed_changes(old, new)
-        if fixed:
-            return self._refuse(source, [f"cannot change on reload (restart instead): {p}" for p in fixed])
-        plan = plan_reload(old, new)
-        storage = Path(new.storage.path)
-        # 1. Build everything, touching nothing that runs: any error here refuses the reload.
-        fresh_sinks: dict[str, BufferedSink] = {}
-        for name in plan.outputs_added:
-            fresh_sinks[name] = build_sink(name, new.outputs[name], storage, self.worker, new.workers)
-        for name in plan.outputs_rebuilt:
-            fresh_sinks[name] = build_sink(
-                name, new.outputs[name], storage, self.worker, new.workers, queue=self.sinks[name].queue
-            )
-        sinks = {name: fresh_sinks.get(name) or self.sinks[name] for name in new.outputs}
-        journals: set[tuple[str, int, int]] = set()
-        labels = self._build_labels(new, old, journals)
-        try:
-            table = RouteTable(labels, sinks, root_label=ROOT_LABEL)
-        except RoutingError as exc:
-            return self._refuse(source, [str(exc)])
-        by_name = {ls.settings.name: ls for ls in self.listeners}
-        sources = {src.name: src for src in new.sources}
-        fresh: dict[str, ForwardListener] = {}
-        for name in [*plan.sources_added, *plan.sources_taken_over, *plan.sources_moved]:
-            settings = listener_settings(sources[name], reuse_port=self.reuse_port)
-            if settings.tls is not None:
-                try:
-                    server_context(settings.tls)
-                except (OSError, ValueError) as exc:
-                    return self._refuse(source, [f"sources.{name}.tls: {exc}"])
-            was = by_name.get(name)
-            fresh[name] = ForwardListener(
-                settings, _not_yet, stats=was.stats if was is not None else None, gate=self.router.gate
-            )
-        # 2. Bind the new addresses, not accepting yet; then recover the added outputs' queues.
-        bound: list[ForwardListener] = []
-        started: list[BufferedSink] = []
-        try:
-            for name, listener in fresh.items():
-                if name not in plan.take_over:
-                    await listener.start(serve=False)
-                    bound.append(listener)
-            for name in plan.outputs_added:
-                await fresh_sinks[name].start()
-                started.append(fresh_sinks[name])
-        except Exception as exc:
-            for listener in bound:
-                await listener.stop(0.0)
-            for sink in started:
-                await sink.stop(Deadline.after(1.0))
-            return self._refuse(source, [f"{type(exc).__name__}: {exc}"])
-        # 3. From here it is the new configuration. Stateful filters that go or change give back what
-        # they hold (through their old routes) and close their journal before their successor opens it,
-        # and their successors recover it before the first chunk reaches them: one not started yet would
-        # hold a piece in memory only, acked without its journal. What a journal keeps stays in it only
-        # for a successor at the same place (a changed setting: the line completes whole there); a filter
-        # that is removed or moved gives back all it holds, since nothing would open its journal again.
-        # Meanwhile the router keeps the chunks that come (their acks wait, no connection is closed).
-        running = set(self.router.stateful)
-        kept = {f for routes in labels.values() for r in routes for f in r.filters if f in running}
-        leaving = [f for f in self.router.stateful if f not in kept]
-        succeeded = {
-            f
-            for compiled, pos, f in self.router.table.stateful
-            if (compiled.label, compiled.index, pos) in journals
-        }
-        self.router.hold()
-        try:
-            if leaving:
-                released = [self.router.drain_filters([f], keep=f in succeeded) for f in leaving]
-                drained = [r for r in released if r is not None]
-                if drained:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(asyncio.gather(*drained), RELOAD_WAIT)
-                for f in leaving:
-                    try:
-                        await f.stop()
-                    except Exception as exc:
-                        log.error("filter.stop_failed", filter=f.name, error=repr(exc))
-            for _, _, f in table.stateful:
-                if f not in kept:
-                    await f.start()
-        finally:
-            self.config = new
-            self.sinks = sinks
-            self.router.replace(labels, sinks)
-        self._set_error_routes(new)
-        # 4. Sources: new addresses accept; a changed source on its old address takes over the socket;
-        # what is replaced or removed stops accepting and drains its connections as on a stop.
-        listeners: list[ForwardListener] = []
-        for src in new.sources:
-            listener = fresh.get(src.name) or by_name[src.name]
-            if src.name in fresh:
-                listener.ingest = self.router.entry(src.label)
-                gone = plan.take_over.get(src.name)
-                if gone is not None:
-                    await listener.start(take_from=by_name[gone])
-                else:
-                    await listener.serve()
-            listeners.append(listener)
-        for name in [*plan.sources_removed, *plan.sources_taken_over, *plan.sources_moved]:
-            self._retire_listener(by_name[name])
-        self.listeners = listeners
-        # 5. Outputs: a changed one is a new output over the same queue, open all along; a removed one
-        # closes its queue, which stays on disk for when an output of that name comes back.
-        for name in plan.outputs_rebuilt:
-            old_sink = self._replace_started(name, fresh_sinks[name])
-            gathered, works = await old_sink.retire(RELOAD_WAIT)
-            await fresh_sinks[name].take_over(gathered, works)
-        for name in plan.outputs_removed:
-            old_sink = self._replace_started(name, None)
-            await old_sink.retire(RELOAD_WAIT)
-            queue = old_sink.queue
-            left_chunks, left_bytes = queue.queued_chunks, queue.queued_bytes
-            await queue.close()
-            log.warning(
-                "output.removed",
-                output=name,
-                worker=self.worker,
-                left_chunks=left_chunks,
-                left_bytes=left_bytes,
-                queue=getattr(queue, "directory", None),
-                hint=(
-                    "its queue stays on disk and is delivered when an output of this name is configured again"
-                    if isinstance(queue, DiskQueue)
-                    else "a memory buffer: what it held is lost"
-                ),
-            )
-        self._started.extend(fresh_sinks[name] for name in plan.outputs_added)
-        log.info("config.reloaded", path=source, worker=self.worker, **plan.as_dict())
-        return True
-
-    def _replace_started(self, name: str, sink: BufferedSink | None) -> BufferedSink:
-        """Take the running sink ``name`` out of the started list (its successor ``sink`` in its place)."""
-        index = next(i for i, s in enumerate(self._started) if s.name == name)
-        old = self._started[index]
-        if sink is None:
-            del self._started[index]
-        else:
-            self._started[index] = sink
-        return old
-
-    def _retire_listener(self, listener: ForwardListener) -> None:
-        """Stop accepting now; let its connections send the acks they owe and close, as on a stop."""
-        task = asyncio.create_task(listener.stop(self.config.shutdown_timeout), name="listener-retire")
-        self._retiring[listener] = task
-        task.add_done_callback(lambda _t: self._retiring.pop(listener, None))
 
     async def stop(self, grace: float | None = None, *, deadline: Deadline | None = None) -> None:
         """Stop within ``deadline`` (or ``grace`` seconds from now; default ``shutdown_timeout``), every
@@ -461,8 +195,8 @@ class Daemon:
         parent forwards is the second copy of one the process group already got, not a second request.
         ``watchdog`` (the command line's processes, never a test's) ends the process if the stop overruns.
         ``reload_from``: SIGHUP re-reads the configuration with it (``reload_path`` names it in logs) and
-        :meth:`reload` s; SIGHUP must be blocked in every thread (:class:`ReloadSignals`); a worker passes
-        its parent's pid as ``reload_only_from``.
+        reloads (:class:`SignalledReloads`); SIGHUP must be blocked in every thread (:class:`ReloadSignals`);
+        a worker passes its parent's pid as ``reload_only_from``.
         """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -485,38 +219,13 @@ class Daemon:
             log.info("forwardd.stopping", signal=name, worker=self.worker, deadline=round(times.daemon, 3))
             stop.set()
 
-        reloads: list[asyncio.Task[None]] = []
-        again = [False]
-
-        async def reload_loop() -> None:
-            assert reload_from is not None
-            while True:
-                again[0] = False
-                try:
-                    new = await asyncio.to_thread(reload_from)
-                except ConfigError as exc:
-                    self._refuse(reload_path, str(exc).splitlines())
-                except Exception as exc:
-                    self._refuse(reload_path, [f"{type(exc).__name__}: {exc}"])
-                else:
-                    await self.reload(new, source=reload_path)
-                if not again[0] or stop.is_set():
-                    return
-
-        def on_reload(sender: int) -> None:
-            if stop.is_set():
-                return
-            log.info("config.reloading", path=reload_path, sender=sender, worker=self.worker)
-            if reloads and not reloads[-1].done():
-                again[0] = True  # once more after the one in progress: it may have read the file before
-                return
-            reloads.append(asyncio.create_task(reload_loop(), name="reload"))
-
         for s in signals:
             loop.add_signal_handler(s, on_signal, s)
-        hup = None
+        hup: ReloadSignals | None = None
+        reloads: SignalledReloads | None = None
         if reload_from is not None:
-            hup = ReloadSignals(loop, on_reload, only_from=reload_only_from, worker=self.worker)
+            reloads = SignalledReloads(self, reload_from, reload_path, stop)
+            hup = ReloadSignals(loop, reloads.request, only_from=reload_only_from, worker=self.worker)
             hup.start()
         unblock_stop_signals()  # one that came before (see block_stop_signals) is handled now
         try:
@@ -544,9 +253,8 @@ class Daemon:
                 deadline.append(Deadline.after(times.daemon))
             if hup is not None:
                 hup.close()
-            if reloads and not reloads[-1].done():  # finish the reload in progress: it is bounded
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(reloads[-1]), deadline[0].soft_left())
+            if reloads is not None:
+                await reloads.finish(deadline[0])
             await self.stop(deadline=deadline[0])
             # Blocked again before the handlers go: a signal now, as the process exits, must not kill it
             # by its default action (exit code -15 after a clean stop).

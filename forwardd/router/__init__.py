@@ -1,6 +1,7 @@
 """Tag routing: Fluentd tag patterns (:mod:`.match`), the checked route table (:mod:`.table`), the walk of
 a chunk through filters, sinks and relabels (:mod:`.walk`, :mod:`.isolation`), its acceptance
-(:mod:`.outcome`), and the router that puts them together per tag (:mod:`.router`)."""
+(:mod:`.outcome`), the chunks kept while a reload holds the routes (:mod:`.pile`), and the router that puts
+them together per tag (:mod:`.router`, the shapes of its per-tag decisions in :mod:`.decisions`)."""
 
 from forwardd.router.isolation import FILTER_ISOLATION_BUDGET
 from forwardd.router.match import PatternError, TagMatcher, compile_pattern, escape_tag

@@ -1,9 +1,11 @@
 """Tag routing: which filters and outputs a chunk goes through, decided once per tag and cached.
 
 The router puts together the parts of routing, each in its own module: the checked table of labels and
-routes (:mod:`.table`), the walk of a chunk through filters, sinks and relabels (:mod:`.walk`, with
-:mod:`.isolation` for a filter that raises), and the acceptance bookkeeping (:mod:`.outcome`). What it
-adds is the entry a session hands chunks to, and the release of what stateful filters hold.
+routes (:mod:`.table`), the shapes a per-tag decision compiles to (:mod:`.decisions`), the walk of a
+chunk through filters, sinks and relabels (:mod:`.walk`, with :mod:`.isolation` for a filter that raises),
+the acceptance bookkeeping (:mod:`.outcome`), and the chunks kept while a reload holds the routes
+(:mod:`.pile`). What it adds is the entry a session hands chunks to, its per-tag cache, the switch of a
+reload, and the release of what stateful filters hold.
 
 Why a per-tag decision: a stream is a handful of tags, and most of them take the simplest shape. The
 decision for a (label, tag) is compiled into one callable and kept in a plain dict: the common case (one
@@ -19,40 +21,28 @@ error label to redirect to, else a coroutine (await it once, or close it).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from forwardd.errors import ChunkRejected
 from forwardd.filters.base import Held, StatefulFilter
 from forwardd.model import Chunk
+from forwardd.router.decisions import decision, make_gone
 from forwardd.router.outcome import Outcome
+from forwardd.router.pile import MAX_PARKED_BYTES, MAX_PARKED_CHUNKS, Pile
 from forwardd.router.stats import RouterStats, log
 from forwardd.router.table import (
     DEFAULT_CACHE_SIZE,
     ERROR_LABEL,
     ROOT_LABEL,
-    CompiledRoute,
     Route,
     RouteTable,
     RoutingError,
 )
 from forwardd.router.walk import Walk
-from forwardd.sink import Gate, Ingest, Sink
+from forwardd.sink import Ingest, Sink
 
-__all__ = ["MAX_PARKED_BYTES", "MAX_PARKED_CHUNKS", "REPLAY_IN_FLIGHT", "REPLAY_SLICE", "Router"]
-
-#: The longest the routing of a reload's pile keeps the loop at once, in seconds (see Router.replace)...
-REPLAY_SLICE = 0.005
-#: ...and the most of its chunks waiting for their sinks at once: the buffers' group commits then settle a
-#: few thousand chunks at a time, not the whole pile in one loop turn.
-REPLAY_IN_FLIGHT = 2_000
-#: Beyond these, kept during a reload, the router shuts its gate (sessions owing acks stop reading)...
-MAX_PARKED_CHUNKS = 20_000
-MAX_PARKED_BYTES = 64 * 1024 * 1024
-#: ...and opens it again under this share of them (not at once: no flapping).
-_REOPEN_AT = 0.5
+__all__ = ["Router"]
 
 
 class Router:
@@ -84,21 +74,11 @@ class Router:
         self._deciders: dict[str, Callable[[str], Ingest]] = {
             label: self._decide_fn(label) for label in self.table.routes
         }
-        #: From a reload's hold until what came meanwhile is routed: the chunks kept, in the order they came
-        #: (see :meth:`replace`); ``_holding`` between hold and replace, ``_replay`` routing the pile after.
-        self._held: deque[tuple[str, Chunk, asyncio.Future[None]]] | None = None
-        self._holding = False
-        self._replay: asyncio.Task[None] | None = None
-        self._replay_decisions: dict[tuple[str, str], Ingest] = {}
-        self._parked_bytes = 0
-        #: Replayed chunks not accepted yet, and the replay waiting for them to fall (REPLAY_IN_FLIGHT).
-        self._in_flight = 0
-        self._room: asyncio.Future[None] | None = None
-        self._settling: set[asyncio.Future[None]] = set()
-        #: Shut while the pile is over these bounds: the sessions owing acks stop reading (see Gate).
-        self.gate = Gate()
-        self.max_parked_chunks = max_parked_chunks
-        self.max_parked_bytes = max_parked_bytes
+        #: The chunks that come during a reload (see :meth:`hold`), and the gate they shut when too many.
+        self._pile = Pile(
+            self._handle_for, self.stats, max_chunks=max_parked_chunks, max_bytes=max_parked_bytes
+        )
+        self.gate = self._pile.gate
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -142,11 +122,11 @@ class Router:
         return ingest
 
     def _miss(self, label: str, tag: str) -> Ingest:
-        if self._held is not None:
-            return self._park(label)
+        if self._pile.active:
+            return self._pile.park(label)
         decide = self._deciders.get(label)
         if decide is None:
-            return self._gone(label)
+            return make_gone(label)
         return decide(tag)
 
     # --- reload -----------------------------------------------------------------------------------------
@@ -156,9 +136,7 @@ class Router:
         routing it: what a reload does meanwhile (draining and restarting stateful filters) must see no
         chunk. Chunks already routed finish on the old table; their acks follow their sinks as always.
         A replay of an earlier reload's pile still under way stops until the next :meth:`replace`."""
-        if self._held is None:
-            self._held = deque()
-        self._holding = True
+        self._pile.hold()
         for cache in self._decisions.values():
             cache.clear()
 
@@ -167,7 +145,7 @@ class Router:
 
         Synchronous, on the loop, between two chunks: a chunk is routed wholly by the old table or wholly
         by the new one. Chunks kept since :meth:`hold` are routed by the new one, in the order they came,
-        in slices of at most :data:`REPLAY_SLICE` seconds of the loop (a pile left by thousands of
+        in slices of at most :data:`.pile.REPLAY_SLICE` seconds of the loop (a pile left by thousands of
         connections, routed at once, would keep every connection waiting for as long); chunks that come
         meanwhile join the end of the pile, so each connection's chunks still go in the order they came.
         :meth:`replayed` waits for the end. Raises :class:`RoutingError` (and changes nothing) when the new
@@ -188,144 +166,17 @@ class Router:
         for cache in self._decisions.values():
             cache.clear()
         self._deciders = {label: self._decide_fn(label) for label in table.routes}
-        self._holding = False
-        self._replay_decisions.clear()
-        if not self._held:
-            self._held = None
-        elif self._replay is None:
-            self._replay = asyncio.get_running_loop().create_task(self._replay_held(), name="router-replay")
+        self._pile.replay()
         return old
 
     async def replayed(self) -> None:
         """Wait until the chunks kept during a reload have all been routed (not necessarily accepted)."""
-        while self._replay is not None:
-            await asyncio.shield(self._replay)
+        await self._pile.replayed()
 
     @property
     def parked(self) -> int:
         """Chunks kept during a reload and not routed yet."""
-        return len(self._held) if self._held is not None else 0
-
-    def _park(self, label: str) -> Ingest:
-        held = self._held
-        assert held is not None
-
-        def park(chunk: Chunk) -> Awaitable[None]:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            held.append((label, chunk, fut))
-            self._parked_bytes += len(chunk.entries)
-            if not self.gate.closed and (
-                len(held) > self.max_parked_chunks or self._parked_bytes > self.max_parked_bytes
-            ):
-                self.gate.close()
-                self.stats.parked_limit_reached += 1
-                log().warning(
-                    "router.parked_limit",
-                    parked_chunks=len(held),
-                    parked_bytes=self._parked_bytes,
-                    max_chunks=self.max_parked_chunks,
-                    max_bytes=self.max_parked_bytes,
-                    hint="a reload is holding the routes: connections owing acks stop reading for now",
-                )
-            return fut
-
-        return park
-
-    async def _replay_held(self) -> None:
-        """Route the pile kept during a reload, oldest first, a slice per loop turn (see :meth:`replace`);
-        until it is empty, chunks that come are kept behind it. A new :meth:`hold` stops it (the next
-        :meth:`replace` starts it again)."""
-        held = self._held
-        assert held is not None
-        clock = time.monotonic
-        try:
-            while held and not self._holding:
-                until = clock() + REPLAY_SLICE
-                while held and not self._holding:
-                    label, chunk, fut = held.popleft()
-                    self._parked_bytes -= len(chunk.entries)
-                    self._resume(label, chunk, fut)
-                    if clock() >= until or self._in_flight >= REPLAY_IN_FLIGHT:
-                        break
-                self._open_gate_if_room()
-                if not held or self._holding:
-                    break
-                if self._in_flight >= REPLAY_IN_FLIGHT:
-                    self._room = asyncio.get_running_loop().create_future()
-                    await self._room
-                else:
-                    await asyncio.sleep(0)  # every connection gets its turn between two slices
-        except asyncio.CancelledError:
-            # The loop is going away: what is left is refused for now (no ack; the clients resend).
-            while held:
-                _label, _chunk, fut = held.popleft()
-                if not fut.done():
-                    fut.set_exception(ChunkRejected("stopped during a reload", permanent=False))
-            self._parked_bytes = 0
-            raise
-        finally:
-            self._replay = None
-            if not held and not self._holding:
-                self._held = None
-                self._replay_decisions.clear()
-                self.gate.open()
-
-    def _open_gate_if_room(self) -> None:
-        held = self._held
-        if (
-            self.gate.closed
-            and (held is None or len(held) <= self.max_parked_chunks * _REOPEN_AT)
-            and self._parked_bytes <= self.max_parked_bytes * _REOPEN_AT
-        ):
-            self.gate.open()
-
-    def _resume(self, label: str, chunk: Chunk, fut: asyncio.Future[None]) -> None:
-        """A chunk kept during a reload, routed now; its future settles as its routing does."""
-        try:
-            key = (label, chunk.tag)
-            handle = self._replay_decisions.get(key)
-            if handle is None:
-                handle = self._handle_for(label, chunk.tag)
-                self._replay_decisions[key] = handle
-            result = handle(chunk)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            return
-        if result is None:
-            fut.set_result(None)
-            return
-        self._in_flight += 1
-        if not isinstance(result, asyncio.Future):  # a coroutine (see the module doc)
-            result = asyncio.ensure_future(result)
-            self._settling.add(result)
-            result.add_done_callback(self._settling.discard)
-        result.add_done_callback(functools.partial(self._settle, fut))
-
-    def _settle(self, fut: asyncio.Future[None], result: asyncio.Future[None]) -> None:
-        """A replayed chunk's future follows the one its routing returned."""
-        self._in_flight -= 1
-        room = self._room
-        if room is not None and self._in_flight <= REPLAY_IN_FLIGHT // 2:
-            self._room = None
-            if not room.done():
-                room.set_result(None)
-        if fut.done():
-            return
-        if result.cancelled():
-            fut.set_exception(ChunkRejected("cancelled", permanent=False))
-        elif (exc := result.exception()) is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
-
-    def _gone(self, label: str) -> Ingest:
-        """A label a reload removed, asked by a session of a source that is draining: refused for now
-        (no ack, the client resends to the source that replaced it)."""
-
-        def gone(chunk: Chunk) -> None:
-            raise ChunkRejected(f"label {label} was removed by a reload", permanent=False)
-
-        return gone
+        return self._pile.parked
 
     # --- per-tag decisions ------------------------------------------------------------------------------
 
@@ -350,77 +201,7 @@ class Router:
 
     def _handle_for(self, label: str, tag: str) -> Ingest:
         """The decision for ``tag`` in ``label`` by the current table, not remembered."""
-        if label not in self.table.routes:
-            return self._gone(label)
-        matched = self.table.matching(label)(tag)
-        in_error = label == self.table.error_label
-        if not matched:
-            return self._unmatched(label)
-        if len(matched) == 1 and matched[0].relabel is None and len(matched[0].sinks) == 1:
-            if matched[0].filters:
-                return self._linear(matched[0], in_error)
-            return self._single(matched[0].sinks[0], in_error)
-        return self._general(matched, in_error)
-
-    def _unmatched(self, label: str) -> Ingest:
-        note = self._walk.note_unmatched
-
-        def unmatched(chunk: Chunk) -> None:
-            note(label, chunk)
-
-        return unmatched
-
-    def _single(self, named: tuple[str, Sink], in_error: bool) -> Ingest:
-        """One route, no filters, one sink: the hot path, kept to a counter and the sink's submit."""
-        stats = self.stats
-        submit = self._walk.submitter(named, in_error)
-
-        def single(chunk: Chunk) -> Awaitable[None] | None:
-            stats.routed += 1
-            return submit(chunk)
-
-        return single
-
-    def _linear(self, compiled: CompiledRoute, in_error: bool) -> Ingest:
-        """One route with filters into one sink (a docker stream with a partial-line joiner): no lists
-        unless a filter fails, splits the chunk or holds, when the general walk takes over from there."""
-        stats = self.stats
-        calls = compiled.calls
-        walk = self._walk
-        submit = walk.submitter(compiled.sinks[0], in_error)
-
-        def linear(chunk: Chunk) -> Awaitable[None] | None:
-            stats.routed += 1
-            for pos, call in enumerate(calls):
-                try:
-                    out = call(chunk)
-                except ChunkRejected:
-                    raise  # a filter that cannot take the chunk now (its journal): as a sink refusing it
-                except Exception as exc:
-                    outcome = Outcome()
-                    walk.filter_failed(compiled, pos, chunk, exc, outcome, in_error)
-                    return outcome.result()
-                if out is None:
-                    return None
-                if type(out) is not Chunk:  # a list, or a Held
-                    return walk.go_on_alone(compiled, pos + 1, out, in_error)
-                chunk = out
-            return submit(chunk)
-
-        return linear
-
-    def _general(self, matched: tuple[CompiledRoute, ...], in_error: bool) -> Ingest:
-        stats = self.stats
-        run = self._walk.run
-
-        def general(chunk: Chunk) -> Awaitable[None] | None:
-            stats.routed += 1
-            outcome = Outcome()
-            for compiled in matched:
-                run(compiled, 0, chunk, outcome, in_error)
-            return outcome.result()
-
-        return general
+        return decision(self.table, self._walk, self.stats, label, tag)
 
     # --- what stateful filters hold ---------------------------------------------------------------------
 
@@ -443,7 +224,7 @@ class Router:
     def _release(
         self, hook: str, now: float | None, only: set[int] | None = None, keep: bool = True
     ) -> Awaitable[None] | None:
-        if now is not None and self._held is not None:
+        if now is not None and self._pile.active:
             return None  # a reload is switching stateful filters: the next call expires what is due
         outcome = Outcome()
         walk = self._walk
