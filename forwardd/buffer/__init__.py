@@ -1,7 +1,7 @@
 """Buffers between the ack path and the outputs: the durable disk queue, the memory queue, and the one
 delivery loop they share (:mod:`.delivery`, with :mod:`.batching` for taking a batch, :mod:`.isolation`
 for delivering one and :mod:`.dead_letter` for what is rejected). See :mod:`forwardd.buffer.queue` for the
-design."""
+design, :mod:`forwardd.buffer.commit` for the group commit."""
 
 from forwardd.buffer.base import ChunkQueue, FsyncPolicy, Taken, WhenFull
 from forwardd.buffer.batching import Batching

@@ -1,7 +1,7 @@
 """The writer side of a disk queue: group-commit appends, the runway, rolling and sealing segments.
 
 Its own module because it is the one part that runs on the writer thread (or inline, never both at once;
-see :mod:`forwardd.buffer.queue`) and the only one on the ack path: what it commits is what an ack
+see :mod:`forwardd.buffer.commit`) and the only one on the ack path: what it commits is what an ack
 promises. It shares nothing mutable with the reader; what a write did reaches the reader as a
 :class:`WriteResult`, published on the event loop thread.
 """

@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forwardd.buffer import DiskQueue
-from forwardd.buffer.queue import INLINE_COMMIT_CHUNKS
+from forwardd.buffer.commit import INLINE_COMMIT_CHUNKS
 from forwardd.buffer.segment import frame_size, scan
 from forwardd.buffer.store import SegmentStore
 from forwardd.errors import ChunkRejected
