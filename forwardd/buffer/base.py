@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 from forwardd.model import Chunk
 
-__all__ = ["ChunkQueue", "FsyncPolicy", "Taken", "WhenFull"]
+__all__ = ["ChunkQueue", "FsyncPolicy", "Readable", "Taken", "WhenFull"]
 
 WhenFull = Literal["block", "drop_oldest"]
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -26,6 +28,43 @@ class Taken:
         self.done = False
 
 
+class Readable:
+    """Whether a queue has chunks to take: an event for :meth:`ChunkQueue.get`, and one-shot callbacks
+    (:meth:`when_set`) for the in-flight delivery loop, which waits for a commit *or* for a write to end.
+    Racing a ``get()`` task against the writes with ``asyncio.wait`` cost more than the wait itself when
+    each docker request is a commit of its own; a future woken by callbacks costs one."""
+
+    __slots__ = ("_callbacks", "_event")
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        self._event.set()
+        callbacks = self._callbacks
+        if callbacks:
+            self._callbacks = []
+            for callback in callbacks:
+                callback()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def when_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (once) at the next :meth:`set`; returns what forgets it before then."""
+        self._callbacks.append(callback)
+
+        def forget() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return forget
+
+
 class ChunkQueue(Protocol):
     """A bounded FIFO of chunks with an accept side (:meth:`submit`) and a delivery side."""
 
@@ -39,6 +78,11 @@ class ChunkQueue(Protocol):
 
     def take_nowait(self) -> Taken | None:
         """The oldest chunk not yet taken if one is ready now, else None (for batching)."""
+        ...
+
+    def when_readable(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` once, when chunks are next made ready to take (see :class:`Readable`);
+        returns what forgets it before then."""
         ...
 
     def mark_delivered(self, taken: Taken) -> None:

@@ -177,14 +177,33 @@ class BatchTaker:
         return True
 
     async def gather_or_wait(self, running: set[asyncio.Task[None]]) -> None:
-        """Wait until a chunk is committed (it is kept in ``gathered``) or one of ``running`` ends."""
-        get = asyncio.ensure_future(self.queue.get())
-        try:
-            await asyncio.wait((*running, get), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when the loop is cancelled (a stop, a reload's retire) in the turn the get took one
-            taken = await _took(get)
-            if taken is not None:
-                self.gathered.append(taken)
+        """Wait until a chunk is committed (it is kept in ``gathered``) or one of ``running`` ends.
+
+        One future, woken by the queue's readable callback or a write's done callback: no ``get()`` task
+        raced against the writes, which took a task, its cancellation and an ``asyncio.wait`` per commit
+        of a client that waits for each ack. Nothing is taken while waiting, so a stop or a retire that
+        cancels the wait leaves every chunk in the queue."""
+        queue = self.queue
+        taken = queue.take_nowait()
+        if taken is None:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def wake(_: object = None) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            for task in running:
+                task.add_done_callback(wake)
+            forget = queue.when_readable(wake)
+            try:
+                await waiter
+            finally:
+                forget()
+                for task in running:
+                    task.remove_done_callback(wake)
+            taken = queue.take_nowait()
+        if taken is not None:
+            self.gathered.append(taken)
 
     async def coalesce(self) -> None:
         """Writes are in flight and what was just gathered is small chunks (clients that wait for an ack

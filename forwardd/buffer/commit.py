@@ -56,7 +56,7 @@ from typing import TypeVar
 
 import structlog
 
-from forwardd.buffer.base import FsyncPolicy
+from forwardd.buffer.base import FsyncPolicy, Readable
 from forwardd.buffer.store import SegmentStore, WriteError, WriteResult
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
@@ -114,7 +114,7 @@ class GroupCommit:
     _pending: list[Pending]
     _pending_bytes: int
     _wake: asyncio.Event
-    _readable: asyncio.Event
+    _readable: Readable
     _closing: bool
     _closing_event: asyncio.Event
     _failing: bool

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from forwardd.buffer.base import Taken, WhenFull
+from forwardd.buffer.base import Readable, Taken, WhenFull
 from forwardd.buffer.batching import Batching
 from forwardd.buffer.delivery import BufferedSink
 from forwardd.buffer.retry import RetryPolicy
@@ -45,7 +45,7 @@ class MemoryQueue:
         self._waiters: deque[tuple[Chunk, asyncio.Future[None]]] = deque()
         self._in_flight = 0
         self._bytes = 0
-        self._readable = asyncio.Event()
+        self._readable = Readable()
         self._accepting = False
         self._full = False
         self._dropped_while_full = 0
@@ -132,6 +132,9 @@ class MemoryQueue:
             await self._readable.wait()
         self._in_flight += 1
         return Taken(self._items.popleft())
+
+    def when_readable(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._readable.when_set(callback)
 
     def take_nowait(self) -> Taken | None:
         if not self._items:

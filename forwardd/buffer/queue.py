@@ -104,7 +104,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from forwardd.buffer.adoption import AdoptedQueues
-from forwardd.buffer.base import FsyncPolicy, Taken, WhenFull
+from forwardd.buffer.base import FsyncPolicy, Readable, Taken, WhenFull
 from forwardd.buffer.checkpoint import LedgerCheckpoints
 from forwardd.buffer.commit import COMMIT_GATHER_SECONDS, INLINE_COMMIT_MAX, GroupCommit, Pending, reject
 from forwardd.buffer.segment import frame_size
@@ -175,7 +175,7 @@ class DiskQueue(GroupCommit):
         self._pending_bytes = 0
         self._waiters: deque[Pending] = deque()
         self._wake = asyncio.Event()
-        self._readable = asyncio.Event()
+        self._readable = Readable()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._closing = False
@@ -359,6 +359,9 @@ class DiskQueue(GroupCommit):
                 return t
             self._readable.clear()
             await self._readable.wait()
+
+    def when_readable(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._readable.when_set(callback)
 
     def take_nowait(self) -> Taken | None:
         store = self._store

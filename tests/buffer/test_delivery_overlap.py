@@ -142,6 +142,30 @@ async def test_small_commits_made_while_a_write_is_in_flight_share_a_write(
     await wait_for(lambda: sink.stats.queued_chunks == 0, "every chunk")
 
 
+@pytest.mark.parametrize("memory", [False, True])
+async def test_waiting_for_a_commit_beside_a_write_in_flight_takes_no_task(
+    tmp_path: Path, sinks: list[BufferedSink], memory: bool
+) -> None:
+    """While a write is in flight the loop waits for the next commit or for the write to end. It did so by
+    racing a queue.get() task against the writes (a task, its cancellation and an asyncio.wait per commit
+    of a client that waits for each ack); now one future wakes it, and the tasks alive while it waits are
+    the loop's own and the write's."""
+    out = Gated(depth=4)
+    sink = make(out, tmp_path, sinks, FakeTime(), memory)
+    await sink.start()
+    await submit_all(sink, [tagged("a", 0)])
+    await wait_for(lambda: out.begun == ["a"], "the first write, held open")
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop is waiting for a commit or for a to end
+    waiting = {t.get_coro().__qualname__ for t in asyncio.all_tasks()}  # type: ignore[union-attr]
+    assert not any("get" in name.split(".")[-1] for name in waiting), waiting
+    await submit_all(sink, [tagged("b", 2)])
+    await wait_for(lambda: out.begun == ["a", "b"], "b, begun beside a on its commit")
+    out.open("a", "b")
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "every chunk")
+    assert sorted(out.delivered) == list(range(4))
+
+
 async def test_what_waits_behind_a_slow_write_is_bounded(
     tmp_path: Path, sinks: list[BufferedSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
