@@ -4,6 +4,7 @@ answer and in whatever order they answer."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from hypothesis import given
@@ -100,7 +101,5 @@ async def test_an_exception_is_retrieved_even_when_the_join_was_given_up() -> No
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     del a, b, joined
-    import gc
-
     gc.collect()
     assert not [c for c in seen if "never retrieved" in str(c.get("message"))]
