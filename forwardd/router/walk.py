@@ -19,6 +19,7 @@ and every 512 after (Fluentd's ``NoMatchMatch``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 
 from forwardd.errors import ChunkRejected
@@ -130,7 +131,44 @@ class Walk:
 
         return guarded
 
-    async def guard(self, awaitable: Awaitable[None], name: str, chunk: Chunk) -> None:
+    def guard(self, awaitable: Awaitable[None], name: str, chunk: Chunk) -> Awaitable[None]:
+        """Follow a sink's result; on a permanent refusal hand the chunk to the error label instead.
+
+        A future (the disk buffer's submit) is followed by a callback, with the outcome of
+        :meth:`guarded_wait`: with an error label configured, every chunk of every route takes this path,
+        and the coroutine meant a task per chunk (the session wraps it)."""
+        if type(awaitable) is not asyncio.Future:
+            return self.guarded_wait(awaitable, name, chunk)
+        fut: asyncio.Future[None] = awaitable
+        out: asyncio.Future[None] = fut.get_loop().create_future()
+
+        def done(_: asyncio.Future[None]) -> None:
+            if fut.cancelled():
+                if not out.done():
+                    out.cancel()
+                return
+            exc = fut.exception()
+            if out.done():  # given up by its owner (the exception is retrieved all the same)
+                return
+            if exc is None:
+                out.set_result(None)
+            elif not isinstance(exc, ChunkRejected) or not exc.permanent:
+                out.set_exception(exc)
+            else:
+                try:
+                    redirected = self.redirect(name, chunk, exc)
+                except Exception as refused:  # the error label refused (or failed): as the coroutine raises
+                    out.set_exception(refused)
+                    return
+                if redirected is None:
+                    out.set_result(None)
+                else:
+                    _follow(out, redirected)
+
+        fut.add_done_callback(done)
+        return out
+
+    async def guarded_wait(self, awaitable: Awaitable[None], name: str, chunk: Chunk) -> None:
         """Await a sink; on a permanent refusal hand the chunk to the error label instead."""
         try:
             await awaitable
@@ -220,3 +258,23 @@ class Walk:
             outcome.wait(write_filter_dead_letter(folder, name, failed, meta, stats))
         else:
             stats.filter_dropped += failed.count
+
+
+def _follow(out: asyncio.Future[None], awaitable: Awaitable[None]) -> None:
+    """Resolve ``out`` as ``awaitable`` ends (the error label's result, once a chunk was redirected)."""
+    inner = awaitable if isinstance(awaitable, asyncio.Future) else asyncio.ensure_future(awaitable)
+
+    def done(_: asyncio.Future[None]) -> None:
+        if inner.cancelled():
+            if not out.done():
+                out.cancel()
+            return
+        exc = inner.exception()
+        if out.done():
+            return
+        if exc is None:
+            out.set_result(None)
+        else:
+            out.set_exception(exc)
+
+    inner.add_done_callback(done)
