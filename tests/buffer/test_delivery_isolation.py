@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, read_dead_letter
 from forwardd.buffer.base import Taken
-from forwardd.buffer.delivery import CRASHES_PER_BATCH
+from forwardd.buffer.delivery_loop import CRASHES_PER_BATCH
 from forwardd.buffer.isolation import ISOLATION_BUDGET, QUICK_RETRIES_PER_BATCH, UNEXPECTED_ATTEMPTS
 from forwardd.errors import PartialDelivery, PermanentError, RetryableError, UnprocessableError
 from forwardd.model import Chunk

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, in_flight
-from forwardd.buffer.delivery import CRASHES_PER_BATCH
+from forwardd.buffer.delivery_loop import CRASHES_PER_BATCH
 from forwardd.errors import RetryableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output
