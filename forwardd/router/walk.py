@@ -20,6 +20,7 @@ and every 512 after (Fluentd's ``NoMatchMatch``).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 
 from forwardd.errors import ChunkRejected
@@ -143,27 +144,24 @@ class Walk:
         out: asyncio.Future[None] = fut.get_loop().create_future()
 
         def done(_: asyncio.Future[None]) -> None:
-            if fut.cancelled():
-                if not out.done():
-                    out.cancel()
+            exc = None if fut.cancelled() else fut.exception()
+            if not isinstance(exc, ChunkRejected) or not exc.permanent or out.done():
+                _copy_outcome(out, fut)  # accepted, failed, cancelled, or given up by its owner
                 return
-            exc = fut.exception()
-            if out.done():  # given up by its owner (the exception is retrieved all the same)
+            try:
+                redirected = self.redirect(name, chunk, exc)
+            except Exception as refused:  # the error label refused (or failed): as the coroutine raises
+                out.set_exception(refused)
                 return
-            if exc is None:
+            if redirected is None:
                 out.set_result(None)
-            elif not isinstance(exc, ChunkRejected) or not exc.permanent:
-                out.set_exception(exc)
             else:
-                try:
-                    redirected = self.redirect(name, chunk, exc)
-                except Exception as refused:  # the error label refused (or failed): as the coroutine raises
-                    out.set_exception(refused)
-                    return
-                if redirected is None:
-                    out.set_result(None)
-                else:
-                    _follow(out, redirected)
+                inner = (
+                    redirected
+                    if isinstance(redirected, asyncio.Future)
+                    else asyncio.ensure_future(redirected)
+                )
+                inner.add_done_callback(functools.partial(_copy_outcome, out))
 
         fut.add_done_callback(done)
         return out
@@ -260,21 +258,15 @@ class Walk:
             stats.filter_dropped += failed.count
 
 
-def _follow(out: asyncio.Future[None], awaitable: Awaitable[None]) -> None:
-    """Resolve ``out`` as ``awaitable`` ends (the error label's result, once a chunk was redirected)."""
-    inner = awaitable if isinstance(awaitable, asyncio.Future) else asyncio.ensure_future(awaitable)
-
-    def done(_: asyncio.Future[None]) -> None:
-        if inner.cancelled():
-            if not out.done():
-                out.cancel()
-            return
-        exc = inner.exception()
-        if out.done():
-            return
-        if exc is None:
-            out.set_result(None)
-        else:
-            out.set_exception(exc)
-
-    inner.add_done_callback(done)
+def _copy_outcome(out: asyncio.Future[None], src: asyncio.Future[None]) -> None:
+    """Give ``out`` the outcome of ``src`` (done): its cancellation, exception (always retrieved) or result;
+    nothing if ``out`` was given up by its owner meanwhile."""
+    exc = None if src.cancelled() else src.exception()
+    if out.done():
+        return
+    if src.cancelled():
+        out.cancel()
+    elif exc is not None:
+        out.set_exception(exc)
+    else:
+        out.set_result(None)
