@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk, Event
@@ -14,6 +15,18 @@ def chunk(tag: str, *records: dict[str, object]) -> Chunk:
     given: tuple[dict[str, object], ...] = records or ({"n": 0},)
     events = [Event(1_700_000_000_000_000_000 + i, dict(r)) for i, r in enumerate(given)]
     return Chunk.from_events(tag, events, 1_700_000_000_000_000_000)
+
+
+def outcome_of(fut: asyncio.Future[None]) -> tuple[str, Any]:
+    """How a done future ended, comparable: cancelled, ok, a rejection (reason, permanence), or a bug."""
+    if fut.cancelled():
+        return ("cancelled", None)
+    exc = fut.exception()
+    if exc is None:
+        return ("ok", None)
+    if isinstance(exc, ChunkRejected):
+        return ("rejected", (exc.reason, exc.permanent))
+    return (type(exc).__name__, str(exc))
 
 
 class RecordingSink:

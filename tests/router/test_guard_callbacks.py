@@ -14,7 +14,7 @@ from forwardd.model import Chunk
 from forwardd.router import Router
 from tests.router.test_router import route, sinks
 
-from .fakes import RecordingSink, chunk
+from .fakes import RecordingSink, chunk, outcome_of
 
 #: How the guarded sink's future ends.
 SINK = ["ok", "temporary", "permanent", "bug", "cancelled"]
@@ -53,17 +53,6 @@ class ScriptedErrors(RecordingSink):
         return fut
 
 
-def _outcome(fut: asyncio.Future[None]) -> tuple[str, Any]:
-    if fut.cancelled():
-        return ("cancelled", None)
-    exc = fut.exception()
-    if exc is None:
-        return ("ok", None)
-    if isinstance(exc, ChunkRejected):
-        return ("rejected", (exc.reason, exc.permanent))
-    return (type(exc).__name__, str(exc))
-
-
 async def _run(sink_answer: str, errors_answer: str, callbacks: bool) -> tuple[tuple[str, Any], int]:
     main, errors = RecordingSink("main"), ScriptedErrors("errors")
     errors.answer = errors_answer
@@ -78,7 +67,7 @@ async def _run(sink_answer: str, errors_answer: str, callbacks: bool) -> tuple[t
         await asyncio.wait_for(asyncio.shield(waiter), 2)
     except (Exception, asyncio.CancelledError):
         pass
-    return _outcome(waiter), len(errors.chunks)
+    return outcome_of(waiter), len(errors.chunks)
 
 
 @pytest.mark.parametrize("errors_answer", ERRORS)

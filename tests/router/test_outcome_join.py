@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from forwardd.errors import ChunkRejected
 from forwardd.router.outcome import Outcome, _gather, _join
 from tests.depth import examples
+from tests.router.fakes import outcome_of
 
 #: What one sink's future ends with.
 ANSWERS = st.sampled_from(["ok", "temporary", "permanent", "bug", "cancelled"])
@@ -31,17 +32,6 @@ def _finish(fut: asyncio.Future[None], answer: str, i: int) -> None:
         fut.cancel()
 
 
-def _outcome(fut: asyncio.Future[None]) -> tuple[str, Any]:
-    if fut.cancelled():
-        return ("cancelled", None)
-    exc = fut.exception()
-    if exc is None:
-        return ("ok", None)
-    if isinstance(exc, ChunkRejected):
-        return ("rejected", (exc.reason, exc.permanent))
-    return (type(exc).__name__, str(exc))
-
-
 async def _run(answers: list[str], order: list[int], refusals: list[bool], join: bool) -> tuple[str, Any]:
     loop = asyncio.get_running_loop()
     futs: list[asyncio.Future[None]] = [loop.create_future() for _ in answers]
@@ -56,7 +46,7 @@ async def _run(answers: list[str], order: list[int], refusals: list[bool], join:
         await asyncio.wait_for(asyncio.shield(waiter), 2)
     except (Exception, asyncio.CancelledError):  # the outcome is compared below
         pass
-    return _outcome(waiter)
+    return outcome_of(waiter)
 
 
 @examples(ci=300, deep=5000, deadline=None)
