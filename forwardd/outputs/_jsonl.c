@@ -43,8 +43,9 @@ typedef struct {
 #define NOT_PLAIN 1
 
 /* A big call whose caller asks for it (release_gil) writes with the GIL released, so that a thread of
- * the caller's (the file output's) transcodes while the event loop runs. Everything that touches Python objects or the
- * Python allocator (growing the bytes, an exception, a float's repr) takes it back around itself. */
+ * the caller's (the file output's) transcodes while the event loop runs. Everything that touches Python
+ * objects or the Python allocator (growing the bytes, an exception, a float's repr) takes it back around
+ * itself. */
 static inline void with_gil(Out *o) {
     if (o->saved != NULL) {
         PyEval_RestoreThread(o->saved);
