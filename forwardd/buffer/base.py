@@ -28,31 +28,23 @@ class Taken:
         self.done = False
 
 
-class Readable:
-    """Whether a queue has chunks to take: an event for :meth:`ChunkQueue.get`, and one-shot callbacks
+class Readable(asyncio.Event):
+    """Whether a queue has chunks to take: the event :meth:`ChunkQueue.get` waits on, with one-shot callbacks
     (:meth:`when_set`) for the in-flight delivery loop, which waits for a commit *or* for a write to end.
     Racing a ``get()`` task against the writes with ``asyncio.wait`` cost more than the wait itself when
     each docker request is a commit of its own; a future woken by callbacks costs one."""
 
-    __slots__ = ("_callbacks", "_event")
-
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        super().__init__()
         self._callbacks: list[Callable[[], None]] = []
 
     def set(self) -> None:
-        self._event.set()
+        super().set()
         callbacks = self._callbacks
         if callbacks:
             self._callbacks = []
             for callback in callbacks:
                 callback()
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    async def wait(self) -> None:
-        await self._event.wait()
 
     def when_set(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (once) at the next :meth:`set`; returns what forgets it before then."""
