@@ -86,12 +86,9 @@ class Outcome:
             return None
         if refusals is None and len(waits) == 1:
             return waits[0]
-        if all(type(w) is _Future for w in waits):
+        if all(type(w) is asyncio.Future for w in waits):
             return _join(waits, refusals or [])  # type: ignore[arg-type]  # checked just above
         return _gather(waits, refusals or [])
-
-
-_Future = asyncio.Future
 
 
 def _join(waits: list[asyncio.Future[None]], refusals: list[ChunkRejected]) -> asyncio.Future[None]:
