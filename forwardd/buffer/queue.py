@@ -243,6 +243,9 @@ class DiskQueue(GroupCommit):
         store = self._store
         assert self._executor is not None
         self._closed = True  # store.close writes the ledger itself, durably
+        removing = [fut for st in [*self._adopted.stores, store] for fut in st.reader.removing]
+        if removing:
+            await asyncio.wait(removing)  # finished segments go before close returns, as they did inline
         for st in [*self._adopted.stores, store]:
             try:
                 await self._in_thread(st.close)

@@ -7,6 +7,7 @@ segments as published, the read cursor, the records in flight and the ack cursor
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import deque
 
@@ -57,6 +58,8 @@ class SegmentReader:
         self._segments: deque[Segment] = deque(segments)
         self._ack_off = ack_off  # offset of the first undelivered record of self._segments[0]
         self._taken: deque[DiskTaken] = deque()
+        #: Finished segments being deleted in a thread (:meth:`_remove`); a queue's close waits for them.
+        self.removing: set[asyncio.Future[None]] = set()
         #: The newest committed records not yet taken, as the chunks that were written (up to ``hot_max``
         #: bytes): delivery takes them from here instead of reading and decoding them back from the file.
         self._hot: deque[tuple[Segment, int, int, Chunk]] = deque()
@@ -239,12 +242,24 @@ class SegmentReader:
             self._ack_off = 0
             self.write_ledger()  # before unlink: recovery deletes segments older than the ledger's
             head.close()
-            try:
-                os.unlink(head.path)
-            except OSError as exc:  # left for recovery, which deletes segments older than the ledger's
-                log.warning("buffer.unlink_failed", segment=head.path, error=str(exc))
+            self._remove(head.path)
             if self._rseg is head:
                 self._rseg, self._roff, self._buf, self._buf_start = segs[0], 0, b"", 0
+
+    def _remove(self, path: str) -> None:
+        """Delete a finished segment's file: in a thread of the loop's default executor when a loop runs,
+        inline otherwise (recovery, the store used alone). Freeing 16 MiB of extents took ext4 11-15 ms
+        on this machine's disk; on the loop that stalled every connection and output once a segment
+        (a 14 ms pause between two HTTP requests every ~270 ms of delivery). Whenever the file goes,
+        the ledger already points past it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _unlink(path)
+            return
+        fut = loop.run_in_executor(None, _unlink, path)
+        self.removing.add(fut)
+        fut.add_done_callback(self.removing.discard)
 
     @property
     def segments(self) -> list[Segment]:
@@ -253,6 +268,13 @@ class SegmentReader:
     def close(self) -> None:
         for seg in self._segments:
             seg.close()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:  # left for recovery, which deletes segments older than the ledger's
+        log.warning("buffer.unlink_failed", segment=path, error=str(exc))
 
 
 _DROPPED = Chunk("", b"", 0, 0)
