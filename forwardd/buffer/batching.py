@@ -123,12 +123,17 @@ class BatchTaker:
 
     async def gather(self) -> None:
         """Take the next batch into ``gathered``: what is committed now, or held to grow for up to
-        ``Batching.max_wait``."""
+        ``Batching.max_wait``. What is gathered already (taken ahead, or before a crash of the loop) is
+        the start of that batch."""
         batching = self.batching
         takens = self.gathered
-        first = await self._next_or_sync()
-        takens.append(first)
-        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
+        if not takens:
+            takens.append(await self._next_or_sync())
+        if len(takens) == 1:
+            size, events = len(takens[0].chunk.entries), takens[0].chunk.count
+        else:
+            size, events = sum(len(t.chunk.entries) for t in takens), sum(t.chunk.count for t in takens)
+        size, events = self._take_ready(takens, size, events)
         if batching.max_wait > 0:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + batching.max_wait
@@ -164,6 +169,28 @@ class BatchTaker:
         finally:
             timer.cancel()
             self._pause_fut = None
+
+    def take_ahead(self) -> list[Work]:
+        """A write is in flight: the next batch as works if a whole one is committed now (one that
+        :meth:`gather` would not hold to grow), so that the output can prepare it meanwhile. Otherwise
+        nothing: what was taken stays in ``gathered``, and :meth:`gather` goes on growing it."""
+        if self.gathered or self.hurry.is_set():
+            return []
+        first = self.queue.take_nowait()
+        if first is None:
+            return []
+        takens = self.gathered
+        takens.append(first)
+        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
+        batching = self.batching
+        if (
+            batching.max_wait > 0
+            and not batching.enough(size, len(takens))
+            and events < batching.max_events
+            and len(takens) < BATCH_MAX_CHUNKS
+        ):
+            return []
+        return self.take_works()
 
     def gather_ready(self) -> bool:
         """Take what is committed now into ``gathered``, without waiting or holding it to grow (a write is

@@ -8,8 +8,10 @@ to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by p
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
 The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
 gets the next works while the earlier ones still wait for their destination
-(:mod:`forwardd.buffer.in_flight`), their chunks leaving the queue oldest work first. "Dead-lettered"
-means: to the ``@ERROR`` label's routes when the configuration has one, else to
+(:mod:`forwardd.buffer.in_flight`), their chunks leaving the queue oldest work first; one that writes one
+at a time but prepares ahead (HTTP) is shown the next batch while a write waits
+(:meth:`~forwardd.buffer.batching.BatchTaker.take_ahead`: only a batch that holding would not grow).
+"Dead-lettered" means: to the ``@ERROR`` label's routes when the configuration has one, else to
 ``<storage>/dead-letter/<output>/`` (:mod:`forwardd.buffer.dead_letter`). Nothing of this costs anything
 while writes succeed: the hot path hands the batch to the output and marks its chunks.
 

@@ -25,6 +25,7 @@ from forwardd.buffer.dead_letter import DeadLetters, describe
 from forwardd.buffer.in_flight import InFlight
 from forwardd.buffer.isolation import Deliverer, Work
 from forwardd.buffer.unsynced import Syncer, Unsynced
+from forwardd.model import Chunk
 from forwardd.ops.counters import LatencyHistogram, TagCounts
 from forwardd.outputs.base import Output
 
@@ -112,10 +113,11 @@ class DeliveryLoop:
             await self._in_flight.run(self.output.concurrent_writes)
             return
         deliverer, taker = self._deliverer, self._taker
+        if self.output.prepares_ahead:
+            self.output.peek_next = self._peek_next
         while not deliverer.stopping:
             if not self._works:
-                if not taker.gathered:
-                    await taker.gather()
+                await taker.gather()
                 self._works.extend(taker.take_works())
             works = self._works
             while works:
@@ -133,6 +135,17 @@ class DeliveryLoop:
                     and not await self._syncer.flush()
                 ):
                     return  # stopping: what is not synced stays queued
+
+    def _peek_next(self) -> Chunk | None:
+        """The output's :attr:`~forwardd.outputs.base.Output.peek_next`: the chunk of the work after the
+        head one, taking the next batch first when a whole one is committed (:meth:`BatchTaker.take_ahead`).
+        What is taken joins ``_works`` at once, so a crash, a stop or a retire finds it there."""
+        works = self._works
+        if self._deliverer.stopping or not works:
+            return None
+        if len(works) == 1:
+            works.extend(self._taker.take_ahead())
+        return works[1].chunk if len(works) > 1 else None
 
     def _finish(self, work: Work) -> None:
         """``work`` (the head of self._works) has no piece left: its chunks leave the queue, or wait for

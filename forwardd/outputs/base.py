@@ -19,6 +19,7 @@ reads every output the same way.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 from forwardd.model import Chunk
 from forwardd.stats import Stats, StatValue
@@ -53,6 +54,15 @@ class Output(abc.ABC):
     defers_sync: bool = False
     #: The longest the buffer lets a written chunk wait for :meth:`sync` (it syncs sooner under load).
     sync_interval: float = 0.5
+
+    #: True: the delivery loop (one write at a time) sets :attr:`peek_next`, so that the output can get
+    #: the next chunk ready while a write waits for its destination, instead of after it (HTTP encodes
+    #: its next body while the request before it is answered).
+    prepares_ahead: bool = False
+    #: Set by the delivery loop of an output that :attr:`prepares_ahead`: the chunk the loop will write
+    #: next (it takes the next batch from the queue when a whole one is committed), or None. Calling it
+    #: delivers nothing and changes no order; the chunk may still never be written here (a stop).
+    peek_next: Callable[[], Chunk | None] | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections or files before the first write."""

@@ -187,8 +187,10 @@ class _UnsentHttp(HttpOutput):
     async def stop(self) -> None:
         pass
 
-    async def _count(self, url: Any, body: bytes, count: int) -> None:
+    async def _count(self, url: Any, body: bytes, count: int, sent: Any = None) -> None:
         self.requests += 1
+        if sent is not None:
+            sent()  # the body is "handed over": the output may prepare its next one, as it does for real
 
 
 class _Message:

@@ -25,17 +25,21 @@ import gzip
 import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 
 import aiohttp
+import structlog
 import yarl
+from aiohttp.abc import AbstractStreamWriter
 
 from forwardd.errors import PermanentError, RetryableError
 from forwardd.outputs.base import StatValue
 
 __all__ = ["Client", "HttpStats", "parse_retry_after", "ssl_context"]
+
+log = structlog.get_logger("forwardd.outputs.http")
 
 #: Response bytes kept for an error message; the rest of the body is read and thrown away (up to a cap,
 #: so that the connection can be reused).
@@ -161,8 +165,11 @@ class Client:
         if session is not None:
             await session.close()
 
-    async def send(self, url: yarl.URL, body: bytes, count: int) -> None:
-        """POST (or the configured method) ``body`` holding ``count`` events; see the module doc."""
+    async def send(
+        self, url: yarl.URL, body: bytes, count: int, sent: Callable[[], None] | None = None
+    ) -> None:
+        """POST (or the configured method) ``body`` holding ``count`` events; see the module doc.
+        ``sent`` is called once the body is handed to the connection, while the answer is awaited."""
         session = self.session
         if session is None:
             await self.start()
@@ -176,7 +183,8 @@ class Client:
         stats = self.stats
         stats.requests += 1
         try:
-            async with session.request(self.method, url, data=body, allow_redirects=False) as resp:
+            data = body if sent is None else _Body(body, sent)
+            async with session.request(self.method, url, data=data, allow_redirects=False) as resp:
                 status = resp.status
                 snippet = await _drain(resp)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -199,6 +207,25 @@ class Client:
             raise RetryableError(message, retry_after=retry_after)
         stats.reject(str(status))
         raise PermanentError(message)
+
+
+class _Body(aiohttp.BytesPayload):
+    """A request body that calls ``sent`` once it is handed to the connection (aiohttp writes a body in
+    a task of its own, after the request's headers): the output then gets its next body ready while this
+    one is answered. The content type is the session's header."""
+
+    def __init__(self, value: bytes, sent: Callable[[], None]) -> None:
+        super().__init__(value)
+        self._sent: Callable[[], None] | None = sent
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        await super().write_with_length(writer, content_length)
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            try:
+                sent()
+            except Exception:  # a bug there must not fail a request the endpoint may have taken
+                log.exception("http.prepare_failed")
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> str:

@@ -8,7 +8,9 @@ gzip``). Requests go over kept-alive connections.
 
 Order: by default (``in_flight: 1``) the requests of one output go one at a time, in order: a chunk is
 written only once the one before it is delivered (or dead-lettered), so the endpoint sees requests in the
-order the events were received. ``in_flight: N`` (up to 64; the output's
+order the events were received. While a request is answered, the next chunk's body is encoded (the delivery
+loop shows the output its next chunk: :attr:`~forwardd.outputs.base.Output.prepares_ahead`), so the gap
+between two requests is the loop's bookkeeping, not the encoding. ``in_flight: N`` (up to 64; the output's
 :attr:`~forwardd.outputs.base.Output.concurrent_writes`) lets the delivery loop write N chunks at once,
 each over a connection of its own, so the output no longer waits a round trip of the endpoint between
 chunks (the loop bounds the entries in flight by ``IN_FLIGHT_BYTES`` of :mod:`forwardd.buffer.in_flight`,
@@ -47,6 +49,9 @@ from forwardd.outputs.http.settings import MAX_IN_FLIGHT, HttpSettings
 __all__ = ["HttpOutput"]
 
 _USER_AGENT = "forwardd/0.1"
+
+#: A chunk's encoded items: (events, items, item end offsets), as :meth:`Bodies.items` gives them.
+Items = tuple[int, bytes, list[int] | None]
 
 
 class HttpOutput(Output):
@@ -104,6 +109,8 @@ class HttpOutput(Output):
         self._endpoint = Endpoint(endpoint, allowed_hosts)
         self.allowed_hosts = self._endpoint.allowed_hosts
         self._bodies = Bodies(format, time_key, tag_key)
+        #: The next chunk and its items, encoded while the request before it was answered (:meth:`_sent`).
+        self._ahead: tuple[Chunk, Items] | None = None
 
         hdrs = {"User-Agent": _USER_AGENT, "Content-Type": CONTENT_TYPES[format]}
         if basic_auth is not None:
@@ -171,6 +178,7 @@ class HttpOutput(Output):
         await self._client.start()
 
     async def stop(self) -> None:
+        self._ahead = None
         await self._client.stop()
 
     @property
@@ -188,15 +196,37 @@ class HttpOutput(Output):
     def _body(self, items: bytes | memoryview, n: int) -> bytes:
         return self._bodies.body(items, n)
 
+    prepares_ahead = True
+
+    def _sent(self) -> None:
+        """A request's body is on its way: encode the next chunk now, while the endpoint answers. With one
+        request at a time, encoding it after the answer (about 0.35 us an event) was half of the 0.7 ms
+        forwardd spent between two requests of 1000 events, where a bare aiohttp client spends 0.05 ms.
+        A chunk that cannot be encoded is left to its :meth:`write`, which says why."""
+        peek = self.peek_next
+        chunk = peek() if peek is not None else None
+        if chunk is None or (self._ahead is not None and self._ahead[0] is chunk):
+            return
+        try:
+            self._ahead = (chunk, self._bodies.items(chunk))
+        except Exception:  # its write meets the same error and reports it
+            self._ahead = None
+
     async def write(self, chunk: Chunk) -> None:
         url = self._endpoint.url_for(chunk.tag)  # before any work: a forbidden host is rejected outright
         bodies = self._bodies
-        n, items, ends = bodies.items(chunk)
+        ahead = self._ahead
+        if ahead is not None and ahead[0] is chunk:
+            self._ahead = None
+            n, items, ends = ahead[1]
+        else:  # not prepared, or a retry of the chunk before the prepared one (which stays prepared)
+            n, items, ends = bodies.items(chunk)
         if n == 0:
             return
         send = self._client.send
+        sent = self._sent if self.peek_next is not None else None
         if n <= self.max_events and len(items) + bodies.overhead(n) <= self.max_bytes:
-            await send(url, bodies.body(items, n), n)
+            await send(url, bodies.body(items, n), n, sent)
             return
         if ends is None:
             ends = line_ends(items)
@@ -210,7 +240,7 @@ class HttpOutput(Output):
             ends,
             batches,
             oversized,
-            send=lambda body, count: send(url, body, count),
+            send=lambda body, count: send(url, body, count, sent),
             body=bodies.body,
             max_bytes=self.max_bytes,
         )
