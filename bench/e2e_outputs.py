@@ -1126,6 +1126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--events must be a multiple of 1000 x --conns")
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
+    if "kafka" in args.scenarios.split(","):
+        try:
+            import lz4.frame  # noqa: F401  # the counter reads forwardd's default (lz4) batches with it
+        except ImportError:
+            raise SystemExit(
+                "the Kafka counter needs the lz4 package (forwardd's output compresses with lz4 by "
+                "default): pip install -e '.[bench]'"
+            ) from None
     load0 = os.getloadavg()
     http = ""
     if "http" in args.scenarios.split(","):
