@@ -11,6 +11,7 @@ start does not adopt it again (a crash before that finds an empty queue, or rede
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import structlog
@@ -96,7 +97,8 @@ class AdoptedQueues:
         names = os.listdir(directory)
         for name in names:
             if parse_segment_name(name) is not None:
-                os.unlink(os.path.join(directory, name))
+                with contextlib.suppress(FileNotFoundError):  # a finished segment, deleted meanwhile
+                    os.unlink(os.path.join(directory, name))
         try:
             os.unlink(os.path.join(directory, LEDGER))
         except FileNotFoundError:

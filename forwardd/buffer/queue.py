@@ -400,6 +400,8 @@ class DiskQueue(GroupCommit):
 
         async def remove() -> None:
             await self.checkpoints.wait_idle()  # may be syncing this store's ledger
+            if store.reader.removing:  # its last finished segments, still being deleted in a thread
+                await asyncio.wait(list(store.reader.removing))
             try:
                 await self._in_thread(lambda: self._adopted.remove(store))
             except OSError as exc:

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from forwardd.buffer import DiskQueue
 from forwardd.buffer import reader as reader_module
 from forwardd.buffer.segment import parse_segment_name
 from forwardd.model import Chunk
+from tests.buffer.test_buffer_adoption import leave_queue
 
 TIMEOUT = 5.0
 
@@ -92,3 +94,42 @@ async def test_a_slow_unlink_does_not_hold_the_loop_and_close_waits_for_it(
     release.set()
     await asyncio.wait_for(closing, TIMEOUT)
     assert len(segment_files(tmp_path)) < len(before)
+
+
+async def test_an_adopted_queue_is_removed_only_after_its_segments_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adopted directory is removed once its last record is delivered; a finished segment of it still
+    being deleted in a thread must not race that removal (one of the two would meet a missing file)."""
+    own, old = tmp_path / "q", tmp_path / "q" / "worker-1"
+    leave_queue(old, range(100, 130), delivered=0)
+    entered, release = threading.Event(), threading.Event()
+    held: list[str] = []
+    real: Callable[[str], None] = os.unlink
+
+    def slow_once(path: str) -> None:  # the first segment of the old queue takes its time to go
+        if "worker-1" in path and not held:
+            held.append(path)
+            entered.set()
+            assert release.wait(TIMEOUT)
+        real(path)
+
+    monkeypatch.setattr(reader_module.os, "unlink", slow_once)
+    q = DiskQueue(str(own), max_segment_size=1024)
+    q.adopt([str(old)])
+    with capture_logs() as logs:
+        await q.start()
+        await deliver_all(q, 30)
+        assert await asyncio.to_thread(entered.wait, TIMEOUT)
+        retiring = set(q._retiring)
+        assert retiring
+        # Bounded on purpose: the removal must still be waiting for the held deletion.
+        done, _ = await asyncio.wait(retiring, timeout=0.3)
+        assert not done
+        release.set()
+        await asyncio.wait_for(asyncio.wait(retiring), TIMEOUT)
+        await q.close()
+    assert not old.exists()
+    events = [e["event"] for e in logs]
+    assert "buffer.adopted_drained" in events
+    assert not {"buffer.unlink_failed", "buffer.adopted_remove_failed"} & set(events)
