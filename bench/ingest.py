@@ -154,6 +154,9 @@ assert "[files, copy]" in FORWARDD_COPY_CONFIG
 
 #: The stop-and-wait scenario that the physical floor is measured beside.
 FLOOR_SCENARIO = "message-ack-w1-1conn"
+#: The same client while a bulk sender pushes acked PackedForward on 4 connections (issue 16: >= 0.7x the
+#: floor); the floor is that of the quiet scenario.
+BULK_FLOOR_SCENARIO = "message-ack-w1-1conn-bulk"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,9 @@ class Scenario:
     ack: bool
     window: int
     about: str
+    #: Load generator arguments of a second sender that runs beside the measured one, in its own process
+    #: (so the two do not share an interpreter); its figures are not reported.
+    beside: tuple[str, ...] = ()
 
     def config(self, address: str, chunk_size: int, duration: float, events: int | None) -> LoadConfig:
         return LoadConfig(
@@ -209,6 +215,16 @@ def scenarios(packed_window: int = 4) -> list[Scenario]:
             True,
             1,
             "Message mode, 1 connection, ack per message (stop and wait: the floor is rtt + fdatasync)",
+        ),
+        Scenario(
+            BULK_FLOOR_SCENARIO,
+            "message",
+            1,
+            True,
+            1,
+            "Message mode, 1 connection, ack per message, while another sender pushes acked PackedForward"
+            " on 4 connections",
+            beside=("--mode", "packed", "--conns", "4", "--ack", "--window", str(packed_window)),
         ),
         Scenario(
             "message-ack-w1-16conn",
@@ -290,6 +306,12 @@ class Floor:
         for r in rows:
             if r.scenario == FLOOR_SCENARIO and r.target != "baseline" and r.events_per_s:
                 yield f"  {r.target}: {r.events_per_s:,.0f}/s = {r.events_per_s / self.per_s:.2f}x the floor"
+        for r in rows:
+            if r.scenario == BULK_FLOOR_SCENARIO and r.target != "baseline" and r.events_per_s:
+                yield (
+                    f"  {r.target} beside a bulk sender: {r.events_per_s:,.0f}/s ="
+                    f" {r.events_per_s / self.per_s:.2f}x the floor"
+                )
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -532,12 +554,43 @@ def _run_one(
         except TargetError as e:
             return Run(scen.name, target.name, rep, None, error=f"target died and did not restart: {e}")
     cfg = scen.config(target.address, args.chunk_size, args.duration, args.events)
-    cpu0 = proc_tree_cpu_seconds(target.pid)
+    with _beside(scen, target, args) as bulk:
+        cpu0 = proc_tree_cpu_seconds(target.pid)
+        try:
+            res = run_load(cfg, rings)
+        except LoadError as e:
+            return Run(scen.name, target.name, rep, None, error=str(e))
+        cpu = proc_tree_cpu_seconds(target.pid) - cpu0
+    if bulk is not None and bulk.returncode not in (0, -signal.SIGTERM):
+        return Run(scen.name, target.name, rep, None, error=f"the sender beside exited {bulk.returncode}")
+    return Run(scen.name, target.name, rep, res, cpu)
+
+
+@contextlib.contextmanager
+def _beside(
+    scen: Scenario, target: Target, args: argparse.Namespace
+) -> Iterator[subprocess.Popen[bytes] | None]:
+    """The scenario's second sender (``Scenario.beside``), running for longer than the measured one and
+    stopped after it; it has sent for a second before the measured sender starts."""
+    if not scen.beside:
+        yield None
+        return
+    seconds = (args.duration if args.events is None else 60.0) + 5.0
+    cmd = [sys.executable, "-m", "bench.loadgen", target.address, *scen.beside, "--duration", str(seconds)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        res = run_load(cfg, rings)
-    except LoadError as e:
-        return Run(scen.name, target.name, rep, None, error=str(e))
-    return Run(scen.name, target.name, rep, res, proc_tree_cpu_seconds(target.pid) - cpu0)
+        wait_for_traffic = time.monotonic() + 1.0
+        while time.monotonic() < wait_for_traffic and proc.poll() is None:
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run], list[Row], Floor]:
@@ -600,7 +653,7 @@ def run_suite(args: argparse.Namespace, out: Any = sys.stdout) -> tuple[list[Run
             probe = scen.config("", args.chunk_size, args.duration, args.events)
             rings = {c: encode_ring(probe, c) for c in range(scen.conns)}
             for rep in range(1, args.reps + 1):
-                if scen.name == FLOOR_SCENARIO:
+                if scen.name in (FLOOR_SCENARIO, BULK_FLOOR_SCENARIO):
                     p50, p99 = sync_append_latency(logdir)
                     floor.fsync_p50_ms.append(p50 * 1000)
                     floor.fsync_p99_ms.append(p99 * 1000)
