@@ -220,6 +220,13 @@ class _Body(aiohttp.BytesPayload):
 
     async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
         await super().write_with_length(writer, content_length)
+        self._handed_over()
+
+    async def write(self, writer: AbstractStreamWriter) -> None:  # what aiohttp before 3.12 calls
+        await super().write(writer)
+        self._handed_over()
+
+    def _handed_over(self) -> None:
         sent, self._sent = self._sent, None
         if sent is not None:
             try:
