@@ -54,8 +54,10 @@ async def test_adopted_queues_are_delivered_first_then_removed(tmp_path: Path) -
         assert got == [*range(110, 130), *range(300, 305), *range(5)]
         assert q.queued_chunks == 0
         await q.close()
+    # Each is removed once delivered; which removal ends first is not fixed (a removal waits for its
+    # finished segments' deletions, which run in threads).
     drained = [e["directory"] for e in logs if e["event"] == "buffer.adopted_drained"]
-    assert drained == [str(old1), str(old3)]
+    assert sorted(drained) == [str(old1), str(old3)]
     assert not old1.exists()
     assert not old3.exists()
     store = SegmentStore.open(str(own))
