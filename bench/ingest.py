@@ -224,7 +224,10 @@ def scenarios(packed_window: int = 4) -> list[Scenario]:
             1,
             "Message mode, 1 connection, ack per message, while another sender pushes acked PackedForward"
             " on 4 connections",
-            beside=("--mode", "packed", "--conns", "4", "--ack", "--window", str(packed_window)),
+            # Containers of their own (tags and records), as a forwarder's are in life.
+            beside=tuple(
+                f"--mode packed --conns 4 --ack --window {packed_window} --first-container 100".split()
+            ),
         ),
         Scenario(
             "message-ack-w1-16conn",

@@ -845,6 +845,12 @@ def _parser() -> argparse.ArgumentParser:
         "--procs", type=int, default=None, help="sender processes (0 = threads in this one; default: auto)"
     )
     ap.add_argument("--ring-units", type=int, default=None, help="distinct pre-encoded messages per conn")
+    ap.add_argument(
+        "--first-container",
+        type=int,
+        default=0,
+        help="container number of the first connection (its tag and records): another sender's differ",
+    )
     ap.add_argument("--ack-timeout", type=float, default=10.0)
     ap.add_argument("--engine", choices=["auto", "threads", "asyncio"], default="auto")
     ap.add_argument("--receiver-pid", type=int, default=None, help="also report this process tree's CPU")
@@ -868,7 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ack_timeout=args.ack_timeout,
         engine=args.engine,
     )
-    rings = {c: encode_ring(cfg, c) for c in range(cfg.conns)}
+    rings = {c: encode_ring(cfg, c + args.first_container) for c in range(cfg.conns)}
     cpu0 = proc_tree_cpu_seconds(args.receiver_pid) if args.receiver_pid else 0.0
     res = run_load(cfg, rings)
     out = asdict(res)
