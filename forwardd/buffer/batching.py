@@ -129,21 +129,13 @@ class BatchTaker:
         takens = self.gathered
         if not takens:
             takens.append(await self._next_or_sync())
-        if len(takens) == 1:
-            size, events = len(takens[0].chunk.entries), takens[0].chunk.count
-        else:
-            size, events = sum(len(t.chunk.entries) for t in takens), sum(t.chunk.count for t in takens)
-        size, events = self._take_ready(takens, size, events)
+        size = sum(len(t.chunk.entries) for t in takens)
+        size, events = self._take_ready(takens, size, sum(t.chunk.count for t in takens))
         if batching.max_wait > 0:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + batching.max_wait
             step = hold_step(batching.max_wait)
-            while (
-                not batching.enough(size, len(takens))
-                and events < batching.max_events
-                and len(takens) < BATCH_MAX_CHUNKS
-                and not self.hurry.is_set()
-            ):
+            while self._would_grow(size, events) and not self.hurry.is_set():
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -174,23 +166,22 @@ class BatchTaker:
         """A write is in flight: the next batch as works if a whole one is committed now (one that
         :meth:`gather` would not hold to grow), so that the output can prepare it meanwhile. Otherwise
         nothing: what was taken stays in ``gathered``, and :meth:`gather` goes on growing it."""
-        if self.gathered or self.hurry.is_set():
-            return []
-        first = self.queue.take_nowait()
-        if first is None:
+        if self.gathered or self.hurry.is_set() or not self.gather_ready():
             return []
         takens = self.gathered
-        takens.append(first)
-        size, events = self._take_ready(takens, len(first.chunk.entries), first.chunk.count)
-        batching = self.batching
-        if (
-            batching.max_wait > 0
-            and not batching.enough(size, len(takens))
-            and events < batching.max_events
-            and len(takens) < BATCH_MAX_CHUNKS
-        ):
+        size, events = sum(len(t.chunk.entries) for t in takens), sum(t.chunk.count for t in takens)
+        if self.batching.max_wait > 0 and self._would_grow(size, events):
             return []
         return self.take_works()
+
+    def _would_grow(self, size: int, events: int) -> bool:
+        """Whether :meth:`gather` holds a batch of ``size`` entry bytes and ``events`` events (those
+        gathered) to let it grow, when the output's batching holds at all."""
+        batching = self.batching
+        chunks = len(self.gathered)
+        return (
+            not batching.enough(size, chunks) and events < batching.max_events and chunks < BATCH_MAX_CHUNKS
+        )
 
     def gather_ready(self) -> bool:
         """Take what is committed now into ``gathered``, without waiting or holding it to grow (a write is
