@@ -184,8 +184,6 @@ class DiskQueue(GroupCommit):
         self._pending: list[Pending] = []
         self._pending_bytes = 0
         self._waiters: deque[Pending] = deque()
-        #: How many of the waiters are small chunks (see _small_room).
-        self._small_waiting = 0
         self._wake = asyncio.Event()
         self._readable = Readable()
         self._tasks: list[asyncio.Task[None]] = []
@@ -271,7 +269,6 @@ class DiskQueue(GroupCommit):
         while self._waiters:
             _, fut, _ = self._waiters.popleft()
             reject(fut, "buffer closing")
-        self._small_waiting = 0
 
     @property
     def pending_chunks(self) -> int:
@@ -303,8 +300,6 @@ class DiskQueue(GroupCommit):
             if (self._waiters or not self._fits(size)) and not self._small_room(chunk, size):
                 self._set_full(True)
                 self._waiters.append((chunk, fut, size))
-                if size <= SMALL_ROOM_CHUNK:
-                    self._small_waiting += 1
                 return fut
         elif self._full and not self._waiters:
             self._set_full(False)  # drop_oldest: the first chunk that fits without dropping ends the episode
@@ -317,12 +312,12 @@ class DiskQueue(GroupCommit):
 
     def _small_room(self, chunk: Chunk, size: int) -> bool:
         """Whether a small chunk goes past the big ones waiting (see "Limits and back-pressure")."""
-        if size > SMALL_ROOM_CHUNK or self._small_waiting or self.when_full != "block":
+        if size > SMALL_ROOM_CHUNK or self.when_full != "block":
             return False
         if self.used_bytes + size > self.max_size + min(SMALL_ROOM, self.max_size // 16):
             return False
-        tag = chunk.tag
-        return not any(w[0].tag == tag for w in self._waiters)
+        tag = chunk.tag  # small chunks keep their order among themselves, and each tag its own
+        return not any(w[2] <= SMALL_ROOM_CHUNK or w[0].tag == tag for w in self._waiters)
 
     def _admit(self, chunk: Chunk, fut: asyncio.Future[None], size: int) -> None:
         self._pending.append((chunk, fut, size))
@@ -335,14 +330,10 @@ class DiskQueue(GroupCommit):
             chunk, fut, size = waiters[0]
             if fut.cancelled():
                 waiters.popleft()
-                if size <= SMALL_ROOM_CHUNK:
-                    self._small_waiting -= 1
                 continue
             if not self._fits(size):
                 return
             waiters.popleft()
-            if size <= SMALL_ROOM_CHUNK:
-                self._small_waiting -= 1
             self._admit(chunk, fut, size)
         self._set_full(False)
 
