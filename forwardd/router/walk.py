@@ -156,11 +156,7 @@ class Walk:
             if redirected is None:
                 out.set_result(None)
             else:
-                inner = (
-                    redirected
-                    if isinstance(redirected, asyncio.Future)
-                    else asyncio.ensure_future(redirected)
-                )
+                inner = asyncio.ensure_future(redirected)  # a future as it is, else a task
                 inner.add_done_callback(functools.partial(_copy_outcome, out))
 
         fut.add_done_callback(done)
