@@ -86,6 +86,7 @@ def build_sink(
         fsync=b.fsync,
         fsync_interval=b.fsync_interval,
         when_full=b.when_full,
+        compression=b.compression,
     )
     queue.adopt([str(d) for d in adopted_dirs(base, worker, workers)])
     return BufferedSink(name, output, queue, retry, str(dead), batching=batching)

@@ -12,8 +12,9 @@ a new file that changes one is refused (``config.reload_failed``), and the runni
   ``http_server`` (the parent serves it for all workers), ``log`` (configured before anything starts),
   ``shutdown_timeout`` (the parent's stop deadline is set once);
 * an output's queue: ``buffer.type``, ``path``, ``fsync``, ``fsync_interval``, ``max_size``,
-  ``segment_size`` and ``when_full`` (the queue stays open across a reload, so that nothing queued is
-  written twice or waits); the rest of ``buffer`` (``retry``, ``dead_letter_path``) may change.
+  ``segment_size``, ``when_full`` and ``compression`` (the queue stays open across a reload, so that
+  nothing queued is written twice or waits); the rest of ``buffer`` (``retry``, ``dead_letter_path``)
+  may change.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ __all__ = ["FIXED", "QUEUE_FIELDS", "ReloadPlan", "fixed_changes", "plan_reload"
 #: Top-level settings a reload cannot change (see the module doc).
 FIXED = ("storage", "workers", "http_server", "log", "shutdown_timeout")
 #: An output's buffer settings that shape its open queue (see the module doc).
-QUEUE_FIELDS = ("type", "path", "fsync", "fsync_interval", "max_size", "segment_size", "when_full")
+QUEUE_FIELDS = (
+    "type", "path", "fsync", "fsync_interval", "max_size", "segment_size", "when_full", "compression"
+)  # fmt: skip
 
 
 def _same_address(a: ForwardSource, b: ForwardSource) -> bool:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -119,6 +120,9 @@ class GroupCommit:
     _closing_event: asyncio.Event
     _failing: bool
     _committing: int
+    _waiters: deque[Pending]
+
+    def _admit_waiters(self) -> None: ...
 
     async def _commit_loop(self) -> None:
         store = self._store
@@ -274,6 +278,8 @@ class GroupCommit:
                 if not fut.done():
                     fut.set_result(None)
             self._readable.set()
+            if self._waiters:  # compressed records take less room on disk than they held pending
+                self._admit_waiters()
         return batch[n:]
 
     async def _sync_loop(self) -> None:

@@ -113,7 +113,7 @@ from forwardd.buffer.adoption import AdoptedQueues
 from forwardd.buffer.base import FsyncPolicy, Readable, Taken, WhenFull
 from forwardd.buffer.checkpoint import LedgerCheckpoints
 from forwardd.buffer.commit import COMMIT_GATHER_SECONDS, INLINE_COMMIT_MAX, GroupCommit, Pending, reject
-from forwardd.buffer.segment import frame_size
+from forwardd.buffer.segment import Compression, frame_size
 from forwardd.buffer.store import DEFAULT_MAX_SEGMENT_SIZE, SegmentStore
 from forwardd.errors import ChunkRejected
 from forwardd.model import Chunk
@@ -148,6 +148,7 @@ class DiskQueue(GroupCommit):
         fsync: FsyncPolicy = "always",
         fsync_interval: float = 1.0,
         when_full: WhenFull = "block",
+        compression: Compression = "none",
         write_retry_initial: float = 0.05,
         write_retry_max: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -164,6 +165,10 @@ class DiskQueue(GroupCommit):
         self.fsync: FsyncPolicy = fsync
         self.fsync_interval = fsync_interval
         self.when_full: WhenFull = when_full
+        if compression not in ("lz4", "none"):
+            raise ValueError(f"unknown compression {compression!r}")
+        #: How records' entries are written (see :mod:`forwardd.buffer.segment`); read back either way.
+        self.compression: Compression = compression
         self._retry_initial = write_retry_initial
         self._retry_max = write_retry_max
         self._sleep = sleep
@@ -217,7 +222,10 @@ class DiskQueue(GroupCommit):
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forwardd-buffer")
         self._store = await self._in_thread(
             lambda: SegmentStore.open(
-                self.directory, max_segment_size=self.max_segment_size, fsync=self.fsync
+                self.directory,
+                max_segment_size=self.max_segment_size,
+                fsync=self.fsync,
+                compression=self.compression,
             ),
         )
         if self._adopted.directories:

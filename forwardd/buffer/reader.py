@@ -29,6 +29,11 @@ READ_AHEAD = 1024 * 1024
 HOT_MAX = 16 * 1024 * 1024
 
 
+def _in_memory(chunk: Chunk) -> int:
+    """What a chunk kept in the reader's memory counts against ``hot_max``."""
+    return FRAME_OVERHEAD + len(chunk.tag) + len(chunk.entries)
+
+
 class DiskTaken(Taken):
     """A record handed out by a reader (``owner``); ``seg``/``start``/``end`` locate it for the ack cursor."""
 
@@ -91,10 +96,11 @@ class SegmentReader:
             seg.sealed = True
         # Only records the reader will reach within hot_max bytes are kept: behind a backlog (a restart,
         # a slow output) they would sit in memory for as long as the backlog takes to drain.
+        # hot_max bounds the memory they take: their entries as they came, not their (compressed) records.
         hot, room = self._hot, self.hot_max - self._hot_bytes
         for rec in res.records:
-            size = rec[2] - rec[1]
-            ahead += size
+            size = _in_memory(rec[3])
+            ahead += rec[2] - rec[1]
             if size > room or ahead > self.hot_max:
                 break  # the rest is read back from the file when its turn comes
             hot.append(rec)
@@ -153,12 +159,12 @@ class SegmentReader:
             hseg, hstart, hend, chunk = hot[0]
             if hseg is seg and hstart == start:  # still in memory: no read, no decode
                 hot.popleft()
-                self._hot_bytes -= hend - hstart
+                self._hot_bytes -= _in_memory(chunk)
                 return self._hand_out(chunk, seg, start, hend, chunk.count)
             if hseg.seq > seg.seq or (hseg is seg and hstart > start):
                 break  # ahead of the reader: records before it come from the file
             hot.popleft()  # behind the reader (skipped by drop_oldest): forget it
-            self._hot_bytes -= hend - hstart
+            self._hot_bytes -= _in_memory(chunk)
         hdr = self._header_at_cursor()
         if hdr is None:
             return None

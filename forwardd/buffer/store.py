@@ -24,7 +24,7 @@ from forwardd.buffer.base import FsyncPolicy, Taken
 from forwardd.buffer.ledger import Ledger
 from forwardd.buffer.reader import DiskTaken, SegmentReader
 from forwardd.buffer.recovery import recover
-from forwardd.buffer.segment import Segment
+from forwardd.buffer.segment import Compression, Segment
 from forwardd.buffer.writer import DEFAULT_MAX_SEGMENT_SIZE, SegmentWriter, WriteError, WriteResult
 from forwardd.model import Chunk
 
@@ -52,12 +52,13 @@ class SegmentStore:
         *,
         max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
         fsync: FsyncPolicy = "always",
+        compression: Compression = "none",
     ) -> SegmentStore:
         """Recover ``directory``: verify every record, truncate torn tails, quarantine damaged segments."""
         t0 = time.monotonic()
         ledger = Ledger(directory)
         rec = recover(directory, ledger, fsync)
-        writer = SegmentWriter(directory, max_segment_size, fsync, rec.next_seq)
+        writer = SegmentWriter(directory, max_segment_size, fsync, rec.next_seq, compression)
         segments = rec.segments
         if not segments or segments[-1].sealed:
             segments.append(writer.create_segment())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from forwardd.buffer.base import FsyncPolicy
-from forwardd.buffer.segment import Segment, encode_prefix, fsync_dir, segment_name
+from forwardd.buffer.segment import Compression, Segment, encode_record, fsync_dir, segment_name
 from forwardd.model import Chunk
 
 __all__ = [
@@ -77,10 +77,19 @@ class SegmentWriter:
     #: Test seam for faults that cannot always be made for real (ENOSPC, EIO): the vectored write.
     _pwritev: Callable[[int, Sequence[bytes], int], int] = staticmethod(os.pwritev)
 
-    def __init__(self, directory: str, max_segment_size: int, fsync: FsyncPolicy, next_seq: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        max_segment_size: int,
+        fsync: FsyncPolicy,
+        next_seq: int,
+        compression: Compression = "none",
+    ) -> None:
         self.directory = directory
         self.max_segment_size = max_segment_size
         self.fsync: FsyncPolicy = fsync
+        #: How records' entries are written (:func:`~forwardd.buffer.segment.encode_record`).
+        self.compression: Compression = compression
         self._current: Segment | None = None
         self._cur_path = ""
         self._cur_sealed = False
@@ -155,6 +164,7 @@ class SegmentWriter:
         """
         res = WriteResult()
         always = self.fsync == "always"
+        compression = self.compression
         limit = self.max_segment_size
         i, n = 0, len(chunks)
         start_pos = self._wpos
@@ -171,12 +181,12 @@ class SegmentWriter:
                 records = res.records
                 while j < n and len(iov) < IOV_MAX:
                     c = chunks[j]
-                    prefix = encode_prefix(c)
-                    fs = len(prefix) + len(c.entries)
+                    prefix, body = encode_record(c, compression)
+                    fs = len(prefix) + len(body)
                     if pos + size + fs > limit and pos + size > 0:
                         break
                     iov.append(prefix)
-                    iov.append(c.entries)
+                    iov.append(body)
                     records.append((cur, pos + size, pos + size + fs, c))
                     size += fs
                     j += 1
