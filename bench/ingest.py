@@ -34,8 +34,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,38 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+class LineCounter:
+    """Lines written under a directory so far, read incrementally (only what each file gained since the
+    last call, up to its last whole line): the forwardd-file targets' JSON lines, one per event."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.lines = 0
+        self._offsets: dict[str, int] = {}
+
+    def count(self) -> int:
+        for root, _, files in os.walk(self.directory):
+            for name in files:
+                path = os.path.join(root, name)
+                off = self._offsets.get(path, 0)
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(off)
+                        data = f.read()
+                except OSError:
+                    continue
+                cut = data.rfind(b"\n") + 1
+                self.lines += data.count(b"\n", 0, cut)
+                self._offsets[path] = off + cut
+        return self.lines
+
+
+#: How often the end-to-end count polls the files during and after a run.
+E2E_POLL = 0.05
+#: How long after the load ends the files may take to hold every event before the run fails.
+E2E_TIMEOUT = 120.0
+
+
 class Target:
     """One receiver started from a command template; its output goes to ``<logdir>/<name>.log``.
 
@@ -372,6 +405,7 @@ class Target:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = logdir / f"{name}.log"
+        self._files: LineCounter | None = None
 
     @property
     def address(self) -> str:
@@ -420,6 +454,14 @@ class Target:
         kill_group(self.proc)
         self.proc = None
 
+    def files(self) -> LineCounter | None:
+        """The counter of the JSON lines this target writes (forwardd's file targets), else None."""
+        if "files-{port}" not in self.config_template:
+            return None
+        if self._files is None or self._files.directory != self.logdir / f"files-{self.port}":
+            self._files = LineCounter(self.logdir / f"files-{self.port}")
+        return self._files
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -436,6 +478,8 @@ class Run:
     result: LoadResult | None
     receiver_cpu_s: float = 0.0
     error: str | None = None
+    #: Seconds from the start of the load until the target's files held every event sent (file targets).
+    e2e_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -449,6 +493,8 @@ class Row:
     runs: int
     ok_runs: int
     events_per_s: float | None = None
+    #: Events per second into the files, end to end (file targets): acked is not yet written.
+    e2e_events_per_s: float | None = None
     mb_per_s: float | None = None
     ack_p50_ms: float | None = None
     ack_p99_ms: float | None = None
@@ -475,6 +521,9 @@ def summarise(runs: list[Run], order: Sequence[tuple[str, str]]) -> list[Row]:
                 row.errors.extend(e for e in errs if e)
         if good:
             row.events_per_s = _median([g.events_per_s for g in good])
+            row.e2e_events_per_s = _median(
+                [r.result.events / r.e2e_s for r in mine if r.ok and r.result is not None and r.e2e_s]
+            )
             row.mb_per_s = _median([g.mb_per_s for g in good])
             row.ack_p50_ms = _median([g.ack_p50_ms for g in good])
             row.ack_p99_ms = _median([g.ack_p99_ms for g in good])
@@ -501,6 +550,7 @@ def format_table(rows: list[Row]) -> str:
         "scenario",
         "target",
         "events/s",
+        "into files/s",
         "MB/s",
         "ack p50 ms",
         "ack p99 ms",
@@ -518,6 +568,7 @@ def format_table(rows: list[Row]) -> str:
                 r.scenario,
                 r.target,
                 _fmt(r.events_per_s, ",.0f"),
+                _fmt(r.e2e_events_per_s, ",.0f"),
                 _fmt(r.mb_per_s, ",.1f"),
                 _fmt(r.ack_p50_ms, ".2f"),
                 _fmt(r.ack_p99_ms, ".2f"),
@@ -557,16 +608,59 @@ def _run_one(
         except TargetError as e:
             return Run(scen.name, target.name, rep, None, error=f"target died and did not restart: {e}")
     cfg = scen.config(target.address, args.chunk_size, args.duration, args.events)
-    with _beside(scen, target, args) as bulk:
+    # End to end into files: only where nothing else writes to them (no sender beside).
+    files = target.files() if not scen.beside else None
+    with _beside(scen, target, args) as bulk, _counting(files) as counted:
         cpu0 = proc_tree_cpu_seconds(target.pid)
         try:
             res = run_load(cfg, rings)
         except LoadError as e:
             return Run(scen.name, target.name, rep, None, error=str(e))
         cpu = proc_tree_cpu_seconds(target.pid) - cpu0
+        waited = counted(res.events + res.sync_events) if res.ok else None
+    e2e = res.duration_s + waited if waited is not None else None
     if bulk is not None and bulk.returncode not in (0, -signal.SIGTERM):
         return Run(scen.name, target.name, rep, None, error=f"the sender beside exited {bulk.returncode}")
-    return Run(scen.name, target.name, rep, res, cpu)
+    if files is not None and res.ok and e2e is None:
+        why = f"the files lacked events {E2E_TIMEOUT:.0f} s after the load ended"
+        return Run(scen.name, target.name, rep, None, error=why)
+    return Run(scen.name, target.name, rep, res, cpu, e2e_s=e2e)
+
+
+@contextlib.contextmanager
+def _counting(files: LineCounter | None) -> Iterator[Callable[[int], float | None]]:
+    """Counts ``files``' lines in a thread while the load runs (so that the count after it reads only the
+    rest); yields a function, called when the load has ended, that waits for ``n`` more lines than there
+    were at the start and returns how long that took (None past E2E_TIMEOUT, or without files)."""
+    if files is None:
+        yield lambda n: None
+        return
+    start_lines = files.count()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(E2E_POLL):
+            files.count()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+
+    def wait(n: int) -> float | None:
+        t0 = time.monotonic()
+        stop.set()
+        thread.join()
+        deadline = t0 + E2E_TIMEOUT
+        while files.count() < start_lines + n:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(E2E_POLL)
+        return time.monotonic() - t0
+
+    try:
+        yield wait
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
