@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -213,3 +214,10 @@ class Proc:
             self._reap(10)
             with contextlib.suppress(ValueError):
                 LIVE.remove(self)
+
+
+def incompressible(n: int, rng: random.Random) -> str:
+    """``n`` characters LZ4 cannot shrink by an eighth (random hex): for a test whose premise is the bytes it
+    sends taking their room on disk, with the buffer's default ``compression: lz4`` (which writes
+    repetitive records 5-9x smaller and would let a small queue or a small disk take far more)."""
+    return rng.randbytes((n + 1) // 2).hex()[:n]

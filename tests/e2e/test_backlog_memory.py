@@ -10,6 +10,7 @@ read-back, the newest 16 MiB kept in memory behind the backlog) reached 172 MB.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import psutil
 import pytest
 
 from forwardd.protocol import encode
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, incompressible
 
 OUTPUTS = ("a", "b", "c")
 BACKLOG = 110_000_000  # bytes of forward messages sent: each output queues a bit more (framing)
@@ -37,7 +38,8 @@ def closed_port() -> int:
 def send_backlog(port: int) -> int:
     """Acked PackedForward chunks of numbered events until BACKLOG bytes are sent; how many events."""
     seq = sent = 0
-    pad = "p" * 180
+    rng = random.Random(7)
+    pads = [incompressible(180, rng) for _ in range(PER_CHUNK)]  # the backlog's bytes on disk as sent
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.settimeout(30)
         unpacker = msgpack.Unpacker()
@@ -45,7 +47,7 @@ def send_backlog(port: int) -> int:
             t = encode.event_time(time.time_ns())
             chunk_id = encode.new_chunk_id()
             data = encode.packed_forward(
-                "backlog", [(t, {"seq": seq + i, "pad": pad}) for i in range(PER_CHUNK)], chunk=chunk_id
+                "backlog", [(t, {"seq": seq + i, "pad": pads[i]}) for i in range(PER_CHUNK)], chunk=chunk_id
             )
             s.sendall(data)
             sent += len(data)

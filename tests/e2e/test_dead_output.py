@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 
 from forwardd.protocol import encode
 from forwardd.testing.client import AckError, ForwardClient
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, incompressible
 
 MiB = 1024 * 1024
 
@@ -79,8 +80,10 @@ def test_full_disk_stops_acks_keeps_memory_flat_and_loses_nothing(tmp_path: Path
         with ForwardClient(port=port, timeout=3) as c:
             # Acked chunks of 200 events (~50 KB) until the queue is full and acks stop coming.
             seq = 0
+            rng = random.Random(11)
+            pads = [incompressible(200, rng) for _ in range(200)]  # the queue's 4 MiB hold what was sent
             while True:
-                records = [{"seq": seq + i, "pad": "p" * 200} for i in range(200)]
+                records = [{"seq": seq + i, "pad": pads[i]} for i in range(200)]
                 blocked = c.packed("dead", records, ack=True, wait=False)
                 assert blocked is not None
                 try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import signal
 import socket
 import time
@@ -24,7 +25,7 @@ import pytest
 
 from forwardd.testing import ForwardClient, run_test_server
 from forwardd.testing.client import AckError
-from tests.e2e.helpers import Proc
+from tests.e2e.helpers import Proc, incompressible
 from tests.e2e.test_dead_output import fill, tmpfs
 from tests.outputs.http.conftest import Reply, ThreadedRecorder
 
@@ -209,7 +210,9 @@ def test_stop_within_the_deadline_when_the_buffer_disk_is_full(
         acked = send(port, 0, 20)
         filler = fill(disk)
         with ForwardClient(port=port, timeout=STOP + 5) as c:
-            big = [{"n": -1, "pad": "x" * 1000}] * 2000  # more than any space the segment had ahead
+            # More than any space the segment had ahead, even compressed.
+            rng = random.Random(3)
+            big = [{"n": -1, "pad": incompressible(1000, rng)} for _ in range(2000)]
             pending = c.packed("app", big, ack=True, wait=False)
             assert pending is not None
             proc.wait_event("buffer.write_failed")
@@ -243,9 +246,11 @@ def test_stop_within_the_deadline_when_the_output_disk_is_full(tmp_path: Path) -
         acked: set[int] = set()
         with ForwardClient(port=port, timeout=3) as c:
             seq = 0
+            rng = random.Random(5)
+            pads = [incompressible(200, rng) for _ in range(200)]  # as big on disk as sent
             while True:  # acked chunks until the queue is full and one is held waiting for room
                 blocked = c.packed(
-                    "app", [{"n": seq + i, "pad": "p" * 200} for i in range(200)], ack=True, wait=False
+                    "app", [{"n": seq + i, "pad": pads[i]} for i in range(200)], ack=True, wait=False
                 )
                 assert blocked is not None
                 try:
