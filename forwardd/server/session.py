@@ -41,6 +41,8 @@ __all__ = ["Session", "SessionHooks", "SessionSettings"]
 
 #: The longest a stopping session reads on, waiting for its peer to pause (see Session.drain).
 DRAIN_READ_ON = 1.0
+#: Bytes a connection reads before it lets the others have a turn of the loop (see Session._turn_over).
+TURN_READ_BYTES = 256 * 1024
 
 
 class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
@@ -54,8 +56,8 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         "__weakref__", "_backlog", "_budget", "_budget_told", "_budget_wait", "_bytes_in", "_closing",
         "_drained", "_draining", "_early", "_gate", "_gate_wait", "_job", "_job_bytes", "_last_activity",
         "_log", "_lost", "_on_close", "_paused_reading", "_paused_writing", "_pending", "_requests",
-        "_resolver", "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "_watched",
-        "conn",
+        "_resolver", "_responded", "_timer", "_tls", "_tls_started", "_tls_step", "_transform", "_turn_bytes",
+        "_turn_wait", "_watched", "conn",
         "ingest", "peer", "peer_address", "peer_hostname", "settings", "stats", "transport",
     )  # fmt: skip
 
@@ -106,6 +108,9 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         #: The ingest path's back-pressure across connections (see Gate), and whether it stops this one.
         self._gate = gate
         self._gate_wait = False
+        #: Bytes read since this connection last let a turn of the loop go by, and whether it waits for one.
+        self._turn_bytes = 0
+        self._turn_wait = False
         #: TLS: the context, and the handshake in progress (the forward protocol begins after it).
         self._tls = tls
         self._tls_step: Callable[[], None] | None = None
@@ -268,6 +273,7 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
                 self._early += data
             return
         self._bytes_in += len(data)
+        self._turn_bytes += len(data)
         self._last_activity = time.monotonic()
         # Requests completed before a violation in the same read are still handed on and acked.
         events = conn.receive_data(data)
@@ -277,6 +283,19 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
         else:
             self._handle(events)
         self._account()
+        if self._turn_bytes >= TURN_READ_BYTES and not self._turn_wait:
+            self._turn_wait = True
+            asyncio.get_running_loop().call_soon(self._turn_over)
+            self._update_reading()
+
+    def _turn_over(self) -> None:
+        """A turn of the loop went by: read again. libuv reads a readable socket up to 32 times (256 KiB
+        each) before it serves the next: 20 peers streaming big frames made a turn of the loop 100-400 ms
+        long (every other connection's acks waited that long). A connection now reads at most
+        :data:`TURN_READ_BYTES` (then up to one read more) before the others have their turn."""
+        self._turn_bytes = 0
+        self._turn_wait = False
+        self._update_reading()
 
     def _account(self) -> None:
         """Tell the listener's budget what this connection holds now; it may ask it to stop reading."""
@@ -327,6 +346,7 @@ class Session(Requests, Control, AckFlow, Offload, asyncio.Protocol):
             or bool(self._backlog)  # a big request's chunks still being handed on
             or self._budget_wait
             or self._gate_wait
+            or self._turn_wait
         )
         if want_pause and not self._paused_reading:
             self._paused_reading = True
