@@ -97,11 +97,16 @@ def frame_size(chunk: Chunk) -> int:
     return FRAME_OVERHEAD + n + len(chunk.entries)
 
 
+def _head(chunk: Chunk) -> bytes:
+    """The start of a record's body: tag length, count, received_ns and the tag."""
+    tag = chunk.tag.encode("utf-8", "surrogateescape")
+    return _BODY.pack(len(tag), chunk.count, chunk.received_ns) + tag
+
+
 def encode_prefix(chunk: Chunk) -> bytes:
     """Everything of a record before its entries; written with the entries as a second iovec (no copy)."""
-    tag = chunk.tag.encode("utf-8", "surrogateescape")
     entries = chunk.entries
-    head = _BODY.pack(len(tag), chunk.count, chunk.received_ns) + tag
+    head = _head(chunk)
     crc = zlib.crc32(entries, zlib.crc32(head))
     return _FRAME.pack(MAGIC, len(head) + len(entries), crc) + head
 
@@ -114,8 +119,7 @@ def encode_record(chunk: Chunk, compression: Compression) -> tuple[bytes, bytes]
     if compression == "lz4" and len(entries) >= COMPRESS_MIN:
         packed = lz4_block.compress(entries, store_size=False)
         if len(packed) + _RAW_LEN.size <= len(entries) - len(entries) // 8:
-            tag = chunk.tag.encode("utf-8", "surrogateescape")
-            head = _BODY.pack(len(tag), chunk.count, chunk.received_ns) + tag + _RAW_LEN.pack(len(entries))
+            head = _head(chunk) + _RAW_LEN.pack(len(entries))
             crc = zlib.crc32(packed, zlib.crc32(head, _LZ4_CRC_SEED))
             return _FRAME.pack(MAGIC_LZ4, len(head) + len(packed), crc) + head, packed
     return encode_prefix(chunk), entries
