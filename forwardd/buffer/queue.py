@@ -106,6 +106,7 @@ import asyncio
 import concurrent.futures
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import get_args
 
 import structlog
 
@@ -165,7 +166,7 @@ class DiskQueue(GroupCommit):
         self.fsync: FsyncPolicy = fsync
         self.fsync_interval = fsync_interval
         self.when_full: WhenFull = when_full
-        if compression not in ("lz4", "none"):
+        if compression not in get_args(Compression):
             raise ValueError(f"unknown compression {compression!r}")
         #: How records' entries are written (see :mod:`forwardd.buffer.segment`); read back either way.
         self.compression: Compression = compression

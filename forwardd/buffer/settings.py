@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from forwardd.buffer.retry import RetryPolicy
+from forwardd.buffer.segment import Compression
 from forwardd.config.types import Count, Frozen, Problems
 from forwardd.config.units import Duration, Size
 
@@ -54,7 +55,7 @@ class BufferSettings(Frozen):
     #: Chunks of 4 KiB or more are written as LZ4 blocks when that saves an eighth (docker-shaped
     #: PackedForward: 5-9x less): the synced write bandwidth of the disk bounds bulk traffic. "none"
     #: writes them as they came; either is read back (see forwardd.buffer.segment).
-    compression: Literal["lz4", "none"] = "lz4"
+    compression: Compression = "lz4"
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
     def problems(self) -> Problems:
