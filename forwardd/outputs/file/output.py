@@ -1,7 +1,7 @@
 """The file output: events appended as lines (or msgpack entries) to files named from a path template.
 
-Durability. Every fsync runs in the output's worker thread (the event loop never waits on the disk), and
-covers every file written to and the parent folder of every file or folder created. When, is ``fsync``:
+Durability. No fsync runs on the event loop (it never waits on the disk), and they cover every file
+written to and the parent folder of every file or folder created. When, is ``fsync``:
 
 ``grouped`` (opt-in)
     :meth:`FileOutput.write` only appends (to the page cache) and :meth:`FileOutput.sync` fsyncs what all
@@ -13,11 +13,17 @@ covers every file written to and the parent folder of every file or folder creat
     batches (ack-per-request traffic) no longer compete with the buffer's commits for the disk with an
     fsync each (``bench/README.md``, "Session 10").
 ``write`` (the default)
-    ``write`` fsyncs before returning: what it wrote is durable when the buffer forgets the chunk, so a
-    kill -9 repeats only the write in flight. The default because grouped syncs repeat up to
-    ``fsync_interval`` of lines after every crash (an aggregator killed in a Swarm test repeated 53 lines
-    where ``write`` repeated none) and delay the delivery metrics by the wait for the sync (p50 57 ->
-    295 ms), for ~1.1x the events/s into files in the Session 10 A/B (0.91x-1.29x, a noisy machine).
+    ``write`` returns once an fsync that began after its append has ended: what it wrote is durable when
+    the buffer forgets the chunk, so a kill -9 repeats only the writes in flight. The default because
+    grouped syncs repeat up to ``fsync_interval`` of lines after every crash (an aggregator killed in a
+    Swarm test repeated 53 lines where ``write`` repeated none) and delay the delivery metrics by the wait
+    for the sync (p50 57 -> 295 ms), for ~1.1x the events/s into files in the Session 10 A/B. The fsyncs
+    run in a thread of their own (:mod:`.syncer`) while the output's thread encodes and appends the next
+    writes: up to :data:`PIPELINE_DEPTH` writes are in flight (:attr:`concurrent_writes`), appended in the
+    order they were called, so a tag's lines keep their order; only a write that fails and is written
+    again can land after later ones. Why: encoding, appending and fsyncing one write after the other left
+    the disk idle half the time (PackedForward with acks into files: 400k events/s one way, 600k the other,
+    bench/README.md "Session 17").
 
 ``fsync_on_write=False`` trades both away for throughput (a power cut can then lose acked events).
 
@@ -33,21 +39,33 @@ it alone. One writer per file: two outputs must not share paths.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from forwardd.errors import DeliveryError, UnprocessableError
 from forwardd.model import Chunk
 from forwardd.outputs.base import Output, StatValue
+from forwardd.outputs.file.opening import Segment
 from forwardd.outputs.file.paths import PathTemplate
 from forwardd.outputs.file.segments import EXTENSIONS, Disk
 from forwardd.outputs.file.settings import FileSettings, FsyncMode, worker_path
+from forwardd.outputs.file.syncer import Syncer, SyncJob
 from forwardd.outputs.formats import make_encoder, make_plain_encoder, native_json_lines
 
-__all__ = ["FileOutput", "FileStats"]
+__all__ = ["PIPELINE_DEPTH", "FileOutput", "FileStats"]
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
+
+#: Writes in flight under ``fsync: write``: one appending, the ones before it waiting for or in their fsync
+#: (:mod:`.syncer`). 3 against 2 in the Session 17 A/B: 602k against 517k events/s into files.
+PIPELINE_DEPTH = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +134,10 @@ class FileOutput(Output):
             raise ValueError("fsync_interval must be positive")
         #: Grouped syncs: write() appends, sync() makes it durable (see the module doc).
         self.defers_sync = fsync_on_write and fsync == "grouped"
+        #: ``fsync: write``: each write's fsync runs in the fsync thread while the next write appends.
+        self._pipelined = fsync_on_write and fsync == "write"
+        if self._pipelined:
+            self.concurrent_writes = PIPELINE_DEPTH
         self.sync_interval = fsync_interval
         self.name = name
         self.template = PathTemplate(path, utc=utc, extension=EXTENSIONS[compress])
@@ -132,9 +154,12 @@ class FileOutput(Output):
             fsync=fsync_on_write,
             max_open=max_open_files,
             clock=clock,
-            defer=self.defers_sync,
+            defer=self.defers_sync or self._pipelined,
         )
         self._executor: ThreadPoolExecutor | None = None
+        self._syncer: Syncer | None = None
+        #: The epoch of the append under way (the appending thread's; see :mod:`.syncer`).
+        self._epoch = 0
         self._lock = asyncio.Lock()
         #: Events and bytes (before compression) written so far; for metrics and tests.
         self.events_written = 0
@@ -181,21 +206,70 @@ class FileOutput(Output):
 
     async def write(self, chunk: Chunk) -> None:
         loop = asyncio.get_running_loop()
-        async with self._lock:  # one write at a time: the path cache and the files are the thread's
+        synced: asyncio.Future[None] | None = None
+        if self._pipelined and self._syncer is None:
+            self._start_syncer(loop)
+        async with self._lock:  # one append at a time, in the order of the calls: the files are the thread's
             done = None
             if self._native:
                 # The C transcoder releases the GIL while it writes a big chunk: in the output's thread it
                 # runs on the other core, beside the event loop (a quarter of the loop's time otherwise).
-                done = await loop.run_in_executor(self._pool(), self._write_native, chunk)
+                done = await self._appended(self._write_native, chunk)
             if done is None:
                 with _encoding(chunk.tag):  # msgspec and Python hold the GIL: on the loop
                     groups, count = self.encode(chunk, native=False)  # the transcoder declined it
                 if not groups:
                     return
-                await loop.run_in_executor(self._pool(), self._disk.write, groups)
-                done = count, _size(groups)
+                job = await self._appended(self._write_groups, groups)
+                done = count, _size(groups), job
+            if done[2] is not None:
+                assert self._syncer is not None
+                synced = self._syncer.submit(done[2])  # queued in the order of the appends
+        if synced is not None:
+            await synced  # the next write appends meanwhile
         self.events_written += done[0]
         self.bytes_written += done[1]
+
+    async def _appended(self, fn: Callable[[_A], _R], arg: _A) -> _R:
+        """``fn(arg)`` in the output's thread. If the write is cancelled meanwhile (a stop), the thread
+        goes on, and the fsync thread's job it returns is dropped, its descriptors closed, once it ends."""
+        future = self._pool().submit(fn, arg)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_drop_job)
+            raise
+
+    def _start_syncer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._syncer = Syncer(self.name, loop, lambda: self._disk.fsync_file)
+        self._disk.close_sync = self._close_sync
+
+    def _begin(self) -> None:
+        """In the output's thread, before an append: a failed fsync since the last one starts new files."""
+        if self._syncer is None:
+            return
+        self._epoch, failed = self._syncer.begin()
+        if failed:
+            self._disk.break_all()
+
+    def _handed_over(self) -> SyncJob | None:
+        """In the output's thread, after an append: what the fsync thread must sync for it (``fsync:
+        write``), or None (nothing to sync: no fsync, or grouped syncs)."""
+        if not self._pipelined:
+            return None
+        files, folders = self._disk.take_unsynced()
+        return SyncJob(files, folders, self._epoch)
+
+    def _close_sync(self, seg: Segment) -> None:
+        """The disk's hook for a file it closes (``fsync: write``): the fsync thread syncs it, in order."""
+        assert self._syncer is not None
+        self._syncer.hand_over(SyncJob([(os.dup(seg.fd), seg.path)], [], self._epoch))
+
+    def _write_groups(self, groups: list[tuple[str, bytes]]) -> SyncJob | None:
+        """In the output's thread: encoded groups appended; the fsync thread's job for them."""
+        self._begin()
+        self._disk.write(groups)
+        return self._handed_over()
 
     def _native_groups(
         self, chunk: Chunk, *, release_gil: bool = False
@@ -206,16 +280,16 @@ class FileOutput(Output):
         )
         return None if lines is None else (self.template.group_lines(lines, chunk.tag), lines.count)
 
-    def _write_native(self, chunk: Chunk) -> tuple[int, int] | None:
-        """In the output's thread: the chunk as the C transcoder's JSON lines, written; (events, bytes),
-        or None (nothing written) when the chunk is not plain and must take :meth:`encode`'s other ways."""
+    def _write_native(self, chunk: Chunk) -> tuple[int, int, SyncJob | None] | None:
+        """In the output's thread: the chunk as the C transcoder's JSON lines, written; (events, bytes, the
+        fsync thread's job), or None (nothing written) when the chunk is not plain and must take
+        :meth:`encode`'s other ways."""
         with _encoding(chunk.tag):
             encoded = self._native_groups(chunk, release_gil=True)
         if encoded is None:
             return None
         groups, count = encoded
-        self._disk.write(groups)
-        return count, _size(groups)
+        return count, _size(groups), self._write_groups(groups)
 
     async def sync(self) -> None:
         """Fsync what every write since the last sync touched; RetryableError if any of it may be lost."""
@@ -230,6 +304,10 @@ class FileOutput(Output):
             return
         async with self._lock:
             try:
+                if self._syncer is not None:
+                    await self._syncer.stop()  # what is queued is synced first
+                    self._syncer = None
+                self._disk.close_sync = None  # the last files are fsynced as they close, in the thread
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._disk.close_all)
             finally:
                 self._executor.shutdown(wait=True)
@@ -246,6 +324,16 @@ def _encoding(tag: str) -> Iterator[None]:
         raise
     except Exception as e:
         raise UnprocessableError(f"cannot encode chunk of {tag!r}: {e}") from e
+
+
+def _drop_job(future: concurrent.futures.Future[Any]) -> None:
+    """Close the descriptors of the job an append of a cancelled write returned."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    result = future.result()
+    job = result[2] if isinstance(result, tuple) else result
+    if isinstance(job, SyncJob):
+        job.close()
 
 
 def _size(groups: list[tuple[str, bytes]]) -> int:

@@ -98,6 +98,9 @@ class Disk(Opening):
         #: What a file is fsynced with: a seam for the tests of a failing fsync, a fault no real filesystem
         #: here can be made to produce on demand.
         self.fsync_file: Callable[[int], None] = os.fsync
+        #: Under ``fsync: write`` (the output's fsync thread): takes a file being closed instead of fsyncing
+        #: it here (:mod:`forwardd.outputs.file.syncer`); None: the file is fsynced before it closes.
+        self.close_sync: Callable[[Segment], None] | None = None
         self.max_open = max_open
         self.clock = clock
         self.segments: OrderedDict[str, Segment] = OrderedDict()
@@ -118,7 +121,10 @@ class Disk(Opening):
         try:
             if fsync and seg.dirty:
                 try:
-                    self.fsync_file(seg.fd)
+                    if self.close_sync is not None:
+                        self.close_sync(seg)
+                    else:
+                        self.fsync_file(seg.fd)
                 except OSError as e:
                     self._lose(seg, e)
                     error = e
@@ -244,6 +250,38 @@ class Disk(Opening):
                 raise error
             # Whatever the errno, a failed sync only means "write it again": never a verdict on the data.
             raise RetryableError(str(error)) from error
+
+    def take_unsynced(self) -> tuple[list[tuple[int, str]], list[str]]:
+        """For the fsync thread (``fsync: write``): a duplicate descriptor and the path of every file
+        written to since the last call, and the folders that got a new entry; the caller closes the
+        descriptors. Raises RetryableError when a file closed meanwhile could not be handed over."""
+        error, self._lost = self._lost, None
+        if error is not None:
+            raise error
+        files: list[tuple[int, str]] = []
+        if not self.fsync:
+            return files, []
+        try:
+            for seg in self.segments.values():
+                if seg.dirty and seg.fd >= 0:
+                    files.append((os.dup(seg.fd), seg.path))
+        except OSError as e:
+            for fd, _ in files:
+                os.close(fd)
+            raise classify(e, "cannot hand the written files to the fsync thread") from e
+        for seg in self.segments.values():
+            seg.dirty = False
+        dirs, self._dirs = self._dirs, set()
+        return files, sorted(dirs)
+
+    def break_all(self) -> None:
+        """After a failed fsync in the fsync thread (which cannot say which pages are gone): every path
+        continues in a new file."""
+        for seg in self.segments.values():
+            if seg.fd >= 0:
+                self._break(seg)
+            else:
+                seg.broken = True
 
     def _sync_folders(self) -> list[tuple[str, OSError]]:
         """fsync every folder that got a new entry since the last sync (grouped syncs), each one even when
