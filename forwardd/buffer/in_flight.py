@@ -47,11 +47,12 @@ class InFlight:
         #: The delivery of each work begun, in works order.
         self.started: dict[Work, asyncio.Task[None]] = {}
 
-    async def run(self, depth: int) -> None:
+    async def run(self, depth: int, keep: Callable[[], bool] | None = None) -> None:
         """The works of the next batches are begun while the oldest is still in flight, and marked
         delivered oldest first. When stopping, nothing more is begun and what is in flight is marked as it
         finishes. Works begun before a crash of this loop go on; the loop picks them up again when it
-        restarts."""
+        restarts. With ``keep``: returns when, nothing being in flight, it took a batch that ``keep`` says
+        is not for concurrent writes (the batch stays in the works, for the caller to write)."""
         deliverer, taker = self._deliverer, self._taker
         works, started = self._works, self.started
         while True:
@@ -61,6 +62,8 @@ class InFlight:
                     return
                 await taker.gather()
                 works.extend(taker.take_works())
+                if keep is not None and not started and not keep():
+                    return
                 continue
             head = works[0]
             task = started.get(head)

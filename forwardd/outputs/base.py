@@ -45,6 +45,12 @@ class Output(abc.ABC):
     #: their destination (the next batch is written while the last one is acknowledged); each call's
     #: outcome must concern its own chunk only. Chunks still leave the queue in order.
     concurrent_writes: int = 1
+    #: With ``concurrent_writes`` > 1: a batch none of whose writes (one per tag) holds this many entry
+    #: bytes is written one write at a time, as by an output that takes no concurrent writes (0: every
+    #: batch goes concurrently). For an output whose concurrency pays only on big writes (the file
+    #: output's: an fsync overlapping the next append), where small ones would pay a task each and a
+    #: hand-over between threads.
+    concurrent_min_bytes: int = 0
 
     #: True: a write that returned may not be durable yet; the buffer calls :meth:`sync` (at most every
     #: :attr:`sync_interval` seconds, or sooner) before its chunks leave the queue, so that one fsync

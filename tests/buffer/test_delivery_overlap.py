@@ -445,3 +445,39 @@ async def test_poison_events_of_works_in_flight_together_are_isolated_each_in_it
     assert dead == [3, 200, 231, 317]
     stats = sink.stats
     assert (stats.delivered_events, stats.dead_lettered_events, stats.isolations) == (124, 4, 3)
+
+
+@pytest.mark.parametrize("memory", [False, True])
+async def test_small_batches_go_one_at_a_time_and_big_ones_concurrently(
+    tmp_path: Path, sinks: list[BufferedSink], memory: bool
+) -> None:
+    """Output.concurrent_min_bytes (the file output's: its concurrency pays only on big writes): a batch
+    whose writes (one per tag) are all smaller is written one write at a time, whatever its total; one with
+    a bigger write concurrently, and small ones after it one at a time again once nothing is in flight."""
+    out = Gated(depth=3)
+    out.concurrent_min_bytes = len(tagged("c", 4, n=8).entries)  # c's chunk below is that big
+    sink = make(out, tmp_path, sinks, FakeTime(), memory)
+    await sink.start()
+    await submit_all(sink, [tagged("a", 0), tagged("b", 2)])
+    await wait_for(lambda: out.begun == ["a"], "the first write")
+    assert out.in_flight == 1  # b waits: the batch is small
+    out.open("a")
+    await wait_for(lambda: out.begun == ["a", "b"], "b, after a")
+    # Committed while b is written: the loop takes them as one batch after it.
+    await submit_all(sink, [tagged("c", 4, n=8)] + [tagged(t, 12 + 2 * i) for i, t in enumerate("def")])
+    assert out.most_in_flight == 1
+    out.open("b")
+    await wait_for(lambda: out.begun[2:] == ["c", "d", "e"], "a big batch: three at once")
+    assert out.in_flight == 3
+    out.open("c", "d", "e", "f")
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "the big batch")
+    out.most_in_flight = 0
+    await submit_all(sink, [tagged(t, 18 + 2 * i) for i, t in enumerate("ghijk")])
+    await wait_for(lambda: out.begun[-1:] == ["g"], "the next batch: as big in all as c, in small writes")
+    assert out.in_flight == 1  # one at a time again
+    for t in "ghijk":
+        out.open(t)
+    await wait_for(lambda: sink.stats.queued_chunks == 0, "g to k")
+    assert out.most_in_flight == 1
+    assert out.begun[-5:] == list("ghijk")
+    assert sorted(out.delivered) == list(range(28))

@@ -21,15 +21,19 @@ from hypothesis import strategies as st
 from forwardd.errors import RetryableError
 from forwardd.model import Chunk, Event
 from forwardd.outputs.file import FileOutput
-from forwardd.outputs.file.output import PIPELINE_DEPTH
+from forwardd.outputs.file.output import PIPELINE_DEPTH, SMALL_WRITE
 from forwardd.outputs.file.segments import Disk
 
 T0 = 1_700_000_000 * 10**9
 WAIT = 10.0  # seconds a test waits for a thread before it fails
 
 
-def chunk(start: int, n: int, tag: str = "app") -> Chunk:
-    return Chunk.from_events(tag, [Event(T0 + i, {"seq": start + i}) for i in range(n)], 0)
+def chunk(start: int, n: int, tag: str = "app", big: bool = True) -> Chunk:
+    """Events numbered start..start+n-1; ``big``: padded to SMALL_WRITE bytes at least (a write that goes
+    through the fsync thread), else a few bytes each (one fsynced where it is appended, when nothing is
+    queued in the fsync thread)."""
+    pad = "x" * (SMALL_WRITE // n) if big else ""
+    return Chunk.from_events(tag, [Event(T0 + i, {"seq": start + i, "pad": pad}) for i in range(n)], 0)
 
 
 def seqs(path: Path) -> list[int]:
@@ -98,7 +102,9 @@ async def wait_thread(event: threading.Event) -> None:
 
 
 def test_only_fsync_write_takes_concurrent_writes(tmp_path):
-    assert FileOutput(name="w", path=str(tmp_path / "w")).concurrent_writes == PIPELINE_DEPTH > 1
+    out = FileOutput(name="w", path=str(tmp_path / "w"))
+    assert out.concurrent_writes == PIPELINE_DEPTH > 1
+    assert out.concurrent_min_bytes == SMALL_WRITE  # small batches go one at a time
     assert FileOutput(name="g", path=str(tmp_path / "g"), fsync="grouped").concurrent_writes == 1
     assert FileOutput(name="n", path=str(tmp_path / "n"), fsync_on_write=False).concurrent_writes == 1
 
@@ -194,27 +200,32 @@ async def test_a_file_closed_before_its_hand_over_is_fsynced_in_the_fsync_thread
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    plan=st.lists(st.tuples(st.integers(1, 3), st.sampled_from("ab"), st.booleans()), min_size=1, max_size=12)
+    plan=st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from("ab"), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
 )
 async def test_no_write_succeeds_without_an_fsync_that_covers_it(tmp_path_factory, plan):
-    """Rounds of concurrent writes, some with a failing fsync: every write that succeeded has its lines in a
-    file that an fsync had covered (begun once they were all in it, and ended) before the write returned."""
+    """Rounds of concurrent writes, big and small, some with a failing fsync: every write that succeeded has
+    its lines in a file that an fsync had covered (begun once they were all in it, and ended) before the
+    write returned."""
     root = tmp_path_factory.mktemp("p")
     out = FileOutput(name="f", path=str(root / "${tag}.log"))
     fsyncs = Fsyncs(out)
     seq = 0
     ok: list[tuple[int, int]] = []  # (first seq, how many fsyncs had succeeded when it returned)
 
-    async def one(tag: str, start: int) -> None:
+    async def one(tag: str, start: int, big: bool) -> None:
         try:
-            await out.write(chunk(start, 2, tag=tag))
+            await out.write(chunk(start, 2, tag=tag, big=big))
         except RetryableError:
             return
         ok.append((start, len(fsyncs.done)))
 
-    for n, tag, fail in plan:
+    for n, tag, fail, big in plan:
         fsyncs.fail = 1 if fail else 0
-        await asyncio.gather(*(one(tag, seq + 2 * i) for i in range(n)))
+        await asyncio.gather(*(one(tag, seq + 2 * i, big or i > 0) for i in range(n)))
         seq += 2 * n
     await out.stop()
     ends: dict[int, tuple[int, int]] = {}  # seq -> (inode, end of its line in that file)
@@ -223,7 +234,29 @@ async def test_no_write_succeeds_without_an_fsync_that_covers_it(tmp_path_factor
         for line in p.read_bytes().splitlines(keepends=True):
             at += len(line)
             ends[json.loads(line)["seq"]] = (ino, at)
-    assert ok or all(f for _, _, f in plan)
+    assert ok or all(f for _, _, f, _ in plan)
     for start, synced in ok:
         ino, end = ends[start + 1]  # its last line
         assert any(i == ino and size >= end for i, size in fsyncs.done[:synced]), (start, ends[start + 1])
+
+
+async def test_a_small_write_with_nothing_queued_is_fsynced_where_it_is_appended(tmp_path):
+    """One docker line at a time: the fsync thread would only add a hand-over. A small write behind a big
+    one whose fsync is under way goes through the fsync thread, behind it (no fsync of the same files at
+    once in two threads)."""
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path))
+    fsyncs, appends = Fsyncs(out), Appends(out)
+    await out.write(chunk(0, 1, big=False))
+    assert fsyncs.threads == ["file-f_0"]  # the output's own thread
+    fsyncs.hold = True
+    first = asyncio.ensure_future(out.write(chunk(1, 2)))
+    await wait_thread(fsyncs.entered)
+    second = asyncio.ensure_future(out.write(chunk(3, 1, big=False)))
+    await appends.reach(3)
+    assert not second.done()  # its fsync waits behind the big one's
+    fsyncs.release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), WAIT)
+    assert fsyncs.threads == ["file-f_0", "file-f-fsync", "file-f-fsync"]
+    await out.stop()
+    assert seqs(path) == list(range(4))

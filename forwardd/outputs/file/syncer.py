@@ -73,6 +73,8 @@ class Syncer:
         self._failure: RetryableError | None = None
         #: fsync rounds done (each covers every job queued when it began).
         self.rounds = 0
+        #: Writes' jobs submitted and not settled yet (the event loop's count).
+        self.outstanding = 0
         self._thread = threading.Thread(target=self._run, name=f"file-{name}-fsync", daemon=True)
         self._thread.start()
 
@@ -96,6 +98,7 @@ class Syncer:
     def submit(self, job: SyncJob) -> asyncio.Future[None]:
         """Queue a write's job; its future resolves once the job is synced, or fails with RetryableError."""
         job.future = self._loop.create_future()
+        self.outstanding += 1
         self._queue.put(job)
         return job.future
 
@@ -103,6 +106,16 @@ class Syncer:
         """Sync what is queued, then end the thread."""
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    def _settle(self, outcomes: list[tuple[asyncio.Future[None], RetryableError | None]]) -> None:
+        self.outstanding -= len(outcomes)
+        for fut, error in outcomes:
+            if fut.done():  # the write was cancelled (a stop): nothing waits for it
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
 
     # -- the fsync thread
 
@@ -151,7 +164,7 @@ class Syncer:
             if j.future is not None:
                 outcomes.append((j.future, error))
         if outcomes:
-            self._loop.call_soon_threadsafe(_settle, outcomes)
+            self._loop.call_soon_threadsafe(self._settle, outcomes)
 
     def _sync(self, jobs: list[SyncJob]) -> RetryableError | None:
         """fsync each file of ``jobs`` once, then each folder; the first failure (the rest is not tried)."""
@@ -187,13 +200,3 @@ def _retryable(error: Exception) -> RetryableError:
     err = RetryableError(str(error))
     err.__cause__ = error
     return err
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[None], RetryableError | None]]) -> None:
-    for fut, error in outcomes:
-        if fut.done():  # the write was cancelled (a stop): nothing waits for it
-            continue
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(error)
