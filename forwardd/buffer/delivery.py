@@ -8,7 +8,8 @@ to the :class:`~forwardd.buffer.isolation.Deliverer`, which writes it piece by p
 partial deliveries, and isolating the events that fail are described in :mod:`forwardd.buffer.isolation`.
 The batch's chunks leave the queue only when no piece is left. An output that takes concurrent writes
 gets the next works while the earlier ones still wait for their destination
-(:mod:`forwardd.buffer.in_flight`), their chunks leaving the queue oldest work first; one that writes one
+(:mod:`forwardd.buffer.in_flight`), their chunks leaving the queue oldest work first (the file output only
+for batches with a big write: :attr:`~forwardd.outputs.base.Output.concurrent_min_bytes`); one that writes one
 at a time but prepares ahead (HTTP) is shown the next batch while a write waits
 (:meth:`~forwardd.buffer.batching.BatchTaker.take_ahead`: only a batch that holding would not grow).
 "Dead-lettered" means: to the ``@ERROR`` label's routes when the configuration has one, else to
