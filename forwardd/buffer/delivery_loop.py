@@ -143,9 +143,10 @@ class DeliveryLoop:
 
     def _concurrent(self) -> bool:
         """Whether the works now queued go concurrently: the output takes concurrent writes, and one of
-        them (a write: one per tag) holds at least its :attr:`~forwardd.outputs.base.Output.
-        concurrent_min_bytes`. Not the batch's total: 16 docker clients held 100 ms make a batch of
-        ~300 KB in 16 writes of ~20 KB, which cost more concurrently than one after the other."""
+        them (a write: one per tag) holds at least its
+        :attr:`~forwardd.outputs.base.Output.concurrent_min_bytes`. Not the batch's total: 16 docker
+        clients held 100 ms make a batch of ~300 KB in 16 writes of ~20 KB, which cost more concurrently
+        than one after the other."""
         output = self.output
         if output.concurrent_writes <= 1:
             return False

@@ -1,9 +1,9 @@
 """The delivery loop for an output that takes concurrent writes
 (:attr:`~forwardd.outputs.base.Output.concurrent_writes`: the Kafka output, the HTTP and forward outputs'
 ``in_flight``, the file output's big writes): it gets the next works while the earlier ones still wait for
-their destination. Up to that
-many, and :data:`IN_FLIGHT_BYTES` of entries, are in flight, each delivered (retried, isolated) on its own
-by the :class:`~forwardd.buffer.isolation.Deliverer`, and their chunks leave the queue oldest work first.
+their destination. Up to that many, and :data:`IN_FLIGHT_BYTES` of entries, are in flight, each delivered
+(retried, isolated) on its own by the :class:`~forwardd.buffer.isolation.Deliverer`, and their chunks leave
+the queue oldest work first.
 
 The works themselves (taken, begun or not, not yet marked) are the sink's
 (:mod:`forwardd.buffer.delivery`): a crash of this loop, a stop or a reload's retire finds them there;

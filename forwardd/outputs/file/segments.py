@@ -29,6 +29,12 @@ last sync may be lost, so the next sync() raises, and the delivery loop writes a
 fsync marks that file broken (the page cache's state is unknown: a later fsync can succeed without the
 lost pages): later writes go to a new segment.
 
+The fsync thread (``fsync: write``, :mod:`forwardd.outputs.file.syncer`). The output's thread appends with
+``defer`` on, then hands the files it wrote to over (:meth:`Disk.take_unsynced`: duplicated descriptors,
+so this side may close or rotate them meanwhile) or syncs them where it is (:meth:`Disk.sync`, a small
+write with nothing queued there); a file closed with lines not handed over yet goes to ``close_sync``. After
+a failed fsync there, :meth:`Disk.break_all` starts a new file for every path.
+
 Open files. At most ``max_open`` stay open (least recently written closed first); ``clock`` (monotonic
 seconds) is injectable for ``rotate_interval`` tests. Everything here runs in one worker thread per output.
 """
