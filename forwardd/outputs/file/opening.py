@@ -15,9 +15,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-__all__ = ["Opening", "Segment"]
+__all__ = ["Opening", "Segment", "fsync_folder"]
 
 _log = structlog.get_logger("forwardd.outputs.file")
+
+
+def fsync_folder(folder: str) -> None:
+    """Make the entries created in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True, eq=False)
@@ -101,15 +110,7 @@ class Opening:
         if self.defer:
             self._dirs.add(folder)
             return
-        self._fsync_folder(folder)
-
-    @staticmethod
-    def _fsync_folder(folder: str) -> None:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(folder)
 
     def _create(self, seg: Segment, index: int) -> None:
         """Open a new segment file at the first free index >= ``index``."""

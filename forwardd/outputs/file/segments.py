@@ -52,9 +52,9 @@ import structlog
 import zstandard
 
 from forwardd.errors import DeliveryError, PermanentError, RetryableError
-from forwardd.outputs.file.opening import Opening, Segment
+from forwardd.outputs.file.opening import Opening, Segment, fsync_folder
 
-__all__ = ["EXTENSIONS", "Disk", "classify"]
+__all__ = ["EXTENSIONS", "Disk", "classify", "retryable"]
 
 _log = structlog.get_logger("forwardd.outputs.file")
 
@@ -67,6 +67,16 @@ def classify(e: OSError, what: str) -> DeliveryError:
     cls = PermanentError if e.errno in _PERMANENT_ERRNOS else RetryableError
     err = cls(f"{what}: {e.strerror or e} [{errno.errorcode.get(e.errno or 0, e.errno)}]")
     err.__cause__ = e
+    return err
+
+
+def retryable(error: DeliveryError) -> RetryableError:
+    """What a failed fsync raises: whatever the errno, it only means "write it again", never a verdict
+    on the data."""
+    if isinstance(error, RetryableError):
+        return error
+    err = RetryableError(str(error))
+    err.__cause__ = error
     return err
 
 
@@ -252,10 +262,7 @@ class Disk(Opening):
             folder, folder_error = failed[0]
             error = classify(folder_error, f"cannot fsync folder {folder}")
         if error is not None:
-            if isinstance(error, RetryableError):
-                raise error
-            # Whatever the errno, a failed sync only means "write it again": never a verdict on the data.
-            raise RetryableError(str(error)) from error
+            raise retryable(error)
 
     def take_unsynced(self) -> tuple[list[tuple[int, str]], list[str]]:
         """For the fsync thread (``fsync: write``): a duplicate descriptor and the path of every file
@@ -296,7 +303,7 @@ class Disk(Opening):
         dirs, self._dirs = self._dirs, set()
         for folder in sorted(dirs):
             try:
-                self._fsync_folder(folder)
+                fsync_folder(folder)
             except OSError as e:
                 failed.append((folder, e))
         return failed

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from forwardd.errors import RetryableError
-from forwardd.outputs.file.segments import classify
+from forwardd.outputs.file.opening import fsync_folder
+from forwardd.outputs.file.segments import classify, retryable
 
 __all__ = ["SyncJob", "Syncer"]
 
@@ -71,8 +72,6 @@ class Syncer:
         #: Jobs of this epoch or older fail unsynced: a failure came before the appending thread heard of it.
         self._failed_upto = -1
         self._failure: RetryableError | None = None
-        #: fsync rounds done (each covers every job queued when it began).
-        self.rounds = 0
         #: Writes' jobs submitted and not settled yet (the event loop's count).
         self.outstanding = 0
         self._thread = threading.Thread(target=self._run, name=f"file-{name}-fsync", daemon=True)
@@ -155,7 +154,6 @@ class Syncer:
             with self._lock:
                 self._failed_upto = max(self._epoch, max(j.epoch for j in live))
                 self._failure = failure = error
-        self.rounds += 1
         outcomes: list[tuple[asyncio.Future[None], RetryableError | None]] = []
         for j in doomed:
             if j.future is not None:
@@ -180,23 +178,10 @@ class Syncer:
                     seen.add(key)
                     fsync(fd)
                 except OSError as e:
-                    return _retryable(classify(e, f"cannot fsync {path}"))
+                    return retryable(classify(e, f"cannot fsync {path}"))
         for folder in sorted({f for j in jobs for f in j.folders}):
             try:
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_folder(folder)
             except OSError as e:
-                return _retryable(classify(e, f"cannot fsync folder {folder}"))
+                return retryable(classify(e, f"cannot fsync folder {folder}"))
         return None
-
-
-def _retryable(error: Exception) -> RetryableError:
-    """Whatever the errno, a failed fsync only means "write it again": never a verdict on the data."""
-    if isinstance(error, RetryableError):
-        return error
-    err = RetryableError(str(error))
-    err.__cause__ = error
-    return err
