@@ -110,9 +110,6 @@ class DeliveryLoop:
 
     async def _run(self) -> None:
         output = self.output
-        if output.concurrent_writes > 1 and not output.concurrent_min_bytes:
-            await self._in_flight.run(output.concurrent_writes)
-            return
         deliverer, taker = self._deliverer, self._taker
         if output.prepares_ahead and output.concurrent_writes == 1:
             output.peek_next = self._peek_next
@@ -121,7 +118,8 @@ class DeliveryLoop:
                 await taker.gather()
                 self._works.extend(taker.take_works())
             if self._in_flight.started or self._concurrent():
-                # Big batches go concurrently, until the loop takes a small one with nothing in flight.
+                # Concurrently (for an output with concurrent_min_bytes, until the loop takes a small
+                # batch with nothing in flight; for the others, for good).
                 await self._in_flight.run(output.concurrent_writes, self._concurrent)
                 continue
             works = self._works

@@ -253,7 +253,6 @@ class FileOutput(Output):
 
     def _start_syncer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._syncer = Syncer(self.name, loop, lambda: self._disk.fsync_file)
-        self._disk.close_sync = self._close_sync
 
     def _begin(self) -> None:
         """In the output's thread, before an append: a failed fsync since the last one starts new files."""
