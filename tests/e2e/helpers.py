@@ -221,3 +221,10 @@ def incompressible(n: int, rng: random.Random) -> str:
     sends taking their room on disk, with the buffer's default ``compression: lz4`` (which writes
     repetitive records 5-9x smaller and would let a small queue or a small disk take far more)."""
     return rng.randbytes((n + 1) // 2).hex()[:n]
+
+
+def left_queued(proc: Proc, output: str = "out") -> int:
+    """What ``output`` said it left in its queue at the stop (its ``output.stopped`` line): what the next
+    start delivers."""
+    [line] = [x for x in proc.lines if x.get("event") == "output.stopped" and x.get("output") == output]
+    return int(line["left_chunks"])

@@ -25,7 +25,7 @@ import pytest
 
 from forwardd.testing import ForwardClient, run_test_server
 from forwardd.testing.client import AckError
-from tests.e2e.helpers import Proc, incompressible
+from tests.e2e.helpers import Proc, incompressible, left_queued
 from tests.e2e.test_dead_output import fill, tmpfs
 from tests.outputs.http.conftest import Reply, ThreadedRecorder
 
@@ -72,13 +72,6 @@ def stop(proc: Proc, deadline: float = STOP) -> float:
     assert code == 0, "\n".join(proc.raw[-20:])
     assert took < deadline + MARGIN, f"stop took {took:.2f}s with shutdown_timeout {deadline}s"
     return took
-
-
-def left_queued(proc: Proc) -> int:
-    """What the output said it left in its queue at the stop (``output.stopped``)."""
-    [line] = [x for x in proc.lines if x.get("event") == "output.stopped"]
-    assert line["output"] == "out"
-    return int(line["left_chunks"])
 
 
 # --- HTTP ------------------------------------------------------------------------------------------------
