@@ -8,9 +8,11 @@ A failing fsync is the one fault here no real filesystem can be made to produce 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
+import resource
 import threading
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 from forwardd.errors import RetryableError
 from forwardd.model import Chunk, Event
-from forwardd.outputs.file import FileOutput
+from forwardd.outputs.file import FileOutput, syncer
 from forwardd.outputs.file.output import PIPELINE_DEPTH, SMALL_WRITE
 from forwardd.outputs.file.segments import Disk
 
@@ -288,3 +290,63 @@ async def test_a_write_cancelled_during_its_append_leaves_no_descriptor_behind(t
     await asyncio.get_running_loop().run_in_executor(out._pool(), lambda: None)
     assert len(os.listdir("/proc/self/fd")) == fds
     await out.stop()
+
+
+async def test_a_failed_folder_fsync_fails_the_write_and_its_retry_goes_to_a_new_file(tmp_path, monkeypatch):
+    """The new entry of a file (or folder) is durable only once its folder is fsynced, in the fsync
+    thread. If that fails, the write fails (written again by the delivery loop), and the retry goes to a
+    new file, whose entry is fsynced in its turn. A folder's fsync failing is a fault no real filesystem
+    makes on demand: the syncer's folder fsync is replaced to fail once."""
+    failures = []
+
+    def failing_once(folder: str) -> None:
+        if not failures:
+            failures.append(folder)
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_folder(folder)
+
+    real_fsync_folder = syncer.fsync_folder
+    monkeypatch.setattr(syncer, "fsync_folder", failing_once)
+    out = FileOutput(name="f", path=str(tmp_path / "${tag}" / "app.log"))
+    try:
+        with pytest.raises(RetryableError, match="cannot fsync folder"):
+            await out.write(chunk(0, 4, tag="web"))
+        await asyncio.wait_for(out.write(chunk(0, 4, tag="web")), WAIT)  # the delivery loop's retry
+    finally:
+        await out.stop()
+    assert failures == [str(tmp_path)]  # the first folder with a new entry: the tag's folder, made for it
+    # At least once: the failed write's lines may stay in the first file; the retry is whole in a new one.
+    assert sorted(p.name for p in (tmp_path / "web").iterdir()) == ["app.log", "app.log.1"]
+    assert seqs(tmp_path / "web" / "app.log.1") == list(range(4))
+
+
+async def test_a_write_whose_files_cannot_be_handed_to_the_fsync_thread_fails_and_its_retry_goes_through(
+    tmp_path,
+):
+    """Out of descriptors (EMFILE) when the output duplicates a file's descriptor for the fsync thread:
+    the write fails as retryable, nothing leaks, and once descriptors are free again the retry's fsync
+    covers the lines of both attempts. The limit is real: the process's own RLIMIT_NOFILE, filled."""
+    path = tmp_path / "a.log"
+    out = FileOutput(name="f", path=str(path))
+    await out.write(chunk(0, 2))  # the file is open from here on: the next write opens nothing
+    fsyncs = Fsyncs(out)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 32, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        with pytest.raises(RetryableError, match="cannot hand the written files to the fsync thread"):
+            await out.write(chunk(2, 2))
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(os.listdir("/proc/self/fd")) == fds  # no duplicate left open
+    assert fsyncs.begun == []  # nothing was handed over, so nothing of it was fsynced
+    await asyncio.wait_for(out.write(chunk(2, 2)), WAIT)
+    assert fsyncs.done[-1] == (path.stat().st_ino, path.stat().st_size)  # both attempts' lines
+    await out.stop()
+    assert seqs(path) == [0, 1, 2, 3, 2, 3]
