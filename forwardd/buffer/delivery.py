@@ -101,7 +101,9 @@ class BufferedSink(DeliveryLoop):
     """A :class:`~forwardd.sink.Sink`: a queue (disk or memory) in front of an output, and its delivery task.
 
     ``stop`` stops accepting, keeps delivering what is queued while the output succeeds (up to
-    ``drain_timeout``; at once if it is failing), lets a write in progress finish (up to ``stop_timeout``),
+    ``drain_timeout``; at once if it is failing: a write backs off and none succeeded since it failed; one
+    that failed before others went through is tried again at once, :meth:`Deliverer.retry_recovered`),
+    lets a write in progress finish (up to ``stop_timeout``),
     then closes the queue and the output. What is left stays on disk for the next start (at-least-once);
     a memory queue loses it, with a ``buffer.discarded`` error. The loop and its supervisor:
     :class:`~forwardd.buffer.delivery_loop.DeliveryLoop`.
@@ -205,7 +207,9 @@ class BufferedSink(DeliveryLoop):
         if self._task is None:
             return
         deliverer = self._deliverer
-        while (q.queued_chunks or q.pending_chunks) and not deliverer.backing_off:
+        while q.queued_chunks or q.pending_chunks:
+            if deliverer.backing_off and not deliverer.retry_recovered():
+                return  # the output is failing: what is queued waits for the next start
             deliverer.progress.clear()
             try:
                 await asyncio.wait_for(deliverer.progress.wait(), max(0.0, until - time.monotonic()))

@@ -157,6 +157,13 @@ class Deliverer:
         self._writing = _Writes()
         self.idle = self._writing.idle
         self._waiting = 0  # deliver() calls waiting to try again (several, likewise)
+        #: Writes that succeeded so far: a back-off that began at a lower count failed before the output
+        #: took a write again (:meth:`retry_recovered`).
+        self._succeeded = 0
+        #: The back-off waits of failed writes, with ``_succeeded`` when their write failed; and those that
+        #: :meth:`retry_recovered` ended early.
+        self._sleepers: dict[asyncio.Future[None], int] = {}
+        self._hurried: set[asyncio.Future[None]] = set()
         self.progress = asyncio.Event()
         self.stopping = False
         self.delivered_events = 0
@@ -197,11 +204,45 @@ class Deliverer:
         elif self.failing_since is None:
             self.failing_since = self._clock()
 
-    async def _wait(self, delay: float) -> None:
+    def retry_recovered(self) -> bool:
+        """For a stop's drain: end now the back-off of every write that failed before another write
+        succeeded, so it is tried once more at once; whether there was one.
+
+        With writes in flight at once, each backs off on its own: after an outage, those begun during it
+        still wait (up to the policy's ``max``) when the others already go through. A stop that gave up at
+        the first back-off left their chunks queued, and wrote again at the next start every later one
+        already written (the chunks leave the queue oldest first). A write that fails again, or failed
+        with no success since, still ends the drain at once: the output is failing."""
+        woken = False
+        for sleeper, failed_at in self._sleepers.items():
+            if failed_at < self._succeeded and sleeper not in self._hurried:
+                self._hurried.add(sleeper)
+                sleeper.cancel()
+                woken = True
+        return woken
+
+    async def _wait(self, delay: float, failed_at: int | None = None) -> None:
+        """Back off ``delay`` seconds; with ``failed_at`` (a failed write's), :meth:`retry_recovered` may
+        end the wait early."""
         self._waiting += 1
         self.progress.set()
         try:
-            await self._sleep(delay)
+            if failed_at is None:
+                await self._sleep(delay)
+                return
+            sleeper = asyncio.ensure_future(self._sleep(delay))
+            self._sleepers[sleeper] = failed_at
+            try:
+                await sleeper
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if sleeper not in self._hurried or (task is not None and task.cancelling()):
+                    raise  # the delivery itself is cancelled, not only its wait
+            finally:
+                del self._sleepers[sleeper]
+                self._hurried.discard(sleeper)
+                if not sleeper.done():
+                    sleeper.cancel()
         finally:
             self._waiting -= 1
 
@@ -240,9 +281,11 @@ class Deliverer:
                     await self.output.write(piece.chunk)
             except Exception as exc:
                 failure: Exception | None = exc
+                failed_at = self._succeeded  # what succeeded before it; later successes are the others'
             else:
                 failure = None
             if failure is None:
+                self._succeeded += 1
                 pieces.popleft()
                 self.delivered_events += piece.chunk.count
                 self.delivered_bytes += len(piece.chunk.entries)
@@ -280,7 +323,7 @@ class Deliverer:
                 retry_after=step.retry_after,
                 error=describe(step),
             )
-            await self._wait(delay)
+            await self._wait(delay, failed_at)
 
     async def _failed(self, work: Work, piece: Piece, exc: Exception, attempts: int) -> object:
         """Act on what ``write(piece)`` raised; what the loop does next: _NEXT (go on with the pieces now

@@ -319,10 +319,10 @@ class HeldSleeps:
         self.waiting.pop(0).set()
 
 
-async def test_a_stop_sees_a_back_off_while_another_write_ended_its_own(tmp_path: Path) -> None:
-    """Two writes in flight both fail and back off; one tries again and goes through while the other still
-    waits. The output is still failing, so the drain of a stop must not wait for it (drain_timeout):
-    backing_off counts the waits, one ending its wait does not clear what the other's says."""
+async def stop_after_an_outage(tmp_path: Path, fails_again: bool) -> tuple[Gated, BufferedSink, list[str]]:
+    """Two writes in flight both fail and back off; one tries again and goes through while the other
+    still waits (its back-off held). Then a stop; with ``fails_again`` the waiting one's next write fails
+    too. The stop's events and the sink, stopped."""
     held = HeldSleeps()
     out = Gated(depth=2)
     out.fail.update({"a", "b"})
@@ -340,18 +340,41 @@ async def test_a_stop_sees_a_back_off_while_another_write_ended_its_own(tmp_path
         await wait_for(lambda: len(held.waiting) == 2, "both writes backing off")
         held.release_oldest()
         await wait_for(lambda: len(out.delivered) == 2, "one of them delivered on its second try")
+        if fails_again:
+            out.fail.add("b")
         loop = asyncio.get_running_loop()
         began = loop.time()
         with capture_logs() as logs:
             await asyncio.wait_for(sink.stop(), 10)
         stopped = True
-        assert loop.time() - began < 5.0
-        assert "delivery.drain_timeout" not in [e["event"] for e in logs]
+        assert loop.time() - began < 5.0  # neither the held back-off nor drain_timeout was waited for
     finally:
         if not stopped:
             await sink.stop()
-    assert out.delivered == [0, 1]  # a's wait was the oldest: a went through, and left the queue
-    assert sink.stats.queued_chunks == 1  # b, still failing, stays for the next start
+    return out, sink, [e["event"] for e in logs]
+
+
+async def test_a_stop_tries_at_once_a_write_that_backs_off_since_before_another_went_through(
+    tmp_path: Path,
+) -> None:
+    """After an outage each write in flight backs off on its own: a stop that gave up at the first back-off
+    left b queued (and would write again every later chunk already written). The output took a's write
+    since b failed, so the stop tries b at once, and the queue is empty."""
+    out, sink, events = await stop_after_an_outage(tmp_path, fails_again=False)
+    assert out.begun == ["a", "b", "a", "b"]
+    assert sorted(out.delivered) == [0, 1, 2, 3]
+    assert sink.stats.queued_chunks == 0
+    assert "delivery.drain_timeout" not in events
+
+
+async def test_a_stop_does_not_wait_for_a_write_that_fails_again_when_tried_at_once(tmp_path: Path) -> None:
+    """The same, but b fails again when the stop tries it: the output is failing, so the drain ends at once
+    (backing_off counts the waits: a's wait ending did not hide b's), and b stays for the next start."""
+    out, sink, events = await stop_after_an_outage(tmp_path, fails_again=True)
+    assert out.begun == ["a", "b", "a", "b"]  # b tried once more, not again after it failed
+    assert out.delivered == [0, 1]
+    assert sink.stats.queued_chunks == 1
+    assert "delivery.drain_timeout" not in events
 
 
 async def test_a_stop_after_a_crash_of_the_loop_waits_for_the_writes_still_in_flight(tmp_path: Path) -> None:
