@@ -114,9 +114,10 @@ def test_full_disk_stops_acks_keeps_memory_flat_and_loses_nothing(tmp_path: Path
             acked.extend(range(seq, seq + 200))
         assert proc.terminate() == 0
         runs = [proc]
-        # A stop does not wait for an output that is backing off (a write that met ENOSPC just before the
-        # disk recovered waits up to 200 ms to try again): what it leaves stays queued on disk, and the
-        # next start delivers it. So a second run, on a healthy disk, must leave nothing.
+        # A stop does not wait for an output that is failing: a write backing off with no write gone
+        # through since it failed ends the drain (one that failed before another went through is tried
+        # at once). What a stop leaves stays queued on disk and the next start delivers it, so what is
+        # asked of the first stop is only that: a second run, on a healthy disk, must leave nothing.
         if left_queued(proc, "files"):
             again = Proc(config, tmp_path)
             again.wait_event("forwardd.ready")
