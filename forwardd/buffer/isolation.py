@@ -286,6 +286,8 @@ class Deliverer:
                 failure = None
             if failure is None:
                 self._succeeded += 1
+                if self._sleepers:  # a stop's drain may now retry them (retry_recovered)
+                    self.progress.set()
                 pieces.popleft()
                 self.delivered_events += piece.chunk.count
                 self.delivered_bytes += len(piece.chunk.entries)

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from forwardd.buffer import BufferedSink, DiskQueue, MemorySink, RetryPolicy, in_flight
@@ -504,3 +506,78 @@ async def test_small_batches_go_one_at_a_time_and_big_ones_concurrently(
     assert out.most_in_flight == 1
     assert out.begun[-5:] == list("ghijk")
     assert sorted(out.delivered) == list(range(28))
+
+
+class Flaky(Output):
+    """Writes at once (a loop turn each); each tag's writes fail or succeed as its script says (then
+    succeed)."""
+
+    name = "flaky"
+
+    def __init__(self, depth: int, scripts: dict[str, list[bool]]) -> None:
+        self.concurrent_writes = depth
+        self.scripts = {tag: list(script) for tag, script in scripts.items()}
+        self.delivered: list[int] = []
+
+    async def write(self, chunk: Chunk) -> None:
+        await asyncio.sleep(0)
+        script = self.scripts.get(chunk.tag)
+        if script and script.pop(0):
+            raise RetryableError(f"{chunk.tag} not now")
+        self.delivered += [e.record["seq"] for e in chunk.events()]
+
+
+class NeverEnding:
+    """Back-offs that never end by themselves: only a stop's early retry ends one."""
+
+    now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        await asyncio.Event().wait()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    depth=st.integers(1, 4),
+    scripts=st.lists(st.lists(st.booleans(), max_size=3), min_size=1, max_size=6),
+    turns=st.integers(0, 40),
+)
+async def test_a_stop_amid_failing_concurrent_writes_loses_nothing_and_waits_for_no_back_off(
+    tmp_path_factory: pytest.TempPathFactory, depth: int, scripts: list[list[bool]], turns: int
+) -> None:
+    """Writes in flight fail and back off (for ever, unless the stop's early retry ends the wait) as their
+    scripts say; a stop comes after some loop turns. It ends without waiting for any back-off or for
+    drain_timeout, and every chunk is delivered or still in the queue's files for the next start."""
+    path = tmp_path_factory.mktemp("q")
+    tags = [f"t{k}" for k in range(len(scripts))]
+    out = Flaky(depth, dict(zip(tags, scripts, strict=True)))
+    time = NeverEnding()
+    q = DiskQueue(str(path / "q"), fsync="never")
+    sink = BufferedSink(
+        "out", out, q, RetryPolicy(jitter=0.0), str(path / "dead"), clock=time.clock, sleep=time.sleep,
+        drain_timeout=30.0, stop_timeout=30.0,
+    )  # fmt: skip
+    await q.start()
+    await submit_all(sink, [tagged(tag, 2 * k) for k, tag in enumerate(tags)])
+    await sink.start()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with capture_logs() as logs:
+        await asyncio.wait_for(sink.stop(), 20)
+    assert loop.time() - began < 10.0
+    assert "delivery.drain_timeout" not in [e["event"] for e in logs]
+    again = DiskQueue(str(path / "q"), fsync="never")
+    await again.start()
+    left: list[int] = []
+    try:
+        while (taken := again.take_nowait()) is not None:
+            left += [e.record["seq"] for e in taken.chunk.events()]
+    finally:
+        await again.close()
+    assert set(out.delivered) | set(left) == set(range(2 * len(tags)))  # nothing lost
+    assert len(left) == 2 * sink.stats.queued_chunks  # what the stop says it left is what the files hold
