@@ -169,6 +169,8 @@ async def test_writes_of_one_round_are_fsynced_once_per_file(tmp_path):
     await asyncio.wait_for(asyncio.gather(first, *rest), WAIT)
     assert len(fsyncs.begun) == 2  # the held one, then one round that fsyncs b once
     await out.stop()
+    stats = out.stats  # what an operator sees of it: fewer rounds than writes
+    assert (stats.writes, stats.fsync_rounds) == (PIPELINE_DEPTH, 2)
 
 
 async def test_a_file_closed_before_its_hand_over_is_fsynced_in_the_fsync_thread(tmp_path):

@@ -74,15 +74,24 @@ SMALL_WRITE = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class FileStats:
-    """Events and bytes (before compression) written since start, and grouped syncs done (``fsync:
-    grouped``: how many fsync rounds the writes cost)."""
+    """Events and bytes (before compression) written since start, in ``writes`` writes; grouped syncs done
+    (``fsync: grouped``) and fsync rounds (``fsync: write``: each covers every write appended before it
+    began, so fewer rounds than writes is the grouping at work): what the durability costs."""
 
     events: int = 0
     bytes: int = 0
     syncs: int = 0
+    writes: int = 0
+    fsync_rounds: int = 0
 
     def as_dict(self) -> dict[str, StatValue]:
-        return {"events": self.events, "bytes": self.bytes, "syncs": self.syncs}
+        return {
+            "events": self.events,
+            "bytes": self.bytes,
+            "syncs": self.syncs,
+            "writes": self.writes,
+            "fsync_rounds": self.fsync_rounds,
+        }
 
 
 class FileOutput(Output):
@@ -163,6 +172,7 @@ class FileOutput(Output):
         )
         self._executor: ThreadPoolExecutor | None = None
         self._syncer: Syncer | None = None
+        self._rounds_before = 0  # the rounds of fsync threads stopped before (a stop, then writes again)
         #: The epoch of the append under way (the appending thread's; see :mod:`.syncer`).
         self._epoch = 0
         self._lock = asyncio.Lock()
@@ -171,10 +181,16 @@ class FileOutput(Output):
         self.bytes_written = 0
         #: Grouped syncs done (sync() calls that had something to sync), failed or not.
         self.syncs = 0
+        #: Writes that wrote something; fsync rounds of small writes done where they were appended (the
+        #: fsync thread counts its own).
+        self.writes = 0
+        self._inline_rounds = 0
 
     @property
     def stats(self) -> FileStats:
-        return FileStats(self.events_written, self.bytes_written, self.syncs)
+        syncer = self._syncer
+        rounds = self._inline_rounds + self._rounds_before + (syncer.rounds if syncer is not None else 0)
+        return FileStats(self.events_written, self.bytes_written, self.syncs, self.writes, rounds)
 
     @property
     def root(self) -> str:
@@ -239,6 +255,7 @@ class FileOutput(Output):
             await synced  # the next write appends meanwhile
         self.events_written += done[0]
         self.bytes_written += done[1]
+        self.writes += 1
 
     async def _appended(self, fn: Callable[[_A, bool], _R], arg: _A, inline: bool) -> _R:
         """``fn(arg, inline)`` in the output's thread. If the write is cancelled meanwhile (a stop), the
@@ -283,6 +300,7 @@ class FileOutput(Output):
         disk.close_sync = None if inline else self._close_sync
         disk.write(groups)
         if inline:
+            self._inline_rounds += 1
             disk.sync()
             return None
         return self._handed_over()
@@ -322,6 +340,7 @@ class FileOutput(Output):
             try:
                 if self._syncer is not None:
                     await self._syncer.stop()  # what is queued is synced first
+                    self._rounds_before += self._syncer.rounds
                     self._syncer = None
                 self._disk.close_sync = None  # the last files are fsynced as they close, in the thread
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._disk.close_all)

@@ -74,6 +74,8 @@ class Syncer:
         self._failure: RetryableError | None = None
         #: Writes' jobs submitted and not settled yet (the event loop's count).
         self.outstanding = 0
+        #: Rounds that fsynced something, failed or not (this thread's count; read for the stats).
+        self.rounds = 0
         self._thread = threading.Thread(target=self._run, name=f"file-{name}-fsync", daemon=True)
         self._thread.start()
 
@@ -146,6 +148,7 @@ class Syncer:
         error: RetryableError | None = None
         try:
             if live:
+                self.rounds += 1
                 error = self._sync(live)
         finally:
             for j in batch:
