@@ -160,10 +160,8 @@ class Deliverer:
         #: Writes that succeeded so far: a back-off that began at a lower count failed before the output
         #: took a write again (:meth:`retry_recovered`).
         self._succeeded = 0
-        #: The back-off waits of failed writes, with ``_succeeded`` when their write failed; and those that
-        #: :meth:`retry_recovered` ended early.
-        self._sleepers: dict[asyncio.Future[None], int] = {}
-        self._hurried: set[asyncio.Future[None]] = set()
+        #: The back-off waits of failed writes, with ``_succeeded`` when their write failed.
+        self._sleepers: dict[asyncio.Task[None], int] = {}
         self.progress = asyncio.Event()
         self.stopping = False
         self.delivered_events = 0
@@ -215,8 +213,7 @@ class Deliverer:
         with no success since, still ends the drain at once: the output is failing."""
         woken = False
         for sleeper, failed_at in self._sleepers.items():
-            if failed_at < self._succeeded and sleeper not in self._hurried:
-                self._hurried.add(sleeper)
+            if failed_at < self._succeeded and not sleeper.cancelling():  # not ended early already
                 sleeper.cancel()
                 woken = True
         return woken
@@ -236,11 +233,10 @@ class Deliverer:
                 await sleeper
             except asyncio.CancelledError:
                 task = asyncio.current_task()
-                if sleeper not in self._hurried or (task is not None and task.cancelling()):
-                    raise  # the delivery itself is cancelled, not only its wait
+                if task is not None and task.cancelling():
+                    raise  # the delivery itself is cancelled (it cancels its wait with it), not only its wait
             finally:
                 del self._sleepers[sleeper]
-                self._hurried.discard(sleeper)
                 if not sleeper.done():
                     sleeper.cancel()
         finally:
