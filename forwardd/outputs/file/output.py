@@ -62,6 +62,9 @@ __all__ = ["PIPELINE_DEPTH", "SMALL_WRITE", "FileOutput", "FileStats"]
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
+#: What an append in the output's thread returns: events, bytes (before compression), and the fsync
+#: thread's job for it (None: synced where it was appended, or no fsync).
+_Written = tuple[int, int, SyncJob | None]
 
 #: Writes in flight under ``fsync: write``: one appending, the ones before it waiting for or in their fsync
 #: (:mod:`.syncer`). 3 against 2 in the Session 17 A/B: 602k against 517k events/s into files.
@@ -246,8 +249,7 @@ class FileOutput(Output):
                     groups, count = self.encode(chunk, native=False)  # the transcoder declined it
                 if not groups:
                     return
-                job = await self._appended(self._write_groups, groups, inline)
-                done = count, _size(groups), job
+                done = await self._appended(self._write_encoded, (groups, count), inline)
             if done[2] is not None:
                 assert self._syncer is not None
                 synced = self._syncer.submit(done[2])  # queued in the order of the appends
@@ -289,6 +291,11 @@ class FileOutput(Output):
         assert self._syncer is not None
         self._syncer.hand_over(SyncJob([(os.dup(seg.fd), seg.path)], [], self._epoch))
 
+    def _write_encoded(self, encoded: tuple[list[tuple[str, bytes]], int], inline: bool) -> _Written:
+        """In the output's thread: encoded groups (and their event count) appended; see _write_groups."""
+        groups, count = encoded
+        return count, _size(groups), self._write_groups(groups, inline)
+
     def _write_groups(self, groups: list[tuple[str, bytes]], inline: bool) -> SyncJob | None:
         """In the output's thread: encoded groups appended; the fsync thread's job for them, or None when
         they are synced already (``inline``: no job is queued there, so no fsync of it can race this one)."""
@@ -314,7 +321,7 @@ class FileOutput(Output):
         )
         return None if lines is None else (self.template.group_lines(lines, chunk.tag), lines.count)
 
-    def _write_native(self, chunk: Chunk, inline: bool) -> tuple[int, int, SyncJob | None] | None:
+    def _write_native(self, chunk: Chunk, inline: bool) -> _Written | None:
         """In the output's thread: the chunk as the C transcoder's JSON lines, written; (events, bytes, the
         fsync thread's job), or None (nothing written) when the chunk is not plain and must take
         :meth:`encode`'s other ways."""
@@ -322,8 +329,7 @@ class FileOutput(Output):
             encoded = self._native_groups(chunk, release_gil=True)
         if encoded is None:
             return None
-        groups, count = encoded
-        return count, _size(groups), self._write_groups(groups, inline)
+        return self._write_encoded(encoded, inline)
 
     async def sync(self) -> None:
         """Fsync what every write since the last sync touched; RetryableError if any of it may be lost."""
@@ -365,10 +371,9 @@ def _drop_job(future: concurrent.futures.Future[Any]) -> None:
     """Close the descriptors of the job an append of a cancelled write returned."""
     if future.cancelled() or future.exception() is not None:
         return
-    result = future.result()
-    job = result[2] if isinstance(result, tuple) else result
-    if isinstance(job, SyncJob):
-        job.close()
+    written: _Written | None = future.result()
+    if written is not None and written[2] is not None:
+        written[2].close()
 
 
 def _size(groups: list[tuple[str, bytes]]) -> int:
