@@ -554,10 +554,10 @@ async def test_a_stop_amid_failing_concurrent_writes_loses_nothing_and_waits_for
     path = tmp_path_factory.mktemp("q")
     tags = [f"t{k}" for k in range(len(scripts))]
     out = Flaky(depth, dict(zip(tags, scripts, strict=True)))
-    time = NeverEnding()
+    clock = NeverEnding()
     q = DiskQueue(str(path / "q"), fsync="never")
     sink = BufferedSink(
-        "out", out, q, RetryPolicy(jitter=0.0), str(path / "dead"), clock=time.clock, sleep=time.sleep,
+        "out", out, q, RetryPolicy(jitter=0.0), str(path / "dead"), clock=clock.clock, sleep=clock.sleep,
         drain_timeout=30.0, stop_timeout=30.0,
     )  # fmt: skip
     await q.start()
