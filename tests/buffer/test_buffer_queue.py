@@ -64,6 +64,88 @@ async def test_one_commit_serves_every_submit_made_while_another_commit_runs(tmp
     await queue.close()
 
 
+def thread_jobs(queue: DiskQueue) -> list[int]:
+    """Counts the jobs ``queue`` hands its writer thread from now on (each a hop there and back)."""
+    jobs = [0]
+    real = queue._in_thread
+
+    async def counted(fn):  # type: ignore[no-untyped-def]
+        jobs[0] += 1
+        return await real(fn)
+
+    queue._in_thread = counted  # type: ignore[method-assign]
+    return jobs
+
+
+async def test_the_writer_thread_goes_on_with_what_was_submitted_while_it_committed(tmp_path: Path) -> None:
+    """Big commits follow each other in the writer thread: the chunks submitted during one are committed
+    right after it in the same job, without a hop back to the loop and out again between them (each
+    costs milliseconds when the loop is busy); the first batch's futures resolve while the next is
+    written, and each only once its own commit is done."""
+    queue = DiskQueue(str(tmp_path), inline_commit_max=0)  # commits in the thread
+    await queue.start()
+    store = queue._store
+    assert store is not None
+    jobs = thread_jobs(queue)
+    entered = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+    real_write = store.write
+    calls: list[int] = []
+
+    def held_write(chunks: list[Chunk]):  # holds each of the first two commits open
+        k = len(calls)
+        calls.append(len(chunks))
+        if k < 2:
+            entered[k].set()
+            assert release[k].wait(TIMEOUT)
+        return real_write(chunks)
+
+    store.write = held_write  # type: ignore[method-assign]
+    first = queue.submit(chunk(0))
+    assert await asyncio.to_thread(entered[0].wait, TIMEOUT)
+    rest = [queue.submit(chunk(i)) for i in range(1, 40)]
+    release[0].set()
+    assert await asyncio.to_thread(entered[1].wait, TIMEOUT)  # the thread went on by itself
+    await asyncio.wait_for(first, TIMEOUT)  # settled on the loop while the next batch is written
+    assert not any(f.done() for f in rest)
+    release[1].set()
+    await asyncio.wait_for(asyncio.gather(*rest), TIMEOUT)
+    assert calls == [1, 39]
+    assert jobs == [1]
+    assert queue.commits == 2
+    got = [(await queue.get()).chunk.count for _ in range(40)]
+    assert got == list(range(40))
+    await queue.close()
+
+
+async def test_the_writer_threads_run_of_commits_is_bounded(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Past CHAIN_SECONDS the thread hands back to the loop (other jobs wait for the thread)."""
+    monkeypatch.setattr("forwardd.buffer.commit.CHAIN_SECONDS", 0.0)
+    queue = DiskQueue(str(tmp_path), inline_commit_max=0)
+    await queue.start()
+    store = queue._store
+    assert store is not None
+    jobs = thread_jobs(queue)
+    entered, release = threading.Event(), threading.Event()
+    real_write = store.write
+
+    def held_write(chunks: list[Chunk]):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(TIMEOUT)
+        return real_write(chunks)
+
+    store.write = held_write  # type: ignore[method-assign]
+    first = queue.submit(chunk(0))
+    assert await asyncio.to_thread(entered.wait, TIMEOUT)
+    rest = [queue.submit(chunk(i)) for i in range(1, 10)]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), TIMEOUT)
+    assert jobs == [2]
+    assert [(await queue.get()).chunk.count for _ in range(10)] == list(range(10))
+    await queue.close()
+
+
 def commit_threads(queue: DiskQueue) -> list[int]:
     """The thread of each of ``queue``'s commits from now on (the loop's, or the writer thread's)."""
     store = queue._store
@@ -406,6 +488,62 @@ async def test_full_disk_keeps_futures_pending_until_space_returns(disk: DiskFul
     assert all(c.entries == bytes([c.count]) * 3000 for c in got)
     await q.close()
     # And a restart finds nothing left over, nothing duplicated from the failed attempts.
+    store = SegmentStore.open(str(disk.dir / "q"))
+    assert store.take() is None
+    store.close()
+
+
+async def test_a_full_disk_met_by_the_writer_threads_next_batch_keeps_it_pending(disk: DiskFull) -> None:
+    """The disk fills between two commits that the writer thread makes one after the other: the first
+    batch is acked, the second is not, and it is written after the back-off once there is room again
+    (nothing lost, nothing twice)."""
+    backoff_started = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        backoff_started.set()
+        await go_on.wait()
+
+    q = DiskQueue(str(disk.dir / "q"), max_segment_size=64 * 1024, inline_commit_max=0, sleep=sleep)
+    await q.start()
+    store = q._store
+    assert store is not None
+    entered, release = threading.Event(), threading.Event()
+    real_write = store.write
+
+    def write_then_fill(chunks: list[Chunk]):  # the first commit goes through, then the disk is full
+        if entered.is_set():
+            return real_write(chunks)
+        entered.set()
+        assert release.wait(TIMEOUT)
+        res = real_write(chunks)
+        disk.fill(store)
+        return res
+
+    store.write = write_then_fill  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        first = q.submit(chunk(0, 3000))
+        assert await asyncio.to_thread(entered.wait, TIMEOUT)
+        futs = [q.submit(chunk(i, 3000)) for i in range(1, 31)]  # 90 KB: more than the segment holds
+        release.set()
+        await asyncio.wait_for(first, TIMEOUT)
+        await asyncio.wait_for(backoff_started.wait(), TIMEOUT)
+        done = [f.done() for f in futs]
+        assert not done[-1]
+        assert done == sorted(done, reverse=True)  # what fit before the full disk, in order
+        disk.free()
+        go_on.set()
+        await asyncio.wait_for(asyncio.gather(*futs), TIMEOUT)
+    events = [e["event"] for e in logs if e["event"].startswith("buffer.write")]
+    assert events == ["buffer.write_failed", "buffer.write_recovered"]
+    got = []
+    for _ in range(31):
+        t = await asyncio.wait_for(q.get(), TIMEOUT)
+        got.append(t.chunk)
+        q.mark_delivered(t)
+    assert [c.count for c in got] == list(range(31))
+    assert all(c.entries == bytes([c.count]) * 3000 for c in got)
+    await q.close()
     store = SegmentStore.open(str(disk.dir / "q"))
     assert store.take() is None
     store.close()
