@@ -285,11 +285,15 @@ class GroupCommit:
                 return batch, res
             following = self._pending[:]
             del self._pending[: len(following)]
-            self._loop.call_soon_threadsafe(self._settle_chained, res, batch, len(following))
+            try:
+                self._loop.call_soon_threadsafe(self._settle_chained, res, batch, len(following))
+            except RuntimeError:  # the loop is closed (its commit task was cancelled): nobody waits
+                return batch, res
             batch = following
 
     def _settle_chained(self, res: WriteResult, batch: list[Pending], following: int) -> None:
-        """(Loop.) Settle a batch the writer thread committed before going on with the next."""
+        """(Loop.) Settle a batch the writer thread committed before going on with the next, ``following``
+        chunks long: counted as committing, so that a stop's drain sees them in flight."""
         self._settle(res, batch)
         self._last_batch = len(batch)
         self._committing = following
