@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from forwardd.buffer import DiskQueue
@@ -144,6 +146,43 @@ async def test_the_writer_threads_run_of_commits_is_bounded(tmp_path: Path, monk
     assert jobs == [2]
     assert [(await queue.get()).chunk.count for _ in range(10)] == list(range(10))
     await queue.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from([40, 300, 5_000, 70_000, 300_000]), st.integers(0, 3)),
+        min_size=1,
+        max_size=60,
+    )
+)
+async def test_every_chunk_is_committed_once_in_order_whoever_commits_it(
+    tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[int, int]]
+) -> None:
+    """Chunks of every size, submitted with some loop turns between them, so that batches go inline,
+    to the writer thread, and on from there by themselves: each future resolves only once its chunk is on
+    disk, and the queue holds each chunk once, in the order submitted (also after a restart)."""
+    path = str(tmp_path_factory.mktemp("q"))
+    queue = DiskQueue(path, max_segment_size=1024 * 1024)
+    await queue.start()
+    futs = []
+    for n, (size, turns) in enumerate(plan):
+        futs.append(queue.submit(Chunk("t", n.to_bytes(4, "big") * (size // 4), 1, n)))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*futs), TIMEOUT)
+    got = [(await asyncio.wait_for(queue.get(), TIMEOUT)).chunk for _ in plan]
+    assert [c.received_ns for c in got] == list(range(len(plan)))
+    for c, (size, _) in zip(got, plan, strict=True):
+        assert c.entries == c.received_ns.to_bytes(4, "big") * (size // 4)
+    assert queue.take_nowait() is None
+    await queue.close()
+    store = SegmentStore.open(path)
+    again = []
+    while (t := store.take()) is not None:
+        again.append(t.chunk.received_ns)
+    store.close()
+    assert again == list(range(len(plan)))  # nothing delivered: all of it, once, in order
 
 
 def commit_threads(queue: DiskQueue) -> list[int]:
