@@ -288,6 +288,7 @@ class GroupCommit:
             try:
                 self._loop.call_soon_threadsafe(self._settle_chained, res, batch, len(following))
             except RuntimeError:  # the loop is closed (its commit task was cancelled): nobody waits
+                self._pending[:0] = following  # left as they were, uncommitted
                 return batch, res
             batch = following
 
