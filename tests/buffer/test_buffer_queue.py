@@ -148,6 +148,48 @@ async def test_the_writer_threads_run_of_commits_is_bounded(tmp_path: Path, monk
     await queue.close()
 
 
+def test_a_chain_whose_loop_is_gone_stops_and_leaves_the_chunks_it_took(tmp_path: Path) -> None:
+    """An abnormal end (the commit task cancelled, the loop closed) while the writer thread commits: the
+    thread cannot hand the next batch's predecessor back, so it stops there, raises nothing, and puts the
+    chunks it took back in the pending list as they were (uncommitted, never acked)."""
+    loop = asyncio.new_event_loop()
+    queue = DiskQueue(str(tmp_path), inline_commit_max=0)
+    loop.run_until_complete(queue.start())
+    store = queue._store
+    assert store is not None
+    entered, release = threading.Event(), threading.Event()
+    real_write = store.write
+    writes: list[int] = []
+
+    def held_write(chunks: list[Chunk]):
+        writes.append(len(chunks))
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(TIMEOUT)
+        return real_write(chunks)
+
+    store.write = held_write  # type: ignore[method-assign]
+
+    async def submit_and_wait() -> None:
+        queue.submit(chunk(0))
+        assert await asyncio.to_thread(entered.wait, TIMEOUT)
+        for i in range(1, 4):
+            queue.submit(chunk(i))
+
+    loop.run_until_complete(submit_and_wait())
+    for task in queue._tasks:  # the commit task first: its await of the thread's job ends
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*queue._tasks, return_exceptions=True))
+    loop.close()
+    job = queue._executor.submit(lambda: None)  # type: ignore[union-attr]  # runs after the chain's job
+    release.set()
+    job.result(TIMEOUT)
+    assert writes == [1]
+    assert [p[0].count for p in queue._pending] == [1, 2, 3]
+    queue._executor.shutdown(wait=True)  # type: ignore[union-attr]
+    store.close()
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     plan=st.lists(
