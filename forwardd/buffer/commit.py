@@ -248,14 +248,19 @@ class GroupCommit:
             and sum(p[2] for p in batch) <= self.inline_commit_max
         ):
             self.inline_commits += 1
-            t0 = time.perf_counter()
-            try:
-                return batch, store.write([p[0] for p in batch])
-            except Exception as exc:
-                raise _Failed(batch) from exc
-            finally:
-                self._note_commit(time.perf_counter() - t0)
+            return batch, self._timed_write(store, batch)
         return await self._in_thread(lambda: self._chain(store, batch))
+
+    def _timed_write(self, store: SegmentStore, batch: list[Pending]) -> WriteResult:
+        """``batch`` written and committed (on whichever thread), its time in the average; raises
+        :class:`_Failed` naming it."""
+        t0 = time.perf_counter()
+        try:
+            return store.write([p[0] for p in batch])
+        except Exception as exc:
+            raise _Failed(batch) from exc
+        finally:
+            self._note_commit(time.perf_counter() - t0)  # one float store; read on the loop
 
     def _chain(self, store: SegmentStore, batch: list[Pending]) -> tuple[list[Pending], WriteResult]:
         """(Writer thread.) Commit ``batch``, then, for up to ``CHAIN_SECONDS``, each batch submitted
@@ -274,14 +279,8 @@ class GroupCommit:
         assert self._loop is not None
         deadline = time.perf_counter() + CHAIN_SECONDS
         while True:
-            t0 = time.perf_counter()
-            try:
-                res = store.write([p[0] for p in batch])
-            except Exception as exc:
-                raise _Failed(batch) from exc
-            finally:
-                self._note_commit(time.perf_counter() - t0)  # one float store; read on the loop
-            if not self._pending or t0 >= deadline:
+            res = self._timed_write(store, batch)
+            if not self._pending or time.perf_counter() >= deadline:
                 return batch, res
             following = self._pending[:]
             del self._pending[: len(following)]
