@@ -524,6 +524,22 @@ def disk(tmp_path: Path) -> Iterator[DiskFull]:
     d.close()
 
 
+async def delivered_once_each(q: DiskQueue, n: int, size: int) -> None:
+    """``q`` hands out chunk(0..n-1, size) once each, in order; after its close a restart finds nothing
+    left over and nothing duplicated from failed attempts."""
+    got = []
+    for _ in range(n):
+        t = await asyncio.wait_for(q.get(), TIMEOUT)
+        got.append(t.chunk)
+        q.mark_delivered(t)
+    assert [c.count for c in got] == list(range(n))
+    assert all(c.entries == bytes([c.count]) * size for c in got)
+    await q.close()
+    store = SegmentStore.open(q.directory)
+    assert store.take() is None
+    store.close()
+
+
 async def test_full_disk_keeps_futures_pending_until_space_returns(disk: DiskFull) -> None:
     backoff_started = asyncio.Event()
     go_on = asyncio.Event()
@@ -560,18 +576,7 @@ async def test_full_disk_keeps_futures_pending_until_space_returns(disk: DiskFul
     events = [e["event"] for e in logs if e["event"].startswith("buffer.write")]
     assert events == ["buffer.write_failed", "buffer.write_recovered"]
     assert [e.get("errno") for e in logs if e["event"] == "buffer.write_failed"] == [errno.ENOSPC]
-    got = []
-    for _ in range(26):
-        t = await asyncio.wait_for(q.get(), TIMEOUT)
-        got.append(t.chunk)
-        q.mark_delivered(t)
-    assert [c.count for c in got] == list(range(26))
-    assert all(c.entries == bytes([c.count]) * 3000 for c in got)
-    await q.close()
-    # And a restart finds nothing left over, nothing duplicated from the failed attempts.
-    store = SegmentStore.open(str(disk.dir / "q"))
-    assert store.take() is None
-    store.close()
+    await delivered_once_each(q, 26, 3000)
 
 
 async def test_a_full_disk_met_by_the_writer_threads_next_batch_keeps_it_pending(disk: DiskFull) -> None:
@@ -617,17 +622,7 @@ async def test_a_full_disk_met_by_the_writer_threads_next_batch_keeps_it_pending
         await asyncio.wait_for(asyncio.gather(*futs), TIMEOUT)
     events = [e["event"] for e in logs if e["event"].startswith("buffer.write")]
     assert events == ["buffer.write_failed", "buffer.write_recovered"]
-    got = []
-    for _ in range(31):
-        t = await asyncio.wait_for(q.get(), TIMEOUT)
-        got.append(t.chunk)
-        q.mark_delivered(t)
-    assert [c.count for c in got] == list(range(31))
-    assert all(c.entries == bytes([c.count]) * 3000 for c in got)
-    await q.close()
-    store = SegmentStore.open(str(disk.dir / "q"))
-    assert store.take() is None
-    store.close()
+    await delivered_once_each(q, 31, 3000)
 
 
 async def test_close_does_not_wait_out_a_write_back_off(disk: DiskFull) -> None:
